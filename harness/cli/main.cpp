@@ -1,0 +1,41 @@
+// uvcluster: the command-line face of the library (see README.md, "The uvcluster tool").
+#include <cstdio>
+#include <cstring>
+#include <iterator>
+
+#include "commands.hpp"
+
+namespace {
+
+using uvcluster::cli::Command;
+
+const Command kCommands[] = {
+    {"exec", "run a command through exec/execFile and print Node's result as JSON",
+     uvcluster::cli::run_exec, uvcluster::cli::help_exec},
+};
+
+void usage(FILE* out) {
+  std::fprintf(out, "usage: uvcluster <command> [options]\n\ncommands:\n");
+  for (const auto& c : kCommands) std::fprintf(out, "  %-10s %s\n", c.name, c.summary);
+  std::fprintf(out, "\n`uvcluster <command> --help` describes one command.\n");
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2) {
+    std::fprintf(stderr, "uvcluster: missing command\n");
+    usage(stderr);
+    return 2;
+  }
+  if (!std::strcmp(argv[1], "--help") || !std::strcmp(argv[1], "-h")) {
+    usage(stdout);
+    return 0;
+  }
+  for (const auto& c : kCommands) {
+    if (!std::strcmp(argv[1], c.name)) return c.run(argc - 1, argv + 1);
+  }
+  std::fprintf(stderr, "uvcluster: unknown command '%s'\n", argv[1]);
+  usage(stderr);
+  return 2;
+}
