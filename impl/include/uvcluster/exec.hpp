@@ -22,9 +22,9 @@ constexpr size_t kDefaultMaxBuffer = 1024 * 1024;
 constexpr size_t kUnlimited = std::numeric_limits<size_t>::max();  // Node's maxBuffer: Infinity
 
 struct ExecOptions {
-  std::optional<std::string> cwd;
-  std::optional<Env> env;
-  std::optional<std::string> argv0;
+  std::optional<std::string> cwd{};
+  std::optional<Env> env{};
+  std::optional<std::string> argv0{};
   Encoding encoding = Encoding::utf8;
   int64_t timeout_ms = 0;
   // Per stream. Output past it is cut at exactly max_buffer bytes (utf8: at the last whole
@@ -35,8 +35,8 @@ struct ExecOptions {
   std::string kill_signal = "SIGTERM";
   // exec_file: false by default. exec(): always a shell (true = /bin/sh, or the given path).
   std::variant<bool, std::string> shell = false;
-  std::optional<uint32_t> uid;
-  std::optional<uint32_t> gid;
+  std::optional<uint32_t> uid{};
+  std::optional<uint32_t> gid{};
 };
 
 // Node's error passed to exec's callback.
@@ -49,12 +49,12 @@ struct ExecError {
     bool killed = false;
     std::optional<std::string> signal;
   };
-  std::optional<Exit> exit;
+  std::optional<Exit> exit{};
   std::string cmd;
 };
 
 struct ExecResult {
-  std::optional<ExecError> error;
+  std::optional<ExecError> error{};
   // utf8: valid UTF-8 (invalid input bytes become U+FFFD, as Node's decoder does).
   // buffer: the raw bytes.
   std::string stdout_data;

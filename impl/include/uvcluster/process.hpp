@@ -40,28 +40,35 @@ struct Stdio {
 using Env = std::map<std::string, std::string>;
 
 struct SpawnOptions {
-  std::optional<std::string> cwd;
-  std::optional<Env> env;            // nullopt: the parent's environment
-  std::optional<std::string> argv0;  // argv[0] seen by the child; default: file
+  std::optional<std::string> cwd{};
+  std::optional<Env> env{};            // nullopt: the parent's environment
+  std::optional<std::string> argv0{};  // argv[0] seen by the child; default: file
   std::vector<Stdio> stdio = {Stdio::pipe(), Stdio::pipe(), Stdio::pipe()};
   bool detached = false;
   // false: run file directly. true: /bin/sh -c "<file args...>". A string: that shell.
   std::variant<bool, std::string> shell = false;
-  std::optional<uint32_t> uid;
-  std::optional<uint32_t> gid;
+  std::optional<uint32_t> uid{};
+  std::optional<uint32_t> gid{};
   int64_t timeout_ms = 0;           // > 0: kill with kill_signal when it expires
   std::string kill_signal = "SIGTERM";
 };
 
 // Exit status as Node reports it: exactly one of code/signal is set once the child has exited.
 struct ExitStatus {
-  std::optional<int> code;
-  std::optional<std::string> signal;
+  std::optional<int> code{};
+  std::optional<std::string> signal{};
 };
 
 class ChildProcess : public std::enable_shared_from_this<ChildProcess> {
+  struct Key {
+    explicit Key() = default;
+  };
+
  public:
+  ChildProcess(Key, uv_loop_t* loop);  // use spawn()
   ~ChildProcess();
+  ChildProcess(const ChildProcess&) = delete;
+  ChildProcess& operator=(const ChildProcess&) = delete;
 
   // Events, in Node's order: spawn, (data), exit, close; or error (and no spawn) on failure.
   void on_spawn(std::function<void()> fn) { spawn_.add(std::move(fn)); }
@@ -90,11 +97,10 @@ class ChildProcess : public std::enable_shared_from_this<ChildProcess> {
  private:
   friend Result<std::shared_ptr<ChildProcess>> spawn(uv_loop_t*, std::string,
                                                      std::vector<std::string>, SpawnOptions);
-  explicit ChildProcess(uv_loop_t* loop);
-  void start_streams();
+  void started();
   void on_process_exit(int64_t exit_status, int term_signal);
   void maybe_close();
-  void fail_spawn(int status, const std::vector<std::string>& args);
+  void failed(int status);
 
   uv_loop_t* loop_;
   detail::UvHandle<uv_process_t> process_;
@@ -103,8 +109,8 @@ class ChildProcess : public std::enable_shared_from_this<ChildProcess> {
   std::unique_ptr<Writable> stdin_;
   std::vector<std::unique_ptr<Readable>> readables_;  // index = fd slot (null if not a pipe)
   std::unique_ptr<ipc::Channel> channel_;
-  std::optional<int> pid_;
-  std::optional<ExitStatus> exit_status_;
+  std::optional<int> pid_{};
+  std::optional<ExitStatus> exit_status_{};
   std::string file_;
   std::vector<std::string> argv_;
   std::string kill_signal_;

@@ -35,9 +35,8 @@ class Readable {
   bool closed() const { return closed_; }
   bool ended() const { return ended_; }
 
-  // Owner's side.
+  // Owner's side: the pipe (initialized by the constructor) to hand to uv_spawn, then start().
   uv_pipe_t* pipe() { return pipe_.get(); }
-  void mark_open() { pipe_.mark_initialized(); }
   void start();
 
  private:
@@ -50,8 +49,9 @@ class Readable {
   detail::Event<> end_;
   detail::Event<const Error&> error_;
   detail::Event<> close_;
-  std::string buf_;
-  bool reading_ = false, paused_ = false, ended_ = false, closed_ = false;
+  char buf_[64 * 1024];
+  bool started_ = false, paused_ = false, ended_ = false, closed_ = false;
+  std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
 };
 
 // Writes queued in order. write() returns Node's backpressure hint: false once more than
@@ -75,9 +75,9 @@ class Writable {
   void on_close(std::function<void()> fn) { close_.add(std::move(fn)); }
 
   uv_pipe_t* pipe() { return pipe_.get(); }
-  void mark_open() { pipe_.mark_initialized(); }
 
  private:
+  struct WriteReq;
   void close_now();
   detail::UvHandle<uv_pipe_t> pipe_;
   detail::Event<> drain_;

@@ -14,14 +14,14 @@
 namespace uvcluster {
 
 struct SpawnSyncOptions {
-  std::optional<std::string> cwd;
-  std::optional<Env> env;
-  std::optional<std::string> argv0;
-  std::optional<std::string> input;  // written to stdin, then stdin is closed
+  std::optional<std::string> cwd{};
+  std::optional<Env> env{};
+  std::optional<std::string> argv0{};
+  std::optional<std::string> input{};  // written to stdin, then stdin is closed
   std::vector<Stdio> stdio = {Stdio::pipe(), Stdio::pipe(), Stdio::pipe()};
   std::variant<bool, std::string> shell = false;
-  std::optional<uint32_t> uid;
-  std::optional<uint32_t> gid;
+  std::optional<uint32_t> uid{};
+  std::optional<uint32_t> gid{};
   int64_t timeout_ms = 0;              // > 0: kill with kill_signal, error ETIMEDOUT
   std::string kill_signal = "SIGTERM";
   // Summed over all output pipes; whole read chunks are kept (Node's sync semantics).
@@ -32,12 +32,12 @@ struct SpawnSyncOptions {
 
 struct SpawnSyncResult {
   int pid = 0;                                       // 0 if the process never started
-  std::optional<std::vector<std::optional<std::string>>> output;  // per stdio slot; nullopt if never started
+  std::optional<std::vector<std::optional<std::string>>> output{};  // per stdio slot; nullopt if never started
   std::string stdout_data;
   std::string stderr_data;
-  std::optional<int> status;           // exit code; nullopt if signalled or never started
-  std::optional<std::string> signal;
-  std::optional<Error> error;          // ENOENT, ENOBUFS, ETIMEDOUT, ...
+  std::optional<int> status{};           // exit code; nullopt if signalled or never started
+  std::optional<std::string> signal{};
+  std::optional<Error> error{};          // ENOENT, ENOBUFS, ETIMEDOUT, ...
 };
 
 // Validation errors (as spawn()) are returned; everything else is in the result.

@@ -1,0 +1,299 @@
+// spawn(): argument validation, the uv_spawn call, and the ChildProcess life cycle
+// (spawn -> exit -> close, or error -> close).
+#include <signal.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <mutex>
+
+#include "uvcluster/ipc/channel.hpp"
+#include "uvcluster/process.hpp"
+#include "uvcluster/signals.hpp"
+
+extern char** environ;
+
+namespace uvcluster {
+namespace {
+
+Error invalid_arg(const std::string& name, const std::string& value) {
+  std::string shown = value;
+  std::replace(shown.begin(), shown.end(), '\0', '0');
+  return Error::make("ERR_INVALID_ARG_VALUE", "The argument '" + name +
+                                                  "' must be a string without null bytes. Received '" +
+                                                  shown + "'");
+}
+
+bool has_nul(const std::string& s) { return s.find('\0') != std::string::npos; }
+
+// A child writing to a closed pipe must not kill the parent: ignore SIGPIPE unless the
+// application installed its own handler (Node does the same at startup).
+void ignore_sigpipe_once() {
+  static std::once_flag once;
+  std::call_once(once, [] {
+    struct sigaction current {};
+    if (sigaction(SIGPIPE, nullptr, &current) == 0 && current.sa_handler == SIG_DFL) {
+      signal(SIGPIPE, SIG_IGN);
+    }
+  });
+}
+
+std::optional<Error> validate(const std::string& file, const std::vector<std::string>& args,
+                              const SpawnOptions& o) {
+  if (file.empty())
+    return Error::make("ERR_INVALID_ARG_VALUE", "The argument 'file' cannot be empty. Received ''");
+  if (has_nul(file)) return invalid_arg("file", file);
+  for (size_t i = 0; i < args.size(); ++i)
+    if (has_nul(args[i])) return invalid_arg("args[" + std::to_string(i) + "]", args[i]);
+  if (o.cwd && has_nul(*o.cwd)) return invalid_arg("options.cwd", *o.cwd);
+  if (o.argv0 && has_nul(*o.argv0)) return invalid_arg("options.argv0", *o.argv0);
+  if (auto* sh = std::get_if<std::string>(&o.shell); sh && has_nul(*sh))
+    return invalid_arg("options.shell", *sh);
+  if (o.env) {
+    for (const auto& [k, v] : *o.env) {
+      if (has_nul(k) || has_nul(v)) return invalid_arg("options.env['" + k + "']", v);
+    }
+  }
+  if (o.timeout_ms < 0)
+    return Error::make("ERR_OUT_OF_RANGE",
+                       "The value of \"timeout\" is out of range. It must be an unsigned integer. "
+                       "Received " + std::to_string(o.timeout_ms));
+  if (!signal_number(o.kill_signal))
+    return Error::make("ERR_UNKNOWN_SIGNAL", "Unknown signal: " + o.kill_signal);
+  if (std::count_if(o.stdio.begin(), o.stdio.end(),
+                    [](const Stdio& s) { return s.kind == Stdio::Kind::ipc; }) > 1)
+    return Error::make("ERR_IPC_ONE_PIPE", "Child process can have only one IPC pipe");
+  for (const auto& s : o.stdio)
+    if (s.kind == Stdio::Kind::fd && s.fd < 0)
+      return Error::make("ERR_INVALID_ARG_VALUE", "stdio fd must be a non-negative integer");
+  return std::nullopt;
+}
+
+// Node's normalizeSpawnArguments for the shell option: one command line through `sh -c`.
+void apply_shell(std::string& file, std::vector<std::string>& args, const SpawnOptions& o) {
+  const std::string* shell_path = std::get_if<std::string>(&o.shell);
+  bool use_shell = shell_path ? !shell_path->empty() : std::get<bool>(o.shell);
+  if (!use_shell) return;
+  std::string command = file;
+  for (const auto& a : args) command += " " + a;
+  file = shell_path ? *shell_path : "/bin/sh";
+  args = {"-c", command};
+}
+
+std::vector<std::string> env_entries(const std::optional<Env>& env) {
+  std::vector<std::string> out;
+  if (env) {
+    for (const auto& [k, v] : *env) out.push_back(k + "=" + v);
+  } else {
+    for (char** e = environ; *e; ++e) out.emplace_back(*e);
+  }
+  return out;
+}
+
+std::vector<char*> c_strings(std::vector<std::string>& v) {
+  std::vector<char*> out;
+  for (auto& s : v) out.push_back(s.data());
+  out.push_back(nullptr);
+  return out;
+}
+
+}  // namespace
+
+ChildProcess::ChildProcess(Key, uv_loop_t* loop) : loop_(loop), ticker_(loop) {}
+
+ChildProcess::~ChildProcess() { ticker_.close(); }
+
+Readable* ChildProcess::readable(size_t fd) {
+  return fd < readables_.size() ? readables_[fd].get() : nullptr;
+}
+
+Result<std::shared_ptr<ChildProcess>> spawn(uv_loop_t* loop, std::string file,
+                                            std::vector<std::string> args, SpawnOptions options) {
+  if (auto err = validate(file, args, options)) return *err;
+  ignore_sigpipe_once();
+  apply_shell(file, args, options);
+
+  auto child = std::make_shared<ChildProcess>(ChildProcess::Key{}, loop);
+  child->file_ = file;
+  child->argv_ = {options.argv0.value_or(file)};
+  child->argv_.insert(child->argv_.end(), args.begin(), args.end());
+  child->kill_signal_ = options.kill_signal;
+
+  std::vector<std::string> env = env_entries(options.env);
+  std::vector<uv_stdio_container_t> stdio(options.stdio.size());
+  child->readables_.resize(options.stdio.size());
+  for (size_t i = 0; i < options.stdio.size(); ++i) {
+    const Stdio& s = options.stdio[i];
+    uv_stdio_container_t& c = stdio[i];
+    switch (s.kind) {
+      case Stdio::Kind::pipe:
+        if (i == 0) {
+          child->stdin_ = std::make_unique<Writable>(loop);
+          c.flags = static_cast<uv_stdio_flags>(UV_CREATE_PIPE | UV_READABLE_PIPE);
+          c.data.stream = reinterpret_cast<uv_stream_t*>(child->stdin_->pipe());
+        } else {
+          child->readables_[i] = std::make_unique<Readable>(loop);
+          c.flags = static_cast<uv_stdio_flags>(UV_CREATE_PIPE | UV_WRITABLE_PIPE);
+          c.data.stream = reinterpret_cast<uv_stream_t*>(child->readables_[i]->pipe());
+        }
+        break;
+      case Stdio::Kind::inherit:
+        c.flags = UV_INHERIT_FD;
+        c.data.fd = static_cast<int>(i);
+        break;
+      case Stdio::Kind::ignore:
+        c.flags = UV_IGNORE;
+        break;
+      case Stdio::Kind::fd:
+        c.flags = UV_INHERIT_FD;
+        c.data.fd = s.fd;
+        break;
+      case Stdio::Kind::ipc:
+        child->channel_ = std::make_unique<ipc::Channel>(loop);
+        if (int rc = child->channel_->init(); rc < 0) return Error::from_uv(rc, "pipe");
+        c.flags = static_cast<uv_stdio_flags>(UV_CREATE_PIPE | UV_READABLE_PIPE | UV_WRITABLE_PIPE);
+        c.data.stream = reinterpret_cast<uv_stream_t*>(child->channel_->pipe());
+        // Node appends these after the user's env; the child finds its end of the channel here.
+        env.push_back("NODE_CHANNEL_FD=" + std::to_string(i));
+        env.push_back("NODE_CHANNEL_SERIALIZATION_MODE=json");
+        break;
+    }
+  }
+
+  std::vector<std::string> argv = child->argv_;
+  auto argv_c = c_strings(argv);
+  auto env_c = c_strings(env);
+  uv_process_options_t uvo{};
+  uvo.file = file.c_str();
+  uvo.args = argv_c.data();
+  uvo.env = env_c.data();
+  uvo.cwd = options.cwd ? options.cwd->c_str() : nullptr;
+  uvo.stdio_count = static_cast<int>(stdio.size());
+  uvo.stdio = stdio.data();
+  if (options.detached) uvo.flags |= UV_PROCESS_DETACHED;
+  if (options.uid) {
+    uvo.flags |= UV_PROCESS_SETUID;
+    uvo.uid = *options.uid;
+  }
+  if (options.gid) {
+    uvo.flags |= UV_PROCESS_SETGID;
+    uvo.gid = *options.gid;
+  }
+  uvo.exit_cb = [](uv_process_t* p, int64_t status, int term_signal) {
+    static_cast<ChildProcess*>(p->data)->on_process_exit(status, term_signal);
+  };
+
+  child->process_->data = child.get();
+  int rc = uv_spawn(loop, child->process_.get(), &uvo);
+  child->process_.mark_initialized();  // initialized even on failure; must be closed
+  child->self_ = child;
+  if (rc < 0) {
+    child->failed(rc);
+  } else {
+    child->pid_ = child->process_->pid;
+    if (options.timeout_ms > 0) {
+      uv_timer_init(loop, child->timeout_.get());
+      child->timeout_.mark_initialized();
+      child->timeout_->data = child.get();
+      uv_timer_start(
+          child->timeout_.get(),
+          [](uv_timer_t* t) {
+            auto* self = static_cast<ChildProcess*>(t->data);
+            self->kill(self->kill_signal_);
+          },
+          static_cast<uint64_t>(options.timeout_ms), 0);
+    }
+    child->started();
+  }
+  return child;
+}
+
+void ChildProcess::started() {
+  // close waits for exit, every readable pipe, and the IPC channel.
+  pending_closes_ = 1;
+  for (auto& r : readables_) {
+    if (!r) continue;
+    ++pending_closes_;
+    r->on_close([this] { maybe_close(); });
+  }
+  if (channel_) {
+    ++pending_closes_;
+    channel_->on_close([this] { maybe_close(); });
+  }
+  ticker_.defer([this] {
+    spawn_.emit();
+    for (auto& r : readables_)
+      if (r) r->start();
+    if (channel_) channel_->start();
+  });
+}
+
+void ChildProcess::failed(int status) {
+  process_.close();
+  Error err = Error::from_uv(status, "spawn " + file_, file_);
+  err.spawnargs.assign(argv_.begin() + 1, argv_.end());
+  exit_status_ = ExitStatus{status, std::nullopt};
+  // Node: `error`, then `close` with the negative errno once the unused pipes are closed.
+  ticker_.defer([this, err] {
+    error_.emit(err);
+    pending_closes_ = 1;
+    if (stdin_) stdin_->destroy();
+    for (auto& r : readables_) {
+      if (!r) continue;
+      ++pending_closes_;
+      r->on_close([this] { maybe_close(); });
+      r->destroy();
+    }
+    if (channel_) {
+      ++pending_closes_;
+      channel_->on_close([this] { maybe_close(); });
+      channel_->destroy();
+    }
+    maybe_close();
+  });
+}
+
+void ChildProcess::on_process_exit(int64_t exit_status, int term_signal) {
+  ExitStatus status;
+  if (term_signal) {
+    status.signal = signal_name(term_signal);
+  } else {
+    status.code = static_cast<int>(exit_status);
+  }
+  exit_status_ = status;
+  timeout_.close();
+  process_.close();
+  if (stdin_) stdin_->destroy();
+  auto keep = shared_from_this();
+  exit_.emit(status);
+  maybe_close();
+}
+
+void ChildProcess::maybe_close() {
+  if (closed_ || --pending_closes_ > 0) return;
+  closed_ = true;
+  auto keep = std::move(self_);
+  close_.emit(*exit_status_);
+  ticker_.close();
+}
+
+bool ChildProcess::kill(const std::string& signal) {
+  auto signum = signal_number(signal);
+  if (!signum) {
+    error_.emit(Error::make("ERR_UNKNOWN_SIGNAL", "Unknown signal: " + signal));
+    return false;
+  }
+  return kill(*signum);
+}
+
+bool ChildProcess::kill(int signum) {
+  if (!process_.initialized() || exit_status_) return false;
+  int rc = uv_process_kill(process_.get(), signum);
+  if (rc == 0) {
+    killed_ = true;
+    return true;
+  }
+  if (rc != UV_ESRCH) error_.emit(Error::from_uv(rc, "kill"));
+  return false;
+}
+
+}  // namespace uvcluster
