@@ -1,31 +1,113 @@
 #pragma once
-// Placeholder until the IPC channel lands (branch `ipc`): the interface spawn() relies on.
+// ipc::Channel: Node's IPC channel (child_process 'ipc' stdio, serialization "json") over a libuv
+// IPC pipe. Wire format and protocol: ../shared/reference/node-protocol.md §1–§2.
+//
+//   * Framing: one JSON text + '\n' per message, UTF-8. Any JSON value is a message.
+//   * Messages whose `cmd` is a string longer than 5 chars starting with "NODE_" are internal:
+//     they go to on_internal_message, never to on_message.
+//   * Handles travel as {"cmd":"NODE_HANDLE","type":...,"msg":<user message>[,"key":...]} with the
+//     fd attached (SCM_RIGHTS); the receiver answers NODE_HANDLE_ACK (or NODE_HANDLE_NACK when no
+//     fd arrived). One handle is in flight per channel; later sends queue behind it, in order.
+//
+// Lifetime: owned by the ChildProcess (parent side) or by the caller (child side, from
+// parent_channel()). Events are delivered on the loop, never from inside send()/disconnect().
 #include <uv.h>
 
+#include <cstddef>
 #include <functional>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <string>
 
 #include "uvcluster/detail/event.hpp"
-#include "uvcluster/detail/uv_handle.hpp"
+#include "uvcluster/error.hpp"
+#include "uvcluster/fd.hpp"
 
 namespace uvcluster::ipc {
 
+using Json = nlohmann::json;
+
+// What a passed handle is, as Node names it in NODE_HANDLE's `type`.
+enum class HandleType { server /*net.Server*/, socket /*net.Socket*/, native /*net.Native*/ };
+const char* handle_type_name(HandleType t);  // "net.Server", "net.Socket", "net.Native"
+
+// A handle to send. The channel owns `fd` (pass Fd::dup_of(x) to keep your own) and closes it
+// once the receiver has ACKed (or the channel is gone).
+struct OutgoingHandle {
+  HandleType type = HandleType::native;
+  Fd fd{};
+  std::optional<std::string> key{};  // net.Socket accepted by a server: the server's key
+};
+
+// A handle received with a message. A listener that wants it moves `fd` out; otherwise the
+// channel closes it after the listeners ran.
+struct ReceivedHandle {
+  HandleType type = HandleType::native;
+  Fd fd{};
+  std::optional<std::string> key{};
+};
+
+struct SendOptions {
+  // Node's keepOpen: for a net.Socket, the sender keeps its socket open after the ACK. Here the
+  // channel always closes its own fd; keep_open=false makes it call `on_acked` so the caller can
+  // close the original (Node closes the socket after ACK).
+  bool keep_open = false;
+  std::function<void()> on_acked{};
+};
+
+struct ChannelOptions {
+  size_t max_frame_bytes = 64 * 1024 * 1024;  // a longer line: error ERR_IPC_FRAME_TOO_LARGE, close
+};
+
 class Channel {
  public:
-  explicit Channel(uv_loop_t* loop) : loop_(loop) {}
-  int init() {
-    int rc = uv_pipe_init(loop_, pipe_.get(), 1);
-    if (rc == 0) pipe_.mark_initialized();
-    return rc;
-  }
-  uv_pipe_t* pipe() { return pipe_.get(); }
-  void start() {}
-  void destroy() { pipe_.close([this] { close_.emit(); }); }
-  void on_close(std::function<void()> fn) { close_.add(std::move(fn)); }
+  explicit Channel(uv_loop_t* loop, ChannelOptions options = {});
+  ~Channel();
+  Channel(const Channel&) = delete;
+  Channel& operator=(const Channel&) = delete;
+
+  // Sends one message (and a handle). Returns Node's backpressure hint: false when the write
+  // queue is over the high-water mark. `done` runs once the message is written (or failed).
+  // On a closed/disconnected channel: returns false and `done`/on_error get
+  // ERR_IPC_CHANNEL_CLOSED ("Channel closed").
+  bool send(const Json& message, std::optional<OutgoingHandle> handle = std::nullopt,
+            SendOptions options = {}, std::function<void(const Error*)> done = {});
+
+  // Closes the channel once queued sends and a pending handle ACK are done; emits `disconnect`
+  // then `close`. A second call returns ERR_IPC_DISCONNECTED.
+  Status disconnect();
+  bool connected() const;
+
+  // Whether the channel keeps the loop alive (Node refs it while there are message listeners).
+  void ref();
+  void unref();
+
+  void on_message(std::function<void(const Json&, ReceivedHandle*)> fn);
+  void on_internal_message(std::function<void(const Json&, ReceivedHandle*)> fn);
+  void on_disconnect(std::function<void()> fn);
+  // Protocol and I/O errors. Codes: ERR_IPC_BAD_FRAME (a line that is not JSON or empty; the
+  // line is skipped), ERR_IPC_FRAME_TOO_LARGE (channel closed), ERR_IPC_UNEXPECTED_HANDLE (fd
+  // with no NODE_HANDLE; fd closed), ERR_IPC_TRUNCATED (peer closed mid-message), system codes.
+  void on_error(std::function<void(const Error&)> fn);
+  void on_close(std::function<void()> fn);
+
+  // Owner side (spawn/parent_channel): the pipe to hand to uv_spawn or open an fd on, then
+  // start() reading. destroy() closes at once without waiting.
+  int init();
+  uv_pipe_t* pipe();
+  void start();
+  void destroy();
+
+  struct Impl;
 
  private:
-  uv_loop_t* loop_;
-  detail::UvHandle<uv_pipe_t> pipe_;
-  detail::Event<> close_;
+  std::shared_ptr<Impl> impl_;
 };
+
+// Child side: opens the channel the parent gave us through NODE_CHANNEL_FD (json mode only) and
+// removes NODE_CHANNEL_FD / NODE_CHANNEL_SERIALIZATION_MODE from the environment, as Node does.
+// Errors: ERR_IPC_NO_CHANNEL when the variable is missing or not an open fd.
+Result<std::unique_ptr<Channel>> parent_channel(uv_loop_t* loop, ChannelOptions options = {});
 
 }  // namespace uvcluster::ipc
