@@ -2,6 +2,7 @@
 // max_buffer enforced while reading, and one callback with Node's error shape.
 #include "uvcluster/exec.hpp"
 
+#include "uvcluster/detail/spawn_options.hpp"
 #include "uvcluster/detail/utf8.hpp"
 
 namespace uvcluster {
@@ -86,15 +87,8 @@ Result<std::shared_ptr<ChildProcess>> exec_file(uv_loop_t* loop, std::string fil
   run->cmd = file;
   for (const auto& a : args) run->cmd += " " + a;
 
-  SpawnOptions so;
-  so.cwd = options.cwd;
-  so.env = options.env;
-  so.argv0 = options.argv0;
-  so.shell = options.shell;
-  so.uid = options.uid;
-  so.gid = options.gid;
+  SpawnOptions so = detail::common_spawn_options(options);
   so.timeout_ms = options.timeout_ms;
-  so.kill_signal = options.kill_signal;
   auto spawned = spawn(loop, std::move(file), std::move(args), std::move(so));
   if (!spawned) return spawned.error();
 

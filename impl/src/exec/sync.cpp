@@ -4,6 +4,7 @@
 
 #include <unistd.h>
 
+#include "uvcluster/detail/spawn_options.hpp"
 #include "uvcluster/detail/utf8.hpp"
 
 namespace uvcluster {
@@ -35,15 +36,8 @@ Error sync_error(int status, const std::string& file, const std::vector<std::str
 
 Result<SpawnSyncResult> spawn_sync(std::string file, std::vector<std::string> args,
                                    SpawnSyncOptions options) {
-  SpawnOptions so;
-  so.cwd = options.cwd;
-  so.env = options.env;
-  so.argv0 = options.argv0;
+  SpawnOptions so = detail::common_spawn_options(options);  // timeout is ours: it becomes ETIMEDOUT
   so.stdio = options.stdio;
-  so.shell = options.shell;
-  so.uid = options.uid;
-  so.gid = options.gid;
-  so.kill_signal = options.kill_signal;  // timeout is ours: it must become ETIMEDOUT
 
   SpawnSyncResult result;
   PrivateLoop loop;
