@@ -12,5 +12,9 @@ struct Command {
 
 int run_exec(int argc, char** argv);
 void help_exec();
+int run_ipc(int argc, char** argv);
+void help_ipc();
+int run_ipc_echo(int argc, char** argv);
+void help_ipc_echo();
 
 }  // namespace uvcluster::cli
