@@ -1,5 +1,6 @@
 #include "uvcluster/cluster/primary.hpp"
 
+#include <cstdio>
 #include <cstdlib>
 
 #include "uvcluster/cluster/round_robin_handle.hpp"
@@ -106,6 +107,7 @@ std::shared_ptr<Primary> Primary::create(uv_loop_t* loop, PrimarySettings settin
 Primary::Primary(Key, uv_loop_t* loop, PrimarySettings settings)
     : loop_(loop), settings_(std::move(settings)), ticker_(loop) {
   policy_ = settings_.policy.value_or(policy_from_env());
+  debug_ = std::getenv("UVCLUSTER_DEBUG") != nullptr;  // protocol trace on stderr
 }
 
 Primary::~Primary() {
@@ -228,6 +230,7 @@ bool Primary::send_to(WorkerHandle& w, Json payload, Messenger::Reply cb,
                       std::optional<ipc::OutgoingHandle> handle) {
   if (!w.is_connected()) return false;  // Node's sendHelper: nothing sent, no callback kept
   Json m = messenger_.wrap(std::move(payload), std::move(cb), w.id_);
+  if (debug_) std::fprintf(stderr, "[primary] -> %d %s%s\n", w.id_, m.dump().c_str(), handle ? " +fd" : "");
   w.process_->channel()->send(m, std::move(handle));
   return true;
 }
@@ -235,6 +238,7 @@ bool Primary::send_to(WorkerHandle& w, Json payload, Messenger::Reply cb,
 void Primary::on_internal(const std::shared_ptr<WorkerHandle>& w, const Json& raw,
                           ipc::ReceivedHandle* h) {
   const Json& msg = unwrap_handle_message(raw);
+  if (debug_) std::fprintf(stderr, "[primary] <- %d %s%s\n", w->id_, raw.dump().c_str(), h ? " +fd" : "");
   if (!is_cluster_message(msg)) return;
   if (messenger_.take_reply(msg, h, w->id_)) return;
   auto act_it = msg.find("act");

@@ -148,6 +148,7 @@ class Primary : public std::enable_shared_from_this<Primary> {
   uv_loop_t* loop_;
   PrimarySettings settings_;
   Policy policy_;
+  bool debug_ = false;
   detail::Ticker ticker_;
   Messenger messenger_;
   int next_id_ = 1;
