@@ -141,6 +141,7 @@ Result<std::shared_ptr<WorkerHandle>> Primary::fork(const Env& extra) {
   fo.exec_path = settings_.exec_path;
   fo.exec_argv = settings_.exec_argv;
   fo.silent = settings_.silent;
+  fo.stdio = settings_.stdio;
   auto child = uvcluster::fork(loop_, settings_.exec, settings_.args, std::move(fo));
   if (!child.ok()) return child.error();
 

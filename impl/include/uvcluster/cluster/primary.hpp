@@ -44,6 +44,7 @@ struct PrimarySettings {
   std::optional<std::string> exec_path{};     // default: node for .js, else exec itself
   std::optional<std::string> cwd{};
   bool silent = false;
+  std::optional<std::vector<Stdio>> stdio{};  // must contain one Stdio::ipc()
   std::optional<Policy> policy{};             // default: policy_from_env()
 };
 
