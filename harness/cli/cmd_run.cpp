@@ -21,8 +21,9 @@
 
 namespace uvcluster::cli {
 
-void help_run() {
-  std::fprintf(stdout,
+namespace {
+void help_text(FILE* out) {
+  std::fprintf(out,
 R"(usage: uvcluster run [options] -- CMD [ARGS...]
 
 Forks N copies of CMD as cluster workers of a C++ primary that speaks Node's cluster protocol,
@@ -51,6 +52,9 @@ disconnected, one at a time). A port that cannot be bound is a one-line error an
 On a terminal a live status line shows workers, states, restarts and connections handed out.
 )");
 }
+}  // namespace
+
+void help_run() { help_text(stdout); }
 
 namespace {
 
@@ -70,7 +74,7 @@ struct Options {
 
 int usage_error(const std::string& msg) {
   std::fprintf(stderr, "uvcluster run: %s\n", msg.c_str());
-  help_run();
+  help_text(stderr);
   return 2;
 }
 
@@ -168,6 +172,8 @@ class Runner {
       }
     });
     primary_->on_listen_error([this](WorkerHandle& w, const cluster::Address& a, const Error& e) {
+      // Only a port we cannot have is fatal; a malformed query just fails that worker's listen.
+      if (e.code != "EADDRINUSE" && e.code != "EACCES" && e.code != "EADDRNOTAVAIL") return;
       std::string where = (a.address ? *a.address : std::string("*")) + ":" + std::to_string(a.port);
       auto j = who(w);
       j["event"] = "error";
@@ -236,8 +242,9 @@ class Runner {
     emit(j);
     handed_total_ += w.connections();
     finished_.push_back({{"id", w.id()}, {"pid", w.pid() ? Json(*w.pid()) : Json()}, {"connections", w.connections()}});
+    // Exit status reflects the shutdown: a worker that did not leave cleanly during the drain.
     bool clean = w.exited_after_disconnect().value_or(false) && st.code && *st.code == 0;
-    if (!clean) unclean_ = true;
+    if (!clean && (draining_ || !opt_.restart)) unclean_ = true;
     live_.erase(w.id());
     startup_timers_.erase(w.id());
     int id = w.id();
