@@ -112,9 +112,10 @@ int main(int argc, char** argv) {
     });
     uv_run(&loop, UV_RUN_DEFAULT);
     auto& k = worker.counters();
-    std::fprintf(stderr, "{\"worker\":%d,\"pid\":%d,\"accepted\":%llu,\"accept_eagain\":%llu,\"rotations\":%llu}\n",
+    std::fprintf(stderr, "{\"worker\":%d,\"pid\":%d,\"accepted\":%llu,\"accept_eagain\":%llu,\"empty_wakeups\":%llu,\"rotations\":%llu}\n",
                  worker.id(), ::getpid(), static_cast<unsigned long long>(k.accepted),
                  static_cast<unsigned long long>(k.accept_eagain),
+                 static_cast<unsigned long long>(k.empty_wakeups),
                  static_cast<unsigned long long>(k.rotations));
   }
   conns.clear();

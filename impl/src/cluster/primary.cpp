@@ -142,6 +142,7 @@ Result<std::shared_ptr<WorkerHandle>> Primary::fork(const Env& extra) {
   fo.exec_argv = settings_.exec_argv;
   fo.silent = settings_.silent;
   fo.stdio = settings_.stdio;
+  fo.detached = settings_.detached;
   auto child = uvcluster::fork(loop_, settings_.exec, settings_.args, std::move(fo));
   if (!child.ok()) return child.error();
 

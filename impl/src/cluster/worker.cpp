@@ -128,7 +128,10 @@ void accept_ready(uv_poll_t* h, int status, int) {
   for (int i = 0; i < 1024 && !s.closed; ++i) {
     Fd conn = accept_connection(s.fd.get());
     if (!conn) {
-      if (errno == EAGAIN || errno == EWOULDBLOCK) ++s.counters->accept_eagain;
+      if (errno == EAGAIN || errno == EWOULDBLOCK) {
+        ++s.counters->accept_eagain;
+        if (i == 0) ++s.counters->empty_wakeups;
+      }
       if (errno == EINTR || errno == ECONNABORTED) continue;
       return;
     }

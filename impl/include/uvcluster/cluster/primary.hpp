@@ -45,6 +45,7 @@ struct PrimarySettings {
   std::optional<std::string> cwd{};
   bool silent = false;
   std::optional<std::vector<Stdio>> stdio{};  // must contain one Stdio::ipc()
+  bool detached = false;  // own process group: a terminal's Ctrl-C reaches only the primary
   std::optional<Policy> policy{};             // default: policy_from_env()
 };
 

@@ -59,7 +59,10 @@ struct ListenAddress {
 
 struct WorkerCounters {
   uint64_t accepted = 0;       // connections delivered to on_connection
-  uint64_t accept_eagain = 0;  // wake-ups of a shared socket's accept that got EAGAIN (herd)
+  // accept() calls on a shared socket that failed with EAGAIN — what perf's
+  // `syscalls:sys_exit_accept4 --filter 'ret == -11'` counts. Under `drain` every batch ends in one.
+  uint64_t accept_eagain = 0;
+  uint64_t empty_wakeups = 0;  // wake-ups whose first accept got EAGAIN: the herd's lower bound
   uint64_t refused = 0;        // rr newconn answered accepted:false
   uint64_t rotations = 0;      // exclusive_rotate re-registrations
 };
