@@ -249,15 +249,17 @@ class Runner {
     live_.erase(w.id());
     startup_timers_.erase(w.id());
     int id = w.id();
+    bool replaced = false;  // a reload already started its successor: no restart on top
     if (reload_) {
       if (reload_->old == id) {
+        replaced = live_.count(reload_->replacement) != 0;
         next_reload();
       } else if (reload_->replacement == id && !reload_->old_disconnected) {
         emit({{"event", "reload-failed"}, {"id", id}});
         reload_.reset();
       }
     }
-    if (!draining_ && !w.exited_after_disconnect().value_or(false)) {
+    if (!draining_ && !replaced && !w.exited_after_disconnect().value_or(false)) {
       if (opt_.restart) schedule_restart(id);
     }
     maybe_finish();
