@@ -272,6 +272,8 @@ class Runner {
     ++restarts_;
     ++pending_restarts_;
     emit({{"event", "restart"}, {"id", old_id}, {"delay_ms", delay}});
+    // Timers that already fired are closed here (never from inside their own callback).
+    std::erase_if(restart_timers_, [](const detail::UvHandle<uv_timer_t>& t) { return !t.active(); });
     auto& t = restart_timers_.emplace_back();
     uv_timer_init(loop_, t.get());
     t.mark_initialized();
