@@ -246,3 +246,35 @@ TEST(PrimaryHandles, PolicyFromNodeClusterSchedPolicy) {
 }
 
 }  // namespace
+
+namespace {
+
+TEST(PrimaryEvents, UserMessagesBothWaysAndKillIsNotAGracefulExit) {
+  uvc_test::TestLoop loop;
+  auto primary = Primary::create(loop, {.exec = uvc_test::fixture("cluster_echo_worker.js")});
+  Trace t;
+  attach(*primary, t);
+  std::vector<Json> on_worker, on_cluster;
+  auto w = primary->fork();
+  ASSERT_TRUE(w.ok());
+  (*w)->on_message([&](const Json& m) { on_worker.push_back(m); });
+  primary->on_message([&](WorkerHandle&, const Json& m) { on_cluster.push_back(m); });
+  bool online = false;
+  (*w)->on_online([&] { online = true; });
+  ASSERT_TRUE(loop.run_until([&] { return online; }));
+  EXPECT_EQ((*w)->state(), WorkerHandle::State::online);
+  EXPECT_TRUE((*w)->is_connected());
+  EXPECT_FALSE((*w)->exited_after_disconnect().has_value());  // undefined until it leaves
+  EXPECT_TRUE((*w)->send({{"hi", 1}}));
+  ASSERT_TRUE(loop.run_until([&] { return on_cluster.size() == 1; }));
+  Json expect = {{"echo", {{"hi", 1}}}, {"id", (*w)->id()}};
+  EXPECT_EQ(on_worker, std::vector<Json>{expect});  // worker 'message' first, then cluster's
+  EXPECT_EQ(on_cluster, std::vector<Json>{expect});
+  EXPECT_TRUE((*w)->kill());  // Node 20: process.kill(SIGTERM), no disconnect first
+  ASSERT_TRUE(loop.run_until([&] { return t.exited == 1 && primary->workers().empty(); }));
+  EXPECT_EQ((*w)->exit_status()->signal, std::optional<std::string>("SIGTERM"));
+  EXPECT_EQ((*w)->exited_after_disconnect(), std::optional<bool>(false));
+  EXPECT_FALSE((*w)->send("late"));
+}
+
+}  // namespace
