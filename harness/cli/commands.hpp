@@ -16,5 +16,7 @@ int run_ipc(int argc, char** argv);
 void help_ipc();
 int run_ipc_echo(int argc, char** argv);
 void help_ipc_echo();
+int run_run(int argc, char** argv);
+void help_run();
 
 }  // namespace uvcluster::cli

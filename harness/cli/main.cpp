@@ -16,6 +16,8 @@ const Command kCommands[] = {
      uvcluster::cli::run_ipc, uvcluster::cli::help_ipc},
     {"ipc-echo", "IPC child that echoes every message (and handle) back to its parent",
      uvcluster::cli::run_ipc_echo, uvcluster::cli::help_ipc_echo},
+    {"run", "run N copies of a server as cluster workers behind a C++ primary",
+     uvcluster::cli::run_run, uvcluster::cli::help_run},
 };
 
 void usage(FILE* out) {
