@@ -12,5 +12,7 @@ struct Command {
 
 int run_exec(int argc, char** argv);
 void help_exec();
+int run_lab(int argc, char** argv);
+void help_lab();
 
 }  // namespace uvcluster::cli

@@ -12,6 +12,8 @@ using uvcluster::cli::Command;
 const Command kCommands[] = {
     {"exec", "run a command through exec/execFile and print Node's result as JSON",
      uvcluster::cli::run_exec, uvcluster::cli::help_exec},
+    {"lab", "run one cell of the strategy lab (strategy x app x workers x load) and print its record",
+     uvcluster::cli::run_lab, uvcluster::cli::help_lab},
 };
 
 void usage(FILE* out) {
