@@ -162,6 +162,7 @@ class Cell:
         self.launcher = None
         self.accept_policy = None
         self.port = free_port()
+        self.primary_first = False
 
     # -- helpers
     def bin(self, name):
@@ -231,7 +232,7 @@ class Cell:
                 if app != "native":
                     raise Unavailable("EPOLLEXCLUSIVE needs our own accept loop: C++ workers only")
                 extra = ("--exclusive",) + (("--rotate", str(self.a.rotate)) if self.a.rotate else ())
-            if self.use_uvcluster_run():
+            if self.use_uvcluster_run() and not self.a.rotate:  # rotation: our accept loop only
                 return self.launch_uvcluster_run("none" if s == "shared" else "exclusive")
             self.launcher = "harness binds one socket; workers inherit it (fork/exec)"
             sock = self.listen_socket()
@@ -266,23 +267,31 @@ class Cell:
             raise ValueError(s)
 
     def use_uvcluster_run(self):
-        return self.a.launcher == "uvcluster" or self.a.strategy in ("rr", "uvc-run")
+        """rr and uvc-run exist only as `uvcluster run`; shared/exclusive/reuseport use it when
+        this build has it (--launcher auto), else the harness hands the sockets out itself."""
+        if self.a.strategy in ("rr", "uvc-run") or self.a.launcher == "uvcluster":
+            return True
+        return self.a.launcher == "auto" and uvcluster_run_available(self.build)
 
     def launch_uvcluster_run(self, policy):
         """`uvcluster run --policy X --json -- WORKER`: the cluster branch's C++ primary."""
         cli = self.bin("uvcluster")
-        probe = subprocess.run([cli, "run", "--help"], capture_output=True, text=True)
-        if probe.returncode != 0:
+        if not uvcluster_run_available(self.build):
             raise Unavailable("`uvcluster run` is not in this build (cluster branch not merged yet)")
         if self.a.app == "native":
-            worker = [self.bin("hello-native"), "--cluster", "--accept", self.a.accept]
+            worker = [self.bin("hello-native"), "--port", str(self.port), "--accept", self.a.accept]
             self.accept_policy = self.a.accept
         else:
             worker = [NODE, os.path.join(SRC, "harness/apps/hello-node.js"), "--port", str(self.port)]
+            self.accept_policy = "libuv-node (one per wakeup, libuv>=1.45)"
         self.launcher = f"uvcluster run --policy {policy}"
-        p = self.spawn([cli, "run", "-i", str(self.a.workers), "--policy", policy, "--json", "--"]
-                       + worker)
+        # No restarts: a worker we stop must stay stopped. stdout (JSON events) kept in a log.
+        log = open(os.path.join(self.tmp, "run-events.jsonl"), "w")
+        p = self.spawn([cli, "run", "-i", str(self.a.workers), "--policy", policy, "--json",
+                        "--restart", "never", "--grace", "3000", "--"] + worker, stdout=log)
+        log.close()
         self.primary_pids.append(p.pid)
+        self.primary_first = True  # its drain disconnects the workers (Node workers then exit)
 
     def launch_nginx(self):
         nginx = shutil.which("nginx") or "/usr/sbin/nginx"
@@ -392,8 +401,12 @@ class Cell:
     def stop(self):
         tracked = self.all_pids()
         workers = [p for p in self.ready_pids() if alive(p)]
-        # Workers first, so their final counters are written; then primaries.
-        for group in (workers, [p for p in tracked if p not in workers]):
+        # Workers first, so their final counters are written; then primaries. A cluster primary
+        # goes first instead: it drains (disconnects) its workers, and a worker killed under it
+        # would only be reported as a crash.
+        others = [p for p in tracked if p not in workers]
+        order = (others, workers) if self.primary_first else (workers, others)
+        for group in order:
             for pid in group:
                 try:
                     os.kill(pid, signal.SIGTERM)
@@ -421,6 +434,20 @@ class Cell:
 
     def cleanup(self):
         shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+_RUN_AVAILABLE = {}
+
+
+def uvcluster_run_available(build):
+    if build not in _RUN_AVAILABLE:
+        cli = os.path.join(build, "bin", "uvcluster")
+        try:
+            ok = subprocess.run([cli, "run", "--help"], capture_output=True, timeout=10).returncode == 0
+        except (OSError, subprocess.SubprocessError):
+            ok = False
+        _RUN_AVAILABLE[build] = ok
+    return _RUN_AVAILABLE[build]
 
 
 def free_port():
@@ -697,8 +724,9 @@ def parse_args(argv):
     p.add_argument("--accept", choices=["one", "drain"], default="one",
                    help="hello-native accept policy per wake-up (default one, like Node's libuv)")
     p.add_argument("--rotate", type=int, default=0, help="exclusive: re-register every K accepts")
-    p.add_argument("--launcher", choices=["harness", "uvcluster"], default="harness",
-                   help="shared/exclusive/reuseport through the harness or `uvcluster run`")
+    p.add_argument("--launcher", choices=["auto", "harness", "uvcluster"], default="auto",
+                   help="shared/exclusive/reuseport through `uvcluster run` (auto: when built) "
+                        "or the harness (it binds and the workers inherit the sockets)")
     p.add_argument("--herd-duration", type=float, default=1.0, help="extra perf run, 0 = skip")
     p.add_argument("--herd-method", choices=["perf", "strace"], default="perf")
     p.add_argument("--herd-overhead", action="store_true",

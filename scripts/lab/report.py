@@ -32,10 +32,10 @@ def fmt(v, digits=2):
         return "–"
     if isinstance(v, float) and math.isinf(v):
         return "∞"
-    if isinstance(v, float):
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
         if abs(v) >= 1000:
             return f"{v:,.0f}"
-        return f"{v:.{digits}f}"
+        return f"{v:.{digits}f}" if isinstance(v, float) else str(v)
     return str(v)
 
 

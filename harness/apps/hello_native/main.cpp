@@ -3,7 +3,9 @@
 //   * HttpServer: serves connections that arrive as accepted sockets (uvcluster::Fd);
 //   * connection sources: Listener = our own accept loop on a listening fd driven by uv_poll,
 //     so the accept policy (one | drain) is explicit and EAGAINs are counted here.
-// Modes: --port P [--reuseport] binds 127.0.0.1:P; --fd N serves an inherited listening fd.
+// Modes: --port P [--reuseport] binds 127.0.0.1:P; --fd N serves an inherited listening fd;
+// with NODE_UNIQUE_ID set (forked by `uvcluster run` or Node's cluster) --port P listens
+// through the primary (cluster::Worker) and connections arrive as accepted Fds.
 // --exclusive registers the listener with EPOLLEXCLUSIVE in a private epoll set that the loop
 // polls (libuv 1.44 has no such flag); --rotate K re-registers it every K accepts (nginx 1.21.6).
 // Counters go to $UVC_LAB_STATS / $UVC_LAB_STATS_DIR on SIGTERM/SIGINT (then exit) and SIGUSR2.
@@ -26,6 +28,7 @@
 #include <vector>
 
 #include "lab_stats.hpp"
+#include "uvcluster/cluster/worker.hpp"
 #include "uvcluster/detail/uv_handle.hpp"
 #include "uvcluster/fd.hpp"
 
@@ -267,6 +270,92 @@ nlohmann::json stats_json(const Stats& s, const std::string& policy, const std::
 
 }  // namespace
 
+// Stop on SIGTERM/SIGINT (or when the cluster primary disconnects us): publish the counters,
+// stop taking connections, close the ones we have; the loop then ends by itself.
+struct App {
+  Stats stats;
+  std::string policy;
+  HttpServer* server = nullptr;
+  Listener* listener = nullptr;                  // own accept loop (--port/--fd)
+  uvcluster::cluster::Worker* worker = nullptr;  // cluster-worker mode
+  UvHandle<uv_signal_t> signals[3];
+  bool stopping = false;
+
+  void publish(const std::string& error = "") {
+    ++stats.seq;
+    if (worker) {  // the cluster library accepts for us and counts the herd
+      stats.accept_eagain = worker->counters().accept_eagain;
+    }
+    uvcluster::lab::publish(stats_json(stats, policy, error));
+  }
+  void stop() {
+    if (stopping) return;
+    stopping = true;
+    publish();
+    if (listener) listener->stop();
+    server->close_all();
+    if (worker && worker->connected()) worker->disconnect();
+    for (auto& h : signals) h.close();
+  }
+  void watch_signals(uv_loop_t* loop) {
+    int sigs[3] = {SIGTERM, SIGINT, SIGUSR2};
+    for (int i = 0; i < 3; ++i) {
+      uv_signal_init(loop, signals[i].get());
+      signals[i].mark_initialized();
+      signals[i]->data = this;
+      uv_signal_start(signals[i].get(), [](uv_signal_t* h, int sig) {
+        auto* app = static_cast<App*>(h->data);
+        if (sig == SIGUSR2) app->publish();
+        else app->stop();
+      }, sigs[i]);
+    }
+  }
+};
+
+int serve_cluster_worker(int port, AcceptPolicy policy, bool exclusive, App& app) {
+  namespace cl = uvcluster::cluster;
+  uv_loop_t* loop = uv_default_loop();
+  HttpServer server(loop, app.stats);
+  app.server = &server;
+  int rc = 0;
+  {
+    auto w = cl::Worker::start(loop);
+    if (!w) {
+      std::fprintf(stderr, "hello-native: cluster worker: %s\n", w.error().message.c_str());
+      return 1;
+    }
+    cl::Worker& worker = *w.value();
+    app.worker = &worker;
+    cl::ListenOptions lo;
+    lo.host = "127.0.0.1";
+    lo.port = port;
+    lo.accept_policy = policy == AcceptPolicy::one ? cl::AcceptPolicy::one : cl::AcceptPolicy::drain;
+    if (exclusive) lo.exclusive = true;  // otherwise the primary's policy decides
+    worker.listen(
+        lo,
+        [&](uvcluster::Result<cl::ListenAddress> r) {
+          if (!r.ok()) {
+            std::fprintf(stderr, "hello-native: listen 127.0.0.1:%d: %s\n", port, r.error().code.c_str());
+            app.publish(r.error().code);
+            rc = 3;
+            app.stopping = true;
+            for (auto& h : app.signals) h.close();
+            worker.destroy();
+            return;
+          }
+          uvcluster::lab::mark_ready({{"pid", ::getpid()}, {"port", port}, {"mode", r.value().mode}});
+        },
+        [&](Fd conn) { server.add(std::move(conn)); });
+    worker.on_disconnect([&] { app.stop(); });
+    app.watch_signals(loop);
+    uv_run(loop, UV_RUN_DEFAULT);
+    app.worker = nullptr;
+  }
+  uv_run(loop, UV_RUN_NOWAIT);  // close callbacks of what the Worker owned
+  uv_loop_close(loop);
+  return rc;
+}
+
 int main(int argc, char** argv) {
   int port = -1, inherited = -1, rotate = 0;
   bool reuseport = false, exclusive = false;
@@ -286,13 +375,15 @@ int main(int argc, char** argv) {
     else usage_error(("unknown option " + a).c_str());
   }
   if (policy_name != "one" && policy_name != "drain") usage_error("--accept must be one or drain");
-  if ((port < 0) == (inherited < 0)) {
-    if (std::getenv("NODE_UNIQUE_ID"))
-      usage_error("cluster-worker mode needs the cluster library (not in this build)");
-    usage_error("give exactly one of --port or --fd");
-  }
   AcceptPolicy policy = policy_name == "one" ? AcceptPolicy::one : AcceptPolicy::drain;
-  Stats stats;
+  App app;
+  app.policy = policy_name;
+  // Forked by a cluster primary (uvcluster run, or Node's cluster): listen through it.
+  if (uvcluster::cluster::is_worker()) {
+    if (port < 0) usage_error("a cluster worker needs --port");
+    return serve_cluster_worker(port, policy, exclusive, app);
+  }
+  if ((port < 0) == (inherited < 0)) usage_error("give exactly one of --port or --fd");
 
   Fd lfd;
   if (inherited >= 0) {
@@ -312,46 +403,21 @@ int main(int argc, char** argv) {
     if (::bind(lfd.get(), reinterpret_cast<sockaddr*>(&sa), sizeof sa) != 0 || ::listen(lfd.get(), 511) != 0) {
       std::string err = errno == EADDRINUSE ? "EADDRINUSE" : std::strerror(errno);
       std::fprintf(stderr, "hello-native: listen 127.0.0.1:%d: %s\n", port, err.c_str());
-      uvcluster::lab::publish(stats_json(stats, policy_name, err));
+      app.publish(err);
       return 3;
     }
   }
 
   uv_loop_t* loop = uv_default_loop();
-  HttpServer server(loop, stats);
+  HttpServer server(loop, app.stats);
   Listener listener(loop, server, std::move(lfd), policy, exclusive, rotate);
   if (!listener.ok()) {
     std::fprintf(stderr, "hello-native: cannot watch the listening socket\n");
     return 1;
   }
-
-  UvHandle<uv_signal_t> sigterm, sigint, sigusr2;
-  struct Ctx {
-    Stats* stats;
-    std::string policy;
-    Listener* listener;
-    HttpServer* server;
-    UvHandle<uv_signal_t>* handles[3];
-  } ctx{&stats, policy_name, &listener, &server, {&sigterm, &sigint, &sigusr2}};
-  auto on_stop = [](uv_signal_t* h, int) {
-    auto* c = static_cast<Ctx*>(h->data);
-    ++c->stats->seq;
-    uvcluster::lab::publish(stats_json(*c->stats, c->policy, ""));
-    c->listener->stop();
-    c->server->close_all();
-    for (auto* s : c->handles) s->close();  // nothing left: the loop ends
-  };
-  auto on_dump = [](uv_signal_t* h, int) {
-    auto* c = static_cast<Ctx*>(h->data);
-    ++c->stats->seq;
-    uvcluster::lab::publish(stats_json(*c->stats, c->policy, ""));
-  };
-  for (auto [h, sig] : {std::pair{&sigterm, SIGTERM}, {&sigint, SIGINT}, {&sigusr2, SIGUSR2}}) {
-    uv_signal_init(loop, h->get());
-    h->mark_initialized();
-    (*h)->data = &ctx;
-    uv_signal_start(h->get(), sig == SIGUSR2 ? +on_dump : +on_stop, sig);
-  }
+  app.server = &server;
+  app.listener = &listener;
+  app.watch_signals(loop);
   uvcluster::lab::mark_ready({{"pid", ::getpid()}, {"port", port}});
   uv_run(loop, UV_RUN_DEFAULT);
   uv_loop_close(loop);
