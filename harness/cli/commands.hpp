@@ -12,6 +12,12 @@ struct Command {
 
 int run_exec(int argc, char** argv);
 void help_exec();
+int run_ipc(int argc, char** argv);
+void help_ipc();
+int run_ipc_echo(int argc, char** argv);
+void help_ipc_echo();
+int run_run(int argc, char** argv);
+void help_run();
 int run_lab(int argc, char** argv);
 void help_lab();
 

@@ -12,6 +12,12 @@ using uvcluster::cli::Command;
 const Command kCommands[] = {
     {"exec", "run a command through exec/execFile and print Node's result as JSON",
      uvcluster::cli::run_exec, uvcluster::cli::help_exec},
+    {"ipc", "fork a command with an IPC channel: stdin lines -> messages -> stdout lines",
+     uvcluster::cli::run_ipc, uvcluster::cli::help_ipc},
+    {"ipc-echo", "IPC child that echoes every message (and handle) back to its parent",
+     uvcluster::cli::run_ipc_echo, uvcluster::cli::help_ipc_echo},
+    {"run", "run N copies of a server as cluster workers behind a C++ primary",
+     uvcluster::cli::run_run, uvcluster::cli::help_run},
     {"lab", "run one cell of the strategy lab (strategy x app x workers x load) and print its record",
      uvcluster::cli::run_lab, uvcluster::cli::help_lab},
 };

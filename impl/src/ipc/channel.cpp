@@ -1,51 +1,481 @@
-// STUB until the ipc branch lands: owner-side only (the pipe spawn() needs); send() fails.
+// ipc::Channel: Node's json IPC channel over a libuv IPC pipe (see channel.hpp for behaviour).
 #include "uvcluster/ipc/channel.hpp"
 
+#include <deque>
+#include <vector>
+
+#include "handles.hpp"
+#include "uvcluster/detail/ticker.hpp"
 #include "uvcluster/detail/uv_handle.hpp"
+#include "uvcluster/ipc/framing.hpp"
 
 namespace uvcluster::ipc {
 
-struct Channel::Impl {
-  detail::UvHandle<uv_pipe_t> pipe;
-  detail::Event<> close;
+namespace {
+constexpr size_t kHighWaterMark = 65536 * 2;  // Node: writeQueueSize < 131072
+constexpr int kMaxHandleRetransmissions = 3;  // Node's MAX_HANDLE_RETRANSMISSIONS
+constexpr size_t kReadBuffer = 64 * 1024;
+const std::string kAckFrame = "{\"cmd\":\"NODE_HANDLE_ACK\"}\n";
+const std::string kNackFrame = "{\"cmd\":\"NODE_HANDLE_NACK\"}\n";
+
+Error channel_closed() { return Error::make("ERR_IPC_CHANNEL_CLOSED", "Channel closed"); }
+
+const std::string* cmd_of(const Json& m) {
+  if (!m.is_object()) return nullptr;
+  auto it = m.find("cmd");
+  if (it == m.end() || !it->is_string()) return nullptr;
+  return &it->get_ref<const std::string&>();
+}
+}  // namespace
+
+struct Channel::Impl : std::enable_shared_from_this<Channel::Impl> {
+  enum class State { idle, open, closing, closed };
+
+  struct Queued {
+    Json message;
+    std::optional<OutgoingHandle> handle;
+    SendOptions options;
+    std::function<void(const Error*)> done;
+  };
+  struct InFlight {
+    std::string frame;
+    HandleType type = HandleType::native;
+    Fd fd;
+    SendOptions options;
+    int retransmissions = 0;
+  };
+  struct Buffered {
+    Json message;
+    std::optional<ReceivedHandle> handle;
+  };
+  struct WriteReq {
+    uv_write_t req{};
+    std::string data;
+    detail_handles::SendStream send;
+    std::function<void(const Error*)> done;
+    std::weak_ptr<Impl> impl;
+  };
+
+  Impl(uv_loop_t* l, ChannelOptions o) : loop(l), options(o), ticker(l), reader(o.max_frame_bytes) {}
+
   uv_loop_t* loop;
+  ChannelOptions options;
+  detail::UvHandle<uv_pipe_t> pipe;
+  detail::Ticker ticker;
+  FrameReader reader;
+  std::vector<char> rbuf = std::vector<char>(kReadBuffer);
+
+  State state = State::idle;
+  bool connected = false;
+  bool reading = false;
+  bool listener_refcount = false;  // child side: ref only while message/disconnect listeners exist
+  std::optional<bool> explicit_ref;
+  bool disconnect_after_ack = false;
+  bool disconnect_when_drained = false;
+  bool emit_disconnect_on_close = true;
+  int writes_outstanding = 0;
+
+  bool waiting_ack = false;
+  std::optional<InFlight> in_flight;
+  std::deque<Queued> queue;
+  std::deque<Fd> received_fds;
+  std::deque<Buffered> backlog;
+
+  detail::Event<const Json&, ReceivedHandle*> message_ev;
+  detail::Event<const Json&, ReceivedHandle*> internal_ev;
+  detail::Event<> disconnect_ev;
+  detail::Event<const Error&> error_ev;
+  detail::Event<> close_ev;
+
+  // Runs fn on the loop's next turn if the channel still exists.
+  void defer(std::function<void(Impl&)> fn) {
+    std::weak_ptr<Impl> weak = weak_from_this();
+    ticker.defer([weak, fn = std::move(fn)] {
+      if (auto self = weak.lock()) fn(*self);
+    });
+  }
+
+  void emit_error_later(Error e) {
+    defer([e = std::move(e)](Impl& self) { self.error_ev.emit(e); });
+  }
+
+  void update_ref() {
+    if (!pipe.initialized() || state != State::open) return;
+    bool want = explicit_ref ? *explicit_ref
+                             : (!listener_refcount || !message_ev.empty() || !disconnect_ev.empty());
+    if (want) uv_ref(pipe.base());
+    else uv_unref(pipe.base());
+  }
+
+  // ---- writing ----------------------------------------------------------------------------
+
+  // Queues one frame on the pipe (with a duplicate of `fd` when fd >= 0). Returns a libuv error.
+  // On failure `done` (or, unless swallow_errors, the error event) gets the error later.
+  int write(std::string frame, int fd, std::function<void(const Error*)> done,
+            bool swallow_errors = false) {
+    if (state != State::open) {
+      if (done) fail_later(std::move(done), channel_closed());
+      return UV_EPIPE;
+    }
+    auto w = std::make_unique<WriteReq>();
+    w->data = std::move(frame);
+    w->done = std::move(done);
+    w->impl = weak_from_this();
+    uv_buf_t buf = uv_buf_init(w->data.data(), static_cast<unsigned>(w->data.size()));
+    int rc;
+    if (fd >= 0) {
+      rc = detail_handles::make_send_stream(loop, fd, w->send);
+      if (rc == 0) rc = uv_write2(&w->req, pipe.stream(), &buf, 1, w->send.stream(), on_write);
+    } else {
+      rc = uv_write(&w->req, pipe.stream(), &buf, 1, on_write);
+    }
+    if (rc < 0) {
+      if (w->done) fail_later(std::move(w->done), Error::from_uv(rc, "write"));
+      else if (!swallow_errors) emit_error_later(Error::from_uv(rc, "write"));
+      return rc;
+    }
+    w->req.data = w.get();
+    ++writes_outstanding;
+    (void)w.release();  // owned by on_write from now on
+    return 0;
+  }
+
+  static void on_write(uv_write_t* req, int status) {
+    std::unique_ptr<WriteReq> w(static_cast<WriteReq*>(req->data));
+    auto self = w->impl.lock();
+    if (!self) return;
+    --self->writes_outstanding;
+    if (status < 0) {
+      Error e = status == UV_ECANCELED ? channel_closed() : Error::from_uv(status, "write");
+      if (w->done) w->done(&e);
+      else if (status != UV_ECANCELED) self->error_ev.emit(e);
+    } else if (w->done) {
+      w->done(nullptr);
+    }
+    self->maybe_finish_disconnect();
+  }
+
+  void fail_later(std::function<void(const Error*)> done, Error e) {
+    defer([done = std::move(done), e = std::move(e)](Impl& self) {
+      if (done) done(&e);
+      else self.error_ev.emit(e);
+    });
+  }
+
+  bool send_now(Queued q) {
+    const std::string* cmd = cmd_of(q.message);
+    bool is_ack = cmd && (*cmd == "NODE_HANDLE_ACK" || *cmd == "NODE_HANDLE_NACK");
+    if (waiting_ack && !is_ack) {
+      queue.push_back(std::move(q));
+      return queue.size() == 1;
+    }
+    if (q.handle && q.handle->fd.valid()) {
+      // Built by hand to keep Node's key order: cmd, type, msg, key.
+      std::string frame = "{\"cmd\":\"NODE_HANDLE\",\"type\":\"";
+      frame += handle_type_name(q.handle->type);
+      frame += "\",\"msg\":";
+      frame += q.message.dump(-1, ' ', false, Json::error_handler_t::replace);
+      if (q.handle->key) {
+        frame += ",\"key\":";
+        frame += Json(*q.handle->key).dump(-1, ' ', false, Json::error_handler_t::replace);
+      }
+      frame += "}\n";
+      if (write(frame, q.handle->fd.get(), std::move(q.done)) < 0)
+        return false;  // q.handle's fd closes here
+      in_flight = InFlight{std::move(frame), q.handle->type, std::move(q.handle->fd),
+                           std::move(q.options), 0};
+      waiting_ack = true;
+    } else {
+      if (write(encode_frame(q.message), -1, std::move(q.done)) < 0) return false;
+    }
+    return uv_stream_get_write_queue_size(pipe.stream()) < kHighWaterMark;
+  }
+
+  void on_handle_reply(bool ack) {
+    if (!waiting_ack) return;  // stray ACK/NACK
+    if (in_flight) {
+      bool retransmittable = in_flight->type == HandleType::socket && !in_flight->options.keep_open;
+      if (!ack && retransmittable && in_flight->retransmissions < kMaxHandleRetransmissions) {
+        // Node re-sends the already wrapped message as a double-wrapped net.Native (verified
+        // against node v20, see channel.hpp); we re-send the original frame, which any receiver
+        // (Node or us) handles like the first attempt and ACKs once.
+        ++in_flight->retransmissions;
+        if (write(in_flight->frame, in_flight->fd.get(), {}, true) == 0) return;  // still waiting
+      }
+      if (!ack && retransmittable)
+        error_ev.emit(Error::make("ERR_IPC_HANDLE_NOT_RECEIVED",
+                                  "Handle did not reach the receiving process correctly"));
+      auto acked = std::move(in_flight->options.on_acked);
+      bool keep_open = in_flight->options.keep_open;
+      in_flight.reset();  // our duplicate of the fd closes only now
+      if (!keep_open && acked) acked();
+    }
+    waiting_ack = false;
+    auto items = std::move(queue);
+    queue.clear();
+    for (auto& item : items) send_now(std::move(item));
+    if (disconnect_after_ack && !waiting_ack) {
+      disconnect_after_ack = false;
+      disconnect_when_drained = true;
+      maybe_finish_disconnect();
+    }
+  }
+
+  // ---- reading ----------------------------------------------------------------------------
+
+  static void on_alloc(uv_handle_t* h, size_t, uv_buf_t* buf) {
+    auto* self = static_cast<Impl*>(h->data);
+    *buf = uv_buf_init(self->rbuf.data(), static_cast<unsigned>(self->rbuf.size()));
+  }
+
+  static void on_read(uv_stream_t* s, ssize_t nread, const uv_buf_t*) {
+    auto self = static_cast<Impl*>(s->data)->shared_from_this();
+    self->handle_read(nread);
+  }
+
+  void handle_read(ssize_t nread) {
+    if (nread == 0) return;
+    if (nread < 0) {
+      if (nread != UV_EOF) error_ev.emit(Error::from_uv(static_cast<int>(nread), "read"));
+      else if (reader.buffering())
+        error_ev.emit(Error::make("ERR_IPC_TRUNCATED",
+                                  "IPC channel closed in the middle of a message (" +
+                                      std::to_string(reader.buffered()) + " bytes dropped)"));
+      teardown(true);
+      return;
+    }
+    while (state == State::open && uv_pipe_pending_count(pipe.get()) > 0) {
+      int err = 0;
+      Fd fd = detail_handles::accept_pending(loop, pipe.get(), &err);
+      if (fd) received_fds.push_back(std::move(fd));
+      else error_ev.emit(Error::from_uv(err, "accept"));
+    }
+    bool ok = reader.feed(rbuf.data(), static_cast<size_t>(nread),
+                          [this](std::string_view line) { on_line(line); });
+    if (state != State::open) return;
+    if (!ok) {
+      error_ev.emit(Error::make("ERR_IPC_FRAME_TOO_LARGE",
+                                "IPC frame exceeds " + std::to_string(options.max_frame_bytes) +
+                                    " bytes"));
+      teardown(true);
+      return;
+    }
+    // An fd can only belong to a NODE_HANDLE frame that starts in the read that carried it; with
+    // no partial frame left, nothing can claim it.
+    if (!reader.buffering()) {
+      while (!received_fds.empty() && state == State::open) {
+        received_fds.pop_front();
+        error_ev.emit(Error::make("ERR_IPC_UNEXPECTED_HANDLE",
+                                  "received a file descriptor without a NODE_HANDLE message"));
+      }
+    }
+  }
+
+  void on_line(std::string_view line) {
+    if (state != State::open) return;
+    auto parsed = parse_frame(line);
+    if (!parsed) {
+      error_ev.emit(parsed.error());
+      return;
+    }
+    Json& msg = parsed.value();
+    if (!is_internal(msg)) {
+      deliver_user(msg, nullptr);
+      return;
+    }
+    const std::string& cmd = *cmd_of(msg);
+    if (cmd == "NODE_HANDLE") {
+      receive_handle(msg);
+      return;
+    }
+    if (cmd == "NODE_HANDLE_ACK" || cmd == "NODE_HANDLE_NACK") on_handle_reply(cmd == "NODE_HANDLE_ACK");
+    if (state == State::open) internal_ev.emit(msg, nullptr);
+  }
+
+  void receive_handle(Json& wrapper) {
+    if (received_fds.empty()) {
+      write(kNackFrame, -1, {}, true);  // Node: no fd arrived → NACK, nothing delivered
+      return;
+    }
+    Fd fd = std::move(received_fds.front());
+    received_fds.pop_front();
+    write(kAckFrame, -1, {}, true);  // ACK at once, before delivering (Node)
+    // Node's NACK retransmission wraps the wrapper again as net.Native: unwrap to the original.
+    Json* inner = &wrapper;
+    for (;;) {
+      auto it = inner->find("msg");
+      if (it == inner->end()) break;
+      const std::string* c = cmd_of(*it);
+      if (!c || *c != "NODE_HANDLE") break;
+      inner = &*it;
+    }
+    ReceivedHandle h;
+    h.fd = std::move(fd);
+    if (auto t = inner->find("type"); t != inner->end() && t->is_string())
+      detail_handles::parse_handle_type(t->get_ref<const std::string&>(), &h.type);
+    if (auto k = inner->find("key"); k != inner->end() && k->is_string())
+      h.key = k->get<std::string>();
+    Json msg;
+    if (auto m = inner->find("msg"); m != inner->end()) msg = std::move(*m);
+    if (is_internal(msg)) internal_ev.emit(msg, &h);
+    else deliver_user(msg, &h);
+  }
+
+  void deliver_user(const Json& msg, ReceivedHandle* h) {
+    if (message_ev.empty()) {
+      // Node keeps messages that arrive before any 'message' listener (kPendingMessages).
+      Buffered b{msg, std::nullopt};
+      if (h) b.handle = std::move(*h);
+      backlog.push_back(std::move(b));
+      return;
+    }
+    message_ev.emit(msg, h);
+  }
+
+  void replay_backlog() {
+    while (!backlog.empty() && !message_ev.empty() && state != State::closed) {
+      Buffered b = std::move(backlog.front());
+      backlog.pop_front();
+      message_ev.emit(b.message, b.handle ? &*b.handle : nullptr);
+    }
+  }
+
+  // ---- closing ----------------------------------------------------------------------------
+
+  void maybe_finish_disconnect() {
+    if (disconnect_when_drained && writes_outstanding == 0 && state == State::open) teardown(true);
+  }
+
+  void teardown(bool emit_disconnect) {
+    if (state != State::open) return;
+    state = State::closing;
+    connected = false;
+    emit_disconnect_on_close = emit_disconnect;
+    received_fds.clear();
+    in_flight.reset();
+    waiting_ack = false;
+    auto items = std::move(queue);
+    queue.clear();
+    for (auto& q : items)
+      if (q.done) fail_later(std::move(q.done), channel_closed());
+    auto self = shared_from_this();
+    pipe.close([self] {
+      self->state = State::closed;
+      if (self->emit_disconnect_on_close) self->disconnect_ev.emit();
+      self->close_ev.emit();
+      self->replay_backlog();  // messages read before the close still reach a late listener
+    });
+  }
 };
 
-const char* handle_type_name(HandleType t) {
-  switch (t) {
-    case HandleType::server: return "net.Server";
-    case HandleType::socket: return "net.Socket";
-    case HandleType::native: return "net.Native";
-  }
-  return "net.Native";
+Channel::Channel(uv_loop_t* loop, ChannelOptions options)
+    : impl_(std::make_shared<Impl>(loop, options)) {}
+
+Channel::~Channel() {
+  auto& i = *impl_;
+  i.message_ev.clear();
+  i.internal_ev.clear();
+  i.disconnect_ev.clear();
+  i.error_ev.clear();
+  i.close_ev.clear();
+  i.in_flight.reset();
+  i.queue.clear();
+  i.received_fds.clear();
+  i.backlog.clear();
+  i.state = Impl::State::closed;
+  i.pipe.close();
+  i.ticker.close();
 }
 
-Channel::Channel(uv_loop_t* loop, ChannelOptions) : impl_(std::make_shared<Impl>()) { impl_->loop = loop; }
-Channel::~Channel() { impl_->pipe.close(); }
 int Channel::init() {
   int rc = uv_pipe_init(impl_->loop, impl_->pipe.get(), 1);
-  if (rc == 0) impl_->pipe.mark_initialized();
-  return rc;
+  if (rc < 0) return rc;
+  impl_->pipe.mark_initialized();
+  impl_->pipe->data = impl_.get();
+  impl_->state = Impl::State::open;
+  impl_->connected = true;
+  return 0;
 }
-uv_pipe_t* Channel::pipe() { return impl_->pipe.get(); }
-void Channel::start() {}
-void Channel::destroy() {
-  auto impl = impl_;
-  impl_->pipe.close([impl] { impl->close.emit(); });
-}
-void Channel::on_close(std::function<void()> fn) { impl_->close.add(std::move(fn)); }
-bool Channel::send(const Json&, std::optional<OutgoingHandle>, SendOptions, std::function<void(const Error*)>) { return false; }
-Status Channel::disconnect() { return Error::make("ERR_IPC_DISCONNECTED", "IPC channel is already disconnected"); }
-bool Channel::connected() const { return false; }
-void Channel::ref() {}
-void Channel::unref() {}
-void Channel::on_message(std::function<void(const Json&, ReceivedHandle*)>) {}
-void Channel::on_internal_message(std::function<void(const Json&, ReceivedHandle*)>) {}
-void Channel::on_disconnect(std::function<void()>) {}
-void Channel::on_error(std::function<void(const Error&)>) {}
 
-Result<std::unique_ptr<Channel>> parent_channel(uv_loop_t*, ChannelOptions) {
-  return Error::make("ERR_IPC_NO_CHANNEL", "not implemented");
+uv_pipe_t* Channel::pipe() { return impl_->pipe.get(); }
+
+void Channel::start() {
+  auto& i = *impl_;
+  if (i.state != Impl::State::open || i.reading) return;
+  int rc = uv_read_start(i.pipe.stream(), Impl::on_alloc, Impl::on_read);
+  if (rc < 0) {
+    i.emit_error_later(Error::from_uv(rc, "read"));
+    i.defer([](Impl& self) { self.teardown(true); });
+    return;
+  }
+  i.reading = true;
+  i.update_ref();
+}
+
+void Channel::destroy() {
+  auto& i = *impl_;
+  if (i.state == Impl::State::open) {
+    i.teardown(false);
+  } else if (i.state == Impl::State::idle) {
+    i.state = Impl::State::closed;
+    i.defer([](Impl& self) { self.close_ev.emit(); });
+  }
+}
+
+bool Channel::send(const Json& message, std::optional<OutgoingHandle> handle, SendOptions options,
+                   std::function<void(const Error*)> done) {
+  auto& i = *impl_;
+  if (i.state != Impl::State::open || !i.connected) {
+    i.fail_later(std::move(done), channel_closed());
+    return false;  // `handle` (and its fd) is dropped here
+  }
+  return i.send_now(Impl::Queued{message, std::move(handle), std::move(options), std::move(done)});
+}
+
+Status Channel::disconnect() {
+  auto& i = *impl_;
+  if (i.state != Impl::State::open || !i.connected)
+    return Error::make("ERR_IPC_DISCONNECTED", "IPC channel is already disconnected");
+  i.connected = false;
+  if (i.waiting_ack) {
+    i.disconnect_after_ack = true;
+  } else {
+    i.disconnect_when_drained = true;
+    i.defer([](Impl& self) { self.maybe_finish_disconnect(); });  // never synchronous
+  }
+  return Ok{};
+}
+
+bool Channel::connected() const { return impl_->state == Impl::State::open && impl_->connected; }
+
+void Channel::ref() {
+  impl_->explicit_ref = true;
+  impl_->update_ref();
+}
+void Channel::unref() {
+  impl_->explicit_ref = false;
+  impl_->update_ref();
+}
+
+void Channel::on_message(std::function<void(const Json&, ReceivedHandle*)> fn) {
+  auto& i = *impl_;
+  i.message_ev.add(std::move(fn));
+  i.update_ref();
+  if (!i.backlog.empty()) i.defer([](Impl& self) { self.replay_backlog(); });
+}
+void Channel::on_internal_message(std::function<void(const Json&, ReceivedHandle*)> fn) {
+  impl_->internal_ev.add(std::move(fn));
+}
+void Channel::on_disconnect(std::function<void()> fn) {
+  impl_->disconnect_ev.add(std::move(fn));
+  impl_->update_ref();
+}
+void Channel::on_error(std::function<void(const Error&)> fn) { impl_->error_ev.add(std::move(fn)); }
+void Channel::on_close(std::function<void()> fn) { impl_->close_ev.add(std::move(fn)); }
+
+void Channel::set_ref_by_listeners(bool on) {
+  impl_->listener_refcount = on;
+  impl_->update_ref();
 }
 
 }  // namespace uvcluster::ipc

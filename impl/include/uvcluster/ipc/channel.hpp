@@ -82,6 +82,11 @@ class Channel {
   // Whether the channel keeps the loop alive (Node refs it while there are message listeners).
   void ref();
   void unref();
+  // Default rule before any ref()/unref(): the owner side (spawn) is always ref'd, like Node's
+  // ChildProcess channel; parent_channel() turns this on, so the child-side channel keeps the
+  // loop alive only while on_message/on_disconnect listeners exist (Node's _forkChild).
+  // Internal-message listeners do not count (as in Node); call ref() if you need them to.
+  void set_ref_by_listeners(bool on);
 
   void on_message(std::function<void(const Json&, ReceivedHandle*)> fn);
   void on_internal_message(std::function<void(const Json&, ReceivedHandle*)> fn);

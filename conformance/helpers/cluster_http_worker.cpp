@@ -1,0 +1,121 @@
+// A C++ cluster worker (cluster::Worker): listen(PORT[, HOST]) and answer every HTTP request with
+// "worker <id> <pid>\n" and Connection: close. argv: port [host] [--accept one|drain]
+// [--exclusive]. On exit it prints its counters to stderr as one JSON line (for the lab's herd
+// metric). Runs under a C++ or a Node primary.
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstring>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "uvcluster/cluster/worker.hpp"
+#include "uvcluster/detail/uv_handle.hpp"
+
+using namespace uvcluster;
+
+namespace {
+
+struct Conn {
+  Fd fd;
+  detail::UvHandle<uv_poll_t> poll;
+  std::string buf;
+};
+
+std::map<int, std::unique_ptr<Conn>> conns;
+std::string response;
+
+void on_readable(uv_poll_t* h, int status, int) {
+  auto* c = static_cast<Conn*>(h->data);
+  int key = c->fd.get();
+  char tmp[4096];
+  bool done = status < 0;
+  while (!done) {
+    ssize_t n = ::read(c->fd.get(), tmp, sizeof tmp);
+    if (n > 0) {
+      c->buf.append(tmp, static_cast<size_t>(n));
+      continue;
+    }
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) break;
+    done = true;  // EOF or error
+  }
+  if (!done && c->buf.find("\r\n\r\n") != std::string::npos) {
+    // The response is tiny: it fits the socket buffer of a fresh connection in one write.
+    (void)::write(c->fd.get(), response.data(), response.size());
+    done = true;
+  }
+  if (done) conns.erase(key);  // closes the poll handle and the fd
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  cluster::ListenOptions opts;
+  std::vector<std::string> positional;
+  for (int i = 1; i < argc; ++i) {
+    std::string a = argv[i];
+    if (a == "--accept" && i + 1 < argc) {
+      opts.accept_policy = std::string(argv[++i]) == "drain" ? cluster::AcceptPolicy::drain : cluster::AcceptPolicy::one;
+    } else if (a == "--exclusive") {
+      opts.exclusive = true;
+    } else {
+      positional.push_back(a);
+    }
+  }
+  // A Node primary runs `execPath <exec> args`: with execPath = exec = this binary, drop the copy.
+  if (!positional.empty() && positional[0] == argv[0]) positional.erase(positional.begin());
+  if (positional.size() > 0) opts.port = std::atoi(positional[0].c_str());
+  if (positional.size() > 1) opts.host = positional[1];
+  if (!cluster::is_worker()) {
+    std::fprintf(stderr, "cluster_http_worker: not a cluster worker (NODE_UNIQUE_ID unset)\n");
+    return 2;
+  }
+  uv_loop_t loop;
+  uv_loop_init(&loop);
+  int rc = 0;
+  {
+    auto w = cluster::Worker::start(&loop);
+    if (!w.ok()) {
+      std::fprintf(stderr, "cluster_http_worker: %s\n", w.error().message.c_str());
+      return 2;
+    }
+    auto& worker = *w.value();
+    std::string body = "worker " + std::to_string(worker.id()) + " " + std::to_string(::getpid()) + "\n";
+    response = "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nConnection: close\r\nContent-Length: " +
+               std::to_string(body.size()) + "\r\n\r\n" + body;
+    worker.listen(
+        opts,
+        [&](Result<cluster::ListenAddress> r) {
+          if (!r.ok()) {
+            std::fprintf(stderr, "worker %d: %s\n", worker.id(), r.error().code.c_str());
+            rc = 3;
+            worker.destroy();
+          }
+        },
+        [&](Fd conn) {
+          auto c = std::make_unique<Conn>();
+          c->fd = std::move(conn);
+          if (uv_poll_init(&loop, c->poll.get(), c->fd.get()) != 0) return;
+          c->poll.mark_initialized();
+          c->poll->data = c.get();
+          uv_poll_start(c->poll.get(), UV_READABLE | UV_DISCONNECT, on_readable);
+          int key = c->fd.get();
+          conns[key] = std::move(c);
+        });
+    worker.on_message([&](const nlohmann::json& m) {
+      if (m == "disconnect") worker.disconnect();
+      if (m == "crash") std::abort();
+    });
+    uv_run(&loop, UV_RUN_DEFAULT);
+    auto& k = worker.counters();
+    std::fprintf(stderr, "{\"worker\":%d,\"pid\":%d,\"accepted\":%llu,\"accept_eagain\":%llu}\n", worker.id(),
+                 ::getpid(), static_cast<unsigned long long>(k.accepted),
+                 static_cast<unsigned long long>(k.accept_eagain));
+  }
+  conns.clear();
+  uv_run(&loop, UV_RUN_NOWAIT);
+  uv_loop_close(&loop);
+  return rc;
+}

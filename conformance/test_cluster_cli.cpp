@@ -1,0 +1,252 @@
+// `uvcluster run`: the C++ primary in front of unmodified Node servers. Faults (worker killed
+// under load, bogus messages, never online, crash loop), drain with requests in flight, reload,
+// port in use, usage errors. Event-driven: the test follows the --json event stream.
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/socket.h>
+
+#include <atomic>
+#include <thread>
+
+#include "http_client.hpp"
+#include "support.hpp"
+#include "uvcluster/cluster/sockets.hpp"
+#include "uvcluster/process.hpp"
+
+using namespace uvcluster;
+using Json = nlohmann::json;
+
+namespace {
+
+// The CLI as a child of the test loop; its stdout is parsed as JSON lines.
+struct Cli {
+  std::shared_ptr<ChildProcess> child;
+  std::vector<Json> events;
+  std::string out_buf, err;
+  std::optional<ExitStatus> exit;
+  bool closed = false;
+
+  Cli(uv_loop_t* loop, std::vector<std::string> args) {
+    args.insert(args.begin(), "run");
+    auto c = spawn(loop, uvc_test::cli(), args, {});
+    EXPECT_TRUE(c.ok());
+    child = c.value();
+    child->stdout_pipe()->on_data([this](std::string_view d) {
+      out_buf.append(d);
+      for (size_t nl; (nl = out_buf.find('\n')) != std::string::npos;) {
+        std::string line = out_buf.substr(0, nl);
+        out_buf.erase(0, nl + 1);
+        events.push_back(Json::parse(line, nullptr, false));
+      }
+    });
+    child->stderr_pipe()->on_data([this](std::string_view d) { err.append(d); });
+    child->on_exit([this](const ExitStatus& s) { exit = s; });
+    child->on_close([this](const ExitStatus&) { closed = true; });
+  }
+  int count(const std::string& ev) const {
+    int n = 0;
+    for (auto& e : events) n += e.value("event", "") == ev;
+    return n;
+  }
+  const Json* last(const std::string& ev) const {
+    for (auto it = events.rbegin(); it != events.rend(); ++it)
+      if (it->value("event", "") == ev) return &*it;
+    return nullptr;
+  }
+  int port() const {
+    auto* l = last("listening");
+    return l ? l->value("port", 0) : 0;
+  }
+  size_t index_of(const std::string& ev, int id) const {
+    for (size_t i = 0; i < events.size(); ++i)
+      if (events[i].value("event", "") == ev && events[i].value("id", -1) == id) return i;
+    return SIZE_MAX;
+  }
+};
+
+bool pid_alive(int pid) { return ::kill(pid, 0) == 0; }
+
+std::vector<int> pids_of(const Cli& c) {
+  std::vector<int> pids;
+  for (auto& e : c.events)
+    if (e.value("event", "") == "fork") pids.push_back(e["pid"].get<int>());
+  return pids;
+}
+
+}  // namespace
+
+TEST(ClusterCli, UsageErrorsAreOneLinePlusHelpAndExit2) {
+  for (std::vector<std::string> args : std::vector<std::vector<std::string>>{
+           {"run"}, {"run", "--policy", "fast", "--", "x.js"}, {"run", "-i", "0", "--", "x.js"},
+           {"run", "--bogus"}, {"run", "--", "node"}}) {
+    args.insert(args.begin(), uvc_test::cli());
+    auto r = uvc_test::run_capture(args);
+    EXPECT_EQ(r.status, 2) << r.err;
+    EXPECT_EQ(r.err.rfind("uvcluster run: ", 0), 0u) << r.err;
+    EXPECT_NE(r.err.find("usage: uvcluster run"), std::string::npos);
+  }
+  auto help = uvc_test::run_capture({uvc_test::cli(), "run", "--help"});
+  EXPECT_EQ(help.status, 0);
+  for (const char* word : {"--policy", "reuseport", "exclusive", "--restart", "--grace", "--json", "SIGHUP"})
+    EXPECT_NE(help.out.find(word), std::string::npos) << word;
+}
+
+class PortInUse : public ::testing::TestWithParam<const char*> {};
+
+TEST_P(PortInUse, IsAOneLineErrorAndNonZeroExitNotAHang) {
+  auto taken = cluster::bind_tcp({.address = "127.0.0.1", .port = 0});
+  ASSERT_TRUE(taken.ok());
+  ASSERT_TRUE(cluster::listen_fd(taken->get(), 0).ok());
+  int port = cluster::local_address(taken->get())->port;
+  auto r = uvc_test::run_capture({uvc_test::cli(), "run", "-i", "2", "--policy", GetParam(), "--",
+                                  uvc_test::fixture("cluster_http_worker.js"), std::to_string(port),
+                                  "127.0.0.1"});
+  EXPECT_EQ(r.status, 1);
+  std::string expect = "uvcluster run: cannot listen on 127.0.0.1:" + std::to_string(port) + ": EADDRINUSE\n";
+  EXPECT_NE(r.err.find(expect), std::string::npos) << r.err;
+  EXPECT_TRUE(uvc_test::zombie_children().empty());
+}
+
+INSTANTIATE_TEST_SUITE_P(Policies, PortInUse, ::testing::Values("rr", "none", "reuseport"),
+                         [](const auto& info) { return std::string(info.param); });
+
+TEST(ClusterCli, WorkerKilledUnderLoadIsReplacedAndNoRequestIsLost) {
+  uvc_test::TestLoop loop;
+  Cli cli(loop, {"-i", "2", "--policy", "rr", "--json", "--", "node",
+                 uvc_test::fixture("cluster_http_worker.js"), "0", "127.0.0.1"});
+  ASSERT_TRUE(loop.run_until([&] { return cli.count("listening") == 2; }));
+  int port = cli.port();
+  int victim = pids_of(cli)[0];
+  int failures = 0, answered = 0;
+  ASSERT_TRUE(uvc_test::run_client(loop, [&] {
+    for (int i = 0; i < 60; ++i) {
+      if (i == 20) ::kill(victim, SIGKILL);  // between requests: none of ours is on it
+      std::string body = uvc_test::http_body(uvc_test::http_get(port));
+      (body.rfind("worker ", 0) == 0 ? answered : failures)++;
+    }
+  }));
+  EXPECT_EQ(failures, 0);
+  EXPECT_EQ(answered, 60);
+  // The primary survived, restarted the worker, and the new one listens on the same port.
+  ASSERT_TRUE(loop.run_until([&] { return cli.count("listening") == 3; }));
+  EXPECT_EQ(cli.count("restart"), 1);
+  EXPECT_EQ(cli.port(), port);
+  auto* ex = cli.last("exit");
+  ASSERT_TRUE(ex);
+  EXPECT_EQ((*ex)["signal"], "SIGKILL");
+  EXPECT_EQ((*ex)["exitedAfterDisconnect"], false);
+  cli.child->kill("SIGTERM");
+  ASSERT_TRUE(loop.run_until([&] { return cli.closed; }));
+  EXPECT_EQ(cli.exit->code, std::optional<int>(0)) << cli.err;
+  auto* stats = cli.last("stats");
+  ASSERT_TRUE(stats);
+  EXPECT_EQ((*stats)["connections"], 60);
+  for (int pid : pids_of(cli)) EXPECT_FALSE(pid_alive(pid)) << pid;
+  EXPECT_TRUE(uvc_test::zombie_children().empty());
+}
+
+TEST(ClusterCli, BogusMessagesFromAWorkerAreIgnored) {
+  uvc_test::TestLoop loop;
+  Cli cli(loop, {"-i", "2", "--json", "--", uvc_test::fixture("cluster_bogus_worker.js"), "0",
+                 "127.0.0.1"});
+  ASSERT_TRUE(loop.run_until([&] {
+    int n = 0;
+    for (auto& e : cli.events) n += e.value("event", "") == "listening" && e.value("port", 0) > 0;
+    return n == 2;
+  }));
+  int port = 0;
+  for (auto& e : cli.events)
+    if (e.value("event", "") == "listening" && e.value("port", 0) > 0) port = e["port"];
+  int answered = 0;
+  ASSERT_TRUE(uvc_test::run_client(loop, [&] {
+    for (int i = 0; i < 10; ++i) answered += uvc_test::http_body(uvc_test::http_get(port)).rfind("worker ", 0) == 0;
+  }));
+  EXPECT_EQ(answered, 10);
+  EXPECT_EQ(cli.count("exit"), 0);
+  cli.child->kill("SIGTERM");
+  ASSERT_TRUE(loop.run_until([&] { return cli.closed; }));
+  EXPECT_EQ(cli.exit->code, std::optional<int>(0)) << cli.err;
+}
+
+TEST(ClusterCli, WorkerThatNeverComesOnlineIsKilledNotWaitedForever) {
+  uvc_test::TestLoop loop;
+  Cli cli(loop, {"-i", "1", "--startup-timeout", "300", "--restart", "never", "--json", "--",
+                 "/bin/sleep", "30"});
+  ASSERT_TRUE(loop.run_until([&] { return cli.closed; }, 20000));
+  EXPECT_EQ(cli.count("online"), 0);
+  EXPECT_EQ(cli.count("startup-timeout"), 1);
+  auto* ex = cli.last("exit");
+  ASSERT_TRUE(ex);
+  EXPECT_EQ((*ex)["signal"], "SIGKILL");
+  EXPECT_EQ(cli.exit->code, std::optional<int>(1));
+  for (int pid : pids_of(cli)) EXPECT_FALSE(pid_alive(pid));
+}
+
+TEST(ClusterCli, CrashLoopBacksOffExponentially) {
+  uvc_test::TestLoop loop;
+  Cli cli(loop, {"-i", "1", "--json", "--", uvc_test::fixture("cluster_crash_worker.js")});
+  ASSERT_TRUE(loop.run_until([&] { return cli.count("restart") >= 3; }));
+  std::vector<int> delays;
+  for (auto& e : cli.events)
+    if (e.value("event", "") == "restart") delays.push_back(e["delay_ms"]);
+  EXPECT_EQ(delays[0], 100);
+  EXPECT_EQ(delays[1], 200);
+  EXPECT_EQ(delays[2], 400);
+  cli.child->kill("SIGTERM");
+  ASSERT_TRUE(loop.run_until([&] { return cli.closed; }));
+  for (int pid : pids_of(cli)) EXPECT_FALSE(pid_alive(pid));
+}
+
+TEST(ClusterCli, SigtermDrainsRequestsInFlight) {
+  uvc_test::TestLoop loop;
+  Cli cli(loop, {"-i", "2", "--grace", "5000", "--json", "--",
+                 uvc_test::fixture("cluster_slow_worker.js"), "0", "127.0.0.1"});
+  ASSERT_TRUE(loop.run_until([&] { return cli.count("listening") == 2; }));
+  int port = cli.port();
+  std::atomic<int> ok{0};
+  uv_async_t wake;
+  uv_async_init(loop, &wake, [](uv_async_t*) {});
+  std::vector<std::thread> clients;
+  for (int i = 0; i < 2; ++i)
+    clients.emplace_back([&] {
+      if (uvc_test::http_body(uvc_test::http_get(port)).find("slow") != std::string::npos) ++ok;
+      uv_async_send(&wake);
+    });
+  // Both requests reached a worker (it printed "got"): now drain.
+  ASSERT_TRUE(loop.run_until([&] {
+    size_t n = 0, p = 0;
+    while ((p = cli.err.find("got\n", p)) != std::string::npos) ++n, ++p;
+    return n == 2;
+  }));
+  cli.child->kill("SIGTERM");
+  ASSERT_TRUE(loop.run_until([&] { return cli.closed && ok == 2; }));
+  for (auto& t : clients) t.join();
+  uv_close(reinterpret_cast<uv_handle_t*>(&wake), nullptr);
+  EXPECT_EQ(ok, 2);
+  EXPECT_EQ(cli.exit->code, std::optional<int>(0)) << cli.err;
+  for (auto& e : cli.events)
+    if (e.value("event", "") == "exit") {
+      EXPECT_EQ(e["exitedAfterDisconnect"], true);
+    }
+  EXPECT_EQ(cli.count("kill"), 0);
+}
+
+TEST(ClusterCli, SighupReloadsOneWorkerAtATimeNewListensBeforeOldDisconnects) {
+  uvc_test::TestLoop loop;
+  Cli cli(loop, {"-i", "2", "--json", "--", uvc_test::fixture("cluster_http_worker.js"), "0",
+                 "127.0.0.1"});
+  ASSERT_TRUE(loop.run_until([&] { return cli.count("listening") == 2; }));
+  cli.child->kill("SIGHUP");
+  ASSERT_TRUE(loop.run_until([&] { return cli.count("reload-done") == 1; }));
+  EXPECT_LT(cli.index_of("listening", 3), cli.index_of("disconnect", 1));
+  EXPECT_LT(cli.index_of("exit", 1), cli.index_of("fork", 4));  // one at a time
+  EXPECT_LT(cli.index_of("listening", 4), cli.index_of("disconnect", 2));
+  EXPECT_EQ(cli.count("restart"), 0);
+  int port = cli.port();
+  std::string body;
+  ASSERT_TRUE(uvc_test::run_client(loop, [&] { body = uvc_test::http_body(uvc_test::http_get(port)); }));
+  EXPECT_EQ(body.rfind("worker ", 0), 0u);
+  cli.child->kill("SIGTERM");
+  ASSERT_TRUE(loop.run_until([&] { return cli.closed; }));
+  EXPECT_EQ(cli.exit->code, std::optional<int>(0));
+}

@@ -1,0 +1,178 @@
+// C++ primary (cluster::Primary) + unmodified Node http workers: every request answered, every
+// worker serves some, events and states as Node's primary reports them (node-protocol.md §4.2).
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <map>
+#include <thread>
+
+#include "http_client.hpp"
+#include "support.hpp"
+#include "uvcluster/cluster/primary.hpp"
+
+using namespace uvcluster;
+using namespace uvcluster::cluster;
+
+namespace {
+
+struct Trace {
+  std::map<int, std::vector<std::string>> events;  // per worker id, in order
+  std::map<int, std::string> state_at_disconnect;
+  std::map<int, std::optional<bool>> flag_at_exit;
+  int listening = 0;
+  int exited = 0;
+  int port = 0;
+};
+
+void attach(Primary& p, Trace& t) {
+  p.on_fork([&](WorkerHandle& w) { t.events[w.id()].push_back("fork"); });
+  p.on_online([&](WorkerHandle& w) { t.events[w.id()].push_back("online"); });
+  p.on_listening([&](WorkerHandle& w, const Address& a) {
+    t.events[w.id()].push_back("listening");
+    t.port = a.port;
+    ++t.listening;
+  });
+  p.on_disconnect([&](WorkerHandle& w) {
+    t.events[w.id()].push_back("disconnect");
+    t.state_at_disconnect[w.id()] = WorkerHandle::state_name(w.state());
+  });
+  p.on_exit([&](WorkerHandle& w, const ExitStatus&) {
+    t.events[w.id()].push_back("exit");
+    t.flag_at_exit[w.id()] = w.exited_after_disconnect();
+    ++t.exited;
+  });
+}
+
+class PrimaryWithNodeWorkers : public ::testing::TestWithParam<Policy> {};
+
+TEST_P(PrimaryWithNodeWorkers, EveryRequestAnsweredAndEveryWorkerServes) {
+  uvc_test::warm_up_libuv();
+  auto fds_before = uvc_test::open_fds();
+  constexpr int kWorkers = 2;
+  constexpr int kRequests = 60;
+  {
+    uvc_test::TestLoop loop;
+    auto primary = Primary::create(loop, {.exec = uvc_test::fixture("cluster_http_worker.js"),
+                                          .args = {"0", "127.0.0.1"},
+                                          .policy = GetParam()});
+    Trace t;
+    attach(*primary, t);
+    for (int i = 0; i < kWorkers; ++i) ASSERT_TRUE(primary->fork().ok());
+    ASSERT_TRUE(loop.run_until([&] { return t.listening == kWorkers; }));
+    ASSERT_GT(t.port, 0);
+    EXPECT_EQ(primary->handle_count(), 1u);  // listen(0) in both workers shares one key
+
+    std::map<std::string, int> per_worker;
+    int failures = 0;
+    ASSERT_TRUE(uvc_test::run_client(loop, [&] {
+      for (int i = 0; i < kRequests; ++i) {
+        std::string body = uvc_test::http_body(uvc_test::http_get(t.port));
+        if (body.rfind("worker ", 0) != 0) ++failures;
+        else ++per_worker[body.substr(0, body.find(' ', 7))];
+      }
+    }));
+    EXPECT_EQ(failures, 0);
+    if (GetParam() == Policy::rr) {
+      // rr hands out strictly in turn to idle workers: both get a fair share.
+      EXPECT_EQ(per_worker.size(), 2u);
+      uint64_t total = 0;
+      for (auto& [id, w] : primary->workers()) total += w->connections();
+      EXPECT_EQ(total, static_cast<uint64_t>(kRequests));
+    }
+    bool disconnected = false;
+    primary->disconnect([&] { disconnected = true; });
+    ASSERT_TRUE(loop.run_until([&] { return disconnected && t.exited == kWorkers; }));
+    EXPECT_TRUE(primary->workers().empty());
+    EXPECT_EQ(primary->handle_count(), 0u);
+    for (auto& [id, ev] : t.events) {
+      ASSERT_GE(ev.size(), 5u) << id;
+      EXPECT_EQ(ev[0], "fork");
+      EXPECT_EQ(ev[1], "online");
+      EXPECT_EQ(ev[2], "listening");
+      EXPECT_EQ(t.state_at_disconnect[id], "disconnected");
+      EXPECT_EQ(t.flag_at_exit[id], std::optional<bool>(true));
+    }
+  }
+  EXPECT_TRUE(uvc_test::zombie_children().empty());
+  EXPECT_EQ(uvc_test::open_fds(), fds_before);
+}
+
+INSTANTIATE_TEST_SUITE_P(Policies, PrimaryWithNodeWorkers,
+                         ::testing::Values(Policy::rr, Policy::none, Policy::reuseport),
+                         [](const auto& info) { return std::string(policy_name(info.param)); });
+
+}  // namespace
+
+namespace {
+
+// C++ primary + C++ workers (cluster::Worker), every policy including exclusive (EPOLLEXCLUSIVE).
+class PrimaryWithCppWorkers : public ::testing::TestWithParam<Policy> {};
+
+TEST_P(PrimaryWithCppWorkers, EveryRequestAnswered) {
+  uvc_test::warm_up_libuv();
+  auto fds_before = uvc_test::open_fds();
+  constexpr int kWorkers = 2;
+  constexpr int kRequests = 40;
+  {
+    uvc_test::TestLoop loop;
+    auto primary = Primary::create(loop, {.exec = uvc_test::helper("cluster_http_worker"),
+                                          .args = {"0", "127.0.0.1"},
+                                          .policy = GetParam()});
+    Trace t;
+    attach(*primary, t);
+    for (int i = 0; i < kWorkers; ++i) ASSERT_TRUE(primary->fork().ok());
+    ASSERT_TRUE(loop.run_until([&] { return t.listening == kWorkers; }));
+    std::map<std::string, int> per_worker;
+    int failures = 0;
+    ASSERT_TRUE(uvc_test::run_client(loop, [&] {
+      for (int i = 0; i < kRequests; ++i) {
+        std::string body = uvc_test::http_body(uvc_test::http_get(t.port));
+        if (body.rfind("worker ", 0) != 0) ++failures;
+        else ++per_worker[body.substr(0, body.find(' ', 7))];
+      }
+    }));
+    EXPECT_EQ(failures, 0);
+    if (GetParam() == Policy::rr) {
+      EXPECT_EQ(per_worker.size(), 2u);
+    }
+    bool disconnected = false;
+    primary->disconnect([&] { disconnected = true; });
+    ASSERT_TRUE(loop.run_until([&] { return disconnected && t.exited == kWorkers; }));
+    for (auto& [id, flag] : t.flag_at_exit) EXPECT_EQ(flag, std::optional<bool>(true));
+  }
+  EXPECT_TRUE(uvc_test::zombie_children().empty());
+  EXPECT_EQ(uvc_test::open_fds(), fds_before);
+}
+
+INSTANTIATE_TEST_SUITE_P(Policies, PrimaryWithCppWorkers,
+                         ::testing::Values(Policy::rr, Policy::none, Policy::reuseport, Policy::exclusive),
+                         [](const auto& info) { return std::string(policy_name(info.param)); });
+
+// A worker-initiated disconnect (cluster.worker.disconnect()) sends exitedAfterDisconnect and
+// waits for the primary's ack before disconnecting: the primary sees the flag true.
+TEST(PrimaryEvents, WorkerInitiatedDisconnectIsFlaggedAndKillIsNot) {
+  uvc_test::TestLoop loop;
+  auto primary = Primary::create(loop, {.exec = uvc_test::helper("cluster_http_worker"),
+                                        .args = {"0", "127.0.0.1"}, .policy = Policy::rr});
+  Trace t;
+  attach(*primary, t);
+  auto a = primary->fork();
+  auto b = primary->fork();
+  ASSERT_TRUE(a.ok() && b.ok());
+  ASSERT_TRUE(loop.run_until([&] { return t.listening == 2; }));
+  (*a)->send("disconnect");  // the helper calls worker.disconnect() on this message
+  (*b)->kill("SIGKILL");
+  ASSERT_TRUE(loop.run_until([&] { return t.exited == 2; }));
+  EXPECT_EQ(t.flag_at_exit[(*a)->id()], std::optional<bool>(true));
+  EXPECT_EQ(t.flag_at_exit[(*b)->id()], std::optional<bool>(false));
+  EXPECT_EQ((*b)->exit_status()->signal, std::optional<std::string>("SIGKILL"));
+  EXPECT_TRUE((*a)->is_dead());
+  // Node sets 'dead' on exit and 'disconnected' on disconnect; their order is undefined, so the
+  // last state is either (node-protocol.md §4.2).
+  EXPECT_TRUE((*a)->state() == WorkerHandle::State::dead ||
+              (*a)->state() == WorkerHandle::State::disconnected);
+  EXPECT_TRUE(primary->workers().empty());
+  EXPECT_EQ(primary->handle_count(), 0u);
+}
+
+}  // namespace

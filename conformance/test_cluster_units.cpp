@@ -1,0 +1,205 @@
+// Unit tests of the transport-free cluster parts: the NODE_CLUSTER envelope and seq/ack
+// bookkeeping, server keys, the round-robin scheduler (with a fake transport), and sockets.
+#include <gtest/gtest.h>
+#include <sys/socket.h>
+
+#include <deque>
+
+#include "http_client.hpp"
+#include "support.hpp"
+#include "uvcluster/cluster/primary.hpp"
+#include "uvcluster/cluster/round_robin_handle.hpp"
+#include "uvcluster/cluster/shared_handle.hpp"
+
+using namespace uvcluster;
+using namespace uvcluster::cluster;
+
+TEST(ClusterProtocol, EnvelopeHasCmdPayloadAndPerProcessSeq) {
+  Messenger m;
+  Json a = m.wrap({{"act", "online"}});
+  Json b = m.wrap({{"act", "queryServer"}, {"port", 80}});
+  EXPECT_EQ(a, Json({{"cmd", "NODE_CLUSTER"}, {"act", "online"}, {"seq", 0}}));
+  EXPECT_EQ(b["seq"], 1);
+  EXPECT_EQ(b["port"], 80);
+}
+
+TEST(ClusterProtocol, RepliesMatchOnAckAndOwnerBogusAcksFallThrough) {
+  Messenger m;
+  int called = 0;
+  Json q = m.wrap({{"act", "newconn"}}, [&](const Json& r, ipc::ReceivedHandle*) {
+    called++;
+    EXPECT_EQ(r["accepted"], true);
+  }, /*owner=*/7);
+  EXPECT_FALSE(m.take_reply({{"cmd", "NODE_CLUSTER"}, {"ack", -1}}, nullptr, 7));  // test-cluster-invalid-message
+  EXPECT_FALSE(m.take_reply({{"cmd", "NODE_CLUSTER"}, {"ack", "0"}}, nullptr, 7));
+  EXPECT_FALSE(m.take_reply({{"cmd", "NODE_CLUSTER"}, {"ack", q["seq"]}}, nullptr, 8));  // other worker
+  EXPECT_TRUE(m.take_reply({{"cmd", "NODE_CLUSTER"}, {"ack", q["seq"]}, {"accepted", true}}, nullptr, 7));
+  EXPECT_FALSE(m.take_reply({{"cmd", "NODE_CLUSTER"}, {"ack", q["seq"]}}, nullptr, 7));  // once
+  EXPECT_EQ(called, 1);
+  m.wrap({{"act", "x"}}, [](const Json&, ipc::ReceivedHandle*) {}, 3);
+  m.drop_owner(3);
+  EXPECT_EQ(m.pending(), 0u);
+}
+
+TEST(ClusterProtocol, ServerKeyUsesJavaScriptStringsAsNodeDoes) {
+  EXPECT_EQ(server_key({{"address", nullptr}, {"port", 8000}, {"addressType", 4}, {"index", 0}}),
+            "null:8000:4:undefined:0");
+  EXPECT_EQ(server_key({{"address", "127.0.0.1"}, {"port", 0}, {"addressType", 4}, {"index", 2}}),
+            "127.0.0.1:0:4:undefined:2");
+  EXPECT_EQ(server_key(Json::object()), "undefined:undefined:undefined:undefined:undefined");
+  EXPECT_TRUE(is_cluster_message({{"cmd", "NODE_CLUSTER"}}));
+  EXPECT_FALSE(is_cluster_message({{"cmd", "NODE_HANDLE_ACK"}}));
+  EXPECT_FALSE(is_cluster_message("NODE_CLUSTER"));
+  EXPECT_EQ(errno_name(-98), "EADDRINUSE");
+}
+
+TEST(ClusterProtocol, PolicyNames) {
+  EXPECT_EQ(parse_policy("rr"), Policy::rr);
+  EXPECT_EQ(parse_policy("none"), Policy::none);
+  EXPECT_EQ(parse_policy("reuseport"), Policy::reuseport);
+  EXPECT_EQ(parse_policy("exclusive"), Policy::exclusive);
+  EXPECT_FALSE(parse_policy("RR"));
+}
+
+namespace {
+
+// A fake transport: records each newconn and lets the test answer it later.
+struct FakeWorkers {
+  struct Sent {
+    int worker;
+    int conn;
+    std::function<void(bool)> reply;
+  };
+  std::deque<Sent> sent;
+  std::set<int> dead;
+  RoundRobinScheduler::Sender sender(int id) {
+    return [this, id](int conn, std::function<void(bool)> reply) {
+      if (dead.count(id)) return false;
+      sent.push_back({id, conn, std::move(reply)});
+      return true;
+    };
+  }
+};
+
+Fd conn() {
+  int sv[2];
+  EXPECT_EQ(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+  ::close(sv[1]);
+  return Fd(sv[0]);
+}
+
+}  // namespace
+
+TEST(RoundRobinScheduler, OneInFlightPerWorkerFreeListInOrder) {
+  auto before = uvc_test::open_fds();
+  {
+    FakeWorkers f;
+    RoundRobinScheduler s;
+    s.add(1, f.sender(1));
+    s.add(2, f.sender(2));
+    EXPECT_EQ(s.free_count(), 2u);
+    for (int i = 0; i < 5; ++i) s.push(conn());
+    ASSERT_EQ(f.sent.size(), 2u);  // one per worker; three wait in the primary
+    EXPECT_EQ(f.sent[0].worker, 1);
+    EXPECT_EQ(f.sent[1].worker, 2);
+    EXPECT_EQ(s.queued(), 3u);
+    // Worker 2 answers first: it gets the next connection.
+    auto r2 = f.sent[1].reply;
+    f.sent.erase(f.sent.begin() + 1);
+    r2(true);
+    ASSERT_EQ(f.sent.size(), 2u);
+    EXPECT_EQ(f.sent.back().worker, 2);
+    while (!f.sent.empty()) {
+      auto r = f.sent.front().reply;
+      f.sent.pop_front();
+      r(true);
+    }
+    EXPECT_EQ(s.queued(), 0u);
+    EXPECT_EQ(s.free_count(), 2u);
+    EXPECT_EQ(s.handed_out().at(1) + s.handed_out().at(2), 5u);
+  }
+  EXPECT_EQ(uvc_test::open_fds(), before);
+}
+
+TEST(RoundRobinScheduler, RefusedConnectionGoesToAnotherWorker) {
+  FakeWorkers f;
+  RoundRobinScheduler s;
+  s.add(1, f.sender(1));
+  s.push(conn());
+  ASSERT_EQ(f.sent.size(), 1u);
+  s.add(2, f.sender(2));  // idle
+  int fd = f.sent[0].conn;
+  auto r = f.sent[0].reply;
+  f.sent.clear();
+  r(false);  // accepted:false
+  ASSERT_EQ(f.sent.size(), 1u);
+  EXPECT_EQ(f.sent[0].worker, 2);
+  EXPECT_EQ(f.sent[0].conn, fd);  // the very same connection, not lost
+  EXPECT_FALSE(s.has(1));         // a refusing worker leaves the rotation (no ping-pong)
+}
+
+TEST(RoundRobinScheduler, DeadWorkerLosesNothingQueuedOrInFlight) {
+  FakeWorkers f;
+  RoundRobinScheduler s;
+  s.add(1, f.sender(1));
+  s.add(2, f.sender(2));
+  for (int i = 0; i < 4; ++i) s.push(conn());
+  ASSERT_EQ(f.sent.size(), 2u);
+  int in_flight_to_1 = f.sent[0].conn;
+  f.dead.insert(1);
+  EXPECT_FALSE(s.remove(1));
+  EXPECT_EQ(s.queued(), 3u);  // the in-flight one is back at the front
+  // Worker 2 drains everything, starting with worker 1's connection.
+  std::vector<int> got;
+  while (!f.sent.empty()) {
+    auto x = f.sent.front();
+    f.sent.pop_front();
+    if (x.worker == 2) got.push_back(x.conn);
+    x.reply(true);
+  }
+  ASSERT_EQ(got.size(), 4u);
+  EXPECT_EQ(got[1], in_flight_to_1);
+  EXPECT_TRUE(s.remove(2));  // last one: the handle would close
+}
+
+TEST(RoundRobinScheduler, FailedSendDropsWorkerKeepsConnection) {
+  FakeWorkers f;
+  RoundRobinScheduler s;
+  f.dead.insert(1);
+  s.add(1, f.sender(1));
+  s.push(conn());
+  EXPECT_EQ(s.queued(), 1u);  // the free worker's channel was gone: it left, the conn waits
+  EXPECT_FALSE(s.has(1));
+  s.add(2, f.sender(2));
+  EXPECT_EQ(f.sent.size(), 1u);
+}
+
+TEST(ClusterSockets, BindErrorsAreValuesAndListenZeroSharesAPort) {
+  auto a = bind_tcp({.address = "127.0.0.1", .port = 0});
+  ASSERT_TRUE(a.ok());
+  ASSERT_TRUE(listen_fd(a->get(), 0).ok());
+  int port = local_address(a->get())->port;
+  auto b = bind_tcp({.address = "127.0.0.1", .port = port});
+  ASSERT_FALSE(b.ok());
+  EXPECT_EQ(b.error().code, "EADDRINUSE");
+  EXPECT_EQ(b.error().syscall, "bind");
+  auto bad = bind_tcp({.address = "not-an-ip", .port = 1});
+  EXPECT_FALSE(bad.ok());
+  auto badport = bind_tcp({.address = "127.0.0.1", .port = 70000});
+  EXPECT_EQ(badport.error().code, "EINVAL");
+
+  // reuseport: one socket per worker on one port, each listening.
+  SharedHandle rp({.address = "127.0.0.1", .port = 0}, /*per_worker_reuseport=*/true);
+  ASSERT_EQ(rp.errnum(), 0);
+  int e1 = 0, e2 = 0;
+  Fd s1 = rp.add(1, e1), s2 = rp.add(2, e2);
+  ASSERT_TRUE(s1 && s2);
+  EXPECT_NE(s1.get(), s2.get());
+  EXPECT_EQ(local_address(s1.get())->port, local_address(s2.get())->port);
+  EXPECT_TRUE(listen_fd(s1.get(), 0).ok());
+  EXPECT_TRUE(listen_fd(s2.get(), 0).ok());
+
+  // A SharedHandle on a port someone listens on reports Node's errno.
+  SharedHandle taken({.address = "127.0.0.1", .port = port});
+  EXPECT_EQ(taken.errnum(), -98);
+}

@@ -1,0 +1,171 @@
+#pragma once
+// The cluster primary (Node's lib/internal/cluster/primary.js): forks workers with
+// NODE_UNIQUE_ID, keeps the worker table, answers queryServer with a RoundRobinHandle or a
+// SharedHandle, and emits Node's events in Node's order (reference/node-protocol.md §3, §4.2).
+// Works with unmodified Node workers and with C++ workers (cluster/worker.hpp).
+#include <uv.h>
+
+#include <functional>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "uvcluster/cluster/protocol.hpp"
+#include "uvcluster/detail/event.hpp"
+#include "uvcluster/detail/ticker.hpp"
+#include "uvcluster/error.hpp"
+#include "uvcluster/process.hpp"
+
+namespace uvcluster::cluster {
+
+// rr and none are Node's SCHED_RR / SCHED_NONE. reuseport and exclusive are ours: reuseport binds
+// one SO_REUSEPORT socket per worker; exclusive is `none` for the primary, and C++ workers
+// register the shared socket with EPOLLEXCLUSIVE (they learn it from UVCLUSTER_SCHED_POLICY).
+enum class Policy { rr, none, reuseport, exclusive };
+const char* policy_name(Policy p);
+std::optional<Policy> parse_policy(std::string_view s);
+// NODE_CLUSTER_SCHED_POLICY: "rr" | "none" (and our two); anything else → rr (Node on Linux).
+Policy policy_from_env();
+
+// What `listening` reports: Node's {addressType, address, port, fd}.
+struct Address {
+  std::optional<std::string> address{};  // null for listen(port)
+  int port = 0;
+  nlohmann::json address_type = 4;  // 4 | 6 | -1 | "udp4" | "udp6", as the worker sent it
+  nlohmann::json to_json() const;
+};
+
+struct PrimarySettings {
+  std::string exec;                           // the worker program (.js runs under node)
+  std::vector<std::string> args{};
+  std::vector<std::string> exec_argv{};
+  std::optional<std::string> exec_path{};     // default: node for .js, else exec itself
+  std::optional<std::string> cwd{};
+  bool silent = false;
+  std::optional<std::vector<Stdio>> stdio{};  // must contain one Stdio::ipc()
+  std::optional<Policy> policy{};             // default: policy_from_env()
+};
+
+class Primary;
+
+// The primary's view of one worker (Node's cluster Worker in the primary).
+class WorkerHandle {
+ public:
+  enum class State { none, online, listening, disconnected, dead };
+  static const char* state_name(State s);
+
+  int id() const { return id_; }
+  ChildProcess* process() const { return process_.get(); }
+  std::optional<int> pid() const { return pid_; }
+  State state() const { return state_; }
+  // Node: undefined until the worker exits or disconnects, then a boolean.
+  std::optional<bool> exited_after_disconnect() const { return exited_after_disconnect_; }
+  bool is_dead() const { return exit_status_.has_value(); }
+  const std::optional<ExitStatus>& exit_status() const { return exit_status_; }
+  bool is_connected() const;
+  // Connections handed to this worker under rr (accepted:true replies).
+  uint64_t connections() const { return connections_; }
+
+  bool send(const Json& message, std::function<void(const Error*)> done = {});
+  // Graceful: sets exitedAfterDisconnect, sends {act:"disconnect"}, drops its handles and removes
+  // it from the table at once (Node). The worker closes its servers and disconnects.
+  void disconnect();
+  // Node v20: just process.kill(signal); exitedAfterDisconnect is not set.
+  bool kill(const std::string& signal = "SIGTERM");
+
+  void on_online(std::function<void()> fn) { online_.add(std::move(fn)); }
+  void on_listening(std::function<void(const Address&)> fn) { listening_.add(std::move(fn)); }
+  void on_message(std::function<void(const Json&)> fn) { message_.add(std::move(fn)); }
+  void on_disconnect(std::function<void()> fn) { disconnect_.add(std::move(fn)); }
+  void on_exit(std::function<void(const ExitStatus&)> fn) { exit_.add(std::move(fn)); }
+  void on_error(std::function<void(const Error&)> fn) { error_.add(std::move(fn)); }
+
+ private:
+  friend class Primary;
+  int id_ = 0;
+  std::weak_ptr<Primary> primary_;
+  std::shared_ptr<ChildProcess> process_;  // released after the process's `close`
+  std::optional<int> pid_{};
+  std::optional<ExitStatus> exit_status_{};
+  State state_ = State::none;
+  std::optional<bool> exited_after_disconnect_{};
+  uint64_t connections_ = 0;
+  bool removed_ = false;
+  detail::Event<> online_;
+  detail::Event<const Address&> listening_;
+  detail::Event<const Json&> message_;
+  detail::Event<> disconnect_;
+  detail::Event<const ExitStatus&> exit_;
+  detail::Event<const Error&> error_;
+};
+
+class Primary : public std::enable_shared_from_this<Primary> {
+  struct Key {
+    explicit Key() = default;
+  };
+
+ public:
+  // Raises RLIMIT_NOFILE soft→hard (Node does this at primary start).
+  static std::shared_ptr<Primary> create(uv_loop_t* loop, PrimarySettings settings);
+  Primary(Key, uv_loop_t* loop, PrimarySettings settings);
+  ~Primary();
+
+  // Forks one worker: env = this process's env + `env` + NODE_UNIQUE_ID. `fork` is emitted on the
+  // next loop turn (after `setup`), so listeners attached after this call see it.
+  Result<std::shared_ptr<WorkerHandle>> fork(const Env& env = {});
+  // Disconnects every connected worker; `cb` runs once the table is empty (next turn if it is).
+  void disconnect(std::function<void()> cb = {});
+
+  const std::map<int, std::shared_ptr<WorkerHandle>>& workers() const { return workers_; }
+  Policy policy() const { return policy_; }
+  size_t handle_count() const { return handles_.size(); }
+  size_t queued_connections() const;
+
+  void on_setup(std::function<void()> fn) { setup_.add(std::move(fn)); }
+  void on_fork(std::function<void(WorkerHandle&)> fn) { fork_.add(std::move(fn)); }
+  void on_online(std::function<void(WorkerHandle&)> fn) { online_.add(std::move(fn)); }
+  void on_listening(std::function<void(WorkerHandle&, const Address&)> fn) { listening_.add(std::move(fn)); }
+  void on_message(std::function<void(WorkerHandle&, const Json&)> fn) { message_.add(std::move(fn)); }
+  void on_disconnect(std::function<void(WorkerHandle&)> fn) { disconnect_.add(std::move(fn)); }
+  void on_exit(std::function<void(WorkerHandle&, const ExitStatus&)> fn) { exit_.add(std::move(fn)); }
+  // Beyond Node: a queryServer the primary could not satisfy (bind/listen error), so a CLI can
+  // report "port in use" instead of restarting a worker that will fail again.
+  void on_listen_error(std::function<void(WorkerHandle&, const Address&, const Error&)> fn) { listen_error_.add(std::move(fn)); }
+
+  struct Impl;
+
+ private:
+  friend class WorkerHandle;
+  void on_internal(const std::shared_ptr<WorkerHandle>& w, const Json& msg, ipc::ReceivedHandle* h);
+  void query_server(const std::shared_ptr<WorkerHandle>& w, const Json& msg);
+  void remove_handles_for(WorkerHandle& w);
+  void remove_worker(WorkerHandle& w);
+  void worker_disconnect(WorkerHandle& w);
+  bool send_to(WorkerHandle& w, Json payload, Messenger::Reply cb = {},
+               std::optional<ipc::OutgoingHandle> handle = std::nullopt);
+
+  uv_loop_t* loop_;
+  PrimarySettings settings_;
+  Policy policy_;
+  bool debug_ = false;
+  detail::Ticker ticker_;
+  Messenger messenger_;
+  int next_id_ = 1;
+  std::map<int, std::shared_ptr<WorkerHandle>> workers_;
+  std::map<std::string, std::unique_ptr<Impl>> handles_;
+  uint64_t handle_serial_ = 0;
+  std::vector<std::function<void()>> disconnect_cbs_;
+
+  detail::Event<> setup_;
+  detail::Event<WorkerHandle&> fork_;
+  detail::Event<WorkerHandle&> online_;
+  detail::Event<WorkerHandle&, const Address&> listening_;
+  detail::Event<WorkerHandle&, const Json&> message_;
+  detail::Event<WorkerHandle&> disconnect_;
+  detail::Event<WorkerHandle&, const ExitStatus&> exit_;
+  detail::Event<WorkerHandle&, const Address&, const Error&> listen_error_;
+};
+
+}  // namespace uvcluster::cluster

@@ -1,0 +1,58 @@
+#pragma once
+// Node's cluster wire protocol (lib/internal/cluster/utils.js): the NODE_CLUSTER envelope, the
+// per-process seq counter and ack correlation, and the server key the primary derives from a
+// queryServer. Reference: shared/reference/node-protocol.md §3.2–§3.3.
+#include <cstdint>
+#include <functional>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <unordered_map>
+
+#include "uvcluster/ipc/channel.hpp"
+
+namespace uvcluster::cluster {
+
+using Json = nlohmann::json;
+
+inline constexpr const char* kClusterCmd = "NODE_CLUSTER";
+
+// True for {"cmd":"NODE_CLUSTER", ...}; other internal messages are not ours.
+bool is_cluster_message(const Json& m);
+// A NODE_HANDLE wrapper's inner `msg` (if the channel handed us the wrapper), else `m` itself.
+const Json& unwrap_handle_message(const Json& m);
+
+// JavaScript's String(v) for the values a key is built from: a missing field is "undefined",
+// null is "null", numbers print as JS does for integers, strings verbatim, booleans as words.
+std::string js_string(const Json* v);
+// The primary's key: `${address}:${port}:${addressType}:${fd}:${index}` (values as received).
+std::string server_key(const Json& query);
+
+// "EADDRINUSE" for -98; "" for 0.
+std::string errno_name(int negative_errno);
+
+// seq/ack bookkeeping for one process. Node keeps one counter per process (the primary shares it
+// across workers); replies are matched on `ack`. Callbacks carry an owner (worker id) so a reply
+// is only taken from the process it was asked of, and so a dead worker's callbacks can be dropped.
+class Messenger {
+ public:
+  using Reply = std::function<void(const Json& reply, ipc::ReceivedHandle* handle)>;
+
+  // {"cmd":"NODE_CLUSTER", ...payload, "seq":n}; `cb` runs when a message with ack == n arrives.
+  Json wrap(Json payload, Reply cb = {}, int owner = 0);
+  // Runs and removes the callback for msg.ack (if owned by `owner`). False when the message is
+  // not a reply we wait for — then it goes to the act handler (Node: bogus acks fall through).
+  bool take_reply(const Json& msg, ipc::ReceivedHandle* handle, int owner = 0);
+  void drop_owner(int owner);
+  size_t pending() const { return callbacks_.size(); }
+  int64_t next_seq() const { return seq_; }
+
+ private:
+  struct Pending {
+    int owner;
+    Reply cb;
+  };
+  int64_t seq_ = 0;
+  std::unordered_map<int64_t, Pending> callbacks_;
+};
+
+}  // namespace uvcluster::cluster

@@ -1,0 +1,108 @@
+#pragma once
+// The worker side of Node's cluster protocol for C++ programs (Node's lib/internal/cluster/child.js)
+// — a C++ worker can be forked by a Node primary or by cluster::Primary.
+//
+//   if (cluster::is_worker()) {
+//     auto w = cluster::Worker::start(loop);            // opens the channel, sends `online`
+//     (*w)->listen({.port = 8000}, on_listening, [](Fd conn) { /* serve */ });
+//   }
+//
+// Every connection arrives as an accepted, non-blocking, close-on-exec socket Fd, whatever the
+// primary's policy: rr (from `newconn`), shared (`none`/`reuseport`: this worker accepts on the
+// socket it was sent, driven by uv_poll; policy `one` or `drain`), or `exclusive` (the shared
+// socket sits in a private epoll set with EPOLLIN|EPOLLEXCLUSIVE and uv_poll watches that set).
+#include <uv.h>
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "uvcluster/cluster/protocol.hpp"
+#include "uvcluster/detail/event.hpp"
+#include "uvcluster/error.hpp"
+#include "uvcluster/fd.hpp"
+#include "uvcluster/ipc/channel.hpp"
+
+namespace uvcluster::cluster {
+
+// NODE_UNIQUE_ID present (even empty) → this process is a cluster worker (Node's rule).
+bool is_worker();
+bool is_primary();
+
+enum class AcceptPolicy {
+  one,    // one accept per wake-up (libuv ≥ 1.45, the one inside Node 20)
+  drain,  // accept until EAGAIN (Debian's libuv 1.44)
+};
+
+struct ListenOptions {
+  std::optional<std::string> host{};  // numeric IP; nullopt = Node's listen(port) (address null)
+  int port = 0;
+  int backlog = 511;
+  AcceptPolicy accept_policy = AcceptPolicy::one;
+  // Use EPOLLEXCLUSIVE on a shared socket. nullopt: when the primary says UVCLUSTER_SCHED_POLICY=exclusive.
+  std::optional<bool> exclusive{};
+};
+
+// What listen() reports: the address actually bound.
+struct ListenAddress {
+  std::string address;
+  int port = 0;
+  int address_type = 4;
+  std::string mode;  // "rr" | "shared" | "exclusive"
+};
+
+struct WorkerCounters {
+  uint64_t accepted = 0;       // connections delivered to on_connection
+  uint64_t accept_eagain = 0;  // wake-ups of a shared socket's accept that got EAGAIN (herd)
+  uint64_t refused = 0;        // rr newconn answered accepted:false
+};
+
+class Worker {
+ public:
+  // Opens the parent's channel (NODE_CHANNEL_FD), removes NODE_UNIQUE_ID from the environment as
+  // Node does, and sends {act:"online"}. ERR_IPC_NO_CHANNEL / ERR_CLUSTER_NOT_WORKER on failure.
+  static Result<std::unique_ptr<Worker>> start(uv_loop_t* loop);
+  ~Worker();
+  Worker(const Worker&) = delete;
+  Worker& operator=(const Worker&) = delete;
+
+  int id() const;
+  // State in the worker: "online", "listening", "disconnecting", "destroying".
+  const std::string& state() const;
+  bool exited_after_disconnect() const;
+  bool connected() const;
+
+  // Listens through queryServer. Returns a server id (for close_server). on_listening gets the
+  // bound address or an error shaped like Node's (code "EADDRINUSE", syscall "bind").
+  int listen(ListenOptions options, std::function<void(Result<ListenAddress>)> on_listening,
+             std::function<void(Fd conn)> on_connection);
+  // Closes one server: sends {act:"close", key}; stops accepting.
+  void close_server(int server_id);
+
+  // Worker-initiated graceful disconnect (cluster.worker.disconnect()): closes servers, tells the
+  // primary exitedAfterDisconnect, waits for its ack, then disconnects the channel.
+  void disconnect();
+  // cluster.worker.destroy(): as disconnect, then `on_exit_request` (Node calls process.exit(0)).
+  void destroy();
+
+  bool send(const Json& message);
+  void on_message(std::function<void(const Json&)> fn);
+  // The channel went away: by the primary's `disconnect` act (servers are already closed) or
+  // because the primary died. Node then exits(0) unless exitedAfterDisconnect; a C++ worker
+  // decides itself — servers are closed, so the loop ends once its own connections are done.
+  void on_disconnect(std::function<void()> fn);
+
+  const WorkerCounters& counters() const;
+  ipc::Channel& channel();
+
+  struct Impl;
+
+ private:
+  explicit Worker(std::shared_ptr<Impl> impl);
+  std::shared_ptr<Impl> impl_;
+};
+
+}  // namespace uvcluster::cluster

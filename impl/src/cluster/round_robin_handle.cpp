@@ -1,0 +1,123 @@
+#include "uvcluster/cluster/round_robin_handle.hpp"
+
+#include <algorithm>
+#include <cerrno>
+
+namespace uvcluster::cluster {
+
+void RoundRobinScheduler::add(int worker, Sender send) {
+  Member m;
+  m.send = std::move(send);
+  m.generation = next_generation_++;
+  all_[worker] = std::move(m);
+  handed_out_.try_emplace(worker, 0);
+  handoff(worker);
+}
+
+bool RoundRobinScheduler::remove(int worker) {
+  auto it = all_.find(worker);
+  if (it == all_.end()) return all_.empty();
+  std::optional<Fd> in_flight = std::move(it->second.in_flight);
+  all_.erase(it);
+  free_.remove(worker);
+  if (in_flight && in_flight->valid()) {
+    queue_.push_front(std::move(*in_flight));
+    if (!free_.empty()) {
+      int next = free_.front();
+      free_.pop_front();
+      handoff(next);
+    }
+  }
+  return all_.empty();
+}
+
+void RoundRobinScheduler::push(Fd conn) {
+  queue_.push_back(std::move(conn));
+  if (free_.empty()) return;
+  int worker = free_.front();
+  free_.pop_front();
+  handoff(worker);
+}
+
+void RoundRobinScheduler::handoff(int worker) {
+  auto it = all_.find(worker);
+  if (it == all_.end()) return;
+  Member& m = it->second;
+  if (m.in_flight) return;  // at most one newconn in flight per worker
+  if (queue_.empty()) {
+    if (std::find(free_.begin(), free_.end(), worker) == free_.end()) free_.push_back(worker);
+    return;
+  }
+  m.in_flight = std::move(queue_.front());
+  queue_.pop_front();
+  int raw = m.in_flight->get();
+  uint64_t gen = m.generation;
+  bool sent = m.send(raw, [this, worker, gen](bool accepted) { on_reply(worker, gen, accepted); });
+  if (!sent) {
+    // The worker's channel is gone: it leaves the rotation, the connection stays with us.
+    remove(worker);
+  }
+}
+
+void RoundRobinScheduler::on_reply(int worker, uint64_t generation, bool accepted) {
+  auto it = all_.find(worker);
+  if (it == all_.end() || it->second.generation != generation || !it->second.in_flight) return;
+  Fd conn = std::move(*it->second.in_flight);
+  it->second.in_flight.reset();
+  if (accepted) {
+    ++handed_out_[worker];
+    conn.reset();  // the worker has its own copy now
+    handoff(worker);
+    return;
+  }
+  // Refused (its server closed, a race Node also has): back to the queue for another worker.
+  // Unlike Node, a refusing worker leaves this key's rotation, so a worker that always refuses
+  // cannot ping-pong one connection forever; its `close` act usually follows anyway.
+  all_.erase(it);
+  free_.remove(worker);
+  push(std::move(conn));
+}
+
+RoundRobinHandle::RoundRobinHandle(uv_loop_t* loop, Fd listening) : fd_(std::move(listening)) {
+  if (uv_poll_init(loop, poll_.get(), fd_.get()) == 0) {
+    poll_.mark_initialized();
+    poll_->data = this;
+    uv_poll_start(poll_.get(), UV_READABLE, on_readable);
+  }
+  if (auto n = local_address(fd_.get()); n.ok()) sockname_ = n.value();
+}
+
+RoundRobinHandle::~RoundRobinHandle() { close(); }
+
+void RoundRobinHandle::close() {
+  poll_.close();
+  fd_.reset();
+  sched_.close_queue();
+}
+
+Result<std::unique_ptr<RoundRobinHandle>> RoundRobinHandle::open(uv_loop_t* loop,
+                                                                 const BindSpec& spec,
+                                                                 int backlog) {
+  auto fd = bind_tcp(spec);
+  if (!fd.ok()) return fd.error();
+  if (auto st = listen_fd(fd->get(), backlog); !st.ok()) return st.error();
+  return std::make_unique<RoundRobinHandle>(loop, std::move(fd.value()));
+}
+
+void RoundRobinHandle::on_readable(uv_poll_t* h, int status, int) {
+  auto* self = static_cast<RoundRobinHandle*>(h->data);
+  if (status < 0) return;
+  // Drain: a bounded batch per wake-up keeps one busy listener from starving the IPC pipes.
+  for (int i = 0; i < 256 && self->fd_.valid(); ++i) {
+    Fd conn = accept_connection(self->fd_.get());
+    if (!conn) {
+      if (errno == EAGAIN || errno == EWOULDBLOCK) return;
+      if (errno == EINTR || errno == ECONNABORTED) continue;
+      ++self->accept_errors_;  // EMFILE and friends: skipped, as Node's distribute does
+      return;
+    }
+    self->sched_.push(std::move(conn));
+  }
+}
+
+}  // namespace uvcluster::cluster

@@ -1,0 +1,322 @@
+#include "uvcluster/cluster/worker.hpp"
+
+#include <sys/epoll.h>
+
+#include <cerrno>
+#include <cstdlib>
+
+#include "uvcluster/cluster/sockets.hpp"
+#include "uvcluster/detail/uv_handle.hpp"
+
+namespace uvcluster::cluster {
+
+bool is_worker() { return std::getenv("NODE_UNIQUE_ID") != nullptr; }
+bool is_primary() { return !is_worker(); }
+
+namespace {
+
+struct Server {
+  int id = 0;
+  ListenOptions options;
+  std::string key;  // set once the primary answered
+  bool rr = false;
+  bool closed = false;
+  Fd fd;       // shared socket (not rr)
+  Fd epoll;    // exclusive: private epoll set holding `fd` with EPOLLEXCLUSIVE
+  detail::UvHandle<uv_poll_t> poll;
+  std::function<void(Fd)> on_connection;
+  WorkerCounters* counters = nullptr;  // the owning Worker's
+};
+
+}  // namespace
+
+struct Worker::Impl : std::enable_shared_from_this<Impl> {
+  uv_loop_t* loop = nullptr;
+  std::unique_ptr<ipc::Channel> channel;
+  int id = 0;
+  std::string state = "online";
+  bool exited_after_disconnect = false;
+  bool exclusive_default = false;
+  Messenger messenger;
+  std::map<std::string, int> index_counters;
+  std::map<int, std::unique_ptr<Server>> servers;
+  int next_server = 1;
+  WorkerCounters counters;
+  detail::Event<const Json&> message;
+  detail::Event<> disconnected;
+
+  bool send(Json payload, Messenger::Reply cb = {}) {
+    if (!channel || !channel->connected()) return false;
+    channel->send(messenger.wrap(std::move(payload), std::move(cb)));
+    return true;
+  }
+
+  Server* server_by_key(const std::string& key) {
+    for (auto& [id, s] : servers)
+      if (!s->closed && s->rr && s->key == key) return s.get();
+    return nullptr;
+  }
+
+  void on_internal(const Json& raw, ipc::ReceivedHandle* h) {
+    const Json& msg = unwrap_handle_message(raw);
+    if (!is_cluster_message(msg)) return;
+    if (messenger.take_reply(msg, h)) return;
+    auto act = msg.find("act");
+    if (act == msg.end() || !act->is_string()) return;
+    if (*act == "newconn") {
+      Server* s = msg.contains("key") && msg["key"].is_string() ? server_by_key(msg["key"]) : nullptr;
+      bool accepted = s && h && h->fd.valid();
+      send({{"ack", msg.contains("seq") ? msg["seq"] : Json()}, {"accepted", accepted}});
+      if (!accepted) {
+        ++counters.refused;
+        return;  // the channel closes the fd we did not take
+      }
+      Fd conn = std::move(h->fd);
+      make_nonblocking_cloexec(conn.get());
+      ++counters.accepted;
+      s->on_connection(std::move(conn));
+    } else if (*act == "disconnect") {
+      do_disconnect(true);
+    }
+  }
+
+  void close_server(Server& s) {
+    if (s.closed) return;
+    s.closed = true;
+    s.poll.close();
+    s.epoll.reset();
+    s.fd.reset();
+    if (!s.key.empty()) send({{"act", "close"}, {"key", s.key}});
+  }
+
+  void close_all() {
+    for (auto& [id, s] : servers) close_server(*s);
+  }
+
+  // child.js _disconnect: servers closed first, then (worker-initiated) the flag is recorded in
+  // the primary and only after its ack is the channel disconnected.
+  void do_disconnect(bool primary_initiated) {
+    exited_after_disconnect = true;
+    close_all();
+    if (!channel || !channel->connected()) return;
+    if (primary_initiated) {
+      channel->disconnect();
+      return;
+    }
+    std::weak_ptr<Impl> wi = weak_from_this();
+    bool sent = send({{"act", "exitedAfterDisconnect"}}, [wi](const Json&, ipc::ReceivedHandle*) {
+      if (auto i = wi.lock(); i && i->channel && i->channel->connected()) i->channel->disconnect();
+    });
+    if (!sent) channel->disconnect();
+  }
+
+};
+
+namespace {
+
+// The accept loop for a shared socket (policy `one` or `drain`).
+void accept_ready(uv_poll_t* h, int status, int) {
+  Server& s = *static_cast<Server*>(h->data);
+  if (status < 0 || s.closed) return;
+  if (s.epoll) {
+    // Reap the inner set's readiness so the outer poll reflects the current state.
+    epoll_event evs[4];
+    (void)epoll_wait(s.epoll.get(), evs, 4, 0);
+  }
+  bool drain = s.options.accept_policy == AcceptPolicy::drain;
+  for (int i = 0; i < 1024 && !s.closed; ++i) {
+    Fd conn = accept_connection(s.fd.get());
+    if (!conn) {
+      if (errno == EAGAIN || errno == EWOULDBLOCK) ++s.counters->accept_eagain;
+      if (errno == EINTR || errno == ECONNABORTED) continue;
+      return;
+    }
+    ++s.counters->accepted;
+    s.on_connection(std::move(conn));
+    if (!drain) return;
+  }
+}
+
+}  // namespace
+
+Worker::Worker(std::shared_ptr<Impl> impl) : impl_(std::move(impl)) {}
+Worker::~Worker() {
+  if (impl_) {
+    for (auto& [id, s] : impl_->servers) {
+      s->poll.close();
+    }
+    impl_->servers.clear();
+    impl_->channel.reset();
+  }
+}
+
+Result<std::unique_ptr<Worker>> Worker::start(uv_loop_t* loop) {
+  const char* uid = std::getenv("NODE_UNIQUE_ID");
+  if (!uid) return Error::make("ERR_CLUSTER_NOT_WORKER", "NODE_UNIQUE_ID is not set");
+  auto impl = std::make_shared<Impl>();
+  impl->loop = loop;
+  impl->id = std::atoi(uid);
+  ::unsetenv("NODE_UNIQUE_ID");  // Node deletes it after _setupWorker (test-cluster-basic.js)
+  if (const char* p = std::getenv("UVCLUSTER_SCHED_POLICY"))
+    impl->exclusive_default = std::string(p) == "exclusive";
+  auto ch = ipc::parent_channel(loop);
+  if (!ch.ok()) return ch.error();
+  impl->channel = std::move(ch.value());
+  std::weak_ptr<Impl> wi = impl;
+  impl->channel->on_internal_message([wi](const Json& m, ipc::ReceivedHandle* h) {
+    if (auto i = wi.lock()) i->on_internal(m, h);
+  });
+  impl->channel->on_message([wi](const Json& m, ipc::ReceivedHandle*) {
+    if (auto i = wi.lock()) i->message.emit(m);
+  });
+  impl->channel->on_disconnect([wi] {
+    auto i = wi.lock();
+    if (!i) return;
+    // Primary gone or disconnect finished: nothing more can be handed to us.
+    for (auto& [id, s] : i->servers) {
+      s->closed = true;
+      s->poll.close();
+      s->epoll.reset();
+      s->fd.reset();
+    }
+    i->disconnected.emit();
+  });
+  impl->send({{"act", "online"}});
+  return std::unique_ptr<Worker>(new Worker(std::move(impl)));
+}
+
+int Worker::id() const { return impl_->id; }
+const std::string& Worker::state() const { return impl_->state; }
+bool Worker::exited_after_disconnect() const { return impl_->exited_after_disconnect; }
+bool Worker::connected() const { return impl_->channel && impl_->channel->connected(); }
+const WorkerCounters& Worker::counters() const { return impl_->counters; }
+ipc::Channel& Worker::channel() { return *impl_->channel; }
+bool Worker::send(const Json& message) { return impl_->channel && impl_->channel->send(message); }
+void Worker::on_message(std::function<void(const Json&)> fn) { impl_->message.add(std::move(fn)); }
+void Worker::on_disconnect(std::function<void()> fn) { impl_->disconnected.add(std::move(fn)); }
+
+void Worker::close_server(int server_id) {
+  auto it = impl_->servers.find(server_id);
+  if (it != impl_->servers.end()) impl_->close_server(*it->second);
+}
+
+void Worker::disconnect() {
+  if (impl_->state != "disconnecting" && impl_->state != "destroying") impl_->state = "disconnecting";
+  impl_->do_disconnect(false);
+}
+
+void Worker::destroy() {
+  impl_->state = "destroying";
+  impl_->do_disconnect(false);
+}
+
+int Worker::listen(ListenOptions options, std::function<void(Result<ListenAddress>)> on_listening,
+                   std::function<void(Fd conn)> on_connection) {
+  auto impl = impl_;
+  int sid = impl->next_server++;
+  auto server = std::make_unique<Server>();
+  server->id = sid;
+  server->options = options;
+  server->on_connection = std::move(on_connection);
+  impl->servers[sid] = std::move(server);
+
+  int address_type = options.host && options.host->find(':') != std::string::npos ? 6 : 4;
+  Json address = options.host ? Json(*options.host) : Json(nullptr);
+  // Node's per-worker index for the same [address, port, addressType, fd] tuple.
+  std::string tuple = js_string(&address) + ":" + std::to_string(options.port) + ":" +
+                      std::to_string(address_type) + ":undefined";
+  int index = impl->index_counters[tuple]++;
+  Json query = {{"act", "queryServer"}, {"index", index},      {"data", nullptr},
+                {"address", address},   {"port", options.port}, {"addressType", address_type},
+                {"backlog", options.backlog}};
+
+  std::weak_ptr<Impl> wi = impl;
+  auto fail = [on_listening, options](int errnum) {
+    Error e = Error::from_uv(errnum, "bind");
+    e.message = "bind " + e.code + " " + (options.host ? *options.host : "null") + ":" +
+                std::to_string(options.port);
+    on_listening(e);
+  };
+  bool sent = impl->send(query, [wi, sid, query, on_listening, fail](const Json& reply,
+                                                                     ipc::ReceivedHandle* h) {
+    auto i = wi.lock();
+    if (!i) return;
+    auto it = i->servers.find(sid);
+    if (it == i->servers.end() || it->second->closed) return;  // closed meanwhile: stale reply
+    Server& s = *it->second;
+    s.key = reply.value("key", std::string());
+    ListenAddress la;
+    la.address_type = query["addressType"];
+    if (h && h->fd.valid()) {
+      // Shared handle: we listen and accept on it ourselves.
+      s.fd = std::move(h->fd);
+      make_nonblocking_cloexec(s.fd.get());
+      if (!is_listening(s.fd.get())) {
+        if (auto st = listen_fd(s.fd.get(), s.options.backlog); !st.ok()) {
+          i->close_server(s);
+          return fail(st.error().errnum);
+        }
+      }
+      auto name = local_address(s.fd.get());
+      if (!name.ok()) {
+        i->close_server(s);
+        return fail(name.error().errnum);
+      }
+      la.address = name->address;
+      la.port = name->port;
+      bool exclusive = s.options.exclusive.value_or(i->exclusive_default);
+      int watch = s.fd.get();
+      if (exclusive) {
+        s.epoll = Fd(::epoll_create1(EPOLL_CLOEXEC));
+        epoll_event ev{};
+        ev.events = EPOLLIN | EPOLLEXCLUSIVE;
+        ev.data.fd = s.fd.get();
+        if (!s.epoll || ::epoll_ctl(s.epoll.get(), EPOLL_CTL_ADD, s.fd.get(), &ev) != 0) {
+          i->close_server(s);
+          return fail(-errno);
+        }
+        watch = s.epoll.get();
+      }
+      la.mode = exclusive ? "exclusive" : "shared";
+      if (uv_poll_init(i->loop, s.poll.get(), watch) == 0) {
+        s.poll.mark_initialized();
+        s.counters = &i->counters;
+        s.poll->data = &s;
+        uv_poll_start(s.poll.get(), UV_READABLE, accept_ready);
+      }
+    } else {
+      Json err = reply.value("errno", Json());
+      if (err.is_number_integer() && err.get<int>() != 0) {
+        s.closed = true;
+        s.key.clear();  // the primary dropped the key; nothing to close there
+        return fail(err.get<int>());
+      }
+      s.rr = true;
+      la.mode = "rr";
+      Json sn = reply.value("sockname", Json());
+      if (sn.is_object()) {
+        la.address = sn.value("address", std::string());
+        la.port = sn.value("port", 0);
+      }
+    }
+    // net.js checkBindError: a fixed port must be the one we got.
+    if (s.options.port > 0 && la.port != s.options.port) {
+      i->close_server(s);
+      return fail(UV_EADDRINUSE);
+    }
+    Json listening = query;
+    listening["act"] = "listening";
+    listening["port"] = la.port;
+    i->send(listening);
+    i->state = "listening";
+    on_listening(la);
+  });
+  if (!sent) {
+    impl->servers[sid]->closed = true;
+    Error e = Error::make("ERR_IPC_CHANNEL_CLOSED", "Channel closed");
+    on_listening(e);
+  }
+  return sid;
+}
+
+}  // namespace uvcluster::cluster

@@ -1,0 +1,84 @@
+#include "handles.hpp"
+
+#include <fcntl.h>
+
+#include <cerrno>
+
+namespace uvcluster::ipc {
+
+const char* handle_type_name(HandleType t) {
+  switch (t) {
+    case HandleType::server: return "net.Server";
+    case HandleType::socket: return "net.Socket";
+    case HandleType::native: return "net.Native";
+  }
+  return "net.Native";
+}
+
+namespace detail_handles {
+
+bool parse_handle_type(const std::string& name, HandleType* out) {
+  if (name == "net.Server") *out = HandleType::server;
+  else if (name == "net.Socket") *out = HandleType::socket;
+  else if (name == "net.Native") *out = HandleType::native;
+  else return false;
+  return true;
+}
+
+int make_send_stream(uv_loop_t* loop, int fd, SendStream& out) {
+  Fd dup = Fd::dup_of(fd);
+  if (!dup) return uv_translate_sys_error(errno);
+  // uv_pipe_open accepts any descriptor; libuv only needs a stream handle to read the fd from.
+  int rc = uv_pipe_init(loop, out.pipe.get(), 0);
+  if (rc < 0) return rc;
+  out.pipe.mark_initialized();
+  rc = uv_pipe_open(out.pipe.get(), dup.get());
+  if (rc < 0) return rc;  // dup closed by Fd; the (fd-less) handle closes on destruction
+  dup.release();          // now owned by the pipe handle
+  return 0;
+}
+
+namespace {
+template <class H>
+Fd accept_into(uv_pipe_t* ipc_pipe, uvcluster::detail::UvHandle<H>& tmp, int* err) {
+  int rc = uv_accept(reinterpret_cast<uv_stream_t*>(ipc_pipe), tmp.stream());
+  if (rc < 0) {
+    *err = rc;
+    return Fd();
+  }
+  uv_os_fd_t raw = -1;
+  rc = uv_fileno(tmp.base(), &raw);
+  if (rc < 0) {
+    *err = rc;
+    return Fd();
+  }
+  Fd fd = Fd::dup_of(raw);
+  if (!fd) *err = uv_translate_sys_error(errno);
+  return fd;  // tmp (and libuv's copy of the fd) is closed by its owner
+}
+}  // namespace
+
+Fd accept_pending(uv_loop_t* loop, uv_pipe_t* ipc_pipe, int* err) {
+  *err = 0;
+  uv_handle_type type = uv_pipe_pending_type(ipc_pipe);
+  if (type == UV_TCP) {
+    uvcluster::detail::UvHandle<uv_tcp_t> tmp;
+    if ((*err = uv_tcp_init(loop, tmp.get())) < 0) return Fd();
+    tmp.mark_initialized();
+    return accept_into(ipc_pipe, tmp, err);
+  }
+  if (type == UV_UDP) {
+    uvcluster::detail::UvHandle<uv_udp_t> tmp;
+    if ((*err = uv_udp_init(loop, tmp.get())) < 0) return Fd();
+    tmp.mark_initialized();
+    return accept_into(ipc_pipe, tmp, err);
+  }
+  // UV_NAMED_PIPE and anything else (libuv reports e.g. regular files as unknown).
+  uvcluster::detail::UvHandle<uv_pipe_t> tmp;
+  if ((*err = uv_pipe_init(loop, tmp.get(), 0)) < 0) return Fd();
+  tmp.mark_initialized();
+  return accept_into(ipc_pipe, tmp, err);
+}
+
+}  // namespace detail_handles
+}  // namespace uvcluster::ipc

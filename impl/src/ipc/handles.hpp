@@ -1,0 +1,28 @@
+#pragma once
+// fd <-> libuv stream conversions used by the channel to pass handles (SCM_RIGHTS via libuv).
+#include <uv.h>
+
+#include <memory>
+
+#include "uvcluster/detail/uv_handle.hpp"
+#include "uvcluster/fd.hpp"
+#include "uvcluster/ipc/channel.hpp"
+
+namespace uvcluster::ipc::detail_handles {
+
+// A temporary libuv stream that owns a close-on-exec duplicate of `fd`, to be given to
+// uv_write2 as send_handle. Closing it (RAII) closes the duplicate only.
+struct SendStream {
+  uvcluster::detail::UvHandle<uv_pipe_t> pipe;
+  uv_stream_t* stream() const { return pipe.stream(); }
+};
+// Errors are negative libuv codes.
+int make_send_stream(uv_loop_t* loop, int fd, SendStream& out);
+
+// Accepts one pending handle from `ipc_pipe` and returns a close-on-exec fd for it (invalid Fd
+// with *err set on failure). The libuv-side copy is closed.
+Fd accept_pending(uv_loop_t* loop, uv_pipe_t* ipc_pipe, int* err);
+
+bool parse_handle_type(const std::string& name, HandleType* out);
+
+}  // namespace uvcluster::ipc::detail_handles
