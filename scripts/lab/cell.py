@@ -256,12 +256,16 @@ class Cell:
         elif s == "nginx":
             self.launch_nginx()
         elif s in ("node-rr", "node-none"):
-            if app != "node":
-                raise Unavailable("hello-native as a Node cluster worker needs the cluster library")
             self.launcher = "node cluster (harness/strategies/node_primary.js)"
+            extra = []
+            if app == "native":  # C++ workers under Node's primary (cluster-worker mode)
+                extra = ["--native", self.bin("hello-native"), "--accept", self.a.accept]
+                self.accept_policy = self.a.accept
+            else:
+                self.accept_policy = "libuv-node (one per wakeup, libuv>=1.45)"
             p = self.spawn([NODE, os.path.join(SRC, "harness/strategies/node_primary.js"),
                             "--policy", s.split("-")[1], "--workers", str(n),
-                            "--port", str(self.port)])
+                            "--port", str(self.port)] + extra)
             self.primary_pids.append(p.pid)
         else:
             raise ValueError(s)
@@ -693,9 +697,8 @@ def measure(cell, a, rec):
         if a.herd_method == "perf" and not perf_usable():
             herd["outside"] = {"method": "perf", "error": "perf/tracefs not usable here"}
         else:
-            if a.herd_overhead:
-                base = run_wrk(cell.port, a.herd_duration, a.connections, close=True)
-                herd["unobserved_rps"] = rps(base)
+            if a.herd_overhead:  # unobserved run before the observed one...
+                herd["unobserved_rps"] = rps(run_wrk(cell.port, a.herd_duration, a.connections, close=True))
             h0 = cell.snapshot(workers)
             # Every process of the cell is observed: in rr-like strategies the primary accepts.
             herd["outside"] = herd_outside(every, cell.port, a.herd_duration, a.connections,
@@ -706,6 +709,9 @@ def measure(cell, a, rec):
                 acc = sum(metrics.diff_counts(h1, h0, "connections").values())
                 herd["inside_during_outside_run"] = {"eagain": eag, "accepted": acc,
                                                      "per_conn": metrics.ratio(eag, acc)}
+            if a.herd_overhead:  # ...and one after it: the observed run is compared to their mean
+                after = rps(run_wrk(cell.port, a.herd_duration, a.connections, close=True))
+                herd["unobserved_rps"] = (herd["unobserved_rps"] + after) / 2
             if "unobserved_rps" in herd and herd["outside"].get("wrk_rps"):
                 herd["outside"]["overhead"] = 1 - herd["outside"]["wrk_rps"] / herd["unobserved_rps"]
     rec["herd"] = herd

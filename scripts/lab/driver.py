@@ -18,15 +18,17 @@ sys.path.insert(0, HERE)
 
 STRATEGIES = ["naive", "proxy", "shared", "exclusive", "rr", "reuseport", "nginx",
               "node-rr", "node-none", "uvc-run"]
-NODE_ONLY = {"node-rr", "node-none", "uvc-run"}  # Node's cluster / `run` with Node workers
-NATIVE_ONLY = {"exclusive"}                        # needs our own accept loop
+NODE_ONLY = {"uvc-run"}          # the row "uvcluster run (C++ primary) + Node workers"
+NATIVE_ONLY = {"exclusive", "rr"}  # exclusive: EPOLLEXCLUSIVE needs a C++ accept loop; rr with
+#                                    Node workers is exactly the uvc-run row
+REFERENCE_NODE = {"node-rr", "node-none"}  # with the Node app even in the quick profile (ratios)
 
 # duration/herd in seconds; est_s is the per-cell wall time used before any cell has run.
 PROFILES = {
     "quick": {"workers": [2], "loads": ["keepalive", "close"], "apps": "one", "duration": 1,
-              "herd": 1, "connections": 50, "validation": False, "est_s": 4.0},
-    "default": {"workers": [2, 4], "loads": ["keepalive", "close"], "apps": "both", "duration": 3,
-                "herd": 1, "connections": 50, "validation": True, "est_s": 6.5},
+              "herd": 1, "connections": 50, "validation": False, "est_s": 3.8},
+    "default": {"workers": [2, 4], "loads": ["keepalive", "close"], "apps": "both", "duration": 2,
+                "herd": 1, "connections": 50, "validation": True, "est_s": 5.0},
     "full": {"workers": [2, 4], "loads": ["keepalive", "close"], "apps": "both", "duration": 10,
              "herd": 3, "connections": 100, "validation": True, "est_s": 16.0,
              "variants": [("exclusive", "native", ["--rotate", "16"], "exclusive-rot16"),
@@ -37,8 +39,10 @@ PROFILES = {
 def apps_for(strategy, which):
     if strategy in NODE_ONLY:
         return ["node"]
-    if strategy in NATIVE_ONLY or which == "one":
+    if strategy in NATIVE_ONLY:
         return ["native"]
+    if which == "one":
+        return ["node"] if strategy in REFERENCE_NODE else ["native"]
     return ["native", "node"]
 
 

@@ -155,8 +155,8 @@ def validations(records):
         lambda r: r["strategy"] == "proxy" and r["load"] == "keepalive",
         lambda r: (get(r, "fds.per_conn_primary") or 0) >= 1.5 and (get(r, "fds.per_conn_primary") or 0) <= 2.5,
         lambda r: f"{cell_name(r)}: {fmt(get(r, 'fds.per_conn_primary'))}")
-    chk("rr Jain ≥ 0.95 (connections under close load)",
-        lambda r: r["strategy"] in ("rr",) and r["load"] == "close",
+    chk("rr Jain ≥ 0.95 (connections under close load; rr and uvc-run)",
+        lambda r: r["strategy"] in ("rr", "uvc-run") and r["load"] == "close",
         lambda r: (get(r, "fairness.connections.jain") or 0) >= 0.95,
         lambda r: f"{cell_name(r)}: {fmt(get(r, 'fairness.connections.jain'), 3)}")
     # exclusive vs shared: same app/workers/load, outside herd per connection

@@ -82,7 +82,9 @@ def test_driver_profiles_and_matrix():
         for w in (2, 4):
             for load in ("keepalive", "close"):
                 assert any(k[0] == s and k[2] == w and k[3] == load for k in keys), (s, w, load)
-    assert ("node-rr", "native", 2, "close") not in keys  # node-only strategies use hello-node
+    assert ("node-rr", "native", 2, "close") in keys  # C++ workers under Node's primary too
+    assert ("uvc-run", "native", 2, "close") not in keys  # the row is "C++ primary + Node workers"
+    assert {(c["strategy"], c["app"]) for c in quick} >= {("node-rr", "node"), ("shared", "native")}
     assert ("exclusive", "node", 2, "close") not in keys  # EPOLLEXCLUSIVE needs our accept loop
     assert ("shared", "node", 4, "keepalive") in keys
     assert all(c["workers"] == 2 for c in quick)

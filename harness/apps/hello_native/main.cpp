@@ -360,7 +360,9 @@ int main(int argc, char** argv) {
   int port = -1, inherited = -1, rotate = 0;
   bool reuseport = false, exclusive = false;
   std::string policy_name = "one";
-  for (int i = 1; i < argc; ++i) {
+  // A Node cluster primary runs `execPath exec args` with execPath = exec = this binary.
+  int first = (argc > 1 && std::strcmp(argv[1], argv[0]) == 0) ? 2 : 1;
+  for (int i = first; i < argc; ++i) {
     std::string a = argv[i];
     auto value = [&]() -> std::string {
       if (i + 1 >= argc) usage_error(("missing value for " + a).c_str());
