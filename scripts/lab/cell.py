@@ -65,6 +65,7 @@ def environment():
         "uv_tcp_single_accept": os.environ.get("UV_TCP_SINGLE_ACCEPT", "unset"),
         "rlimit_nofile": list(resource.getrlimit(resource.RLIMIT_NOFILE)),
         "tcp_migrate_req": migrate,
+        "loadavg_1m": os.getloadavg()[0],  # other work on this machine skews everything
     }
 
 
@@ -231,8 +232,12 @@ class Cell:
             if s == "exclusive":
                 if app != "native":
                     raise Unavailable("EPOLLEXCLUSIVE needs our own accept loop: C++ workers only")
-                extra = ("--exclusive",) + (("--rotate", str(self.a.rotate)) if self.a.rotate else ())
-            if self.use_uvcluster_run() and not self.a.rotate:  # rotation: our accept loop only
+                flag = "--exclusive" if self.a.exclusive_mode == "thread" else "--exclusive-nested"
+                extra = (flag,) + (("--rotate", str(self.a.rotate)) if self.a.rotate else ())
+            # exclusive: auto means our own accept loop, whose waiter thread keeps EPOLLEXCLUSIVE
+            # exclusive (see hello-native); --launcher uvcluster measures the library's instead.
+            run = self.use_uvcluster_run() if s == "shared" else self.a.launcher == "uvcluster"
+            if run:
                 return self.launch_uvcluster_run("none" if s == "shared" else "exclusive")
             self.launcher = "harness binds one socket; workers inherit it (fork/exec)"
             sock = self.listen_socket()
@@ -698,19 +703,25 @@ def measure(cell, a, rec):
             herd["outside"] = {"method": "perf", "error": "perf/tracefs not usable here"}
         else:
             if a.herd_overhead:  # unobserved run before the observed one...
-                herd["unobserved_rps"] = rps(run_wrk(cell.port, a.herd_duration, a.connections, close=True))
+                herd["unobserved_rps"] = rps(run_wrk(cell.port, a.herd_duration, a.herd_connections, close=True))
             h0 = cell.snapshot(workers)
+            hcs0 = {p: vol_ctxsw(p) for p in workers}
             # Every process of the cell is observed: in rr-like strategies the primary accepts.
-            herd["outside"] = herd_outside(every, cell.port, a.herd_duration, a.connections,
+            herd["outside"] = herd_outside(every, cell.port, a.herd_duration, a.herd_connections,
                                            a.herd_method)
+            herd["outside"]["connections"] = a.herd_connections
+            hcs1 = {p: vol_ctxsw(p) for p in workers}
             h1 = cell.snapshot(workers)
+            # Upper bound of wake-ups in the herd run: workers' voluntary switches per accept.
+            hcs = sum((hcs1[p] or 0) - (hcs0[p] or 0) for p in workers if hcs0.get(p) is not None)
+            herd["outside"]["ctxsw_per_conn"] = metrics.ratio(hcs, herd["outside"].get("accepted"))
             if "inside" in herd:
                 eag = sum(metrics.diff_counts(h1, h0, "accept_eagain").values())
                 acc = sum(metrics.diff_counts(h1, h0, "connections").values())
                 herd["inside_during_outside_run"] = {"eagain": eag, "accepted": acc,
                                                      "per_conn": metrics.ratio(eag, acc)}
             if a.herd_overhead:  # ...and one after it: the observed run is compared to their mean
-                after = rps(run_wrk(cell.port, a.herd_duration, a.connections, close=True))
+                after = rps(run_wrk(cell.port, a.herd_duration, a.herd_connections, close=True))
                 herd["unobserved_rps"] = (herd["unobserved_rps"] + after) / 2
             if "unobserved_rps" in herd and herd["outside"].get("wrk_rps"):
                 herd["outside"]["overhead"] = 1 - herd["outside"]["wrk_rps"] / herd["unobserved_rps"]
@@ -730,10 +741,17 @@ def parse_args(argv):
     p.add_argument("--accept", choices=["one", "drain"], default="one",
                    help="hello-native accept policy per wake-up (default one, like Node's libuv)")
     p.add_argument("--rotate", type=int, default=0, help="exclusive: re-register every K accepts")
+    p.add_argument("--exclusive-mode", choices=["thread", "nested"], default="thread",
+                   help="exclusive via the harness: a thread blocks in epoll_wait on the private "
+                        "EPOLLEXCLUSIVE set (thread) or the loop polls that set (nested)")
     p.add_argument("--launcher", choices=["auto", "harness", "uvcluster"], default="auto",
                    help="shared/exclusive/reuseport through `uvcluster run` (auto: when built) "
                         "or the harness (it binds and the workers inherit the sockets)")
     p.add_argument("--herd-duration", type=float, default=1.0, help="extra perf run, 0 = skip")
+    p.add_argument("--herd-connections", type=int, default=2,
+                   help="wrk connections of the herd run: few, so workers are idle when a "
+                        "connection arrives (the regime where a herd exists; a saturating load "
+                        "keeps every worker busy and measures accept races instead)")
     p.add_argument("--herd-method", choices=["perf", "strace"], default="perf")
     p.add_argument("--herd-overhead", action="store_true",
                    help="also run the herd load unobserved, to report the observer's cost")

@@ -32,6 +32,9 @@ PROFILES = {
     "full": {"workers": [2, 4], "loads": ["keepalive", "close"], "apps": "both", "duration": 10,
              "herd": 3, "connections": 100, "validation": True, "est_s": 16.0,
              "variants": [("exclusive", "native", ["--rotate", "16"], "exclusive-rot16"),
+                          ("exclusive", "native", ["--exclusive-mode", "nested"], "exclusive-nested"),
+                          ("exclusive", "native", ["--launcher", "uvcluster"], "exclusive-run"),
+                          ("shared", "native", ["--launcher", "harness"], "shared-inherit"),
                           ("shared", "native", ["--accept", "drain"], "shared-drain")]},
 }
 
@@ -68,8 +71,10 @@ def validation_cells(profile):
         return []
     w = max(PROFILES[profile]["workers"])
     base = {"strategy": "shared", "app": "native", "workers": w, "load": "close", "label": "shared"}
-    return [dict(base, extra=["--herd-overhead"], role="validation-perf"),
-            dict(base, extra=["--herd-method", "strace", "--herd-overhead"], role="validation-strace")]
+    longer = ["--herd-duration", "2"]  # the overhead is a difference of two noisy rates
+    return [dict(base, extra=["--herd-overhead"] + longer, role="validation-perf"),
+            dict(base, extra=["--herd-method", "strace", "--herd-overhead"] + longer,
+                 role="validation-strace")]
 
 
 def fmt_s(s):
@@ -154,6 +159,13 @@ def main(argv=None):
     print(summary)
     print(f"lab: {len(doc['records'])} records in {fmt_s(doc['wall_s'])}; "
           f"{os.path.join(a.out, 'REPORT.md')}")
+    baseline = os.path.join(a.out, "baseline.json")
+    if os.path.exists(baseline):  # informative here; scripts/compare.py is the CI gate
+        sys.path.insert(0, os.path.dirname(HERE))
+        import compare
+        problems = compare.compare(doc, json.load(open(baseline)))
+        print(f"lab: vs baseline: {len(problems)} regression(s)" +
+              "".join(f"\n  {p}" for p in problems[:20]))
     orphans = [r for r in doc["records"] if r.get("processes", {}).get("orphans")]
     if orphans:
         print(f"lab: ORPHANS left by {len(orphans)} cells", file=sys.stderr)

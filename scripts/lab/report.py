@@ -53,12 +53,18 @@ TABLES = [
     ("fds per connection, workers (sum)", "fds.per_conn_workers", 2, False,
      "(peak − idle) summed over workers / concurrent connections; ≈1 when workers hold the sockets."),
     ("Herd: EAGAIN per accepted connection (perf, outside)", "herd.outside.per_conn", 3, False,
-     "Failed accept4 (ret −11) per successful accept4, counted by perf tracepoints on a short "
-     "Connection: close run, same method for every process kind (a lower bound of wasted wake-ups)."),
+     "Failed accept4 (ret −11) per successful accept4 in every process of the cell, counted by perf "
+     "tracepoints on a short extra Connection: close run with few connections (workers idle when a "
+     "connection arrives) — the same method for every process kind; a lower bound of wasted "
+     "wake-ups. A primary that accepts with libuv 1.44 (rr) drains until EAGAIN on every wake-up."),
     ("Herd: EAGAIN per connection (inside C++ workers)", "herd.inside.per_conn", 3, False,
      "The C++ workers' own counters over the main run (native app only)."),
-    ("Voluntary context switches per connection (workers)", "herd.ctxsw_per_conn", 2, False,
-     "Upper bound of wake-ups: it mixes herd wake-ups with every other sleep."),
+    ("Herd run: voluntary context switches per accepted connection (workers)",
+     "herd.outside.ctxsw_per_conn", 2, False,
+     "Upper bound of wake-ups during the herd run: it mixes herd wake-ups with every other sleep "
+     "(reading the request, writing the answer)."),
+    ("Voluntary context switches per connection, main run (workers)", "herd.ctxsw_per_conn", 2, False,
+     "Same over the main run (under keep-alive the denominator is the few connections wrk opens)."),
     ("Fairness: Jain over connections", "fairness.connections.jain", 3, False,
      "(Σx)²/(n·Σx²) over connections per worker in the main run; 1 = equal, 1/n = one worker takes all."),
     ("Fairness: Jain over requests", "fairness.requests.jain", 3, False,

@@ -6,8 +6,10 @@
 // Modes: --port P [--reuseport] binds 127.0.0.1:P; --fd N serves an inherited listening fd;
 // with NODE_UNIQUE_ID set (forked by `uvcluster run` or Node's cluster) --port P listens
 // through the primary (cluster::Worker) and connections arrive as accepted Fds.
-// --exclusive registers the listener with EPOLLEXCLUSIVE in a private epoll set that the loop
-// polls (libuv 1.44 has no such flag); --rotate K re-registers it every K accepts (nginx 1.21.6).
+// --exclusive registers the listener with EPOLLEXCLUSIVE in a private epoll set that a thread
+// waits on (libuv 1.44 has no such flag; see ExclusiveWaiter); --exclusive-nested lets the loop
+// poll that set instead (which loses exclusivity; kept to measure it); --rotate K re-registers
+// the listener every K accepts (nginx 1.21.6).
 // Counters go to $UVC_LAB_STATS / $UVC_LAB_STATS_DIR on SIGTERM/SIGINT (then exit) and SIGUSR2.
 #include <arpa/inet.h>
 #include <errno.h>
@@ -15,11 +17,16 @@
 #include <http_parser.h>
 #include <netinet/in.h>
 #include <sys/epoll.h>
+#include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <unistd.h>
 #include <uv.h>
 
+#include <condition_variable>
 #include <cstdio>
+#include <functional>
+#include <mutex>
+#include <thread>
 #include <cstdlib>
 #include <cstring>
 #include <memory>
@@ -184,19 +191,98 @@ void Conn::close() {
 
 enum class AcceptPolicy { one, drain };
 
+// EPOLLEXCLUSIVE only ends the kernel's wake-up walk at an epoll set that has a thread blocked
+// in epoll_wait() on it (ep_poll_callback sets ewake only when waitqueue_active(&ep->wq)). A
+// private set that the loop merely polls through its own epoll is passed over, so every worker
+// would still wake (measured: more EAGAIN than plain shared). Hence a thread blocks on the
+// private set and hands each readiness to the loop, then waits until the loop has accepted.
+class ExclusiveWaiter {
+ public:
+  ExclusiveWaiter(uv_loop_t* loop, int epfd, std::function<void()> on_ready)
+      : epfd_(epfd), on_ready_(std::move(on_ready)) {
+    stopfd_ = Fd(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+    epoll_event ev{};
+    ev.events = EPOLLIN;
+    ev.data.fd = stopfd_.get();
+    if (!stopfd_ || ::epoll_ctl(epfd_, EPOLL_CTL_ADD, stopfd_.get(), &ev) != 0) return;
+    if (uv_async_init(loop, async_.get(), [](uv_async_t* a) { static_cast<ExclusiveWaiter*>(a->data)->ready(); }) != 0)
+      return;
+    async_.mark_initialized();
+    async_->data = this;
+    thread_ = std::thread([this] { wait_loop(); });
+    ok_ = true;
+  }
+  ~ExclusiveWaiter() {
+    {
+      std::lock_guard lk(m_);
+      stop_ = true;
+    }
+    cv_.notify_one();
+    uint64_t one = 1;
+    if (stopfd_) (void)::write(stopfd_.get(), &one, sizeof one);
+    if (thread_.joinable()) thread_.join();
+  }
+  bool ok() const { return ok_; }
+
+ private:
+  void wait_loop() {
+    for (;;) {
+      epoll_event ev[2];
+      int n = ::epoll_wait(epfd_, ev, 2, -1);
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0) return;
+      bool listener = false;
+      for (int i = 0; i < n; ++i) {
+        if (ev[i].data.fd == stopfd_.get()) return;
+        listener = true;
+      }
+      if (!listener) continue;
+      std::unique_lock lk(m_);
+      busy_ = true;
+      uv_async_send(async_.get());
+      cv_.wait(lk, [this] { return !busy_ || stop_; });
+      if (stop_) return;
+    }
+  }
+  void ready() {  // on the loop thread
+    on_ready_();
+    {
+      std::lock_guard lk(m_);
+      busy_ = false;
+    }
+    cv_.notify_one();
+  }
+
+  int epfd_;
+  Fd stopfd_;
+  std::function<void()> on_ready_;
+  UvHandle<uv_async_t> async_;
+  std::thread thread_;
+  std::mutex m_;
+  std::condition_variable cv_;
+  bool busy_ = false, stop_ = false, ok_ = false;
+};
+
+enum class Exclusive { off, nested, thread };
+
 // Our own accept loop on a listening socket.
 class Listener {
  public:
-  Listener(uv_loop_t* loop, HttpServer& server, Fd fd, AcceptPolicy policy, bool exclusive, int rotate)
+  Listener(uv_loop_t* loop, HttpServer& server, Fd fd, AcceptPolicy policy, Exclusive exclusive, int rotate)
       : server_(server), fd_(std::move(fd)), policy_(policy), rotate_(rotate) {
     int polled = fd_.get();
-    if (exclusive) {
+    if (exclusive != Exclusive::off) {
       epfd_ = Fd(::epoll_create1(EPOLL_CLOEXEC));
       if (!epfd_ || !register_exclusive()) {
         std::fprintf(stderr, "hello-native: EPOLLEXCLUSIVE: %s\n", std::strerror(errno));
         return;
       }
       polled = epfd_.get();
+    }
+    if (exclusive == Exclusive::thread) {
+      waiter_ = std::make_unique<ExclusiveWaiter>(loop, epfd_.get(), [this] { on_readable(); });
+      ok_ = waiter_->ok();
+      return;
     }
     if (uv_poll_init(loop, poll_.get(), polled) != 0) return;
     poll_.mark_initialized();
@@ -206,18 +292,22 @@ class Listener {
           }) == 0;
   }
   bool ok() const { return ok_; }
-  void stop() { poll_.close(); }
+  void stop() {
+    poll_.close();
+    waiter_.reset();  // joins the thread, closes its async handle
+  }
 
  private:
   bool register_exclusive() {
     epoll_event ev{};
     ev.events = EPOLLIN | EPOLLEXCLUSIVE;
+    ev.data.fd = fd_.get();
     return ::epoll_ctl(epfd_.get(), EPOLL_CTL_ADD, fd_.get(), &ev) == 0;
   }
   void on_readable() {
     Stats& st = server_.stats();
     ++st.wakeups;
-    if (epfd_) {
+    if (epfd_ && !waiter_) {
       // Consume the inner readiness report; the listener itself is level-triggered.
       epoll_event ev{};
       (void)::epoll_wait(epfd_.get(), &ev, 1, 0);
@@ -244,6 +334,7 @@ class Listener {
   Fd fd_;
   Fd epfd_;
   UvHandle<uv_poll_t> poll_;
+  std::unique_ptr<ExclusiveWaiter> waiter_;
   AcceptPolicy policy_;
   int rotate_;
   int since_rotate_ = 0;
@@ -254,7 +345,7 @@ class Listener {
   std::fprintf(stderr, "hello-native: %s\n", msg);
   std::fprintf(stderr,
                "usage: hello-native (--port P [--reuseport] | --fd N) [--accept one|drain] "
-               "[--exclusive [--rotate K]]\n");
+               "[--exclusive|--exclusive-nested [--rotate K]]\n");
   std::exit(2);
 }
 
@@ -358,7 +449,7 @@ int serve_cluster_worker(int port, AcceptPolicy policy, bool exclusive, App& app
 
 int main(int argc, char** argv) {
   int port = -1, inherited = -1, rotate = 0;
-  bool reuseport = false, exclusive = false;
+  bool reuseport = false, exclusive = false, nested = false;
   std::string policy_name = "one";
   // A Node cluster primary runs `execPath exec args` with execPath = exec = this binary.
   int first = (argc > 1 && std::strcmp(argv[1], argv[0]) == 0) ? 2 : 1;
@@ -372,6 +463,7 @@ int main(int argc, char** argv) {
     else if (a == "--fd") inherited = std::atoi(value().c_str());
     else if (a == "--reuseport") reuseport = true;
     else if (a == "--exclusive") exclusive = true;
+    else if (a == "--exclusive-nested") exclusive = nested = true;
     else if (a == "--rotate") rotate = std::atoi(value().c_str());
     else if (a == "--accept") policy_name = value();
     else usage_error(("unknown option " + a).c_str());
@@ -412,7 +504,8 @@ int main(int argc, char** argv) {
 
   uv_loop_t* loop = uv_default_loop();
   HttpServer server(loop, app.stats);
-  Listener listener(loop, server, std::move(lfd), policy, exclusive, rotate);
+  Exclusive mode = !exclusive ? Exclusive::off : nested ? Exclusive::nested : Exclusive::thread;
+  Listener listener(loop, server, std::move(lfd), policy, mode, rotate);
   if (!listener.ok()) {
     std::fprintf(stderr, "hello-native: cannot watch the listening socket\n");
     return 1;
