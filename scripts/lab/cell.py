@@ -516,12 +516,39 @@ def run_wrk(port, duration, connections, close, timeout_extra=15):
     raise RuntimeError(f"wrk gave no report: {p.stdout[-300:]} {p.stderr[-300:]}")
 
 
+def run_serial(port, duration, gap=0.002):
+    """Serial Connection: close requests, `gap` s apart, for `duration` s: every worker is idle
+    when a connection arrives, the regime where a thundering herd shows (perf-anchors §1.10,
+    §2.1). Returns a wrk-shaped report (requests, duration_us, errors)."""
+    req = b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    done = errors = 0
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < duration:
+        try:
+            with socket.create_connection((HOST, port), timeout=2) as c:
+                c.sendall(req)
+                while c.recv(4096):
+                    pass
+            done += 1
+        except OSError:
+            errors += 1
+        time.sleep(gap)
+    return {"requests": done, "duration_us": int((time.monotonic() - t0) * 1e6),
+            "errors": {"connect": errors}}
+
+
+def herd_load(port, duration, connections, kind):
+    if kind == "serial":
+        return run_serial(port, duration)
+    return run_wrk(port, duration, connections, close=True)
+
+
 def perf_usable():
     return shutil.which("perf") is not None and os.path.isdir("/sys/kernel/tracing/events/syscalls") \
         or os.path.isdir("/sys/kernel/debug/tracing/events/syscalls")
 
 
-def herd_outside(pids, port, duration, connections, method="perf"):
+def herd_outside(pids, port, duration, connections, method="perf", load="serial"):
     """A short Connection: close run while perf (or strace) counts accept4 results in `pids`.
     Returns counts and the run's wrk report (its req/s shows the observer's cost)."""
     pid_list = ",".join(map(str, pids))
@@ -540,7 +567,7 @@ def herd_outside(pids, port, duration, connections, method="perf"):
                            stderr=subprocess.PIPE, text=True)
     try:
         time.sleep(0.3)  # attach before the load starts
-        report = run_wrk(port, duration, connections, close=True)
+        report = herd_load(port, duration, connections, load)
         if method == "strace":
             obs.send_signal(signal.SIGINT)
         _, err = obs.communicate(timeout=15)
@@ -550,7 +577,7 @@ def herd_outside(pids, port, duration, connections, method="perf"):
             obs.wait()
     text = open(out.name).read()
     os.unlink(out.name)
-    res = {"method": method, "wrk_rps": rps(report), "requests": report["requests"]}
+    res = {"method": method, "load": load, "wrk_rps": rps(report), "requests": report["requests"]}
     if method == "perf":
         counts = []
         for line in text.splitlines():
@@ -703,12 +730,13 @@ def measure(cell, a, rec):
             herd["outside"] = {"method": "perf", "error": "perf/tracefs not usable here"}
         else:
             if a.herd_overhead:  # unobserved run before the observed one...
-                herd["unobserved_rps"] = rps(run_wrk(cell.port, a.herd_duration, a.herd_connections, close=True))
+                herd["unobserved_rps"] = rps(herd_load(cell.port, a.herd_duration, a.herd_connections,
+                                                       a.herd_load))
             h0 = cell.snapshot(workers)
             hcs0 = {p: vol_ctxsw(p) for p in workers}
             # Every process of the cell is observed: in rr-like strategies the primary accepts.
             herd["outside"] = herd_outside(every, cell.port, a.herd_duration, a.herd_connections,
-                                           a.herd_method)
+                                           a.herd_method, a.herd_load)
             herd["outside"]["connections"] = a.herd_connections
             hcs1 = {p: vol_ctxsw(p) for p in workers}
             h1 = cell.snapshot(workers)
@@ -721,7 +749,7 @@ def measure(cell, a, rec):
                 herd["inside_during_outside_run"] = {"eagain": eag, "accepted": acc,
                                                      "per_conn": metrics.ratio(eag, acc)}
             if a.herd_overhead:  # ...and one after it: the observed run is compared to their mean
-                after = rps(run_wrk(cell.port, a.herd_duration, a.herd_connections, close=True))
+                after = rps(herd_load(cell.port, a.herd_duration, a.herd_connections, a.herd_load))
                 herd["unobserved_rps"] = (herd["unobserved_rps"] + after) / 2
             if "unobserved_rps" in herd and herd["outside"].get("wrk_rps"):
                 herd["outside"]["overhead"] = 1 - herd["outside"]["wrk_rps"] / herd["unobserved_rps"]
@@ -748,6 +776,9 @@ def parse_args(argv):
                    help="shared/exclusive/reuseport through `uvcluster run` (auto: when built) "
                         "or the harness (it binds and the workers inherit the sockets)")
     p.add_argument("--herd-duration", type=float, default=1.0, help="extra perf run, 0 = skip")
+    p.add_argument("--herd-load", choices=["serial", "wrk"], default="serial",
+                   help="herd run: serial connections 2 ms apart (idle workers, default) or wrk "
+                        "Connection: close with --herd-connections")
     p.add_argument("--herd-connections", type=int, default=2,
                    help="wrk connections of the herd run: few, so workers are idle when a "
                         "connection arrives (the regime where a herd exists; a saturating load "

@@ -17,7 +17,8 @@ def rec(strategy, app, workers, load, rps, p99, jain_c=1.0, jain_r=1.0, fd_p=Non
          "fairness": {"connections": {"per_worker": [50, 50], "jain": jain_c, "max_min": 1.0, "top_share": 0.5},
                       "requests": {"per_worker": [100, 100], "jain": jain_r, "max_min": 1.0, "top_share": 0.5}},
          "fds": {"per_conn_primary": fd_p, "per_conn_workers": 1.0},
-         "herd": {"outside": {"per_conn": herd, "eagain": 0, "accepted": 10}, "ctxsw_per_conn": 1.0},
+         "herd": {"outside": {"per_conn": herd, "eagain": 0, "accepted": 10, "ctxsw_per_conn": 1 + 10 * herd},
+                  "ctxsw_per_conn": 1.0},
          "cpu": {"primary_per_1k": 0.01, "workers_per_1k": 0.05, "total_per_1k": 0.06},
          "startup": {"eaddrinuse": 0, "serving": workers}, "processes": {"orphans": []}}
     r.update(kw)
@@ -67,6 +68,7 @@ def test_validation_fails_when_invariant_broken(tmp_path):
             r["fds"]["per_conn_primary"] = 0.4
         if r["strategy"] == "exclusive":
             r["herd"]["outside"]["per_conn"] = 0.9
+            r["herd"]["outside"]["ctxsw_per_conn"] = 9.0
     _, vals = report.render(doc, str(tmp_path))
     by_text = {t.split(" (")[0]: p for t, p, _ in vals}
     assert by_text["proxy ≈ 2 fds per connection in the primary"] is False
