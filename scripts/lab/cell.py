@@ -798,6 +798,9 @@ def parse_args(argv):
 
 def main(argv=None):
     a = parse_args(argv)
+    # SIGTERM (a driver's timeout, a CI cancel) unwinds like Ctrl-C, so run_cell's finally
+    # still stops every process this cell started.
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     rec = run_cell(a)
     if a.json:
         print(json.dumps(rec))

@@ -71,7 +71,9 @@ def validation_cells(profile):
         return []
     w = max(PROFILES[profile]["workers"])
     base = {"strategy": "shared", "app": "native", "workers": w, "load": "close", "label": "shared"}
-    longer = ["--herd-duration", "2"]  # the overhead is a difference of two noisy rates
+    # wrk load so both counters see many EAGAINs (serial arrivals often give 0 = 0), and longer:
+    # the overhead is a difference of two noisy rates.
+    longer = ["--herd-duration", "2", "--herd-load", "wrk", "--herd-connections", "8"]
     return [dict(base, extra=["--herd-overhead"] + longer, role="validation-perf"),
             dict(base, extra=["--herd-method", "strace", "--herd-overhead"] + longer,
                  role="validation-strace")]
@@ -100,12 +102,19 @@ def run_matrix(build, profile, out_dir, log=sys.stderr):
                "--connections", str(p["connections"]), "--herd-duration", str(p["herd"]),
                "--json"] + c["extra"]
         start = time.monotonic()
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
-            r = subprocess.run(cmd, capture_output=True, text=True,
-                               timeout=p["duration"] * 3 + p["herd"] * 3 + 60)
-            rec = json.loads(r.stdout.strip().splitlines()[-1]) if r.stdout.strip() else {
-                "error": f"cell.py exit {r.returncode}: {r.stderr[-400:]}"}
+            out, err = proc.communicate(timeout=p["duration"] * 3 + p["herd"] * 3 + 60)
+            rec = json.loads(out.strip().splitlines()[-1]) if out.strip() else {
+                "error": f"cell.py exit {proc.returncode}: {err[-400:]}"}
         except subprocess.TimeoutExpired:
+            # SIGTERM first: cell.py then stops the processes it started; SIGKILL would orphan them.
+            proc.terminate()
+            try:
+                proc.communicate(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.communicate()
             rec = {"error": "cell timed out"}
         except ValueError as e:
             rec = {"error": f"bad cell output: {e}"}

@@ -58,6 +58,7 @@ def test_render_writes_report_with_tables_ratios_and_validations(tmp_path):
     assert by_text["proxy ≈ 2 fds per connection in the primary"] is True
     assert by_text["rr Jain ≥ 0.95"] is None  # rr unavailable: not checkable, not a pass
     assert by_text["exclusive herd < shared herd"] is True
+    assert by_text["(upper bound, informative) exclusive has fewer worker context switches per connection than shared"] is True
     assert "✔" in summary and "req/s" in summary
 
 
