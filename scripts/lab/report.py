@@ -56,7 +56,9 @@ TABLES = [
      "Failed accept4 (ret −11) per successful accept4 in every process of the cell, counted by perf "
      "tracepoints on a short extra run of serial Connection: close requests 2 ms apart (workers idle "
      "when a connection arrives) — the same method for every process kind; a lower bound of wasted "
-     "wake-ups. A primary that accepts with libuv 1.44 (rr) drains until EAGAIN on every wake-up."),
+     "wake-ups. A primary that accepts with Debian's libuv 1.44 (proxy, rr, uvc-run) drains until "
+     "EAGAIN on every wake-up, so it shows ≈1 EAGAIN per wake-up without any herd; behind a proxy "
+     "every client connection is accepted twice (primary, then worker)."),
     ("Herd: EAGAIN per connection (inside C++ workers)", "herd.inside.per_conn", 3, False,
      "The C++ workers' own counters over the main run (native app only)."),
     ("Herd run: voluntary context switches per accepted connection (workers)",
