@@ -743,6 +743,11 @@ def measure(cell, a, rec):
             # Upper bound of wake-ups in the herd run: workers' voluntary switches per accept.
             hcs = sum((hcs1[p] or 0) - (hcs0[p] or 0) for p in workers if hcs0.get(p) is not None)
             herd["outside"]["ctxsw_per_conn"] = metrics.ratio(hcs, herd["outside"].get("accepted"))
+            # Who took the herd run's connections, and who woke: EPOLLEXCLUSIVE's first-waiter
+            # effect shows as one worker taking everything while the others stay asleep.
+            got = metrics.diff_counts(h1, h0, "connections")
+            herd["outside"]["per_worker"] = [got.get(p, 0) for p in workers]
+            herd["outside"]["ctxsw_per_worker"] = [(hcs1[p] or 0) - (hcs0[p] or 0) for p in workers]
             if "inside" in herd:
                 eag = sum(metrics.diff_counts(h1, h0, "accept_eagain").values())
                 acc = sum(metrics.diff_counts(h1, h0, "connections").values())
