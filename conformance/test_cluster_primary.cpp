@@ -4,11 +4,13 @@
 
 #include <atomic>
 #include <map>
+#include <set>
 #include <thread>
 
 #include "http_client.hpp"
 #include "support.hpp"
 #include "uvcluster/cluster/primary.hpp"
+#include "uvcluster/cluster/sockets.hpp"
 
 using namespace uvcluster;
 using namespace uvcluster::cluster;
@@ -173,6 +175,106 @@ TEST(PrimaryEvents, WorkerInitiatedDisconnectIsFlaggedAndKillIsNot) {
               (*a)->state() == WorkerHandle::State::disconnected);
   EXPECT_TRUE(primary->workers().empty());
   EXPECT_EQ(primary->handle_count(), 0u);
+}
+
+}  // namespace
+
+namespace {
+
+TEST(PrimaryHandles, ListenErrorDropsTheKeySoARetryWorks) {
+  uvc_test::TestLoop loop;
+  auto taken = bind_tcp({.address = "127.0.0.1", .port = 0});
+  ASSERT_TRUE(taken.ok());
+  ASSERT_TRUE(listen_fd(taken->get(), 0).ok());
+  int port = local_address(taken->get())->port;
+  auto primary = Primary::create(loop, {.exec = uvc_test::fixture("cluster_http_worker.js"),
+                                        .args = {std::to_string(port), "127.0.0.1"},
+                                        .policy = Policy::rr});
+  Trace t;
+  attach(*primary, t);
+  std::vector<std::string> errors;
+  primary->on_listen_error([&](WorkerHandle&, const Address& a, const Error& e) {
+    EXPECT_EQ(a.port, port);
+    errors.push_back(e.code);
+  });
+  ASSERT_TRUE(primary->fork().ok());
+  ASSERT_TRUE(loop.run_until([&] { return t.exited == 1; }));
+  ASSERT_EQ(errors, std::vector<std::string>{"EADDRINUSE"});
+  EXPECT_EQ(primary->handle_count(), 0u);  // test-cluster-eaddrinuse: nothing left behind
+  taken->reset();                          // the port is free now: a new worker gets it
+  ASSERT_TRUE(primary->fork().ok());
+  ASSERT_TRUE(loop.run_until([&] { return t.listening == 1; }));
+  EXPECT_EQ(t.port, port);
+  bool done = false;
+  primary->disconnect([&] { done = true; });
+  ASSERT_TRUE(loop.run_until([&] { return done && t.exited == 2; }));
+}
+
+TEST(PrimaryHandles, SeveralServersPerWorkerEachListenZeroGetsItsOwnSharedPort) {
+  uvc_test::TestLoop loop;
+  auto primary = Primary::create(loop, {.exec = uvc_test::fixture("cluster_two_servers.js"),
+                                        .policy = Policy::rr});
+  Trace t;
+  std::set<int> ports;
+  attach(*primary, t);
+  primary->on_listening([&](WorkerHandle&, const Address& a) { ports.insert(a.port); });
+  ASSERT_TRUE(primary->fork().ok());
+  ASSERT_TRUE(primary->fork().ok());
+  ASSERT_TRUE(loop.run_until([&] { return t.listening == 4; }));
+  EXPECT_EQ(ports.size(), 2u);
+  EXPECT_EQ(primary->handle_count(), 2u);
+  std::set<std::string> bodies;
+  ASSERT_TRUE(uvc_test::run_client(loop, [&] {
+    for (int p : ports) bodies.insert(uvc_test::http_body(uvc_test::http_get(p)));
+  }));
+  EXPECT_EQ(bodies, (std::set<std::string>{"server a\n", "server b\n"}));
+  bool done = false;
+  primary->disconnect([&] { done = true; });
+  ASSERT_TRUE(loop.run_until([&] { return done && t.exited == 2; }));
+  EXPECT_EQ(primary->handle_count(), 0u);
+}
+
+TEST(PrimaryHandles, PolicyFromNodeClusterSchedPolicy) {
+  ::setenv("NODE_CLUSTER_SCHED_POLICY", "none", 1);
+  EXPECT_EQ(policy_from_env(), Policy::none);
+  ::setenv("NODE_CLUSTER_SCHED_POLICY", "rr", 1);
+  EXPECT_EQ(policy_from_env(), Policy::rr);
+  ::setenv("NODE_CLUSTER_SCHED_POLICY", "bogus", 1);
+  EXPECT_EQ(policy_from_env(), Policy::rr);  // Node on Linux: anything else is RR
+  ::unsetenv("NODE_CLUSTER_SCHED_POLICY");
+  EXPECT_EQ(policy_from_env(), Policy::rr);
+}
+
+}  // namespace
+
+namespace {
+
+TEST(PrimaryEvents, UserMessagesBothWaysAndKillIsNotAGracefulExit) {
+  uvc_test::TestLoop loop;
+  auto primary = Primary::create(loop, {.exec = uvc_test::fixture("cluster_echo_worker.js")});
+  Trace t;
+  attach(*primary, t);
+  std::vector<Json> on_worker, on_cluster;
+  auto w = primary->fork();
+  ASSERT_TRUE(w.ok());
+  (*w)->on_message([&](const Json& m) { on_worker.push_back(m); });
+  primary->on_message([&](WorkerHandle&, const Json& m) { on_cluster.push_back(m); });
+  bool online = false;
+  (*w)->on_online([&] { online = true; });
+  ASSERT_TRUE(loop.run_until([&] { return online; }));
+  EXPECT_EQ((*w)->state(), WorkerHandle::State::online);
+  EXPECT_TRUE((*w)->is_connected());
+  EXPECT_FALSE((*w)->exited_after_disconnect().has_value());  // undefined until it leaves
+  EXPECT_TRUE((*w)->send({{"hi", 1}}));
+  ASSERT_TRUE(loop.run_until([&] { return on_cluster.size() == 1; }));
+  Json expect = {{"echo", {{"hi", 1}}}, {"id", (*w)->id()}};
+  EXPECT_EQ(on_worker, std::vector<Json>{expect});  // worker 'message' first, then cluster's
+  EXPECT_EQ(on_cluster, std::vector<Json>{expect});
+  EXPECT_TRUE((*w)->kill());  // Node 20: process.kill(SIGTERM), no disconnect first
+  ASSERT_TRUE(loop.run_until([&] { return t.exited == 1 && primary->workers().empty(); }));
+  EXPECT_EQ((*w)->exit_status()->signal, std::optional<std::string>("SIGTERM"));
+  EXPECT_EQ((*w)->exited_after_disconnect(), std::optional<bool>(false));
+  EXPECT_FALSE((*w)->send("late"));
 }
 
 }  // namespace

@@ -203,3 +203,39 @@ TEST(ClusterSockets, BindErrorsAreValuesAndListenZeroSharesAPort) {
   SharedHandle taken({.address = "127.0.0.1", .port = port});
   EXPECT_EQ(taken.errnum(), -98);
 }
+
+TEST(RoundRobinScheduler, GracefulLeaveStillHonoursTheAnswerInFlight) {
+  FakeWorkers f;
+  RoundRobinScheduler s;
+  s.add(1, f.sender(1));
+  s.add(2, f.sender(2));
+  s.push(conn());
+  s.push(conn());
+  ASSERT_EQ(f.sent.size(), 2u);
+  auto to1 = f.sent[0], to2 = f.sent[1];
+  f.sent.clear();
+  // Worker 1 is disconnected gracefully: it may still accept what it was sent — no double hand-out.
+  EXPECT_FALSE(s.remove(1, /*gone=*/false));
+  EXPECT_EQ(s.queued(), 0u);
+  to1.reply(true);
+  EXPECT_EQ(s.handed_out().at(1), 1u);
+  EXPECT_TRUE(f.sent.empty());
+  // Worker 2 leaves gracefully too but refuses (its server closed): the connection stays ours.
+  s.add(3, f.sender(3));
+  EXPECT_FALSE(s.remove(2, /*gone=*/false));
+  to2.reply(false);
+  ASSERT_EQ(f.sent.size(), 1u);
+  EXPECT_EQ(f.sent[0].worker, 3);
+  EXPECT_EQ(f.sent[0].conn, to2.conn);
+  // A graceful leaver that then dies without answering: its connection is queued again.
+  auto to3 = f.sent[0];
+  f.sent.clear();
+  s.add(4, f.sender(4));
+  s.remove(3, /*gone=*/false);
+  s.worker_gone(3);
+  ASSERT_EQ(f.sent.size(), 1u);
+  EXPECT_EQ(f.sent[0].worker, 4);
+  EXPECT_EQ(f.sent[0].conn, to3.conn);
+  to3.reply(true);  // a late answer from the dead worker changes nothing
+  EXPECT_EQ(f.sent.size(), 1u);
+}

@@ -1,6 +1,6 @@
 // A C++ cluster worker (cluster::Worker): listen(PORT[, HOST]) and answer every HTTP request with
 // "worker <id> <pid>\n" and Connection: close. argv: port [host] [--accept one|drain]
-// [--exclusive]. On exit it prints its counters to stderr as one JSON line (for the lab's herd
+// [--exclusive] [--rotate N]. On exit it prints its counters to stderr as one JSON line (for the lab's herd
 // metric). Runs under a C++ or a Node primary.
 #include <unistd.h>
 
@@ -60,6 +60,8 @@ int main(int argc, char** argv) {
       opts.accept_policy = std::string(argv[++i]) == "drain" ? cluster::AcceptPolicy::drain : cluster::AcceptPolicy::one;
     } else if (a == "--exclusive") {
       opts.exclusive = true;
+    } else if (a == "--rotate" && i + 1 < argc) {
+      opts.exclusive_rotate = std::atoi(argv[++i]);
     } else {
       positional.push_back(a);
     }
@@ -110,9 +112,11 @@ int main(int argc, char** argv) {
     });
     uv_run(&loop, UV_RUN_DEFAULT);
     auto& k = worker.counters();
-    std::fprintf(stderr, "{\"worker\":%d,\"pid\":%d,\"accepted\":%llu,\"accept_eagain\":%llu}\n", worker.id(),
-                 ::getpid(), static_cast<unsigned long long>(k.accepted),
-                 static_cast<unsigned long long>(k.accept_eagain));
+    std::fprintf(stderr, "{\"worker\":%d,\"pid\":%d,\"accepted\":%llu,\"accept_eagain\":%llu,\"empty_wakeups\":%llu,\"rotations\":%llu}\n",
+                 worker.id(), ::getpid(), static_cast<unsigned long long>(k.accepted),
+                 static_cast<unsigned long long>(k.accept_eagain),
+                 static_cast<unsigned long long>(k.empty_wakeups),
+                 static_cast<unsigned long long>(k.rotations));
   }
   conns.clear();
   uv_run(&loop, UV_RUN_NOWAIT);

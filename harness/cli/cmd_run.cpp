@@ -47,7 +47,7 @@ options:
                           exit, restart, reload, drain, error, stats); worker stdout goes to stderr
   -h, --help              this text
 
-signals: SIGTERM/SIGINT drain; SIGHUP reloads (a new worker listens before its predecessor is
+signals: SIGTERM/SIGINT drain (a second one SIGKILLs the workers left); SIGHUP reloads (a new worker listens before its predecessor is
 disconnected, one at a time). A port that cannot be bound is a one-line error and exit 1.
 On a terminal a live status line shows workers, states, restarts and connections handed out.
 )");
@@ -103,6 +103,7 @@ class Runner {
       uv_signal_start(h.get(), [](uv_signal_t* s, int signum) {
         auto* self = static_cast<Runner*>(s->data);
         if (signum == SIGHUP) self->start_reload();
+        else if (self->draining_) self->kill_all();  // a second SIGTERM/SIGINT: stop waiting
         else self->drain(signum == SIGTERM ? "SIGTERM" : "SIGINT", false);
       }, sig);
       (void)name;
@@ -248,15 +249,17 @@ class Runner {
     live_.erase(w.id());
     startup_timers_.erase(w.id());
     int id = w.id();
+    bool replaced = false;  // a reload already started its successor: no restart on top
     if (reload_) {
       if (reload_->old == id) {
+        replaced = live_.count(reload_->replacement) != 0;
         next_reload();
       } else if (reload_->replacement == id && !reload_->old_disconnected) {
         emit({{"event", "reload-failed"}, {"id", id}});
         reload_.reset();
       }
     }
-    if (!draining_ && !w.exited_after_disconnect().value_or(false)) {
+    if (!draining_ && !replaced && !w.exited_after_disconnect().value_or(false)) {
       if (opt_.restart) schedule_restart(id);
     }
     maybe_finish();
@@ -269,6 +272,8 @@ class Runner {
     ++restarts_;
     ++pending_restarts_;
     emit({{"event", "restart"}, {"id", old_id}, {"delay_ms", delay}});
+    // Timers that already fired are closed here (never from inside their own callback).
+    std::erase_if(restart_timers_, [](const detail::UvHandle<uv_timer_t>& t) { return !t.active(); });
     auto& t = restart_timers_.emplace_back();
     uv_timer_init(loop_, t.get());
     t.mark_initialized();
@@ -323,15 +328,17 @@ class Runner {
     uv_timer_init(loop_, grace_timer_.get());
     grace_timer_.mark_initialized();
     grace_timer_->data = this;
-    uv_timer_start(grace_timer_.get(), [](uv_timer_t* t) {
-      auto* self = static_cast<Runner*>(t->data);
-      for (auto& [id, w] : self->live_) {
-        self->emit({{"event", "kill"}, {"id", id}, {"pid", w->pid() ? Json(*w->pid()) : Json()}, {"signal", "SIGKILL"}});
-        self->killed_ = true;
-        w->kill("SIGKILL");
-      }
-    }, static_cast<uint64_t>(opt_.grace_ms), 0);
+    uv_timer_start(grace_timer_.get(), [](uv_timer_t* t) { static_cast<Runner*>(t->data)->kill_all(); },
+                   static_cast<uint64_t>(opt_.grace_ms), 0);
     maybe_finish();
+  }
+
+  void kill_all() {
+    for (auto& [id, w] : live_) {
+      emit({{"event", "kill"}, {"id", id}, {"pid", w->pid() ? Json(*w->pid()) : Json()}, {"signal", "SIGKILL"}});
+      killed_ = true;
+      w->kill("SIGKILL");
+    }
   }
 
   void maybe_finish() {
@@ -440,6 +447,10 @@ int run_run(int argc, char** argv) {
 
   cluster::PrimarySettings settings;
   settings.policy = opt.policy;
+  // Ctrl-C signals the terminal's whole foreground group; workers in their own group let the
+  // primary drain them instead. They still end when the primary dies: the channel's EOF
+  // disconnects them (Node workers exit on it).
+  settings.detached = true;
   // --json owns stdout: the workers' stdout goes to stderr so events stay parseable.
   if (opt.json) settings.stdio = std::vector<Stdio>{Stdio::inherit(), Stdio::from_fd(2), Stdio::inherit(), Stdio::ipc()};
   const std::string& cmd = opt.command[0];

@@ -74,7 +74,7 @@ void WorkerHandle::disconnect() {
   auto p = primary_.lock();
   if (!p) return;
   p->send_to(*this, {{"act", "disconnect"}});
-  p->remove_handles_for(*this);
+  p->remove_handles_for(*this, /*gone=*/false);  // it may still answer a newconn in flight
   p->remove_worker(*this);
 }
 
@@ -88,10 +88,13 @@ struct Primary::Impl {
   uint64_t serial = 0;
   bool has(int id) const { return rr ? rr->scheduler().has(id) : shared && shared->has(id); }
   // Node's handle.remove(worker): true when this was the last worker (the key is dropped).
-  bool remove(int id) {
-    if (!has(id)) return false;
+  bool remove(int id, bool gone) {
+    if (!has(id)) {
+      if (rr && gone) rr->scheduler().worker_gone(id);  // answers it still owed us: none coming
+      return false;
+    }
     if (rr) {
-      if (!rr->scheduler().remove(id)) return false;
+      if (!rr->scheduler().remove(id, gone)) return false;
       rr->close();  // closes the queue and the listening socket
       return true;
     }
@@ -142,6 +145,7 @@ Result<std::shared_ptr<WorkerHandle>> Primary::fork(const Env& extra) {
   fo.exec_argv = settings_.exec_argv;
   fo.silent = settings_.silent;
   fo.stdio = settings_.stdio;
+  fo.detached = settings_.detached;
   auto child = uvcluster::fork(loop_, settings_.exec, settings_.args, std::move(fo));
   if (!child.ok()) return child.error();
 
@@ -267,7 +271,7 @@ void Primary::on_internal(const std::shared_ptr<WorkerHandle>& w, const Json& ra
     auto k = msg.find("key");
     if (k == msg.end() || !k->is_string()) return;
     auto it = handles_.find(k->get<std::string>());
-    if (it != handles_.end() && it->second->remove(w->id_)) handles_.erase(it);
+    if (it != handles_.end() && it->second->remove(w->id_, /*gone=*/false)) handles_.erase(it);
   }
   // Unknown acts are ignored, as in Node.
 }
@@ -362,9 +366,9 @@ void Primary::query_server(const std::shared_ptr<WorkerHandle>& w, const Json& m
   }
 }
 
-void Primary::remove_handles_for(WorkerHandle& w) {
+void Primary::remove_handles_for(WorkerHandle& w, bool gone) {
   for (auto it = handles_.begin(); it != handles_.end();) {
-    if (it->second->remove(w.id_))
+    if (it->second->remove(w.id_, gone))
       it = handles_.erase(it);
     else
       ++it;

@@ -14,21 +14,39 @@ void RoundRobinScheduler::add(int worker, Sender send) {
   handoff(worker);
 }
 
-bool RoundRobinScheduler::remove(int worker) {
+bool RoundRobinScheduler::remove(int worker, bool gone) {
   auto it = all_.find(worker);
-  if (it == all_.end()) return all_.empty();
+  if (it == all_.end()) {
+    if (gone) worker_gone(worker);
+    return all_.empty();
+  }
   std::optional<Fd> in_flight = std::move(it->second.in_flight);
+  uint64_t generation = it->second.generation;
   all_.erase(it);
   free_.remove(worker);
   if (in_flight && in_flight->valid()) {
-    queue_.push_front(std::move(*in_flight));
-    if (!free_.empty()) {
-      int next = free_.front();
-      free_.pop_front();
-      handoff(next);
-    }
+    orphans_.emplace(generation, Orphan{worker, std::move(*in_flight)});
+    if (gone) worker_gone(worker);
   }
   return all_.empty();
+}
+
+void RoundRobinScheduler::worker_gone(int worker) {
+  bool requeued = false;
+  for (auto it = orphans_.begin(); it != orphans_.end();) {
+    if (it->second.worker == worker) {
+      queue_.push_front(std::move(it->second.conn));
+      it = orphans_.erase(it);
+      requeued = true;
+    } else {
+      ++it;
+    }
+  }
+  if (requeued && !free_.empty()) {
+    int next = free_.front();
+    free_.pop_front();
+    handoff(next);
+  }
 }
 
 void RoundRobinScheduler::push(Fd conn) {
@@ -55,11 +73,22 @@ void RoundRobinScheduler::handoff(int worker) {
   bool sent = m.send(raw, [this, worker, gen](bool accepted) { on_reply(worker, gen, accepted); });
   if (!sent) {
     // The worker's channel is gone: it leaves the rotation, the connection stays with us.
-    remove(worker);
+    remove(worker, /*gone=*/true);
   }
 }
 
 void RoundRobinScheduler::on_reply(int worker, uint64_t generation, bool accepted) {
+  if (auto o = orphans_.find(generation); o != orphans_.end()) {
+    // The worker left the rotation while this was in flight; it still answered.
+    Fd conn = std::move(o->second.conn);
+    orphans_.erase(o);
+    if (accepted) {
+      ++handed_out_[worker];
+    } else {
+      push(std::move(conn));
+    }
+    return;
+  }
   auto it = all_.find(worker);
   if (it == all_.end() || it->second.generation != generation || !it->second.in_flight) return;
   Fd conn = std::move(*it->second.in_flight);

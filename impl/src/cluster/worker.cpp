@@ -26,6 +26,7 @@ struct Server {
   detail::UvHandle<uv_poll_t> poll;
   std::function<void(Fd)> on_connection;
   WorkerCounters* counters = nullptr;  // the owning Worker's
+  int since_rotate = 0;
 };
 
 }  // namespace
@@ -127,11 +128,24 @@ void accept_ready(uv_poll_t* h, int status, int) {
   for (int i = 0; i < 1024 && !s.closed; ++i) {
     Fd conn = accept_connection(s.fd.get());
     if (!conn) {
-      if (errno == EAGAIN || errno == EWOULDBLOCK) ++s.counters->accept_eagain;
+      if (errno == EAGAIN || errno == EWOULDBLOCK) {
+        ++s.counters->accept_eagain;
+        if (i == 0) ++s.counters->empty_wakeups;
+      }
       if (errno == EINTR || errno == ECONNABORTED) continue;
       return;
     }
     ++s.counters->accepted;
+    if (s.epoll && s.options.exclusive_rotate > 0 && ++s.since_rotate >= s.options.exclusive_rotate) {
+      // Leave and rejoin the listener's exclusive wait queue: the next wake-up goes to a peer.
+      s.since_rotate = 0;
+      epoll_event ev{};
+      ev.events = EPOLLIN | EPOLLEXCLUSIVE;
+      ev.data.fd = s.fd.get();
+      ::epoll_ctl(s.epoll.get(), EPOLL_CTL_DEL, s.fd.get(), nullptr);
+      ::epoll_ctl(s.epoll.get(), EPOLL_CTL_ADD, s.fd.get(), &ev);
+      ++s.counters->rotations;
+    }
     s.on_connection(std::move(conn));
     if (!drain) return;
   }

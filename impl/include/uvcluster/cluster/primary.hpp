@@ -45,6 +45,7 @@ struct PrimarySettings {
   std::optional<std::string> cwd{};
   bool silent = false;
   std::optional<std::vector<Stdio>> stdio{};  // must contain one Stdio::ipc()
+  bool detached = false;  // own process group: a terminal's Ctrl-C reaches only the primary
   std::optional<Policy> policy{};             // default: policy_from_env()
 };
 
@@ -140,7 +141,8 @@ class Primary : public std::enable_shared_from_this<Primary> {
   friend class WorkerHandle;
   void on_internal(const std::shared_ptr<WorkerHandle>& w, const Json& msg, ipc::ReceivedHandle* h);
   void query_server(const std::shared_ptr<WorkerHandle>& w, const Json& msg);
-  void remove_handles_for(WorkerHandle& w);
+  // gone: the worker can no longer answer (exit, channel closed), so what it owed is requeued.
+  void remove_handles_for(WorkerHandle& w, bool gone = true);
   void remove_worker(WorkerHandle& w);
   void worker_disconnect(WorkerHandle& w);
   bool send_to(WorkerHandle& w, Json payload, Messenger::Reply cb = {},

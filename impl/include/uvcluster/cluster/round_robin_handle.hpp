@@ -24,9 +24,14 @@ class RoundRobinScheduler {
   using Sender = std::function<bool(int conn, std::function<void(bool accepted)> reply)>;
 
   void add(int worker, Sender send);  // then hands it a queued connection, if any
-  // Drops a worker. Beyond Node: a connection in flight to it (no reply yet) goes back to the
-  // front of the queue instead of being lost. Returns true when no worker is left.
-  bool remove(int worker);
+  // Drops a worker from the rotation. Returns true when no worker is left.
+  // `gone`: the worker can no longer answer (exited, channel closed) — beyond Node, a connection
+  // in flight to it goes back to the front of the queue instead of being lost. Otherwise (a
+  // graceful disconnect, a `close` act) the worker may still accept it, so its reply is awaited:
+  // accepted → closed here, refused → queued for another worker.
+  bool remove(int worker, bool gone = true);
+  // The worker has gone for good: connections still awaiting its reply are queued again.
+  void worker_gone(int worker);
   void push(Fd conn);  // a freshly accepted connection (Node's distribute)
   bool has(int worker) const { return all_.count(worker) != 0; }
   bool empty() const { return all_.empty(); }
@@ -34,7 +39,10 @@ class RoundRobinScheduler {
   size_t free_count() const { return free_.size(); }
   // Connections each worker accepted (accepted:true replies).
   const std::map<int, uint64_t>& handed_out() const { return handed_out_; }
-  void close_queue() { queue_.clear(); }
+  void close_queue() {
+    queue_.clear();
+    orphans_.clear();
+  }
 
  private:
   struct Member {
@@ -45,6 +53,11 @@ class RoundRobinScheduler {
   void handoff(int worker);
   void on_reply(int worker, uint64_t generation, bool accepted);
 
+  struct Orphan {
+    int worker;
+    Fd conn;
+  };
+  std::map<uint64_t, Orphan> orphans_;  // by generation: in flight to a worker that left
   std::map<int, Member> all_;
   std::list<int> free_;  // idle workers, oldest first
   std::deque<Fd> queue_;

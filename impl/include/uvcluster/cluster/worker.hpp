@@ -44,6 +44,9 @@ struct ListenOptions {
   AcceptPolicy accept_policy = AcceptPolicy::one;
   // Use EPOLLEXCLUSIVE on a shared socket. nullopt: when the primary says UVCLUSTER_SCHED_POLICY=exclusive.
   std::optional<bool> exclusive{};
+  // exclusive only: after this many accepts, re-register the socket in the epoll set so this
+  // worker moves to the back of the wait queue (nginx 1.21.6 does it every 16). 0 = never.
+  int exclusive_rotate = 0;
 };
 
 // What listen() reports: the address actually bound.
@@ -56,8 +59,12 @@ struct ListenAddress {
 
 struct WorkerCounters {
   uint64_t accepted = 0;       // connections delivered to on_connection
-  uint64_t accept_eagain = 0;  // wake-ups of a shared socket's accept that got EAGAIN (herd)
+  // accept() calls on a shared socket that failed with EAGAIN — what perf's
+  // `syscalls:sys_exit_accept4 --filter 'ret == -11'` counts. Under `drain` every batch ends in one.
+  uint64_t accept_eagain = 0;
+  uint64_t empty_wakeups = 0;  // wake-ups whose first accept got EAGAIN: the herd's lower bound
   uint64_t refused = 0;        // rr newconn answered accepted:false
+  uint64_t rotations = 0;      // exclusive_rotate re-registrations
 };
 
 class Worker {

@@ -1,0 +1,108 @@
+// IPC micro-benchmarks: a C++ parent (uvcluster::fork + ipc::Channel) against the C++ child
+// `uvcluster ipc-echo`. Node twins: bench/node/ipc_*.js (Node parent + Node echo child).
+#include <benchmark/benchmark.h>
+#include <sys/socket.h>
+#include <netinet/in.h>
+#include <arpa/inet.h>
+
+#include <memory>
+#include <string>
+
+#include "uvcluster/fork.hpp"
+#include "uvcluster/ipc/channel.hpp"
+
+using namespace uvcluster;
+using ipc::Json;
+
+namespace {
+
+struct EchoChild {
+  uv_loop_t loop{};
+  std::shared_ptr<ChildProcess> child;
+  size_t received = 0;
+  size_t handles = 0;
+  bool closed = false;
+  EchoChild() {
+    uv_loop_init(&loop);
+    auto r = fork(&loop, UVC_CLI, {"ipc-echo"});
+    child = r.value();
+    child->on_close([this](const ExitStatus&) { closed = true; });
+    child->channel()->on_message([this](const Json&, ipc::ReceivedHandle* h) {
+      ++received;
+      if (h) ++handles;  // the fd closes when the listener returns
+    });
+  }
+  ipc::Channel& ch() { return *child->channel(); }
+  void wait(size_t n) {
+    while (received < n) uv_run(&loop, UV_RUN_ONCE);
+  }
+  ~EchoChild() {
+    (void)ch().disconnect();
+    while (!closed) uv_run(&loop, UV_RUN_ONCE);
+    child.reset();
+    uv_run(&loop, UV_RUN_DEFAULT);
+    uv_loop_close(&loop);
+  }
+};
+
+void BM_IpcPingPong(benchmark::State& state) {
+  EchoChild e;
+  Json msg = {{"ping", 1}};
+  e.ch().send(msg);  // warm-up: child started
+  e.wait(1);
+  for (auto _ : state) {
+    e.ch().send(msg);
+    e.wait(e.received + 1);
+  }
+  state.SetItemsProcessed(state.iterations());  // round trips
+}
+BENCHMARK(BM_IpcPingPong)->Unit(benchmark::kMicrosecond)->MinTime(2.0)->UseRealTime();
+
+void BM_IpcStream100k(benchmark::State& state) {
+  EchoChild e;
+  e.ch().send(0);
+  e.wait(1);
+  for (auto _ : state) {
+    size_t target = e.received + 100000;
+    for (int i = 0; i < 100000; ++i) e.ch().send(Json{{"i", i}});
+    e.wait(target);
+  }
+  state.SetItemsProcessed(state.iterations() * 100000);  // messages sent (each echoed back)
+}
+BENCHMARK(BM_IpcStream100k)->Unit(benchmark::kMillisecond)->Iterations(5)->UseRealTime();
+
+void BM_Ipc1MiB(benchmark::State& state) {
+  EchoChild e;
+  e.ch().send(0);
+  e.wait(1);
+  Json big = std::string(1 << 20, 'x');
+  for (auto _ : state) {
+    e.ch().send(big);
+    e.wait(e.received + 1);
+  }
+  state.SetBytesProcessed(state.iterations() * 2 * (1 << 20));  // there and back
+}
+BENCHMARK(BM_Ipc1MiB)->Unit(benchmark::kMillisecond)->MinTime(2.0)->UseRealTime();
+
+void BM_IpcHandlePassing(benchmark::State& state) {
+  EchoChild e;
+  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a);
+  ::listen(fd, 16);
+  e.ch().send(0);
+  e.wait(1);
+  for (auto _ : state) {
+    e.ch().send(Json{{"h", 1}}, ipc::OutgoingHandle{ipc::HandleType::server, Fd::dup_of(fd)});
+    e.wait(e.received + 1);  // the child ACKed ours and sent it back (we ACKed theirs)
+  }
+  ::close(fd);
+  state.SetItemsProcessed(state.iterations());  // handle round trips (2 handles, 2 ACKs each)
+}
+BENCHMARK(BM_IpcHandlePassing)->Unit(benchmark::kMicrosecond)->MinTime(2.0)->UseRealTime();
+
+}  // namespace
+
+BENCHMARK_MAIN();

@@ -1,0 +1,36 @@
+// C++ child for Node parents: announces itself with one internal and one user message, echoes
+// every message, disconnects on "disconnect", exits with 3 on "exit".
+#include <cstdlib>
+#include <cstdio>
+
+#include "uvcluster/ipc/channel.hpp"
+
+using namespace uvcluster;
+
+int main() {
+  uv_loop_t* loop = uv_default_loop();
+  auto r = ipc::parent_channel(loop);
+  if (!r) {
+    std::fprintf(stderr, "ipc_child: %s\n", r.error().message.c_str());
+    return 1;
+  }
+  ipc::Channel& ch = *r.value();
+  bool env_cleared = !std::getenv("NODE_CHANNEL_FD") && !std::getenv("NODE_CHANNEL_SERIALIZATION_MODE");
+  ch.send(ipc::Json{{"cmd", "NODE_TEST_INTERNAL"}, {"from", "C++"}});
+  ch.send(ipc::Json{{"hello", "from C++"}, {"envCleared", env_cleared}});
+  ch.on_message([&](const ipc::Json& m, ipc::ReceivedHandle*) {
+    if (m == "disconnect") {
+      (void)ch.disconnect();
+    } else if (m == "exit") {
+      std::exit(3);
+    } else {
+      ch.send(m);
+    }
+  });
+  bool disconnected = false;
+  ch.on_disconnect([&] { disconnected = true; });
+  uv_run(loop, UV_RUN_DEFAULT);
+  r.value().reset();
+  uv_run(loop, UV_RUN_DEFAULT);
+  return disconnected ? 0 : 4;
+}

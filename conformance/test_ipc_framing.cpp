@@ -1,0 +1,102 @@
+// FrameReader / encode / parse: Node's json framing without libuv.
+#include <gtest/gtest.h>
+
+#include <string>
+#include <vector>
+
+#include "uvcluster/ipc/framing.hpp"
+
+using namespace uvcluster::ipc;
+using nlohmann::json;
+
+namespace {
+std::vector<std::string> feed_all(FrameReader& r, const std::vector<std::string>& chunks) {
+  std::vector<std::string> lines;
+  for (auto& c : chunks) r.feed(c.data(), c.size(), [&](std::string_view l) { lines.emplace_back(l); });
+  return lines;
+}
+}  // namespace
+
+TEST(IpcFraming, SplitsLinesAcrossReads) {
+  FrameReader r;
+  auto lines = feed_all(r, {"{\"a\":", "1}\n\"x\"\n4", "2\n", "null\n"});
+  ASSERT_EQ(lines, (std::vector<std::string>{"{\"a\":1}", "\"x\"", "42", "null"}));
+  EXPECT_FALSE(r.buffering());
+}
+
+TEST(IpcFraming, MultiByteCharacterSplitBetweenReads) {
+  std::string frame = encode_frame(json("é€😀"));
+  // Split at every byte position, including inside each multi-byte sequence.
+  for (size_t cut = 1; cut < frame.size(); ++cut) {
+    FrameReader r;
+    auto lines = feed_all(r, {frame.substr(0, cut), frame.substr(cut)});
+    ASSERT_EQ(lines.size(), 1u) << cut;
+    auto v = parse_frame(lines[0]);
+    ASSERT_TRUE(v.ok());
+    EXPECT_EQ(v.value(), json("é€😀"));
+  }
+}
+
+TEST(IpcFraming, ByteAtATime) {
+  std::string wire = encode_frame(json{{"k", "\u2028\n\"\\"}}) + encode_frame(json::array({1, 2.5, "x"}));
+  FrameReader r;
+  std::vector<json> got;
+  for (char c : wire)
+    r.feed(&c, 1, [&](std::string_view l) { got.push_back(parse_frame(l).value()); });
+  ASSERT_EQ(got.size(), 2u);
+  EXPECT_EQ(got[0]["k"], "\u2028\n\"\\");
+  EXPECT_EQ(got[1], json::array({1, 2.5, "x"}));
+}
+
+TEST(IpcFraming, TooLargeFailsForGood) {
+  FrameReader r(8);
+  std::vector<std::string> lines;
+  auto cb = [&](std::string_view l) { lines.emplace_back(l); };
+  EXPECT_TRUE(r.feed("12345678\n", 9, cb));  // exactly the limit is fine
+  EXPECT_TRUE(r.feed("12345", 5, cb));
+  EXPECT_FALSE(r.feed("6789", 4, cb));        // partial line over the limit
+  EXPECT_TRUE(r.failed());
+  EXPECT_FALSE(r.feed("1\n", 2, cb));
+  EXPECT_EQ(lines.size(), 1u);
+  FrameReader r2(4);
+  EXPECT_FALSE(r2.feed("123456\n", 7, cb));  // complete line over the limit
+}
+
+TEST(IpcFraming, BadFramesAreErrors) {
+  for (std::string bad : {"", " ", "{", "nope", "[1,]", "1 2", "\"unterminated"}) {
+    auto r = parse_frame(bad);
+    ASSERT_FALSE(r.ok()) << bad;
+    EXPECT_EQ(r.error().code, "ERR_IPC_BAD_FRAME");
+  }
+  EXPECT_TRUE(parse_frame(" 1 ").ok());
+  EXPECT_TRUE(parse_frame("{\"a\":1}\r").ok());
+}
+
+TEST(IpcFraming, InvalidUtf8BecomesReplacementCharacter) {
+  auto r = parse_frame("\"a\xff" "b\xe2\x82\"");
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(r.value(), json("a\xEF\xBF\xBD" "b\xEF\xBF\xBD\xEF\xBF\xBD"));
+  // Encoding a string with invalid UTF-8 never throws and yields valid JSON.
+  std::string bad = "x\xc3";
+  std::string wire = encode_frame(json(bad));
+  EXPECT_TRUE(parse_frame(std::string_view(wire).substr(0, wire.size() - 1)).ok());
+}
+
+TEST(IpcFraming, EncodeMatchesJsonStringify) {
+  EXPECT_EQ(encode_frame(json{{"hello", "world"}}), "{\"hello\":\"world\"}\n");
+  EXPECT_EQ(encode_frame(json("ready")), "\"ready\"\n");
+  EXPECT_EQ(encode_frame(json(42)), "42\n");
+  EXPECT_EQ(encode_frame(json(nullptr)), "null\n");
+  EXPECT_EQ(encode_frame(json("a\nb\u0001")), "\"a\\nb\\u0001\"\n");
+  EXPECT_EQ(encode_frame(json(std::nan(""))), "null\n");
+}
+
+TEST(IpcFraming, InternalRule) {
+  EXPECT_TRUE(is_internal(json{{"cmd", "NODE_bar"}}));
+  EXPECT_TRUE(is_internal(json{{"cmd", "NODE_HANDLE_ACK"}}));
+  EXPECT_FALSE(is_internal(json{{"cmd", "NODE_"}}));
+  EXPECT_FALSE(is_internal(json{{"cmd", "fooNODE_"}}));
+  EXPECT_FALSE(is_internal(json{{"cmd", 1}}));
+  EXPECT_FALSE(is_internal(json("NODE_HANDLE")));
+  EXPECT_FALSE(is_internal(json::array({"NODE_HANDLE"})));
+}

@@ -1,0 +1,68 @@
+// Node parent <-> C++ child (helpers/ipc_child and `uvcluster ipc-echo`), and the ipc CLI.
+#include <gtest/gtest.h>
+
+#include "support.hpp"
+
+using nlohmann::json;
+
+TEST(IpcNodeParent, ValuesBigAndBurstWithCppChild) {
+  json r = uvc_test::run_node_fixture("ipc_cpp_child.js", {uvc_test::helper("ipc_child"), "values"});
+  EXPECT_EQ(r["internal"], json::array({{{"cmd", "NODE_TEST_INTERNAL"}, {"from", "C++"}}}));
+  EXPECT_EQ(r["user"], json::array({{{"hello", "from C++"}, {"envCleared", true}}}));
+  EXPECT_EQ(r["bigOk"], true);
+  EXPECT_EQ(r["burstOk"], true);
+  EXPECT_EQ(r["events"], json::array({"disconnect", json::array({"exit", 0, nullptr})}));
+}
+
+TEST(IpcNodeParent, NodeParentDisconnects) {
+  json r = uvc_test::run_node_fixture("ipc_cpp_child.js", {uvc_test::helper("ipc_child"), "parent-disconnect"});
+  // The C++ child exits 0 only if it saw `disconnect` (else 4).
+  EXPECT_EQ(r["events"], json::array({"disconnect", json::array({"exit", 0, nullptr})}));
+}
+
+TEST(IpcNodeParent, CppChildDisconnects) {
+  json r = uvc_test::run_node_fixture("ipc_cpp_child.js", {uvc_test::helper("ipc_child"), "child-disconnect"});
+  EXPECT_EQ(r["events"], json::array({"disconnect", json::array({"exit", 0, nullptr})}));
+}
+
+TEST(IpcNodeParent, UvclusterIpcEchoAsChild) {
+  json r = uvc_test::run_node_fixture("ipc_cpp_child.js", {uvc_test::cli(), "values", "ipc-echo"});
+  EXPECT_EQ(r["bigOk"], true);
+  EXPECT_EQ(r["burstOk"], true);
+  EXPECT_EQ(r["events"], json::array({"disconnect", json::array({"exit", 0, nullptr})}));
+}
+
+TEST(IpcCli, StdinLinesToMessagesAndBack) {
+  auto c = uvc_test::run_capture(
+      {uvc_test::cli(), "ipc", "--replies", "5", "--", uvc_test::fixture("ipc_echo_child.js")},
+      "\"hi\"\n{\"a\":[1,{\"b\":null}]}\nnot json\n\n42\n");
+  EXPECT_EQ(c.status, 0) << c.err;
+  EXPECT_EQ(c.out, "\"hi\"\n{\"a\":[1,{\"b\":null}]}\n\"not json\"\n\"\"\n42\n");
+}
+
+TEST(IpcCli, ExitStatusPropagates) {
+  auto c = uvc_test::run_capture({uvc_test::cli(), "ipc", "--", uvc_test::fixture("ipc_echo_child.js")},
+                                 "\"exit\"\n");
+  EXPECT_EQ(c.status, 7) << c.err;
+  auto s = uvc_test::run_capture({uvc_test::cli(), "ipc", "--", "/bin/sh", "-c", "kill -TERM $$"});
+  EXPECT_EQ(s.status, 128 + 15);
+}
+
+TEST(IpcCli, CppChildThroughCli) {
+  auto c = uvc_test::run_capture({uvc_test::cli(), "ipc", "--replies", "2", "--", uvc_test::helper("ipc_child")},
+                                 "{\"x\":1}\n");
+  EXPECT_EQ(c.status, 0) << c.err;
+  EXPECT_EQ(c.out, "{\"envCleared\":true,\"hello\":\"from C++\"}\n{\"x\":1}\n");
+}
+
+TEST(IpcCli, UsageErrors) {
+  auto a = uvc_test::run_capture({uvc_test::cli(), "ipc"});
+  EXPECT_EQ(a.status, 2);
+  EXPECT_NE(a.err.find("missing command"), std::string::npos);
+  EXPECT_NE(a.out.find("usage: uvcluster ipc"), std::string::npos);
+  auto b = uvc_test::run_capture({uvc_test::cli(), "ipc", "--bogus", "x"});
+  EXPECT_EQ(b.status, 2);
+  auto e = uvc_test::run_capture({uvc_test::cli(), "ipc-echo"});
+  EXPECT_EQ(e.status, 1);  // no channel
+  EXPECT_NE(e.err.find("NODE_CHANNEL_FD"), std::string::npos);
+}

@@ -1,0 +1,297 @@
+// Channel against a scripted raw peer over a socketpair: bad input, handle ACK/NACK, queueing.
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <csignal>
+
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "support.hpp"
+#include "uvcluster/detail/uv_handle.hpp"
+#include "uvcluster/ipc/channel.hpp"
+
+using namespace uvcluster;
+using ipc::Json;
+
+namespace {
+
+// Sends `data` with `fd` attached (SCM_RIGHTS) when fd >= 0.
+void raw_send(int sock, const std::string& data, int fd = -1) {
+  msghdr msg{};
+  iovec iov{const_cast<char*>(data.data()), data.size()};
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  alignas(cmsghdr) char ctrl[CMSG_SPACE(sizeof(int))] = {};
+  if (fd >= 0) {
+    msg.msg_control = ctrl;
+    msg.msg_controllen = sizeof(ctrl);
+    cmsghdr* c = CMSG_FIRSTHDR(&msg);
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_RIGHTS;
+    c->cmsg_len = CMSG_LEN(sizeof(int));
+    std::memcpy(CMSG_DATA(c), &fd, sizeof(int));
+  }
+  ASSERT_EQ(sendmsg(sock, &msg, 0), static_cast<ssize_t>(data.size()));
+}
+
+struct Pair {
+  uvc_test::TestLoop& loop;
+  std::unique_ptr<ipc::Channel> ch;
+  int peer = -1;                       // raw end, written with raw_send
+  detail::UvHandle<uv_pipe_t> reader;  // reads the raw end (fds, if any, are discarded by read())
+  std::string from_channel;
+  bool peer_eof = false;
+  std::function<void(const std::string& line)> on_peer_line;
+  size_t consumed = 0;
+  std::vector<Json> messages;
+  std::vector<std::optional<ipc::HandleType>> handle_types;
+  std::vector<std::optional<std::string>> keys;
+  std::vector<std::string> errors;
+  bool disconnected = false, closed = false;
+
+  Pair(uvc_test::TestLoop& l, ipc::ChannelOptions o = {}) : loop(l) {
+    int sv[2];
+    EXPECT_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+    ch = std::make_unique<ipc::Channel>(loop.get(), o);
+    EXPECT_EQ(ch->init(), 0);
+    EXPECT_EQ(uv_pipe_open(ch->pipe(), sv[0]), 0);
+    ch->on_message([this](const Json& m, ipc::ReceivedHandle* h) {
+      messages.push_back(m);
+      handle_types.push_back(h ? std::optional(h->type) : std::nullopt);
+      keys.push_back(h ? h->key : std::nullopt);
+    });
+    ch->on_error([this](const Error& e) { errors.push_back(e.code); });
+    ch->on_disconnect([this] { disconnected = true; });
+    ch->on_close([this] { closed = true; });
+    ch->start();
+    peer = sv[1];
+    uv_pipe_init(loop.get(), reader.get(), 0);
+    reader.mark_initialized();
+    uv_pipe_open(reader.get(), fcntl(peer, F_DUPFD_CLOEXEC, 0));
+    reader->data = this;
+    uv_read_start(
+        reader.stream(),
+        [](uv_handle_t*, size_t, uv_buf_t* b) {
+          static char buf[65536];
+          *b = uv_buf_init(buf, sizeof buf);
+        },
+        [](uv_stream_t* s, ssize_t n, const uv_buf_t* b) {
+          auto* self = static_cast<Pair*>(s->data);
+          if (n < 0) {
+            self->peer_eof = true;
+            uv_read_stop(s);
+            return;
+          }
+          self->from_channel.append(b->base, static_cast<size_t>(n));
+          size_t nl;
+          while ((nl = self->from_channel.find('\n', self->consumed)) != std::string::npos) {
+            std::string line = self->from_channel.substr(self->consumed, nl - self->consumed);
+            self->consumed = nl + 1;
+            if (self->on_peer_line) self->on_peer_line(line);
+          }
+        });
+  }
+  ~Pair() {
+    if (peer >= 0) close(peer);
+  }
+  size_t lines_from_channel() const {
+    return static_cast<size_t>(std::count(from_channel.begin(), from_channel.end(), '\n'));
+  }
+};
+
+int count_of(const std::vector<std::string>& v, const std::string& s) {
+  return static_cast<int>(std::count(v.begin(), v.end(), s));
+}
+
+class IpcProtocol : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    signal(SIGPIPE, SIG_IGN);
+    { uvc_test::TestLoop warm_up; }  // libuv opens a process-wide signal pipe with the first loop
+    before_ = uvc_test::open_fds();
+  }
+  void TearDown() override { EXPECT_EQ(uvc_test::open_fds(), before_) << "fd leak"; }
+  std::set<int> before_;
+};
+
+}  // namespace
+
+TEST_F(IpcProtocol, BadFramesAreSkipped) {
+  uvc_test::TestLoop loop;
+  Pair p(loop);
+  raw_send(p.peer, "nope\n\n{\"ok\":1}\n");
+  ASSERT_TRUE(loop.run_until([&] { return p.messages.size() == 1; }));
+  EXPECT_EQ(p.messages[0], (Json{{"ok", 1}}));
+  EXPECT_EQ(count_of(p.errors, "ERR_IPC_BAD_FRAME"), 2);
+  EXPECT_TRUE(p.ch->connected());
+}
+
+TEST_F(IpcProtocol, FrameTooLargeCloses) {
+  uvc_test::TestLoop loop;
+  Pair p(loop, ipc::ChannelOptions{1024});
+  raw_send(p.peer, "\"ok\"\n");
+  raw_send(p.peer, "\"" + std::string(2000, 'x'));
+  ASSERT_TRUE(loop.run_until([&] { return p.closed && p.peer_eof; }));
+  EXPECT_EQ(p.messages.size(), 1u);
+  EXPECT_EQ(p.errors, std::vector<std::string>{"ERR_IPC_FRAME_TOO_LARGE"});
+  EXPECT_TRUE(p.disconnected);
+}
+
+TEST_F(IpcProtocol, UnexpectedHandleIsClosed) {
+  uvc_test::TestLoop loop;
+  Pair p(loop);
+  int fds[2];
+  ASSERT_EQ(pipe2(fds, O_CLOEXEC), 0);
+  raw_send(p.peer, "\"plain\"\n", fds[0]);
+  close(fds[0]);
+  ASSERT_TRUE(loop.run_until([&] { return p.messages.size() == 1 && !p.errors.empty(); }));
+  EXPECT_EQ(p.errors, std::vector<std::string>{"ERR_IPC_UNEXPECTED_HANDLE"});
+  EXPECT_FALSE(p.handle_types[0].has_value());
+  // The channel closed its copy: the pipe's write end sees no reader.
+  EXPECT_TRUE(loop.run_until([&] {
+    char c = 0;
+    return write(fds[1], &c, 1) < 0 && errno == EPIPE;
+  }, 5000));
+  close(fds[1]);
+}
+
+TEST_F(IpcProtocol, HandleWithoutFdIsNacked) {
+  uvc_test::TestLoop loop;
+  Pair p(loop);
+  raw_send(p.peer, "{\"cmd\":\"NODE_HANDLE\",\"type\":\"net.Socket\",\"msg\":\"x\"}\n\"after\"\n");
+  ASSERT_TRUE(loop.run_until([&] { return p.lines_from_channel() == 1 && p.messages.size() == 1; }));
+  EXPECT_EQ(p.from_channel, "{\"cmd\":\"NODE_HANDLE_NACK\"}\n");
+  EXPECT_EQ(p.messages[0], "after");
+}
+
+TEST_F(IpcProtocol, HandleIsAckedAndDelivered) {
+  uvc_test::TestLoop loop;
+  Pair p(loop);
+  int sv[2];
+  ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+  raw_send(p.peer, "\"one\"\n");
+  raw_send(p.peer, "{\"cmd\":\"NODE_HANDLE\",\"type\":\"net.Socket\",\"msg\":{\"two\":2},\"key\":\"4:0.0.0.0:80\"}\n",
+           sv[0]);
+  raw_send(p.peer, "\"three\"\n");
+  close(sv[0]);
+  ASSERT_TRUE(loop.run_until([&] { return p.messages.size() == 3 && p.lines_from_channel() == 1; }));
+  EXPECT_EQ(p.from_channel, "{\"cmd\":\"NODE_HANDLE_ACK\"}\n");
+  EXPECT_EQ(p.messages[1], (Json{{"two", 2}}));
+  EXPECT_FALSE(p.handle_types[0]);
+  EXPECT_EQ(p.handle_types[1], ipc::HandleType::socket);
+  EXPECT_EQ(p.keys[1], "4:0.0.0.0:80");
+  EXPECT_FALSE(p.handle_types[2]);
+  EXPECT_TRUE(p.errors.empty());
+  close(sv[1]);
+}
+
+TEST_F(IpcProtocol, NodeDoubleWrappedRetransmissionIsUnwrapped) {
+  uvc_test::TestLoop loop;
+  Pair p(loop);
+  int sv[2];
+  ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+  // What node v20 re-sends after a NACK (observed; see channel.hpp).
+  raw_send(p.peer,
+           "{\"cmd\":\"NODE_HANDLE\",\"type\":\"net.Native\",\"msg\":{\"cmd\":\"NODE_HANDLE\",\"type\":"
+           "\"net.Socket\",\"msg\":{\"hello\":1},\"key\":\"4:127.0.0.1:0\"}}\n",
+           sv[0]);
+  close(sv[0]);
+  ASSERT_TRUE(loop.run_until([&] { return p.messages.size() == 1 && p.lines_from_channel() == 1; }));
+  EXPECT_EQ(p.messages[0], (Json{{"hello", 1}}));
+  EXPECT_EQ(p.handle_types[0], ipc::HandleType::socket);
+  EXPECT_EQ(p.keys[0], "4:127.0.0.1:0");
+  EXPECT_EQ(p.from_channel, "{\"cmd\":\"NODE_HANDLE_ACK\"}\n");  // one ACK
+  close(sv[1]);
+}
+
+TEST_F(IpcProtocol, PeerDiesMidMessage) {
+  uvc_test::TestLoop loop;
+  Pair p(loop);
+  raw_send(p.peer, "\"whole\"\n{\"half\":");
+  close(p.peer);
+  p.peer = -1;
+  p.reader.close();
+  ASSERT_TRUE(loop.run_until([&] { return p.closed; }));
+  EXPECT_EQ(p.messages, std::vector<Json>{"whole"});
+  EXPECT_EQ(p.errors, std::vector<std::string>{"ERR_IPC_TRUNCATED"});
+  EXPECT_TRUE(p.disconnected);
+  std::string code;
+  EXPECT_FALSE(p.ch->send("x", std::nullopt, {}, [&](const Error* e) { code = e ? e->code : ""; }));
+  ASSERT_TRUE(loop.run_until([&] { return !code.empty(); }));
+  EXPECT_EQ(code, "ERR_IPC_CHANNEL_CLOSED");
+  EXPECT_EQ(p.ch->disconnect().error().code, "ERR_IPC_DISCONNECTED");
+}
+
+TEST_F(IpcProtocol, SendQueuesBehindHandleAndReturnsNodesBooleans) {
+  uvc_test::TestLoop loop;
+  Pair p(loop);
+  int sv[2];
+  ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+  // test-child-process-send-returns-boolean.js: true, true, false, false
+  EXPECT_TRUE(p.ch->send("one", ipc::OutgoingHandle{ipc::HandleType::native, Fd::dup_of(sv[0])}));
+  EXPECT_TRUE(p.ch->send("two", ipc::OutgoingHandle{ipc::HandleType::native, Fd::dup_of(sv[0])}));
+  EXPECT_FALSE(p.ch->send("three"));
+  EXPECT_FALSE(p.ch->send("four"));
+  p.on_peer_line = [&](const std::string& line) {
+    if (line.find("NODE_HANDLE") != std::string::npos) raw_send(p.peer, "{\"cmd\":\"NODE_HANDLE_ACK\"}\n");
+  };
+  ASSERT_TRUE(loop.run_until([&] { return p.lines_from_channel() == 4; }));
+  EXPECT_EQ(p.from_channel,
+            "{\"cmd\":\"NODE_HANDLE\",\"type\":\"net.Native\",\"msg\":\"one\"}\n"
+            "{\"cmd\":\"NODE_HANDLE\",\"type\":\"net.Native\",\"msg\":\"two\"}\n"
+            "\"three\"\n\"four\"\n");
+  close(sv[0]);
+  close(sv[1]);
+}
+
+TEST_F(IpcProtocol, NackRetransmitsSocketThreeTimesThenGivesUp) {
+  uvc_test::TestLoop loop;
+  Pair p(loop);
+  int sv[2];
+  ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+  int handle_frames = 0;
+  p.on_peer_line = [&](const std::string& line) {
+    if (line.find("NODE_HANDLE") != std::string::npos) {
+      ++handle_frames;
+      raw_send(p.peer, "{\"cmd\":\"NODE_HANDLE_NACK\"}\n");
+    }
+  };
+  bool acked = false;
+  int done_calls = 0;
+  ipc::SendOptions so;
+  so.on_acked = [&] { acked = true; };
+  p.ch->send("s", ipc::OutgoingHandle{ipc::HandleType::socket, Fd::dup_of(sv[0]), "4:0.0.0.0:1"}, so,
+             [&](const Error* e) { EXPECT_EQ(e, nullptr); ++done_calls; });
+  p.ch->send("after");
+  ASSERT_TRUE(loop.run_until([&] { return p.lines_from_channel() == 5; }));
+  EXPECT_EQ(handle_frames, 4);  // first send + MAX_HANDLE_RETRANSMISSIONS (3)
+  EXPECT_EQ(done_calls, 1);
+  EXPECT_TRUE(acked);
+  EXPECT_EQ(count_of(p.errors, "ERR_IPC_HANDLE_NOT_RECEIVED"), 1);
+  EXPECT_EQ(p.from_channel.substr(p.from_channel.size() - 8), "\"after\"\n");
+  close(sv[0]);
+  close(sv[1]);
+}
+
+TEST_F(IpcProtocol, DisconnectWaitsForPendingAck) {
+  uvc_test::TestLoop loop;
+  Pair p(loop);
+  int sv[2];
+  ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+  p.ch->send("h", ipc::OutgoingHandle{ipc::HandleType::server, Fd::dup_of(sv[0])});
+  p.ch->send("queued");
+  ASSERT_TRUE(p.ch->disconnect().ok());
+  ASSERT_TRUE(loop.run_until([&] { return p.lines_from_channel() == 1; }));
+  EXPECT_FALSE(p.disconnected);
+  raw_send(p.peer, "{\"cmd\":\"NODE_HANDLE_ACK\"}\n");
+  ASSERT_TRUE(loop.run_until([&] { return p.closed && p.peer_eof; }));
+  EXPECT_TRUE(p.disconnected);
+  EXPECT_EQ(p.lines_from_channel(), 2u);  // the queued message went out before the close
+  close(sv[0]);
+  close(sv[1]);
+}
