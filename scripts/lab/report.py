@@ -313,6 +313,11 @@ def render(doc, out_dir):
           "(keep-alive, and `Connection: close`, which exercises accept). Ratios are to `node-rr` "
           "(Node's own cluster, round-robin) from the same run, at the same workers and load.", "",
           "Environment: " + ", ".join(f"{k} `{v}`" for k, v in env.items()), ""]
+    loads = [get(r, "env.loadavg_1m") for r in records if get(r, "env.loadavg_1m") is not None]
+    if loads:
+        md += [f"1-minute load average at cell start: {min(loads):.1f}–{max(loads):.1f} on "
+               f"{env.get('cores', '?')} cores. Anything above the core count means other work shared "
+               "the CPUs with the lab: compare ratios from the same run, not absolute figures.", ""]
     unavailable = [r for r in records if not r.get("available", True)]
     if unavailable:
         md += ["Cells not run (`n/a`):", ""]
@@ -324,6 +329,10 @@ def render(doc, out_dir):
     launchers = sorted({(r.get("label", r["strategy"]), r.get("launcher")) for r in records if r.get("launcher")})
     if launchers:
         md += ["Launchers: " + "; ".join(f"`{s}` = {l}" for s, l in launchers), ""]
+    md += ["Herd: EPOLLEXCLUSIVE only ends the kernel's wake-up walk at an epoll set with a thread "
+           "blocked in epoll_wait() on it, so hello-native's `exclusive` has a waiter thread on its "
+           "private set; a set merely polled by the loop (`--exclusive-mode nested`, and "
+           "`exclusive-run` = the cluster library's policy) wakes every worker like `shared` does.", ""]
     md += ["## Tables", ""]
     for t in TABLES:
         md.append(table(records, *t))
