@@ -18,5 +18,7 @@ int run_ipc_echo(int argc, char** argv);
 void help_ipc_echo();
 int run_run(int argc, char** argv);
 void help_run();
+int run_lab(int argc, char** argv);
+void help_lab();
 
 }  // namespace uvcluster::cli

@@ -18,6 +18,8 @@ const Command kCommands[] = {
      uvcluster::cli::run_ipc_echo, uvcluster::cli::help_ipc_echo},
     {"run", "run N copies of a server as cluster workers behind a C++ primary",
      uvcluster::cli::run_run, uvcluster::cli::help_run},
+    {"lab", "run one cell of the strategy lab (strategy x app x workers x load) and print its record",
+     uvcluster::cli::run_lab, uvcluster::cli::help_lab},
 };
 
 void usage(FILE* out) {

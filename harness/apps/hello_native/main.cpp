@@ -1,0 +1,520 @@
+// hello-native: the lab's C++ worker. Answers every HTTP/1.1 request with "hello world\n",
+// keep-alive and pipelining handled by http_parser. Two layers:
+//   * HttpServer: serves connections that arrive as accepted sockets (uvcluster::Fd);
+//   * connection sources: Listener = our own accept loop on a listening fd driven by uv_poll,
+//     so the accept policy (one | drain) is explicit and EAGAINs are counted here.
+// Modes: --port P [--reuseport] binds 127.0.0.1:P; --fd N serves an inherited listening fd;
+// with NODE_UNIQUE_ID set (forked by `uvcluster run` or Node's cluster) --port P listens
+// through the primary (cluster::Worker) and connections arrive as accepted Fds.
+// --exclusive registers the listener with EPOLLEXCLUSIVE in a private epoll set that a thread
+// waits on (libuv 1.44 has no such flag; see ExclusiveWaiter); --exclusive-nested lets the loop
+// poll that set instead (which loses exclusivity; kept to measure it); --rotate K re-registers
+// the listener every K accepts (nginx 1.21.6).
+// Counters go to $UVC_LAB_STATS / $UVC_LAB_STATS_DIR on SIGTERM/SIGINT (then exit) and SIGUSR2.
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <http_parser.h>
+#include <netinet/in.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <unistd.h>
+#include <uv.h>
+
+#include <condition_variable>
+#include <cstdio>
+#include <functional>
+#include <mutex>
+#include <thread>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "lab_stats.hpp"
+#include "uvcluster/cluster/worker.hpp"
+#include "uvcluster/detail/uv_handle.hpp"
+#include "uvcluster/fd.hpp"
+
+namespace {
+
+using uvcluster::Fd;
+using uvcluster::detail::UvHandle;
+
+struct Stats {
+  uint64_t connections = 0;  // connections served (accepted here or handed to us)
+  uint64_t requests = 0;
+  uint64_t accept_calls = 0;
+  uint64_t accept_eagain = 0;
+  uint64_t wakeups = 0;  // listener readiness callbacks
+  uint64_t seq = 0;      // bumped on every publish, so the runner can wait for a fresh snapshot
+};
+
+constexpr char kKeepAlive[] =
+    "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 12\r\n\r\nhello world\n";
+constexpr char kClose[] =
+    "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 12\r\nConnection: close\r\n\r\n"
+    "hello world\n";
+
+class HttpServer;
+
+// One client connection. Owned by HttpServer::conns_; freed from the close callback.
+class Conn {
+ public:
+  Conn(HttpServer& server, uv_loop_t* loop, Fd fd);
+  bool ok() const { return ok_; }
+  void close();
+  static int on_message_complete(http_parser* p);
+
+ private:
+  struct WriteReq {
+    uv_write_t req{};
+    std::string buf;
+    Conn* conn = nullptr;
+    bool close_after = false;
+  };
+  void on_read(ssize_t nread, const uv_buf_t* buf);
+  void flush();
+
+  HttpServer& server_;
+  UvHandle<uv_tcp_t> tcp_;
+  http_parser parser_{};
+  std::string out_;
+  bool close_after_ = false;
+  bool closing_ = false;
+  bool ok_ = false;
+  char rbuf_[16384];
+};
+
+class HttpServer {
+ public:
+  HttpServer(uv_loop_t* loop, Stats& stats) : loop_(loop), stats_(stats) {
+    http_parser_settings_init(&settings_);
+    settings_.on_message_complete = [](http_parser* p) { return Conn::on_message_complete(p); };
+  }
+  void add(Fd fd) {
+    auto c = std::make_unique<Conn>(*this, loop_, std::move(fd));
+    if (!c->ok()) return;
+    ++stats_.connections;
+    Conn* raw = c.get();
+    conns_.emplace(raw, std::move(c));
+  }
+  void forget(Conn* c) { conns_.erase(c); }
+  void close_all() {
+    // Copy the keys: close() only starts closing; erasure happens in the close callback.
+    std::vector<Conn*> all;
+    for (auto& [k, v] : conns_) all.push_back(k);
+    for (Conn* c : all) c->close();
+  }
+  const http_parser_settings& settings() const { return settings_; }
+  Stats& stats() { return stats_; }
+
+ private:
+  uv_loop_t* loop_;
+  Stats& stats_;
+  http_parser_settings settings_{};
+  std::unordered_map<Conn*, std::unique_ptr<Conn>> conns_;
+};
+
+Conn::Conn(HttpServer& server, uv_loop_t* loop, Fd fd) : server_(server) {
+  if (uv_tcp_init(loop, tcp_.get()) != 0) return;
+  tcp_.mark_initialized();
+  if (uv_tcp_open(tcp_.get(), fd.get()) != 0) return;
+  fd.release();  // the handle owns it now
+  uv_tcp_nodelay(tcp_.get(), 1);
+  http_parser_init(&parser_, HTTP_REQUEST);
+  parser_.data = this;
+  tcp_->data = this;
+  int r = uv_read_start(
+      tcp_.stream(),
+      [](uv_handle_t* h, size_t, uv_buf_t* b) {
+        auto* c = static_cast<Conn*>(h->data);
+        *b = uv_buf_init(c->rbuf_, sizeof c->rbuf_);
+      },
+      [](uv_stream_t* s, ssize_t n, const uv_buf_t* b) { static_cast<Conn*>(s->data)->on_read(n, b); });
+  ok_ = (r == 0);
+}
+
+int Conn::on_message_complete(http_parser* p) {
+  auto* c = static_cast<Conn*>(p->data);
+  ++c->server_.stats().requests;
+  if (http_should_keep_alive(p)) {
+    c->out_.append(kKeepAlive, sizeof kKeepAlive - 1);
+  } else {
+    c->out_.append(kClose, sizeof kClose - 1);
+    c->close_after_ = true;
+    return 1;  // stop parsing: nothing after a closing request is answered
+  }
+  return 0;
+}
+
+void Conn::on_read(ssize_t nread, const uv_buf_t* buf) {
+  if (nread < 0) return close();
+  if (nread == 0 || close_after_) return;
+  size_t used = http_parser_execute(&parser_, &server_.settings(), buf->base, static_cast<size_t>(nread));
+  bool parse_error = used != static_cast<size_t>(nread) && !close_after_;
+  flush();
+  if (parse_error) close();
+}
+
+void Conn::flush() {
+  if (out_.empty()) {
+    if (close_after_) close();
+    return;
+  }
+  auto w = std::make_unique<WriteReq>();
+  w->buf.swap(out_);
+  w->conn = this;
+  w->close_after = close_after_;
+  w->req.data = w.get();
+  uv_buf_t b = uv_buf_init(w->buf.data(), static_cast<unsigned>(w->buf.size()));
+  if (uv_write(&w->req, tcp_.stream(), &b, 1, [](uv_write_t* req, int status) {
+        std::unique_ptr<WriteReq> owned(static_cast<WriteReq*>(req->data));
+        if (status == UV_ECANCELED) return;  // the connection is closing already
+        if (status < 0 || owned->close_after) owned->conn->close();
+      }) == 0) {
+    w.release();  // owned by libuv until the callback
+  } else {
+    close();
+  }
+}
+
+void Conn::close() {
+  if (closing_) return;
+  closing_ = true;
+  HttpServer* s = &server_;
+  tcp_.close([s, self = this] { s->forget(self); });
+}
+
+enum class AcceptPolicy { one, drain };
+
+// EPOLLEXCLUSIVE only ends the kernel's wake-up walk at an epoll set that has a thread blocked
+// in epoll_wait() on it (ep_poll_callback sets ewake only when waitqueue_active(&ep->wq)). A
+// private set that the loop merely polls through its own epoll is passed over, so every worker
+// would still wake (measured: more EAGAIN than plain shared). Hence a thread blocks on the
+// private set and hands each readiness to the loop, then waits until the loop has accepted.
+class ExclusiveWaiter {
+ public:
+  ExclusiveWaiter(uv_loop_t* loop, int epfd, std::function<void()> on_ready)
+      : epfd_(epfd), on_ready_(std::move(on_ready)) {
+    stopfd_ = Fd(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+    epoll_event ev{};
+    ev.events = EPOLLIN;
+    ev.data.fd = stopfd_.get();
+    if (!stopfd_ || ::epoll_ctl(epfd_, EPOLL_CTL_ADD, stopfd_.get(), &ev) != 0) return;
+    if (uv_async_init(loop, async_.get(), [](uv_async_t* a) { static_cast<ExclusiveWaiter*>(a->data)->ready(); }) != 0)
+      return;
+    async_.mark_initialized();
+    async_->data = this;
+    thread_ = std::thread([this] { wait_loop(); });
+    ok_ = true;
+  }
+  ~ExclusiveWaiter() {
+    {
+      std::lock_guard lk(m_);
+      stop_ = true;
+    }
+    cv_.notify_one();
+    uint64_t one = 1;
+    if (stopfd_) (void)::write(stopfd_.get(), &one, sizeof one);
+    if (thread_.joinable()) thread_.join();
+  }
+  bool ok() const { return ok_; }
+
+ private:
+  void wait_loop() {
+    for (;;) {
+      epoll_event ev[2];
+      int n = ::epoll_wait(epfd_, ev, 2, -1);
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0) return;
+      bool listener = false;
+      for (int i = 0; i < n; ++i) {
+        if (ev[i].data.fd == stopfd_.get()) return;
+        listener = true;
+      }
+      if (!listener) continue;
+      std::unique_lock lk(m_);
+      busy_ = true;
+      uv_async_send(async_.get());
+      cv_.wait(lk, [this] { return !busy_ || stop_; });
+      if (stop_) return;
+    }
+  }
+  void ready() {  // on the loop thread
+    on_ready_();
+    {
+      std::lock_guard lk(m_);
+      busy_ = false;
+    }
+    cv_.notify_one();
+  }
+
+  int epfd_;
+  Fd stopfd_;
+  std::function<void()> on_ready_;
+  UvHandle<uv_async_t> async_;
+  std::thread thread_;
+  std::mutex m_;
+  std::condition_variable cv_;
+  bool busy_ = false, stop_ = false, ok_ = false;
+};
+
+enum class Exclusive { off, nested, thread };
+
+// Our own accept loop on a listening socket.
+class Listener {
+ public:
+  Listener(uv_loop_t* loop, HttpServer& server, Fd fd, AcceptPolicy policy, Exclusive exclusive, int rotate)
+      : server_(server), fd_(std::move(fd)), policy_(policy), rotate_(rotate) {
+    int polled = fd_.get();
+    if (exclusive != Exclusive::off) {
+      epfd_ = Fd(::epoll_create1(EPOLL_CLOEXEC));
+      if (!epfd_ || !register_exclusive()) {
+        std::fprintf(stderr, "hello-native: EPOLLEXCLUSIVE: %s\n", std::strerror(errno));
+        return;
+      }
+      polled = epfd_.get();
+    }
+    if (exclusive == Exclusive::thread) {
+      waiter_ = std::make_unique<ExclusiveWaiter>(loop, epfd_.get(), [this] { on_readable(); });
+      ok_ = waiter_->ok();
+      return;
+    }
+    if (uv_poll_init(loop, poll_.get(), polled) != 0) return;
+    poll_.mark_initialized();
+    poll_->data = this;
+    ok_ = uv_poll_start(poll_.get(), UV_READABLE, [](uv_poll_t* p, int status, int) {
+            if (status == 0) static_cast<Listener*>(p->data)->on_readable();
+          }) == 0;
+  }
+  bool ok() const { return ok_; }
+  void stop() {
+    poll_.close();
+    waiter_.reset();  // joins the thread, closes its async handle
+  }
+
+ private:
+  bool register_exclusive() {
+    epoll_event ev{};
+    ev.events = EPOLLIN | EPOLLEXCLUSIVE;
+    ev.data.fd = fd_.get();
+    return ::epoll_ctl(epfd_.get(), EPOLL_CTL_ADD, fd_.get(), &ev) == 0;
+  }
+  void on_readable() {
+    Stats& st = server_.stats();
+    ++st.wakeups;
+    if (epfd_ && !waiter_) {
+      // Consume the inner readiness report; the listener itself is level-triggered.
+      epoll_event ev{};
+      (void)::epoll_wait(epfd_.get(), &ev, 1, 0);
+    }
+    for (;;) {
+      ++st.accept_calls;
+      int c = ::accept4(fd_.get(), nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+      if (c < 0) {
+        if (errno == EAGAIN || errno == EWOULDBLOCK) ++st.accept_eagain;
+        break;
+      }
+      server_.add(Fd(c));
+      if (rotate_ > 0 && ++since_rotate_ >= rotate_) {
+        // nginx's ngx_reorder_accept_events(): re-adding moves us to the tail of the wait queue.
+        since_rotate_ = 0;
+        ::epoll_ctl(epfd_.get(), EPOLL_CTL_DEL, fd_.get(), nullptr);
+        register_exclusive();
+      }
+      if (policy_ == AcceptPolicy::one) break;
+    }
+  }
+
+  HttpServer& server_;
+  Fd fd_;
+  Fd epfd_;
+  UvHandle<uv_poll_t> poll_;
+  std::unique_ptr<ExclusiveWaiter> waiter_;
+  AcceptPolicy policy_;
+  int rotate_;
+  int since_rotate_ = 0;
+  bool ok_ = false;
+};
+
+[[noreturn]] void usage_error(const char* msg) {
+  std::fprintf(stderr, "hello-native: %s\n", msg);
+  std::fprintf(stderr,
+               "usage: hello-native (--port P [--reuseport] | --fd N) [--accept one|drain] "
+               "[--exclusive|--exclusive-nested [--rotate K]]\n");
+  std::exit(2);
+}
+
+nlohmann::json stats_json(const Stats& s, const std::string& policy, const std::string& error) {
+  nlohmann::json j{{"pid", ::getpid()},          {"app", "native"},
+                   {"connections", s.connections}, {"requests", s.requests},
+                   {"accept_calls", s.accept_calls}, {"accept_eagain", s.accept_eagain},
+                   {"wakeups", s.wakeups},         {"accept_policy", policy},
+                   {"seq", s.seq}};
+  if (!error.empty()) j["error"] = error;
+  return j;
+}
+
+}  // namespace
+
+// Stop on SIGTERM/SIGINT (or when the cluster primary disconnects us): publish the counters,
+// stop taking connections, close the ones we have; the loop then ends by itself.
+struct App {
+  Stats stats;
+  std::string policy;
+  HttpServer* server = nullptr;
+  Listener* listener = nullptr;                  // own accept loop (--port/--fd)
+  uvcluster::cluster::Worker* worker = nullptr;  // cluster-worker mode
+  UvHandle<uv_signal_t> signals[3];
+  bool stopping = false;
+
+  void publish(const std::string& error = "") {
+    ++stats.seq;
+    if (worker) {  // the cluster library accepts for us and counts the herd
+      stats.accept_eagain = worker->counters().accept_eagain;
+    }
+    uvcluster::lab::publish(stats_json(stats, policy, error));
+  }
+  void stop() {
+    if (stopping) return;
+    stopping = true;
+    publish();
+    if (listener) listener->stop();
+    server->close_all();
+    if (worker && worker->connected()) worker->disconnect();
+    for (auto& h : signals) h.close();
+  }
+  void watch_signals(uv_loop_t* loop) {
+    int sigs[3] = {SIGTERM, SIGINT, SIGUSR2};
+    for (int i = 0; i < 3; ++i) {
+      uv_signal_init(loop, signals[i].get());
+      signals[i].mark_initialized();
+      signals[i]->data = this;
+      uv_signal_start(signals[i].get(), [](uv_signal_t* h, int sig) {
+        auto* app = static_cast<App*>(h->data);
+        if (sig == SIGUSR2) app->publish();
+        else app->stop();
+      }, sigs[i]);
+    }
+  }
+};
+
+int serve_cluster_worker(int port, AcceptPolicy policy, bool exclusive, App& app) {
+  namespace cl = uvcluster::cluster;
+  uv_loop_t* loop = uv_default_loop();
+  HttpServer server(loop, app.stats);
+  app.server = &server;
+  int rc = 0;
+  {
+    auto w = cl::Worker::start(loop);
+    if (!w) {
+      std::fprintf(stderr, "hello-native: cluster worker: %s\n", w.error().message.c_str());
+      return 1;
+    }
+    cl::Worker& worker = *w.value();
+    app.worker = &worker;
+    cl::ListenOptions lo;
+    lo.host = "127.0.0.1";
+    lo.port = port;
+    lo.accept_policy = policy == AcceptPolicy::one ? cl::AcceptPolicy::one : cl::AcceptPolicy::drain;
+    if (exclusive) lo.exclusive = true;  // otherwise the primary's policy decides
+    worker.listen(
+        lo,
+        [&](uvcluster::Result<cl::ListenAddress> r) {
+          if (!r.ok()) {
+            std::fprintf(stderr, "hello-native: listen 127.0.0.1:%d: %s\n", port, r.error().code.c_str());
+            app.publish(r.error().code);
+            rc = 3;
+            app.stopping = true;
+            for (auto& h : app.signals) h.close();
+            worker.destroy();
+            return;
+          }
+          uvcluster::lab::mark_ready({{"pid", ::getpid()}, {"port", port}, {"mode", r.value().mode}});
+        },
+        [&](Fd conn) { server.add(std::move(conn)); });
+    worker.on_disconnect([&] { app.stop(); });
+    app.watch_signals(loop);
+    uv_run(loop, UV_RUN_DEFAULT);
+    app.worker = nullptr;
+  }
+  uv_run(loop, UV_RUN_NOWAIT);  // close callbacks of what the Worker owned
+  uv_loop_close(loop);
+  return rc;
+}
+
+int main(int argc, char** argv) {
+  int port = -1, inherited = -1, rotate = 0;
+  bool reuseport = false, exclusive = false, nested = false;
+  std::string policy_name = "one";
+  // A Node cluster primary runs `execPath exec args` with execPath = exec = this binary.
+  int first = (argc > 1 && std::strcmp(argv[1], argv[0]) == 0) ? 2 : 1;
+  for (int i = first; i < argc; ++i) {
+    std::string a = argv[i];
+    auto value = [&]() -> std::string {
+      if (i + 1 >= argc) usage_error(("missing value for " + a).c_str());
+      return argv[++i];
+    };
+    if (a == "--port") port = std::atoi(value().c_str());
+    else if (a == "--fd") inherited = std::atoi(value().c_str());
+    else if (a == "--reuseport") reuseport = true;
+    else if (a == "--exclusive") exclusive = true;
+    else if (a == "--exclusive-nested") exclusive = nested = true;
+    else if (a == "--rotate") rotate = std::atoi(value().c_str());
+    else if (a == "--accept") policy_name = value();
+    else usage_error(("unknown option " + a).c_str());
+  }
+  if (policy_name != "one" && policy_name != "drain") usage_error("--accept must be one or drain");
+  AcceptPolicy policy = policy_name == "one" ? AcceptPolicy::one : AcceptPolicy::drain;
+  App app;
+  app.policy = policy_name;
+  // Forked by a cluster primary (uvcluster run, or Node's cluster): listen through it.
+  if (uvcluster::cluster::is_worker()) {
+    if (port < 0) usage_error("a cluster worker needs --port");
+    return serve_cluster_worker(port, policy, exclusive, app);
+  }
+  if ((port < 0) == (inherited < 0)) usage_error("give exactly one of --port or --fd");
+
+  Fd lfd;
+  if (inherited >= 0) {
+    lfd = Fd(inherited);
+    ::fcntl(lfd.get(), F_SETFD, FD_CLOEXEC);
+    ::fcntl(lfd.get(), F_SETFL, ::fcntl(lfd.get(), F_GETFL) | O_NONBLOCK);
+  } else {
+    lfd = Fd(::socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
+    int one = 1;
+    // SO_REUSEADDR as libuv and Node set it; it does not let two listeners share a port.
+    ::setsockopt(lfd.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    if (reuseport) ::setsockopt(lfd.get(), SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);
+    sockaddr_in sa{};
+    sa.sin_family = AF_INET;
+    sa.sin_port = htons(static_cast<uint16_t>(port));
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (::bind(lfd.get(), reinterpret_cast<sockaddr*>(&sa), sizeof sa) != 0 || ::listen(lfd.get(), 511) != 0) {
+      std::string err = errno == EADDRINUSE ? "EADDRINUSE" : std::strerror(errno);
+      std::fprintf(stderr, "hello-native: listen 127.0.0.1:%d: %s\n", port, err.c_str());
+      app.publish(err);
+      return 3;
+    }
+  }
+
+  uv_loop_t* loop = uv_default_loop();
+  HttpServer server(loop, app.stats);
+  Exclusive mode = !exclusive ? Exclusive::off : nested ? Exclusive::nested : Exclusive::thread;
+  Listener listener(loop, server, std::move(lfd), policy, mode, rotate);
+  if (!listener.ok()) {
+    std::fprintf(stderr, "hello-native: cannot watch the listening socket\n");
+    return 1;
+  }
+  app.server = &server;
+  app.listener = &listener;
+  app.watch_signals(loop);
+  uvcluster::lab::mark_ready({{"pid", ::getpid()}, {"port", port}});
+  uv_run(loop, UV_RUN_DEFAULT);
+  uv_loop_close(loop);
+  return 0;
+}

@@ -1,0 +1,89 @@
+#!/usr/bin/python3
+"""Compares results/latest.json (lab records) against results/baseline.json with tolerances.
+Exit 1 when something regressed, 0 otherwise (also when there is no baseline: nothing to compare).
+Throughput and CPU are compared as same-run ratios to node-rr (absolute numbers drift on a
+shared 2-core machine); counts (fds per connection, herd, fairness) directly.
+
+usage: compare.py [--latest F] [--baseline F] [--update-baseline]
+"""
+import argparse
+import json
+import os
+import shutil
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "lab"))
+import report  # noqa: E402
+
+# (name, value path, kind, tolerance): kind "ratio_drop" = same-run ratio to node-rr may fall
+# by at most tol (relative); "abs_rise"/"abs_drop" = value may move the wrong way by tol.
+CHECKS = [
+    ("req/s vs node-rr", "throughput.rps", "ratio_drop", 0.30),
+    ("fds/conn primary", "fds.per_conn_primary", "abs_rise", 0.5),
+    ("fds/conn workers", "fds.per_conn_workers", "abs_rise", 0.5),
+    ("herd EAGAIN/conn", "herd.outside.per_conn", "abs_rise", 0.5),
+    ("Jain requests", "fairness.requests.jain", "abs_drop", 0.15),
+]
+
+
+def key(r):
+    return (r.get("label", r["strategy"]), r["app"], r["workers"], r["load"])
+
+
+def ref_ratio(idx, r, path):
+    ref = idx.get((report.REF[0], report.REF[1], r["workers"], r["load"]))
+    if ref is None or not report.ok(ref):
+        return None
+    v, rv = report.get(r, path), report.get(ref, path)
+    return None if v is None or not rv else v / rv
+
+
+def compare(latest, baseline):
+    """Returns a list of regression messages (empty = fine)."""
+    li = {key(r): r for r in latest["records"] if report.ok(r)}
+    bi = {key(r): r for r in baseline["records"] if report.ok(r)}
+    problems = []
+    for k, r in li.items():
+        b = bi.get(k)
+        if b is None:
+            continue
+        for name, path, kind, tol in CHECKS:
+            if kind == "ratio_drop":
+                now, was = ref_ratio(li, r, path), ref_ratio(bi, b, path)
+                if now is not None and was and now < was * (1 - tol):
+                    problems.append(f"{'/'.join(map(str, k))}: {name} {now:.2f} < {was:.2f} −{tol:.0%}")
+                continue
+            now, was = report.get(r, path), report.get(b, path)
+            if now is None or was is None:
+                continue
+            if kind == "abs_rise" and now > was + tol:
+                problems.append(f"{'/'.join(map(str, k))}: {name} {now:.3f} > {was:.3f} + {tol}")
+            if kind == "abs_drop" and now < was - tol:
+                problems.append(f"{'/'.join(map(str, k))}: {name} {now:.3f} < {was:.3f} − {tol}")
+    return problems
+
+
+def main(argv=None):
+    root = os.path.dirname(HERE)
+    ap = argparse.ArgumentParser(description="lab regression check")
+    ap.add_argument("--latest", default=os.path.join(root, "results", "latest.json"))
+    ap.add_argument("--baseline", default=os.path.join(root, "results", "baseline.json"))
+    ap.add_argument("--update-baseline", action="store_true")
+    a = ap.parse_args(argv)
+    if a.update_baseline:
+        shutil.copyfile(a.latest, a.baseline)
+        print(f"compare: baseline updated from {a.latest}")
+        return 0
+    if not os.path.exists(a.baseline):
+        print(f"compare: no baseline at {a.baseline}; nothing to compare")
+        return 0
+    problems = compare(json.load(open(a.latest)), json.load(open(a.baseline)))
+    for p in problems:
+        print(f"REGRESSION {p}")
+    print(f"compare: {len(problems)} regression(s)")
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
