@@ -1,9 +1,13 @@
 #!/usr/bin/python3
 """`make bench`: micro-benchmarks beside their Node twins, then the strategy lab.
 
-Micro-benchmarks: every build/bench/bench_* (Google Benchmark) and every bench/node/*.js twin.
-Both sides report time per operation under a shared name; the table shows uvcluster/Node from
-this same run (absolute times drift on a shared machine; the ratio is what we track).
+Micro-benchmarks: every build/bench/bench_* (Google Benchmark) and every bench/node/*.js twin
+(files ending in _child.js or _common.js are the twins' helpers, not twins). A twin prints JSON
+lines {"name", "ns_per_op"} or {"name", "value", "unit"}; it pairs with the Google benchmark
+whose name matches once case, "_" and a "BM_"/"node_" prefix are ignored. A rate twin ("x/s") is
+compared per item (items_per_second), a time twin per iteration. The table shows uvcluster/Node
+time per operation from this same run (absolute times drift on a shared machine; the ratio is
+what we track).
 Results: results/micro.json. Then, if present, scripts/lab/driver.py runs the strategy lab.
 """
 import argparse
@@ -23,9 +27,25 @@ PROFILES = {  # Google Benchmark min time (s) per benchmark, Node twin seconds p
 }
 
 
+TIME_UNITS = {"ns": 1, "us": 1e3, "ms": 1e6, "s": 1e9}
+
+
 def base_name(name):
     """'spawn_true/real_time' or 'x/iterations:3/real_time' -> 'spawn_true'."""
     return name.split("/")[0]
+
+
+def twin_key(name):
+    """BM_IpcPingPong, node_ipc_pingpong -> ipcpingpong."""
+    key = name.lower()
+    for prefix in ("bm_", "node_"):
+        if key.startswith(prefix):
+            key = key[len(prefix):]
+    return "".join(c for c in key if c.isalnum())
+
+
+def is_twin(script):
+    return script.endswith(".js") and not script.endswith(("_child.js", "_common.js"))
 
 
 def run_google_benchmark(exe, min_time):
@@ -39,7 +59,7 @@ def run_google_benchmark(exe, min_time):
         if b.get("error_occurred"):
             print(f"  {b['name']}: {b.get('error_message')}")
             continue
-        scale = {"ns": 1, "us": 1e3, "ms": 1e6, "s": 1e9}[b.get("time_unit", "ns")]
+        scale = TIME_UNITS[b.get("time_unit", "ns")]
         counters = {k: v for k, v in b.items() if k not in (
             "name", "run_name", "run_type", "repetitions", "repetition_index", "threads", "iterations",
             "real_time", "cpu_time", "time_unit", "family_index", "per_family_instance_index",
@@ -52,7 +72,7 @@ def run_google_benchmark(exe, min_time):
 def run_node_twin(script, seconds):
     env = dict(os.environ, UVC_BENCH_SECONDS=str(seconds))
     out = subprocess.run(["/usr/bin/node", script], capture_output=True, text=True, env=env,
-                         timeout=600, check=False)
+                         stdin=subprocess.DEVNULL, timeout=600, check=False)
     if out.returncode != 0:
         print(f"  {os.path.basename(script)} failed ({out.returncode}): {out.stderr.strip()[-300:]}")
     rows = []
@@ -61,8 +81,12 @@ def run_node_twin(script, seconds):
         if not line.startswith("{"):
             continue
         r = json.loads(line)
-        if "ns_per_op" not in r and r.get("unit", "").endswith("/s") and r.get("value"):
-            r["ns_per_op"] = 1e9 / r["value"]  # a rate twin: convert to time per operation
+        unit = r.get("unit", "")
+        if "ns_per_op" not in r and unit.endswith("/s") and r.get("value"):
+            r["ns_per_op"] = 1e9 / r["value"]  # a rate twin: time per item
+            r["rate"] = True
+        elif "ns_per_op" not in r and unit in TIME_UNITS and r.get("value") is not None:
+            r["ns_per_op"] = r["value"] * TIME_UNITS[unit]
         if "ns_per_op" in r:
             rows.append(r)
     return rows
@@ -87,13 +111,15 @@ def micro(build, profile):
     theirs = {}
     node_dir = os.path.join(ROOT, "bench", "node")
     for script in sorted(os.listdir(node_dir)) if os.path.isdir(node_dir) else []:
-        if script.endswith(".js"):
+        if is_twin(script):
             print(f"micro: node {script} ...", flush=True)
             for r in run_node_twin(os.path.join(node_dir, script), node_seconds):
-                theirs[r["name"]] = r
+                theirs[twin_key(r["name"])] = r
     rows = []
     for r in ours:
-        twin = theirs.get(r["name"])
+        twin = theirs.get(twin_key(r["name"]))
+        if twin and twin.get("rate") and r["counters"].get("items_per_second"):
+            r["ns_per_op"] = 1e9 / r["counters"]["items_per_second"]  # per item, like the twin
         ratio = r["ns_per_op"] / twin["ns_per_op"] if twin else None
         rows.append({"name": r["name"], "uvcluster_ns_per_op": r["ns_per_op"],
                      "node_ns_per_op": twin["ns_per_op"] if twin else None,
