@@ -127,3 +127,13 @@ TEST(IpcFraming, LoneSurrogatesFromJsonStringifyBecomeReplacement) {
   ASSERT_TRUE(r.ok());
   EXPECT_EQ(r.value(), json::array({"\xEF\xBF\xBD", "\xEF\xBF\xBDx", "\xEF\xBF\xBD" "A"}));
 }
+
+TEST(IpcFraming, FastEncoderMatchesNlohmannDump) {
+  std::vector<json> values = {
+      nullptr, true, false, 0, -1, 42u, 18446744073709551615ull, -9223372036854775807LL - 1, 1.5, -0.0,
+      1e300, 0.1, 1e-7, "", "plain", "q\"b\\s/\b\f\n\r\t\x01\x1f", "é😀\u2028", std::string("bad\xff\xc3", 5),
+      json::array({1, "two", json::object(), json::array()}), json{{"z", 1}, {"a", {{"k\"", nullptr}}}}};
+  for (auto& v : values) {
+    EXPECT_EQ(encode_frame(v), v.dump(-1, ' ', false, json::error_handler_t::replace) + "\n") << v.dump();
+  }
+}

@@ -28,6 +28,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       if (!r.ok()) return;
       (void)uvcluster::ipc::is_internal(r.value());
       std::string wire = uvcluster::ipc::encode_frame(r.value());
+      if (wire != r.value().dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n")
+        __builtin_trap();  // fast_dump must match nlohmann byte for byte
       if (wire.empty() || wire.back() != '\n') __builtin_trap();
       if (wire.find('\n') != wire.size() - 1) __builtin_trap();  // one frame, one newline
       auto again = uvcluster::ipc::parse_frame(std::string_view(wire).substr(0, wire.size() - 1));

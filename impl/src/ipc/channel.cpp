@@ -174,7 +174,8 @@ struct Channel::Impl : std::enable_shared_from_this<Channel::Impl> {
       std::string frame = "{\"cmd\":\"NODE_HANDLE\",\"type\":\"";
       frame += handle_type_name(q.handle->type);
       frame += "\",\"msg\":";
-      frame += q.message.dump(-1, ' ', false, Json::error_handler_t::replace);
+      frame += encode_frame(q.message);
+      frame.pop_back();  // the '\n'; the wrapper ends the frame
       if (q.handle->key) {
         frame += ",\"key\":";
         frame += Json(*q.handle->key).dump(-1, ' ', false, Json::error_handler_t::replace);

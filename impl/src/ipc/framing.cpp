@@ -125,7 +125,7 @@ Result<nlohmann::json> parse_frame(std::string_view line) {
 std::string encode_frame(const nlohmann::json& message) {
   std::string s;
   try {
-    s = message.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+    detail_json::fast_dump(message, s);
   } catch (...) {
     s = "null";  // unreachable with error_handler replace; never throw across the loop
   }

@@ -252,3 +252,101 @@ bool fast_parse(std::string_view text, nlohmann::json& out) {
 }
 
 }  // namespace uvcluster::ipc::detail_json
+
+namespace uvcluster::ipc::detail_json {
+namespace {
+
+bool utf8_valid_ascii_fast(const std::string& s) {
+  for (unsigned char c : s)
+    if (c >= 0x80) return false;
+  return true;
+}
+
+void dump_string(const std::string& s, std::string& out) {
+  if (!utf8_valid_ascii_fast(s)) {
+    // Rare path (non-ASCII): let nlohmann handle UTF-8 validation/replacement exactly.
+    out += nlohmann::json(s).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+    return;
+  }
+  static const char* hex = "0123456789abcdef";
+  out.push_back('"');
+  const char* p = s.data();
+  const char* end = p + s.size();
+  while (p < end) {
+    const char* start = p;
+    while (p < end) {
+      unsigned char c = static_cast<unsigned char>(*p);
+      if (c < 0x20 || c == '"' || c == '\\') break;
+      ++p;
+    }
+    out.append(start, static_cast<size_t>(p - start));
+    if (p >= end) break;
+    unsigned char c = static_cast<unsigned char>(*p++);
+    switch (c) {
+      case '"': out += "\\\""; break;
+      case '\\': out += "\\\\"; break;
+      case '\b': out += "\\b"; break;
+      case '\f': out += "\\f"; break;
+      case '\n': out += "\\n"; break;
+      case '\r': out += "\\r"; break;
+      case '\t': out += "\\t"; break;
+      default:
+        out += "\\u00";
+        out.push_back(hex[c >> 4]);
+        out.push_back(hex[c & 15]);
+    }
+  }
+  out.push_back('"');
+}
+
+}  // namespace
+
+void fast_dump(const nlohmann::json& v, std::string& out) {
+  using json = nlohmann::json;
+  switch (v.type()) {
+    case json::value_t::object: {
+      out.push_back('{');
+      bool first = true;
+      for (const auto& [k, val] : v.get_ref<const json::object_t&>()) {
+        if (!first) out.push_back(',');
+        first = false;
+        dump_string(k, out);
+        out.push_back(':');
+        fast_dump(val, out);
+      }
+      out.push_back('}');
+      return;
+    }
+    case json::value_t::array: {
+      out.push_back('[');
+      bool first = true;
+      for (const auto& val : v.get_ref<const json::array_t&>()) {
+        if (!first) out.push_back(',');
+        first = false;
+        fast_dump(val, out);
+      }
+      out.push_back(']');
+      return;
+    }
+    case json::value_t::string: dump_string(v.get_ref<const std::string&>(), out); return;
+    case json::value_t::boolean: out += v.get<bool>() ? "true" : "false"; return;
+    case json::value_t::null: out += "null"; return;
+    case json::value_t::number_integer: {
+      char buf[24];
+      auto r = std::to_chars(buf, buf + sizeof buf, v.get<int64_t>());
+      out.append(buf, r.ptr);
+      return;
+    }
+    case json::value_t::number_unsigned: {
+      char buf[24];
+      auto r = std::to_chars(buf, buf + sizeof buf, v.get<uint64_t>());
+      out.append(buf, r.ptr);
+      return;
+    }
+    default:  // floats (nlohmann's exact formatting), binary, discarded
+      out += v.dump(-1, ' ', false, json::error_handler_t::replace);
+      return;
+  }
+}
+
+}  // namespace uvcluster::ipc::detail_json

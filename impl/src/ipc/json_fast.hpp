@@ -11,3 +11,9 @@
 namespace uvcluster::ipc::detail_json {
 bool fast_parse(std::string_view text, nlohmann::json& out);
 }
+
+namespace uvcluster::ipc::detail_json {
+// Appends the compact JSON text of `v` to `out`, byte-identical to
+// v.dump(-1, ' ', false, error_handler_t::replace) (invalid UTF-8 becomes U+FFFD).
+void fast_dump(const nlohmann::json& v, std::string& out);
+}
