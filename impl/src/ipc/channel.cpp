@@ -51,7 +51,7 @@ struct Channel::Impl : std::enable_shared_from_this<Channel::Impl> {
   struct WriteReq {
     uv_write_t req{};
     std::string data;
-    detail_handles::SendStream send;
+    std::unique_ptr<detail_handles::SendStream> send;  // only for a frame that carries an fd
     std::function<void(const Error*)> done;
     std::weak_ptr<Impl> impl;
   };
@@ -124,8 +124,9 @@ struct Channel::Impl : std::enable_shared_from_this<Channel::Impl> {
     uv_buf_t buf = uv_buf_init(w->data.data(), static_cast<unsigned>(w->data.size()));
     int rc;
     if (fd >= 0) {
-      rc = detail_handles::make_send_stream(loop, fd, w->send);
-      if (rc == 0) rc = uv_write2(&w->req, pipe.stream(), &buf, 1, w->send.stream(), on_write);
+      w->send = std::make_unique<detail_handles::SendStream>();
+      rc = detail_handles::make_send_stream(loop, fd, *w->send);
+      if (rc == 0) rc = uv_write2(&w->req, pipe.stream(), &buf, 1, w->send->stream(), on_write);
     } else {
       rc = uv_write(&w->req, pipe.stream(), &buf, 1, on_write);
     }
@@ -174,7 +175,8 @@ struct Channel::Impl : std::enable_shared_from_this<Channel::Impl> {
       std::string frame = "{\"cmd\":\"NODE_HANDLE\",\"type\":\"";
       frame += handle_type_name(q.handle->type);
       frame += "\",\"msg\":";
-      frame += q.message.dump(-1, ' ', false, Json::error_handler_t::replace);
+      frame += encode_frame(q.message);
+      frame.pop_back();  // the '\n'; the wrapper ends the frame
       if (q.handle->key) {
         frame += ",\"key\":";
         frame += Json(*q.handle->key).dump(-1, ' ', false, Json::error_handler_t::replace);
