@@ -100,3 +100,40 @@ TEST(IpcFraming, InternalRule) {
   EXPECT_FALSE(is_internal(json("NODE_HANDLE")));
   EXPECT_FALSE(is_internal(json::array({"NODE_HANDLE"})));
 }
+
+TEST(IpcFraming, FastParserMatchesNlohmann) {
+  for (std::string t :
+       {"0", "-0", "1", "-1", "18446744073709551615", "18446744073709551616", "-9223372036854775808",
+        "-9223372036854775809", "1.5", "-1.25e-3", "1E10", "1e-400", "0.1", "123456789.123456789",
+        "\"\"", "\"a\\u00e9\\ud83d\\ude00\\/\\b\\f\\n\\r\\t\\\"\\\\\"", "[]", "{}", " [ 1 , { \"a\" : [ ] } ] ",
+        "{\"a\":1,\"a\":2}", "true", "false", "null", "[[[[[[[[[[1]]]]]]]]]]"}) {
+    auto ref = json::parse(t, nullptr, false);
+    auto got = parse_frame(t);
+    ASSERT_TRUE(got.ok()) << t;
+    EXPECT_EQ(got.value(), ref) << t;
+    EXPECT_EQ(got.value().dump(), ref.dump()) << t;
+  }
+  std::string deep = std::string(5000, '[') + std::string(5000, ']');  // past the fast parser's depth
+  EXPECT_TRUE(parse_frame(deep).ok());
+  for (std::string bad : {"01", "1.", ".5", "-", "1e", "+1", "[1,]", "{\"a\"}", "{\"a\":1,}", "tru", "nul",
+                          "\"\\x\"", "\"\\u12\"", "\"a\tb\"", "[1 2]", "{1:2}", "'a'"}) {
+    EXPECT_FALSE(parse_frame(bad).ok()) << bad;
+  }
+}
+
+TEST(IpcFraming, LoneSurrogatesFromJsonStringifyBecomeReplacement) {
+  // Node's JSON.stringify('\ud800') is "\ud800" (well-formed stringify); nlohmann alone rejects it.
+  auto r = parse_frame("[\"\\ud800\",\"\\udc00x\",\"\\ud800\\u0041\"]");
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(r.value(), json::array({"\xEF\xBF\xBD", "\xEF\xBF\xBDx", "\xEF\xBF\xBD" "A"}));
+}
+
+TEST(IpcFraming, FastEncoderMatchesNlohmannDump) {
+  std::vector<json> values = {
+      nullptr, true, false, 0, -1, 42u, 18446744073709551615ull, -9223372036854775807LL - 1, 1.5, -0.0,
+      1e300, 0.1, 1e-7, "", "plain", "q\"b\\s/\b\f\n\r\t\x01\x1f", "é😀\u2028", std::string("bad\xff\xc3", 5),
+      json::array({1, "two", json::object(), json::array()}), json{{"z", 1}, {"a", {{"k\"", nullptr}}}}};
+  for (auto& v : values) {
+    EXPECT_EQ(encode_frame(v), v.dump(-1, ' ', false, json::error_handler_t::replace) + "\n") << v.dump();
+  }
+}

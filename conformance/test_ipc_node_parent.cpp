@@ -25,6 +25,14 @@ TEST(IpcNodeParent, CppChildDisconnects) {
   EXPECT_EQ(r["events"], json::array({"disconnect", json::array({"exit", 0, nullptr})}));
 }
 
+TEST(IpcNodeParent, UnrefdChannelLetsCppChildExit) {
+  json r = uvc_test::run_node_fixture("ipc_cpp_child.js", {uvc_test::helper("ipc_child"), "idle", "x", "unref"});
+  bool saw_exit4 = false;
+  for (auto& e : r["events"]) saw_exit4 |= e == json::array({"exit", 4, nullptr});
+  EXPECT_TRUE(saw_exit4) << r;
+  EXPECT_EQ(r["user"].size(), 1u);  // the hello was still sent before the loop ended
+}
+
 TEST(IpcNodeParent, UvclusterIpcEchoAsChild) {
   json r = uvc_test::run_node_fixture("ipc_cpp_child.js", {uvc_test::cli(), "values", "ipc-echo"});
   EXPECT_EQ(r["bigOk"], true);

@@ -1,13 +1,15 @@
 // C++ child for Node parents: announces itself with one internal and one user message, echoes
-// every message, disconnects on "disconnect", exits with 3 on "exit".
+// every message, disconnects on "disconnect", exits with 3 on "exit"; argument "unref" unrefs
+// the channel (exit status 4: the loop ended without a disconnect).
 #include <cstdlib>
 #include <cstdio>
+#include <string>
 
 #include "uvcluster/ipc/channel.hpp"
 
 using namespace uvcluster;
 
-int main() {
+int main(int argc, char** argv) {
   uv_loop_t* loop = uv_default_loop();
   auto r = ipc::parent_channel(loop);
   if (!r) {
@@ -27,6 +29,9 @@ int main() {
       ch.send(m);
     }
   });
+  // "unref": the channel no longer keeps us alive, so we exit (4) while still connected.
+  for (int i = 1; i < argc; ++i)
+    if (std::string(argv[i]) == "unref") ch.unref();
   bool disconnected = false;
   ch.on_disconnect([&] { disconnected = true; });
   uv_run(loop, UV_RUN_DEFAULT);

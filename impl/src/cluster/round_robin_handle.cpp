@@ -6,6 +6,10 @@
 namespace uvcluster::cluster {
 
 void RoundRobinScheduler::add(int worker, Sender send) {
+  if (auto it = all_.find(worker); it != all_.end()) {
+    it->second.send = std::move(send);  // a repeated query: keep what is in flight to it
+    return;
+  }
   Member m;
   m.send = std::move(send);
   m.generation = next_generation_++;
@@ -108,6 +112,9 @@ void RoundRobinScheduler::on_reply(int worker, uint64_t generation, bool accepte
 }
 
 RoundRobinHandle::RoundRobinHandle(uv_loop_t* loop, Fd listening) : fd_(std::move(listening)) {
+  uv_timer_init(loop, backoff_.get());
+  backoff_.mark_initialized();
+  backoff_->data = this;
   if (uv_poll_init(loop, poll_.get(), fd_.get()) == 0) {
     poll_.mark_initialized();
     poll_->data = this;
@@ -119,6 +126,7 @@ RoundRobinHandle::RoundRobinHandle(uv_loop_t* loop, Fd listening) : fd_(std::mov
 RoundRobinHandle::~RoundRobinHandle() { close(); }
 
 void RoundRobinHandle::close() {
+  backoff_.close();
   poll_.close();
   fd_.reset();
   sched_.close_queue();
@@ -143,6 +151,15 @@ void RoundRobinHandle::on_readable(uv_poll_t* h, int status, int) {
       if (errno == EAGAIN || errno == EWOULDBLOCK) return;
       if (errno == EINTR || errno == ECONNABORTED) continue;
       ++self->accept_errors_;  // EMFILE and friends: skipped, as Node's distribute does
+      if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+        // Level-triggered: the pending connection would wake us again at once. Back off briefly
+        // instead of spinning (Node spins here).
+        uv_poll_stop(self->poll_.get());
+        uv_timer_start(self->backoff_.get(), [](uv_timer_t* t) {
+          auto* me = static_cast<RoundRobinHandle*>(t->data);
+          if (me->fd_.valid()) uv_poll_start(me->poll_.get(), UV_READABLE, on_readable);
+        }, 50, 0);
+      }
       return;
     }
     self->sched_.push(std::move(conn));

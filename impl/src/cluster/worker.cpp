@@ -196,7 +196,7 @@ Result<std::unique_ptr<Worker>> Worker::start(uv_loop_t* loop) {
     i->disconnected.emit();
   });
   impl->send({{"act", "online"}});
-  return std::unique_ptr<Worker>(new Worker(std::move(impl)));
+  return std::make_unique<Worker>(std::move(impl));
 }
 
 int Worker::id() const { return impl_->id; }

@@ -1,6 +1,7 @@
 // ipc::Channel: Node's json IPC channel over a libuv IPC pipe (see channel.hpp for behaviour).
 #include "uvcluster/ipc/channel.hpp"
 
+#include <cerrno>
 #include <deque>
 #include <vector>
 
@@ -48,13 +49,20 @@ struct Channel::Impl : std::enable_shared_from_this<Channel::Impl> {
     Json message;
     std::optional<ReceivedHandle> handle;
   };
+  struct Done {
+    std::function<void(const Error*)> fn;
+    bool swallow = false;
+  };
+  // One uv_write: a frame with an fd, or several plain frames coalesced while a write was busy.
   struct WriteReq {
     uv_write_t req{};
     std::string data;
-    detail_handles::SendStream send;
-    std::function<void(const Error*)> done;
+    Fd fd;  // close-on-exec duplicate to attach (SCM_RIGHTS), if any
+    std::unique_ptr<detail_handles::SendStream> send;
+    std::vector<Done> dones;
     std::weak_ptr<Impl> impl;
   };
+
 
   Impl(uv_loop_t* l, ChannelOptions o) : loop(l), options(o), ticker(l), reader(o.max_frame_bytes) {}
 
@@ -73,7 +81,9 @@ struct Channel::Impl : std::enable_shared_from_this<Channel::Impl> {
   bool disconnect_after_ack = false;
   bool disconnect_when_drained = false;
   bool emit_disconnect_on_close = true;
-  int writes_outstanding = 0;
+  bool write_in_flight = false;                 // one uv_write at a time; the rest waits here
+  std::deque<std::unique_ptr<WriteReq>> outq;   // (plain frames are appended to the last one)
+  size_t outq_bytes = 0;
 
   bool waiting_ack = false;
   std::optional<InFlight> in_flight;
@@ -109,7 +119,10 @@ struct Channel::Impl : std::enable_shared_from_this<Channel::Impl> {
 
   // ---- writing ----------------------------------------------------------------------------
 
-  // Queues one frame on the pipe (with a duplicate of `fd` when fd >= 0). Returns a libuv error.
+  static constexpr size_t kCoalesceMax = 256 * 1024;
+
+  // Queues one frame (with a duplicate of `fd` attached when fd >= 0). Frames go out in order;
+  // while a write is in flight, plain frames are coalesced into one buffer (fewer syscalls).
   // On failure `done` (or, unless swallow_errors, the error event) gets the error later.
   int write(std::string frame, int fd, std::function<void(const Error*)> done,
             bool swallow_errors = false) {
@@ -117,40 +130,82 @@ struct Channel::Impl : std::enable_shared_from_this<Channel::Impl> {
       if (done) fail_later(std::move(done), channel_closed());
       return UV_EPIPE;
     }
+    if (fd < 0 && !outq.empty() && !outq.back()->fd && outq.back()->data.size() < kCoalesceMax) {
+      outq_bytes += frame.size();
+      outq.back()->data += frame;
+      outq.back()->dones.push_back(Done{std::move(done), swallow_errors});
+      return 0;
+    }
     auto w = std::make_unique<WriteReq>();
     w->data = std::move(frame);
-    w->done = std::move(done);
+    w->dones.push_back(Done{std::move(done), swallow_errors});
     w->impl = weak_from_this();
+    if (fd >= 0) {
+      w->fd = Fd::dup_of(fd);
+      if (!w->fd) {
+        int rc = uv_translate_sys_error(errno);
+        report_failure(*w, rc);
+        return rc;
+      }
+    }
+    if (!write_in_flight && outq.empty()) return submit(std::move(w));
+    outq_bytes += w->data.size();
+    outq.push_back(std::move(w));
+    return 0;
+  }
+
+  void report_failure(WriteReq& w, int rc) {
+    for (auto& d : w.dones) {
+      if (d.fn) fail_later(std::move(d.fn), Error::from_uv(rc, "write"));
+      else if (!d.swallow) emit_error_later(Error::from_uv(rc, "write"));
+    }
+  }
+
+  int submit(std::unique_ptr<WriteReq> w) {
     uv_buf_t buf = uv_buf_init(w->data.data(), static_cast<unsigned>(w->data.size()));
     int rc;
-    if (fd >= 0) {
-      rc = detail_handles::make_send_stream(loop, fd, w->send);
-      if (rc == 0) rc = uv_write2(&w->req, pipe.stream(), &buf, 1, w->send.stream(), on_write);
+    if (w->fd) {
+      w->send = std::make_unique<detail_handles::SendStream>();
+      rc = detail_handles::make_send_stream(loop, std::move(w->fd), *w->send);
+      if (rc == 0) rc = uv_write2(&w->req, pipe.stream(), &buf, 1, w->send->stream(), on_write);
     } else {
       rc = uv_write(&w->req, pipe.stream(), &buf, 1, on_write);
     }
     if (rc < 0) {
-      if (w->done) fail_later(std::move(w->done), Error::from_uv(rc, "write"));
-      else if (!swallow_errors) emit_error_later(Error::from_uv(rc, "write"));
+      report_failure(*w, rc);
       return rc;
     }
     w->req.data = w.get();
-    ++writes_outstanding;
+    write_in_flight = true;
     (void)w.release();  // owned by on_write from now on
     return 0;
   }
+
+  void pump() {
+    while (!write_in_flight && !outq.empty() && state == State::open) {
+      auto w = std::move(outq.front());
+      outq.pop_front();
+      outq_bytes -= w->data.size();
+      submit(std::move(w));
+    }
+  }
+
+  size_t pending_bytes() const { return uv_stream_get_write_queue_size(pipe.stream()) + outq_bytes; }
 
   static void on_write(uv_write_t* req, int status) {
     std::unique_ptr<WriteReq> w(static_cast<WriteReq*>(req->data));
     auto self = w->impl.lock();
     if (!self) return;
-    --self->writes_outstanding;
-    if (status < 0) {
-      Error e = status == UV_ECANCELED ? channel_closed() : Error::from_uv(status, "write");
-      if (w->done) w->done(&e);
-      else if (status != UV_ECANCELED) self->error_ev.emit(e);
-    } else if (w->done) {
-      w->done(nullptr);
+    self->write_in_flight = false;
+    self->pump();  // start the next write before running callbacks
+    for (auto& d : w->dones) {
+      if (status < 0) {
+        Error e = status == UV_ECANCELED ? channel_closed() : Error::from_uv(status, "write");
+        if (d.fn) d.fn(&e);
+        else if (!d.swallow && status != UV_ECANCELED) self->error_ev.emit(e);
+      } else if (d.fn) {
+        d.fn(nullptr);
+      }
     }
     self->maybe_finish_disconnect();
   }
@@ -174,7 +229,8 @@ struct Channel::Impl : std::enable_shared_from_this<Channel::Impl> {
       std::string frame = "{\"cmd\":\"NODE_HANDLE\",\"type\":\"";
       frame += handle_type_name(q.handle->type);
       frame += "\",\"msg\":";
-      frame += q.message.dump(-1, ' ', false, Json::error_handler_t::replace);
+      frame += encode_frame(q.message);
+      frame.pop_back();  // the '\n'; the wrapper ends the frame
       if (q.handle->key) {
         frame += ",\"key\":";
         frame += Json(*q.handle->key).dump(-1, ' ', false, Json::error_handler_t::replace);
@@ -188,7 +244,7 @@ struct Channel::Impl : std::enable_shared_from_this<Channel::Impl> {
     } else {
       if (write(encode_frame(q.message), -1, std::move(q.done)) < 0) return false;
     }
-    return uv_stream_get_write_queue_size(pipe.stream()) < kHighWaterMark;
+    return pending_bytes() < kHighWaterMark;
   }
 
   void on_handle_reply(bool ack) {
@@ -343,7 +399,8 @@ struct Channel::Impl : std::enable_shared_from_this<Channel::Impl> {
   // ---- closing ----------------------------------------------------------------------------
 
   void maybe_finish_disconnect() {
-    if (disconnect_when_drained && writes_outstanding == 0 && state == State::open) teardown(true);
+    if (disconnect_when_drained && !write_in_flight && outq.empty() && state == State::open)
+      teardown(true);
   }
 
   void teardown(bool emit_disconnect) {
@@ -358,6 +415,12 @@ struct Channel::Impl : std::enable_shared_from_this<Channel::Impl> {
     queue.clear();
     for (auto& q : items)
       if (q.done) fail_later(std::move(q.done), channel_closed());
+    auto unsent = std::move(outq);
+    outq.clear();
+    outq_bytes = 0;
+    for (auto& w : unsent)
+      for (auto& d : w->dones)
+        if (d.fn) fail_later(std::move(d.fn), channel_closed());
     auto self = shared_from_this();
     pipe.close([self] {
       self->state = State::closed;
@@ -380,6 +443,7 @@ Channel::~Channel() {
   i.close_ev.clear();
   i.in_flight.reset();
   i.queue.clear();
+  i.outq.clear();
   i.received_fds.clear();
   i.backlog.clear();
   i.state = Impl::State::closed;

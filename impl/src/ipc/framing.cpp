@@ -2,6 +2,8 @@
 
 #include <cstring>
 
+#include "json_fast.hpp"
+
 namespace uvcluster::ipc {
 
 bool FrameReader::feed(const char* data, size_t n, const std::function<void(std::string_view)>& on_line) {
@@ -105,12 +107,14 @@ std::string sanitize_utf8(std::string_view s) {
 
 Result<nlohmann::json> parse_frame(std::string_view line) {
   nlohmann::json j;
-  if (valid_utf8(line)) {
-    j = nlohmann::json::parse(line.begin(), line.end(), nullptr, /*allow_exceptions=*/false);
-  } else {
-    std::string fixed = sanitize_utf8(line);
-    j = nlohmann::json::parse(fixed.begin(), fixed.end(), nullptr, false);
+  std::string fixed;
+  if (!valid_utf8(line)) {
+    fixed = sanitize_utf8(line);
+    line = fixed;
   }
+  if (detail_json::fast_parse(line, j)) return j;
+  // Deep nesting, huge exponents, or a syntax error: nlohmann has the last word.
+  j = nlohmann::json::parse(line.begin(), line.end(), nullptr, /*allow_exceptions=*/false);
   if (j.is_discarded()) {
     return Error::make("ERR_IPC_BAD_FRAME", "IPC frame is not a JSON text (" +
                                                 std::to_string(line.size()) + " bytes)");
@@ -121,7 +125,7 @@ Result<nlohmann::json> parse_frame(std::string_view line) {
 std::string encode_frame(const nlohmann::json& message) {
   std::string s;
   try {
-    s = message.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+    detail_json::fast_dump(message, s);
   } catch (...) {
     s = "null";  // unreachable with error_handler replace; never throw across the loop
   }

@@ -25,9 +25,8 @@ bool parse_handle_type(const std::string& name, HandleType* out) {
   return true;
 }
 
-int make_send_stream(uv_loop_t* loop, int fd, SendStream& out) {
-  Fd dup = Fd::dup_of(fd);
-  if (!dup) return uv_translate_sys_error(errno);
+int make_send_stream(uv_loop_t* loop, Fd dup, SendStream& out) {
+  if (!dup) return UV_EBADF;
   // uv_pipe_open accepts any descriptor; libuv only needs a stream handle to read the fd from.
   int rc = uv_pipe_init(loop, out.pipe.get(), 0);
   if (rc < 0) return rc;

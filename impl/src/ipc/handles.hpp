@@ -16,8 +16,9 @@ struct SendStream {
   uvcluster::detail::UvHandle<uv_pipe_t> pipe;
   uv_stream_t* stream() const { return pipe.stream(); }
 };
-// Errors are negative libuv codes.
-int make_send_stream(uv_loop_t* loop, int fd, SendStream& out);
+// Takes ownership of `fd` (a close-on-exec duplicate made by the caller). Errors are negative
+// libuv codes.
+int make_send_stream(uv_loop_t* loop, Fd fd, SendStream& out);
 
 // Accepts one pending handle from `ipc_pipe` and returns a close-on-exec fd for it (invalid Fd
 // with *err set on failure). The libuv-side copy is closed.

@@ -86,6 +86,7 @@ class RoundRobinHandle {
   static void on_readable(uv_poll_t* h, int status, int events);
   Fd fd_;
   detail::UvHandle<uv_poll_t> poll_;
+  detail::UvHandle<uv_timer_t> backoff_;  // resumes accepting after EMFILE
   RoundRobinScheduler sched_;
   SockName sockname_;
   uint64_t accept_errors_ = 0;

@@ -106,9 +106,9 @@ class Worker {
   ipc::Channel& channel();
 
   struct Impl;
+  explicit Worker(std::shared_ptr<Impl> impl);  // use start()
 
  private:
-  explicit Worker(std::shared_ptr<Impl> impl);
   std::shared_ptr<Impl> impl_;
 };
 

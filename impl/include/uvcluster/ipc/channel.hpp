@@ -11,6 +11,38 @@
 //
 // Lifetime: owned by the ChildProcess (parent side) or by the caller (child side, from
 // parent_channel()). Events are delivered on the loop, never from inside send()/disconnect().
+//
+// Receiving (as Node): a NODE_HANDLE frame takes the oldest fd received with it; the channel
+// answers {"cmd":"NODE_HANDLE_ACK"} at once (before the listeners run), or
+// {"cmd":"NODE_HANDLE_NACK"} when no fd came (nothing is delivered then). The user message
+// inside goes to on_message (or on_internal_message if it is itself internal) with a
+// ReceivedHandle; NODE_HANDLE_ACK/NACK also reach on_internal_message. User messages that arrive
+// before any on_message listener are kept and replayed (Node's kPendingMessages).
+//
+// Sending: a handle frame is one uv_write2 carrying a close-on-exec duplicate of the fd; the
+// channel keeps its own fd until the ACK. On NACK a net.Socket sent without keep_open is re-sent
+// up to 3 times (Node's MAX_HANDLE_RETRANSMISSIONS), then given up with error
+// ERR_IPC_HANDLE_NOT_RECEIVED (Node: SentHandleNotReceivedWarning); other types just release
+// the queue. Deliberate difference, verified against node v20: Node re-sends the already
+// wrapped message as a *double-wrapped* net.Native frame (and a Node receiver then ACKs twice);
+// we re-send the original frame, which any receiver ACKs once. We do accept Node's
+// double-wrapped form and unwrap it (one ACK).
+//
+// Bad input (Node would throw an uncaught exception; we never crash or leak an fd):
+//   not JSON / empty line        → error ERR_IPC_BAD_FRAME, the line is skipped, reading goes on
+//   line > max_frame_bytes       → error ERR_IPC_FRAME_TOO_LARGE, then disconnect + close
+//   fd with no NODE_HANDLE       → error ERR_IPC_UNEXPECTED_HANDLE, the fd is closed (an fd left
+//                                  over when no partial frame is buffered can never be claimed)
+//   NODE_HANDLE without an fd    → NODE_HANDLE_NACK sent, nothing delivered, no error
+//   peer closes mid-frame        → error ERR_IPC_TRUNCATED, then disconnect + close
+//   invalid UTF-8                → replaced by U+FFFD (as Node's StringDecoder)
+//   lone \uD800-\uDFFF escapes   → U+FFFD (JSON.stringify emits them; plain nlohmann rejects)
+//   read/write failures          → the libuv error (Error::from_uv, syscall "read"/"write")
+//
+// Disconnect: disconnect() waits for a pending handle ACK (queued sends go out after it) and for
+// every queued write, then closes the pipe and emits `disconnect`, then `close`. EOF from the
+// peer does the same. Unlike Node (nodejs/node#19433) the ChildProcess still gets `close` after
+// a parent-side disconnect(), because the channel always emits on_close.
 #include <uv.h>
 
 #include <cstddef>

@@ -1,0 +1,352 @@
+#include "json_fast.hpp"
+
+#include <charconv>
+#include <cstring>
+
+namespace uvcluster::ipc::detail_json {
+namespace {
+
+using json = nlohmann::json;
+constexpr int kMaxDepth = 256;
+
+struct Parser {
+  const char* p;
+  const char* end;
+
+  void ws() {
+    while (p < end && (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r')) ++p;
+  }
+  bool lit(const char* word, size_t n) {
+    if (static_cast<size_t>(end - p) < n || std::memcmp(p, word, n) != 0) return false;
+    p += n;
+    return true;
+  }
+  static void put_utf8(std::string& s, uint32_t cp) {
+    if (cp < 0x80) {
+      s.push_back(static_cast<char>(cp));
+    } else if (cp < 0x800) {
+      s.push_back(static_cast<char>(0xC0 | (cp >> 6)));
+      s.push_back(static_cast<char>(0x80 | (cp & 0x3F)));
+    } else if (cp < 0x10000) {
+      s.push_back(static_cast<char>(0xE0 | (cp >> 12)));
+      s.push_back(static_cast<char>(0x80 | ((cp >> 6) & 0x3F)));
+      s.push_back(static_cast<char>(0x80 | (cp & 0x3F)));
+    } else {
+      s.push_back(static_cast<char>(0xF0 | (cp >> 18)));
+      s.push_back(static_cast<char>(0x80 | ((cp >> 12) & 0x3F)));
+      s.push_back(static_cast<char>(0x80 | ((cp >> 6) & 0x3F)));
+      s.push_back(static_cast<char>(0x80 | (cp & 0x3F)));
+    }
+  }
+  bool hex4(uint32_t& v) {
+    if (end - p < 4) return false;
+    v = 0;
+    for (int i = 0; i < 4; ++i) {
+      char c = *p++;
+      v <<= 4;
+      if (c >= '0' && c <= '9') v |= static_cast<uint32_t>(c - '0');
+      else if (c >= 'a' && c <= 'f') v |= static_cast<uint32_t>(c - 'a' + 10);
+      else if (c >= 'A' && c <= 'F') v |= static_cast<uint32_t>(c - 'A' + 10);
+      else return false;
+    }
+    return true;
+  }
+  // At the opening quote.
+  bool string(std::string& s) {
+    ++p;
+    for (;;) {
+      const char* start = p;
+      while (p < end) {
+        unsigned char c = static_cast<unsigned char>(*p);
+        if (c == '"' || c == '\\' || c < 0x20) break;
+        ++p;
+      }
+      s.append(start, static_cast<size_t>(p - start));
+      if (p >= end) return false;
+      char c = *p++;
+      if (c == '"') return true;
+      if (c != '\\') return false;  // raw control character
+      if (p >= end) return false;
+      switch (*p++) {
+        case '"': s.push_back('"'); break;
+        case '\\': s.push_back('\\'); break;
+        case '/': s.push_back('/'); break;
+        case 'b': s.push_back('\b'); break;
+        case 'f': s.push_back('\f'); break;
+        case 'n': s.push_back('\n'); break;
+        case 'r': s.push_back('\r'); break;
+        case 't': s.push_back('\t'); break;
+        case 'u': {
+          uint32_t cp;
+          if (!hex4(cp)) return false;
+          if (cp >= 0xD800 && cp <= 0xDBFF) {
+            uint32_t lo;
+            const char* save = p;
+            if (end - p >= 6 && p[0] == '\\' && p[1] == 'u' && (p += 2, hex4(lo)) && lo >= 0xDC00 &&
+                lo <= 0xDFFF) {
+              cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
+            } else {
+              p = save;
+              cp = 0xFFFD;  // lone high surrogate
+            }
+          } else if (cp >= 0xDC00 && cp <= 0xDFFF) {
+            cp = 0xFFFD;  // lone low surrogate
+          }
+          put_utf8(s, cp);
+          break;
+        }
+        default: return false;
+      }
+    }
+  }
+  bool number(json& out) {
+    const char* start = p;
+    bool neg = false, is_float = false;
+    if (*p == '-') {
+      neg = true;
+      ++p;
+    }
+    if (p >= end) return false;
+    if (*p == '0') {
+      ++p;
+    } else if (*p >= '1' && *p <= '9') {
+      while (p < end && *p >= '0' && *p <= '9') ++p;
+    } else {
+      return false;
+    }
+    if (p < end && *p == '.') {
+      is_float = true;
+      ++p;
+      if (p >= end || *p < '0' || *p > '9') return false;
+      while (p < end && *p >= '0' && *p <= '9') ++p;
+    }
+    if (p < end && (*p == 'e' || *p == 'E')) {
+      is_float = true;
+      ++p;
+      if (p < end && (*p == '+' || *p == '-')) ++p;
+      if (p >= end || *p < '0' || *p > '9') return false;
+      while (p < end && *p >= '0' && *p <= '9') ++p;
+    }
+    if (!is_float) {
+      if (neg) {
+        int64_t v;
+        auto r = std::from_chars(start, p, v);
+        if (r.ec == std::errc() && r.ptr == p) {
+          out = v;
+          return true;
+        }
+      } else {
+        uint64_t v;
+        auto r = std::from_chars(start, p, v);
+        if (r.ec == std::errc() && r.ptr == p) {
+          out = v;
+          return true;
+        }
+      }
+    }
+    double d;
+    auto r = std::from_chars(start, p, d);
+    if (r.ptr != p) return false;
+    if (r.ec == std::errc::result_out_of_range) return false;  // let nlohmann decide
+    out = d;
+    return true;
+  }
+  bool value(json& out, int depth) {
+    ws();
+    if (p >= end) return false;
+    switch (*p) {
+      case '{': {
+        if (depth >= kMaxDepth) return false;
+        ++p;
+        out = json::object();
+        auto& obj = out.get_ref<json::object_t&>();
+        ws();
+        if (p < end && *p == '}') {
+          ++p;
+          return true;
+        }
+        for (;;) {
+          ws();
+          if (p >= end || *p != '"') return false;
+          std::string key;
+          if (!string(key)) return false;
+          ws();
+          if (p >= end || *p != ':') return false;
+          ++p;
+          json v;
+          if (!value(v, depth + 1)) return false;
+          obj[std::move(key)] = std::move(v);  // last duplicate wins, as in nlohmann/JSON.parse
+          ws();
+          if (p >= end) return false;
+          if (*p == ',') {
+            ++p;
+            continue;
+          }
+          if (*p == '}') {
+            ++p;
+            return true;
+          }
+          return false;
+        }
+      }
+      case '[': {
+        if (depth >= kMaxDepth) return false;
+        ++p;
+        out = json::array();
+        auto& arr = out.get_ref<json::array_t&>();
+        ws();
+        if (p < end && *p == ']') {
+          ++p;
+          return true;
+        }
+        for (;;) {
+          arr.emplace_back();
+          if (!value(arr.back(), depth + 1)) return false;
+          ws();
+          if (p >= end) return false;
+          if (*p == ',') {
+            ++p;
+            continue;
+          }
+          if (*p == ']') {
+            ++p;
+            return true;
+          }
+          return false;
+        }
+      }
+      case '"': {
+        std::string s;
+        if (!string(s)) return false;
+        out = std::move(s);
+        return true;
+      }
+      case 't':
+        if (!lit("true", 4)) return false;
+        out = true;
+        return true;
+      case 'f':
+        if (!lit("false", 5)) return false;
+        out = false;
+        return true;
+      case 'n':
+        if (!lit("null", 4)) return false;
+        out = nullptr;
+        return true;
+      default:
+        return number(out);
+    }
+  }
+};
+
+}  // namespace
+
+bool fast_parse(std::string_view text, nlohmann::json& out) {
+  Parser ps{text.data(), text.data() + text.size()};
+  json v;
+  if (!ps.value(v, 0)) return false;
+  ps.ws();
+  if (ps.p != ps.end) return false;
+  out = std::move(v);
+  return true;
+}
+
+}  // namespace uvcluster::ipc::detail_json
+
+namespace uvcluster::ipc::detail_json {
+namespace {
+
+bool utf8_valid_ascii_fast(const std::string& s) {
+  for (unsigned char c : s)
+    if (c >= 0x80) return false;
+  return true;
+}
+
+void dump_string(const std::string& s, std::string& out) {
+  if (!utf8_valid_ascii_fast(s)) {
+    // Rare path (non-ASCII): let nlohmann handle UTF-8 validation/replacement exactly.
+    out += nlohmann::json(s).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+    return;
+  }
+  static const char* hex = "0123456789abcdef";
+  out.push_back('"');
+  const char* p = s.data();
+  const char* end = p + s.size();
+  while (p < end) {
+    const char* start = p;
+    while (p < end) {
+      unsigned char c = static_cast<unsigned char>(*p);
+      if (c < 0x20 || c == '"' || c == '\\') break;
+      ++p;
+    }
+    out.append(start, static_cast<size_t>(p - start));
+    if (p >= end) break;
+    unsigned char c = static_cast<unsigned char>(*p++);
+    switch (c) {
+      case '"': out += "\\\""; break;
+      case '\\': out += "\\\\"; break;
+      case '\b': out += "\\b"; break;
+      case '\f': out += "\\f"; break;
+      case '\n': out += "\\n"; break;
+      case '\r': out += "\\r"; break;
+      case '\t': out += "\\t"; break;
+      default:
+        out += "\\u00";
+        out.push_back(hex[c >> 4]);
+        out.push_back(hex[c & 15]);
+    }
+  }
+  out.push_back('"');
+}
+
+}  // namespace
+
+void fast_dump(const nlohmann::json& v, std::string& out) {
+  using json = nlohmann::json;
+  switch (v.type()) {
+    case json::value_t::object: {
+      out.push_back('{');
+      bool first = true;
+      for (const auto& [k, val] : v.get_ref<const json::object_t&>()) {
+        if (!first) out.push_back(',');
+        first = false;
+        dump_string(k, out);
+        out.push_back(':');
+        fast_dump(val, out);
+      }
+      out.push_back('}');
+      return;
+    }
+    case json::value_t::array: {
+      out.push_back('[');
+      bool first = true;
+      for (const auto& val : v.get_ref<const json::array_t&>()) {
+        if (!first) out.push_back(',');
+        first = false;
+        fast_dump(val, out);
+      }
+      out.push_back(']');
+      return;
+    }
+    case json::value_t::string: dump_string(v.get_ref<const std::string&>(), out); return;
+    case json::value_t::boolean: out += v.get<bool>() ? "true" : "false"; return;
+    case json::value_t::null: out += "null"; return;
+    case json::value_t::number_integer: {
+      char buf[24];
+      auto r = std::to_chars(buf, buf + sizeof buf, v.get<int64_t>());
+      out.append(buf, r.ptr);
+      return;
+    }
+    case json::value_t::number_unsigned: {
+      char buf[24];
+      auto r = std::to_chars(buf, buf + sizeof buf, v.get<uint64_t>());
+      out.append(buf, r.ptr);
+      return;
+    }
+    default:  // floats (nlohmann's exact formatting), binary, discarded
+      out += v.dump(-1, ' ', false, json::error_handler_t::replace);
+      return;
+  }
+}
+
+}  // namespace uvcluster::ipc::detail_json
