@@ -86,7 +86,7 @@ def main():
     cli = os.path.join(args.build, 'bin', 'uvcluster')
     cpp_worker = os.path.join(args.build, 'helpers', 'cluster_http_worker')
     node_worker = os.path.join(ROOT, 'conformance', 'fixtures', 'cluster_http_worker.js')
-    node_primary = os.path.join(ROOT, 'bench', 'node', 'cluster_primary.js')
+    node_primary = os.path.join(ROOT, 'bench', 'node', 'lib', 'cluster_primary.js')
     n = args.workers
     cases = [
         ('cpp-primary+cpp-workers', [cli, 'run', '-i', str(n), '--policy', 'rr', '--json', '--', cpp_worker, '0', '127.0.0.1'], n),

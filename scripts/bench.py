@@ -2,13 +2,14 @@
 """`make bench`: micro-benchmarks beside their Node twins, then the strategy lab.
 
 Micro-benchmarks: every build/bench/bench_* (Google Benchmark) and every bench/node/*.js twin
-(files ending in _child.js or _common.js are the twins' helpers, not twins). A twin prints JSON
+(bench/node/lib/ holds the twins' helpers). A twin prints JSON
 lines {"name", "ns_per_op"} or {"name", "value", "unit"}; it pairs with the Google benchmark
 whose name matches once case, "_" and a "BM_"/"node_" prefix are ignored. A rate twin ("x/s") is
 compared per item (items_per_second), a time twin per iteration. The table shows uvcluster/Node
 time per operation from this same run (absolute times drift on a shared machine; the ratio is
 what we track).
-Results: results/micro.json. Then, if present, scripts/lab/driver.py runs the strategy lab.
+Results: results/micro.json; then the cluster RR handoff benchmark (results/cluster.json); then
+scripts/lab/driver.py runs the strategy lab (results/latest.json, results/REPORT.md).
 """
 import argparse
 import json
@@ -20,10 +21,10 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PROFILES = {  # Google Benchmark min time (s) per benchmark, Node twin seconds per benchmark
-    "quick": (0.2, 0.3),
-    "default": (0.5, 1.0),
-    "full": (2.0, 3.0),
+PROFILES = {  # Google Benchmark min time (s), Node twin seconds, RR handoff wrk seconds
+    "quick": (0.2, 0.3, 2),
+    "default": (0.5, 1.0, 3),
+    "full": (2.0, 3.0, 10),
 }
 
 
@@ -45,7 +46,7 @@ def twin_key(name):
 
 
 def is_twin(script):
-    return script.endswith(".js") and not script.endswith(("_child.js", "_common.js"))
+    return script.endswith(".js")
 
 
 def run_google_benchmark(exe, min_time):
@@ -100,7 +101,7 @@ def human(ns):
 
 
 def micro(build, profile):
-    min_time, node_seconds = PROFILES[profile]
+    min_time, node_seconds, _ = PROFILES[profile]
     bench_dir = os.path.join(build, "bench")
     ours = []
     for exe in sorted(os.listdir(bench_dir)) if os.path.isdir(bench_dir) else []:
@@ -154,9 +155,15 @@ def main():
         with open(os.path.join(ROOT, "results", "micro.json"), "w") as f:
             json.dump(record, f, indent=1)
         print("wrote results/micro.json")
+    if not args.skip_micro:
+        # Cluster RR handoff: C++/Node primaries and workers under a Connection: close load.
+        print("\ncluster RR handoff (bench/bench_cluster.py) ...", flush=True)
+        status |= subprocess.call([sys.executable, os.path.join(ROOT, "bench", "bench_cluster.py"),
+                                   "--build", build, "--duration", str(PROFILES[args.profile][2]),
+                                   "--json", os.path.join(ROOT, "results", "cluster.json")])
     driver = os.path.join(ROOT, "scripts", "lab", "driver.py")
     if not args.skip_lab and os.path.exists(driver):
-        status = subprocess.call([sys.executable, driver, "--build", build, "--profile", args.profile])
+        status |= subprocess.call([sys.executable, driver, "--build", build, "--profile", args.profile])
     print(f"make bench: done in {time.time() - started:.0f} s")
     return status
 

@@ -1,5 +1,5 @@
 // Twin of BM_IpcPingPong: small-message round trips/s for ~2 s.
-const {child, report} = require('./ipc_common');
+const {child, report} = require('./lib/ipc_common');
 const c = child();
 const msg = {ping: 1};
 let n = 0, t0;

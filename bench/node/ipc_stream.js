@@ -1,5 +1,5 @@
 // Twin of BM_IpcStream100k: 100k small messages sent, each echoed back; 5 rounds.
-const {child, report} = require('./ipc_common');
+const {child, report} = require('./lib/ipc_common');
 const c = child();
 const N = 100000, ROUNDS = 5;
 let got = 0, round = 0, t0;
