@@ -150,6 +150,77 @@ INSTANTIATE_TEST_SUITE_P(Policies, PrimaryWithCppWorkers,
                          ::testing::Values(Policy::rr, Policy::none, Policy::reuseport, Policy::exclusive),
                          [](const auto& info) { return std::string(policy_name(info.param)); });
 
+// (Named ClusterHerd so `ctest -R Cluster` runs it.) No thundering herd under `exclusive`: with serial connections (each answered before the next)
+// EPOLLEXCLUSIVE wakes one worker per connection, so almost no wake-up finds the queue empty.
+// Under `none` every worker wakes (counted, not asserted). Behaviour, not timing: no sleeps.
+struct HerdCase {
+  Policy policy;
+  int workers;
+  int rotate;
+};
+
+class CppWorkerHerd : public ::testing::TestWithParam<HerdCase> {};
+
+TEST_P(CppWorkerHerd, ExclusiveWakesOneWorkerPerConnection) {
+  const HerdCase hc = GetParam();
+  constexpr int kRequests = 60;
+  uvc_test::warm_up_libuv();
+  auto fds_before = uvc_test::open_fds();
+  {
+    uvc_test::TestLoop loop;
+    std::vector<std::string> args = {"0", "127.0.0.1"};
+    if (hc.rotate > 0) args.insert(args.end(), {"--rotate", std::to_string(hc.rotate)});
+    auto primary = Primary::create(loop, {.exec = uvc_test::helper("cluster_http_worker"),
+                                          .args = args,
+                                          .policy = hc.policy});
+    Trace t;
+    attach(*primary, t);
+    std::map<int, Json> counters;  // worker id -> its counters
+    primary->on_message([&](WorkerHandle& w, const Json& m) {
+      if (m.is_object() && m.contains("counters")) counters[w.id()] = m["counters"];
+    });
+    for (int i = 0; i < hc.workers; ++i) ASSERT_TRUE(primary->fork().ok());
+    ASSERT_TRUE(loop.run_until([&] { return t.listening == hc.workers; }));
+    int failures = 0;
+    ASSERT_TRUE(uvc_test::run_client(loop, [&] {
+      for (int i = 0; i < kRequests; ++i)
+        if (uvc_test::http_body(uvc_test::http_get(t.port)).rfind("worker ", 0) != 0) ++failures;
+    }));
+    EXPECT_EQ(failures, 0);
+    for (auto& [id, w] : primary->workers()) w->send("counters");
+    ASSERT_TRUE(loop.run_until([&] { return static_cast<int>(counters.size()) == hc.workers; }));
+    uint64_t accepted = 0, empty = 0, rotations = 0;
+    for (auto& [id, c] : counters) {
+      accepted += c.value("accepted", uint64_t{0});
+      empty += c.value("empty_wakeups", uint64_t{0});
+      rotations += c.value("rotations", uint64_t{0});
+    }
+    EXPECT_EQ(accepted, static_cast<uint64_t>(kRequests));
+    if (hc.policy == Policy::exclusive) {
+      EXPECT_LE(empty, static_cast<uint64_t>(kRequests / 10)) << "herd: empty wake-ups under exclusive";
+      if (hc.rotate > 0) {
+        EXPECT_GE(rotations, static_cast<uint64_t>(kRequests / hc.rotate / 2));
+      }
+    }
+    RecordProperty("empty_wakeups", static_cast<int>(empty));
+    bool disconnected = false;
+    primary->disconnect([&] { disconnected = true; });
+    ASSERT_TRUE(loop.run_until([&] { return disconnected && t.exited == hc.workers; }));
+  }
+  EXPECT_TRUE(uvc_test::zombie_children().empty());
+  EXPECT_EQ(uvc_test::open_fds(), fds_before);
+}
+
+INSTANTIATE_TEST_SUITE_P(ClusterHerd, CppWorkerHerd,
+                         ::testing::Values(HerdCase{Policy::none, 3, 0}, HerdCase{Policy::exclusive, 2, 0},
+                                           HerdCase{Policy::exclusive, 4, 0},
+                                           HerdCase{Policy::exclusive, 3, 4}),
+                         [](const auto& info) {
+                           return std::string(policy_name(info.param.policy)) + "_" +
+                                  std::to_string(info.param.workers) + "w" +
+                                  (info.param.rotate ? "_rotate" + std::to_string(info.param.rotate) : "");
+                         });
+
 // A worker-initiated disconnect (cluster.worker.disconnect()) sends exitedAfterDisconnect and
 // waits for the primary's ack before disconnecting: the primary sees the flag true.
 TEST(PrimaryEvents, WorkerInitiatedDisconnectIsFlaggedAndKillIsNot) {

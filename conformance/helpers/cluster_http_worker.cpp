@@ -109,6 +109,11 @@ int main(int argc, char** argv) {
     worker.on_message([&](const nlohmann::json& m) {
       if (m == "disconnect") worker.disconnect();
       if (m == "crash") std::abort();
+      if (m == "counters") {  // the herd test reads them while the worker is still alive
+        auto& k = worker.counters();
+        worker.send({{"counters", {{"accepted", k.accepted}, {"accept_eagain", k.accept_eagain},
+                                   {"empty_wakeups", k.empty_wakeups}, {"rotations", k.rotations}}}});
+      }
     });
     uv_run(&loop, UV_RUN_DEFAULT);
     auto& k = worker.counters();

@@ -330,9 +330,10 @@ def render(doc, out_dir):
     if launchers:
         md += ["Launchers: " + "; ".join(f"`{s}` = {l}" for s, l in launchers), ""]
     md += ["Herd: EPOLLEXCLUSIVE only ends the kernel's wake-up walk at an epoll set with a thread "
-           "blocked in epoll_wait() on it, so hello-native's `exclusive` has a waiter thread on its "
-           "private set; a set merely polled by the loop (`--exclusive-mode nested`, and "
-           "`exclusive-run` = the cluster library's policy) wakes every worker like `shared` does.", ""]
+           "blocked in epoll_wait() on it, so hello-native's `exclusive` and the cluster library's "
+           "policy (`exclusive-run`) share one waiter thread on the private set (ExclusiveWaiter); a "
+           "set merely polled by the loop (`--exclusive-mode nested`) wakes every worker like "
+           "`shared` does.", ""]
     md += ["## Tables", ""]
     for t in TABLES:
         md.append(table(records, *t))

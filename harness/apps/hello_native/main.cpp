@@ -17,16 +17,12 @@
 #include <http_parser.h>
 #include <netinet/in.h>
 #include <sys/epoll.h>
-#include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <unistd.h>
 #include <uv.h>
 
-#include <condition_variable>
 #include <cstdio>
 #include <functional>
-#include <mutex>
-#include <thread>
 #include <cstdlib>
 #include <cstring>
 #include <memory>
@@ -35,6 +31,7 @@
 #include <vector>
 
 #include "lab_stats.hpp"
+#include "uvcluster/cluster/exclusive_waiter.hpp"
 #include "uvcluster/cluster/worker.hpp"
 #include "uvcluster/detail/uv_handle.hpp"
 #include "uvcluster/fd.hpp"
@@ -191,77 +188,11 @@ void Conn::close() {
 
 enum class AcceptPolicy { one, drain };
 
-// EPOLLEXCLUSIVE only ends the kernel's wake-up walk at an epoll set that has a thread blocked
-// in epoll_wait() on it (ep_poll_callback sets ewake only when waitqueue_active(&ep->wq)). A
-// private set that the loop merely polls through its own epoll is passed over, so every worker
-// would still wake (measured: more EAGAIN than plain shared). Hence a thread blocks on the
-// private set and hands each readiness to the loop, then waits until the loop has accepted.
-class ExclusiveWaiter {
- public:
-  ExclusiveWaiter(uv_loop_t* loop, int epfd, std::function<void()> on_ready)
-      : epfd_(epfd), on_ready_(std::move(on_ready)) {
-    stopfd_ = Fd(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
-    epoll_event ev{};
-    ev.events = EPOLLIN;
-    ev.data.fd = stopfd_.get();
-    if (!stopfd_ || ::epoll_ctl(epfd_, EPOLL_CTL_ADD, stopfd_.get(), &ev) != 0) return;
-    if (uv_async_init(loop, async_.get(), [](uv_async_t* a) { static_cast<ExclusiveWaiter*>(a->data)->ready(); }) != 0)
-      return;
-    async_.mark_initialized();
-    async_->data = this;
-    thread_ = std::thread([this] { wait_loop(); });
-    ok_ = true;
-  }
-  ~ExclusiveWaiter() {
-    {
-      std::lock_guard lk(m_);
-      stop_ = true;
-    }
-    cv_.notify_one();
-    uint64_t one = 1;
-    if (stopfd_) (void)::write(stopfd_.get(), &one, sizeof one);
-    if (thread_.joinable()) thread_.join();
-  }
-  bool ok() const { return ok_; }
-
- private:
-  void wait_loop() {
-    for (;;) {
-      epoll_event ev[2];
-      int n = ::epoll_wait(epfd_, ev, 2, -1);
-      if (n < 0 && errno == EINTR) continue;
-      if (n < 0) return;
-      bool listener = false;
-      for (int i = 0; i < n; ++i) {
-        if (ev[i].data.fd == stopfd_.get()) return;
-        listener = true;
-      }
-      if (!listener) continue;
-      std::unique_lock lk(m_);
-      busy_ = true;
-      uv_async_send(async_.get());
-      cv_.wait(lk, [this] { return !busy_ || stop_; });
-      if (stop_) return;
-    }
-  }
-  void ready() {  // on the loop thread
-    on_ready_();
-    {
-      std::lock_guard lk(m_);
-      busy_ = false;
-    }
-    cv_.notify_one();
-  }
-
-  int epfd_;
-  Fd stopfd_;
-  std::function<void()> on_ready_;
-  UvHandle<uv_async_t> async_;
-  std::thread thread_;
-  std::mutex m_;
-  std::condition_variable cv_;
-  bool busy_ = false, stop_ = false, ok_ = false;
-};
+// --exclusive (thread mode) uses the cluster library's ExclusiveWaiter: a thread blocked in
+// epoll_wait() on a private EPOLLEXCLUSIVE set, because the kernel passes over a set that the loop
+// only polls through its own epoll (see exclusive_waiter.hpp). --exclusive-nested keeps that
+// broken nesting on purpose, to demonstrate the herd it leaves.
+using uvcluster::cluster::ExclusiveWaiter;
 
 enum class Exclusive { off, nested, thread };
 
@@ -270,19 +201,24 @@ class Listener {
  public:
   Listener(uv_loop_t* loop, HttpServer& server, Fd fd, AcceptPolicy policy, Exclusive exclusive, int rotate)
       : server_(server), fd_(std::move(fd)), policy_(policy), rotate_(rotate) {
+    if (exclusive == Exclusive::thread) {
+      auto w = ExclusiveWaiter::start(loop, fd_.get(), [this] { on_readable(); });
+      if (!w.ok()) {
+        std::fprintf(stderr, "hello-native: EPOLLEXCLUSIVE: %s\n", w.error().message.c_str());
+        return;
+      }
+      waiter_ = std::move(w.value());
+      ok_ = true;
+      return;
+    }
     int polled = fd_.get();
-    if (exclusive != Exclusive::off) {
+    if (exclusive == Exclusive::nested) {
       epfd_ = Fd(::epoll_create1(EPOLL_CLOEXEC));
       if (!epfd_ || !register_exclusive()) {
         std::fprintf(stderr, "hello-native: EPOLLEXCLUSIVE: %s\n", std::strerror(errno));
         return;
       }
       polled = epfd_.get();
-    }
-    if (exclusive == Exclusive::thread) {
-      waiter_ = std::make_unique<ExclusiveWaiter>(loop, epfd_.get(), [this] { on_readable(); });
-      ok_ = waiter_->ok();
-      return;
     }
     if (uv_poll_init(loop, poll_.get(), polled) != 0) return;
     poll_.mark_initialized();
@@ -307,7 +243,7 @@ class Listener {
   void on_readable() {
     Stats& st = server_.stats();
     ++st.wakeups;
-    if (epfd_ && !waiter_) {
+    if (epfd_) {  // nested mode only
       // Consume the inner readiness report; the listener itself is level-triggered.
       epoll_event ev{};
       (void)::epoll_wait(epfd_.get(), &ev, 1, 0);
@@ -323,8 +259,12 @@ class Listener {
       if (rotate_ > 0 && ++since_rotate_ >= rotate_) {
         // nginx's ngx_reorder_accept_events(): re-adding moves us to the tail of the wait queue.
         since_rotate_ = 0;
-        ::epoll_ctl(epfd_.get(), EPOLL_CTL_DEL, fd_.get(), nullptr);
-        register_exclusive();
+        if (waiter_) {
+          (void)waiter_->rejoin();
+        } else if (epfd_) {
+          ::epoll_ctl(epfd_.get(), EPOLL_CTL_DEL, fd_.get(), nullptr);
+          register_exclusive();
+        }
       }
       if (policy_ == AcceptPolicy::one) break;
     }
@@ -332,7 +272,7 @@ class Listener {
 
   HttpServer& server_;
   Fd fd_;
-  Fd epfd_;
+  Fd epfd_;  // nested mode: the private set the loop polls
   UvHandle<uv_poll_t> poll_;
   std::unique_ptr<ExclusiveWaiter> waiter_;
   AcceptPolicy policy_;

@@ -1,10 +1,9 @@
 #include "uvcluster/cluster/worker.hpp"
 
-#include <sys/epoll.h>
-
 #include <cerrno>
 #include <cstdlib>
 
+#include "uvcluster/cluster/exclusive_waiter.hpp"
 #include "uvcluster/cluster/sockets.hpp"
 #include "uvcluster/detail/uv_handle.hpp"
 
@@ -22,8 +21,8 @@ struct Server {
   bool rr = false;
   bool closed = false;
   Fd fd;       // shared socket (not rr)
-  Fd epoll;    // exclusive: private epoll set holding `fd` with EPOLLEXCLUSIVE
-  detail::UvHandle<uv_poll_t> poll;
+  detail::UvHandle<uv_poll_t> poll;         // shared: the loop polls `fd`
+  std::unique_ptr<ExclusiveWaiter> waiter;  // exclusive: a thread waits on `fd` instead
   std::function<void(Fd)> on_connection;
   WorkerCounters* counters = nullptr;  // the owning Worker's
   int since_rotate = 0;
@@ -85,7 +84,7 @@ struct Worker::Impl : std::enable_shared_from_this<Impl> {
     if (s.closed) return;
     s.closed = true;
     s.poll.close();
-    s.epoll.reset();
+    s.waiter.reset();  // joins its thread; before fd, which it has registered
     s.fd.reset();
     if (!s.key.empty()) send({{"act", "close"}, {"key", s.key}});
   }
@@ -115,15 +114,10 @@ struct Worker::Impl : std::enable_shared_from_this<Impl> {
 
 namespace {
 
-// The accept loop for a shared socket (policy `one` or `drain`).
-void accept_ready(uv_poll_t* h, int status, int) {
-  Server& s = *static_cast<Server*>(h->data);
-  if (status < 0 || s.closed) return;
-  if (s.epoll) {
-    // Reap the inner set's readiness so the outer poll reflects the current state.
-    epoll_event evs[4];
-    (void)epoll_wait(s.epoll.get(), evs, 4, 0);
-  }
+// The accept pass for a shared socket (policy `one` or `drain`), on the loop thread: from
+// uv_poll (shared) or from the ExclusiveWaiter (exclusive).
+void accept_pass(Server& s) {
+  if (s.closed) return;
   bool drain = s.options.accept_policy == AcceptPolicy::drain;
   for (int i = 0; i < 1024 && !s.closed; ++i) {
     Fd conn = accept_connection(s.fd.get());
@@ -136,19 +130,18 @@ void accept_ready(uv_poll_t* h, int status, int) {
       return;
     }
     ++s.counters->accepted;
-    if (s.epoll && s.options.exclusive_rotate > 0 && ++s.since_rotate >= s.options.exclusive_rotate) {
+    if (s.waiter && s.options.exclusive_rotate > 0 && ++s.since_rotate >= s.options.exclusive_rotate) {
       // Leave and rejoin the listener's exclusive wait queue: the next wake-up goes to a peer.
       s.since_rotate = 0;
-      epoll_event ev{};
-      ev.events = EPOLLIN | EPOLLEXCLUSIVE;
-      ev.data.fd = s.fd.get();
-      ::epoll_ctl(s.epoll.get(), EPOLL_CTL_DEL, s.fd.get(), nullptr);
-      ::epoll_ctl(s.epoll.get(), EPOLL_CTL_ADD, s.fd.get(), &ev);
-      ++s.counters->rotations;
+      if (s.waiter->rejoin().ok()) ++s.counters->rotations;
     }
     s.on_connection(std::move(conn));
     if (!drain) return;
   }
+}
+
+void accept_ready(uv_poll_t* h, int status, int) {
+  if (status == 0) accept_pass(*static_cast<Server*>(h->data));
 }
 
 }  // namespace
@@ -158,6 +151,7 @@ Worker::~Worker() {
   if (impl_) {
     for (auto& [id, s] : impl_->servers) {
       s->poll.close();
+      s->waiter.reset();  // joins its thread before the Server (and its fd) goes
     }
     impl_->servers.clear();
     impl_->channel.reset();
@@ -190,7 +184,7 @@ Result<std::unique_ptr<Worker>> Worker::start(uv_loop_t* loop) {
     for (auto& [id, s] : i->servers) {
       s->closed = true;
       s->poll.close();
-      s->epoll.reset();
+      s->waiter.reset();
       s->fd.reset();
     }
     i->disconnected.emit();
@@ -279,22 +273,18 @@ int Worker::listen(ListenOptions options, std::function<void(Result<ListenAddres
       la.address = name->address;
       la.port = name->port;
       bool exclusive = s.options.exclusive.value_or(i->exclusive_default);
-      int watch = s.fd.get();
-      if (exclusive) {
-        s.epoll = Fd(::epoll_create1(EPOLL_CLOEXEC));
-        epoll_event ev{};
-        ev.events = EPOLLIN | EPOLLEXCLUSIVE;
-        ev.data.fd = s.fd.get();
-        if (!s.epoll || ::epoll_ctl(s.epoll.get(), EPOLL_CTL_ADD, s.fd.get(), &ev) != 0) {
-          i->close_server(s);
-          return fail(-errno);
-        }
-        watch = s.epoll.get();
-      }
       la.mode = exclusive ? "exclusive" : "shared";
-      if (uv_poll_init(i->loop, s.poll.get(), watch) == 0) {
+      s.counters = &i->counters;
+      if (exclusive) {
+        Server* sp = &s;  // Server objects outlive their waiter (close_server / ~Worker reset it)
+        auto w = ExclusiveWaiter::start(i->loop, s.fd.get(), [sp] { accept_pass(*sp); });
+        if (!w.ok()) {
+          i->close_server(s);
+          return fail(w.error().errnum);
+        }
+        s.waiter = std::move(w.value());
+      } else if (uv_poll_init(i->loop, s.poll.get(), s.fd.get()) == 0) {
         s.poll.mark_initialized();
-        s.counters = &i->counters;
         s.poll->data = &s;
         uv_poll_start(s.poll.get(), UV_READABLE, accept_ready);
       }

@@ -10,7 +10,8 @@
 // Every connection arrives as an accepted, non-blocking, close-on-exec socket Fd, whatever the
 // primary's policy: rr (from `newconn`), shared (`none`/`reuseport`: this worker accepts on the
 // socket it was sent, driven by uv_poll; policy `one` or `drain`), or `exclusive` (the shared
-// socket sits in a private epoll set with EPOLLIN|EPOLLEXCLUSIVE and uv_poll watches that set).
+// socket sits in a private epoll set with EPOLLIN|EPOLLEXCLUSIVE; a waiter thread blocks on that
+// set and hands each wake-up to the loop thread, which accepts — see exclusive_waiter.hpp).
 #include <uv.h>
 
 #include <cstdint>

@@ -1,0 +1,124 @@
+#include "uvcluster/cluster/exclusive_waiter.hpp"
+
+#include <pthread.h>
+#include <signal.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdint>
+#include <system_error>
+
+namespace uvcluster::cluster {
+
+namespace {
+constexpr uint64_t kStopTag = 1;
+constexpr uint64_t kListenerTag = 2;
+}  // namespace
+
+ExclusiveWaiter::ExclusiveWaiter(Key, uv_loop_t*, int listen_fd, std::function<void()> on_ready)
+    : listen_fd_(listen_fd), on_ready_(std::move(on_ready)) {}
+
+Result<std::unique_ptr<ExclusiveWaiter>> ExclusiveWaiter::start(uv_loop_t* loop, int listen_fd,
+                                                               std::function<void()> on_ready) {
+  auto w = std::make_unique<ExclusiveWaiter>(Key{}, loop, listen_fd, std::move(on_ready));
+  if (auto st = w->init(loop); !st.ok()) return st.error();
+  return w;
+}
+
+Status ExclusiveWaiter::init(uv_loop_t* loop) {
+  epfd_ = Fd(::epoll_create1(EPOLL_CLOEXEC));
+  if (!epfd_) return Error::from_uv(-errno, "epoll_create1");
+  stopfd_ = Fd(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+  if (!stopfd_) return Error::from_uv(-errno, "eventfd");
+  epoll_event ev{};
+  ev.events = EPOLLIN;
+  ev.data.u64 = kStopTag;
+  if (::epoll_ctl(epfd_.get(), EPOLL_CTL_ADD, stopfd_.get(), &ev) != 0)
+    return Error::from_uv(-errno, "epoll_ctl");
+  if (auto st = add_listener(); !st.ok()) return st;
+  int rc = uv_async_init(loop, async_.get(), [](uv_async_t* a) {
+    static_cast<ExclusiveWaiter*>(a->data)->ready();
+  });
+  if (rc != 0) return Error::from_uv(rc, "uv_async_init");
+  async_.mark_initialized();
+  async_->data = this;
+  // Signals stay with the loop thread (libuv's signal pipe, EINTR-free waiter): the thread
+  // inherits a fully blocked mask.
+  sigset_t all, old;
+  sigfillset(&all);
+  pthread_sigmask(SIG_SETMASK, &all, &old);
+  try {
+    thread_ = std::thread([this] { wait_loop(); });
+  } catch (const std::system_error& e) {
+    pthread_sigmask(SIG_SETMASK, &old, nullptr);
+    return Error::from_uv(-e.code().value(), "pthread_create");
+  }
+  pthread_sigmask(SIG_SETMASK, &old, nullptr);
+  return Ok{};
+}
+
+Status ExclusiveWaiter::add_listener() {
+  epoll_event ev{};
+  ev.events = EPOLLIN | EPOLLEXCLUSIVE;
+  ev.data.u64 = kListenerTag;
+  if (::epoll_ctl(epfd_.get(), EPOLL_CTL_ADD, listen_fd_, &ev) != 0)
+    return Error::from_uv(-errno, "epoll_ctl");
+  return Ok{};
+}
+
+Status ExclusiveWaiter::rejoin() {
+  // EPOLLEXCLUSIVE entries cannot be EPOLL_CTL_MOD'ed; re-adding puts us at the queue's tail.
+  ::epoll_ctl(epfd_.get(), EPOLL_CTL_DEL, listen_fd_, nullptr);
+  return add_listener();
+}
+
+ExclusiveWaiter::~ExclusiveWaiter() {
+  *alive_ = false;
+  {
+    std::lock_guard lk(m_);
+    stop_ = true;
+  }
+  cv_.notify_one();
+  uint64_t one = 1;
+  if (stopfd_) (void)!::write(stopfd_.get(), &one, sizeof one);
+  if (thread_.joinable()) thread_.join();
+  // Members then close async_ (no send can follow: the thread is gone) and the fds.
+}
+
+void ExclusiveWaiter::wait_loop() {
+  for (;;) {
+    epoll_event evs[2];
+    int n = ::epoll_wait(epfd_.get(), evs, 2, -1);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return;
+    bool listener = false;
+    for (int i = 0; i < n; ++i) {
+      if (evs[i].data.u64 == kStopTag) return;
+      listener = true;
+    }
+    if (!listener) continue;
+    std::unique_lock lk(m_);
+    if (stop_) return;
+    busy_ = true;
+    uv_async_send(async_.get());
+    cv_.wait(lk, [this] { return !busy_ || stop_; });
+    if (stop_) return;
+  }
+}
+
+void ExclusiveWaiter::ready() {
+  // Copies: on_ready may destroy this object (e.g. the connection handler closes the server).
+  auto alive = alive_;
+  auto fn = on_ready_;
+  fn();
+  if (!*alive) return;
+  {
+    std::lock_guard lk(m_);
+    busy_ = false;
+  }
+  cv_.notify_one();
+}
+
+}  // namespace uvcluster::cluster
