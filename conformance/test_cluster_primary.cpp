@@ -26,6 +26,22 @@ struct Trace {
   int port = 0;
 };
 
+// Answers to serial GETs, counted per answering worker ("worker <id> ..." bodies).
+struct Served {
+  std::map<std::string, int> per_worker;
+  int failures = 0;
+};
+
+bool serve_serially(uvc_test::TestLoop& loop, int port, int requests, Served& out) {
+  return uvc_test::run_client(loop, [&] {
+    for (int i = 0; i < requests; ++i) {
+      std::string body = uvc_test::http_body(uvc_test::http_get(port));
+      if (body.rfind("worker ", 0) != 0) ++out.failures;
+      else ++out.per_worker[body.substr(0, body.find(' ', 7))];
+    }
+  });
+}
+
 void attach(Primary& p, Trace& t) {
   p.on_fork([&](WorkerHandle& w) { t.events[w.id()].push_back("fork"); });
   p.on_online([&](WorkerHandle& w) { t.events[w.id()].push_back("online"); });
@@ -64,15 +80,10 @@ TEST_P(PrimaryWithNodeWorkers, EveryRequestAnsweredAndEveryWorkerServes) {
     ASSERT_GT(t.port, 0);
     EXPECT_EQ(primary->handle_count(), 1u);  // listen(0) in both workers shares one key
 
-    std::map<std::string, int> per_worker;
-    int failures = 0;
-    ASSERT_TRUE(uvc_test::run_client(loop, [&] {
-      for (int i = 0; i < kRequests; ++i) {
-        std::string body = uvc_test::http_body(uvc_test::http_get(t.port));
-        if (body.rfind("worker ", 0) != 0) ++failures;
-        else ++per_worker[body.substr(0, body.find(' ', 7))];
-      }
-    }));
+    Served served;
+    ASSERT_TRUE(serve_serially(loop, t.port, kRequests, served));
+    auto& per_worker = served.per_worker;
+    int failures = served.failures;
     EXPECT_EQ(failures, 0);
     if (GetParam() == Policy::rr) {
       // rr hands out strictly in turn to idle workers: both get a fair share.
@@ -124,15 +135,10 @@ TEST_P(PrimaryWithCppWorkers, EveryRequestAnswered) {
     attach(*primary, t);
     for (int i = 0; i < kWorkers; ++i) ASSERT_TRUE(primary->fork().ok());
     ASSERT_TRUE(loop.run_until([&] { return t.listening == kWorkers; }));
-    std::map<std::string, int> per_worker;
-    int failures = 0;
-    ASSERT_TRUE(uvc_test::run_client(loop, [&] {
-      for (int i = 0; i < kRequests; ++i) {
-        std::string body = uvc_test::http_body(uvc_test::http_get(t.port));
-        if (body.rfind("worker ", 0) != 0) ++failures;
-        else ++per_worker[body.substr(0, body.find(' ', 7))];
-      }
-    }));
+    Served served;
+    ASSERT_TRUE(serve_serially(loop, t.port, kRequests, served));
+    auto& per_worker = served.per_worker;
+    int failures = served.failures;
     EXPECT_EQ(failures, 0);
     if (GetParam() == Policy::rr) {
       EXPECT_EQ(per_worker.size(), 2u);
