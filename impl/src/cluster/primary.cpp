@@ -199,10 +199,8 @@ Result<std::shared_ptr<WorkerHandle>> Primary::fork(const Env& extra) {
   });
 
   // The listeners above hold `w`, and `w` holds the process: release the process once it has
-  // closed (on a later turn, not from inside its own close event) to end that cycle.
-  w->process_->on_close([wp, w](const ExitStatus&) {
-    if (auto p = wp.lock()) p->ticker_.defer([w] { w->process_.reset(); });
-  });
+  // closed to end that cycle (ChildProcess keeps itself alive until its close event returns).
+  w->process_->on_close([w](const ExitStatus&) { w->process_.reset(); });
 
   ticker_.defer([wp, w] {
     if (auto p = wp.lock()) {

@@ -1,0 +1,33 @@
+// Node twins of bench_spawn.cpp: the same operation, timed to the same event ('close' /
+// the exec callback). Prints one JSON line per benchmark: {"name", "ns_per_op", "iterations"}.
+'use strict';
+const cp = require('child_process');
+const seconds = Number(process.env.UVC_BENCH_SECONDS || 1);
+
+function timed(name, op, done) {
+  let n = 0;
+  const start = process.hrtime.bigint();
+  const deadline = start + BigInt(Math.round(seconds * 1e9));
+  const step = () => op(() => {
+    n++;
+    const now = process.hrtime.bigint();
+    if (now < deadline) return step();
+    console.log(JSON.stringify({ name, ns_per_op: Number(now - start) / n, iterations: n }));
+    done();
+  });
+  step();
+}
+
+const benches = [
+  ['spawn_true', (cb) => cp.spawn('/bin/true', [], { stdio: 'ignore' }).on('close', cb)],
+  ['exec_true', (cb) => cp.exec('true', (err) => { if (err) throw err; cb(); })],
+  ['exec_file_true', (cb) => cp.execFile('/bin/true', (err) => { if (err) throw err; cb(); })],
+];
+const only = process.argv[2];
+const run = (i) => {
+  if (i === benches.length) return;
+  const [name, op] = benches[i];
+  if (only && only !== name) return run(i + 1);
+  timed(name, op, () => run(i + 1));
+};
+run(0);

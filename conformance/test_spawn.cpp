@@ -1,0 +1,182 @@
+// spawn(): the events Node's ChildProcess gives, in Node's order, compared with what Node itself
+// reports for the same scenario (fixtures/spawn_events.js).
+#include <fcntl.h>
+#include <gtest/gtest.h>
+
+#include <array>
+
+#include "support.hpp"
+#include "uvcluster/process.hpp"
+
+using namespace uvcluster;
+using uvc_test::TestLoop;
+
+namespace {
+
+std::string str(const std::optional<int>& v) { return v ? std::to_string(*v) : "null"; }
+std::string str(const std::optional<std::string>& v) { return v ? *v : "null"; }
+
+struct Observed {
+  std::vector<std::string> events;
+  std::string stderr_text;  // apart from events: stdout's and stderr's ends race
+  bool killed = false;
+  bool closed = false;
+};
+
+Observed observe(const std::string& file, std::vector<std::string> args, SpawnOptions options = {}) {
+  TestLoop loop;
+  Observed o;
+  auto spawned = spawn(loop, file, std::move(args), std::move(options));
+  EXPECT_TRUE(spawned.ok());
+  if (!spawned) return o;
+  auto child = spawned.value();
+  child->on_spawn([&] { o.events.push_back("spawn"); });
+  child->on_error([&](const Error& e) {
+    nlohmann::json args = e.spawnargs;
+    o.events.push_back("error:" + e.code + ":" + std::to_string(e.errnum) + ":" + e.syscall + ":" + e.path + ":" +
+                       args.dump());
+  });
+  child->on_exit([&](const ExitStatus& s) { o.events.push_back("exit:" + str(s.code) + ":" + str(s.signal)); });
+  auto text = std::make_shared<std::array<std::string, 2>>();
+  for (int i = 0; i < 2; ++i) {
+    Readable* r = child->readable(i + 1);
+    const char* name = i == 0 ? "stdout" : "stderr";
+    r->on_data([text, i](std::string_view d) { (*text)[i].append(d); });
+    r->on_end([&o, text, i, name] {
+      if (i == 1) o.stderr_text = (*text)[i];
+      else if (!(*text)[i].empty()) o.events.push_back(std::string(name) + ":" + (*text)[i]);
+    });
+  }
+  child->on_close([&](const ExitStatus& s) {
+    o.events.push_back("close:" + str(s.code) + ":" + str(s.signal));
+    o.killed = child->killed();
+    o.closed = true;
+  });
+  EXPECT_TRUE(loop.run_until([&] { return o.closed; }, 20000));
+  return o;
+}
+
+void expect_same_as_node(const std::string& scenario, const Observed& ours) {
+  auto node = uvc_test::run_node_fixture("spawn_events.js", {scenario});
+  EXPECT_EQ(nlohmann::json(ours.events), node["events"]) << scenario;
+  EXPECT_EQ(ours.stderr_text, node["stderr"]) << scenario;
+  EXPECT_EQ(ours.killed, node["killed"].get<bool>()) << scenario;
+}
+
+TEST(Spawn, EventOrderSpawnDataExitClose) {
+  expect_same_as_node("echo", observe("/bin/echo", {"hi"}));
+}
+
+TEST(Spawn, MissingExecutableIsErrorWithNodeShapeAndNoSpawnEvent) {
+  auto o = observe("/no/such/file", {"a", "b"});
+  expect_same_as_node("enoent", o);
+  ASSERT_FALSE(o.events.empty());
+  EXPECT_EQ(o.events.front(), "error:ENOENT:-2:spawn /no/such/file:/no/such/file:[\"a\",\"b\"]");
+}
+
+TEST(Spawn, MissingCwdIsAnErrorEvent) {
+  SpawnOptions so;
+  so.cwd = "/no/such/dir";
+  expect_same_as_node("missing_cwd", observe("/bin/true", {}, so));
+}
+
+// The grandchild keeps stdout open after its parent exits: `exit` comes first, `close` only
+// once the grandchild has written and ended (it waits on stdin, which Node closes at exit).
+TEST(Spawn, GrandchildHoldingStdoutDelaysCloseNotExit) {
+  auto o = observe("/bin/sh", {"-c", "exec 3<&0; (read x <&3; echo late) & exit 0"});
+  expect_same_as_node("grandchild", o);
+  EXPECT_EQ(o.events, (std::vector<std::string>{"spawn", "exit:0:null", "stdout:late\n", "close:0:null"}));
+}
+
+TEST(Spawn, ExitBySignal) { expect_same_as_node("signal", observe("/bin/sh", {"-c", "kill -USR1 $$"})); }
+
+TEST(Spawn, ExitCodeAndBothStreams) {
+  expect_same_as_node("exit_code", observe("/bin/sh", {"-c", "echo out; echo err >&2; exit 7"}));
+}
+
+TEST(Spawn, TimeoutKillsWithKillSignal) {
+  SpawnOptions so;
+  so.timeout_ms = 100;
+  expect_same_as_node("timeout", observe("/bin/sleep", {"10"}, so));
+  so.kill_signal = "SIGKILL";
+  expect_same_as_node("timeout_sigkill", observe("/bin/sleep", {"10"}, so));
+}
+
+TEST(Spawn, StdinRoundTripWithBackpressure) {
+  TestLoop loop;
+  auto child = spawn(loop, "/bin/cat").value();
+  std::string big(1 << 20, 'x');
+  for (size_t i = 0; i < big.size(); ++i) big[i] = static_cast<char>('a' + i % 26);
+  bool first_write = child->stdin_pipe()->write(big);
+  EXPECT_FALSE(first_write) << "1 MiB must exceed the high-water mark";
+  child->stdin_pipe()->end();
+  std::string got;
+  bool closed = false;
+  child->stdout_pipe()->on_data([&](std::string_view d) { got.append(d); });
+  child->on_close([&](const ExitStatus& s) {
+    EXPECT_EQ(s.code, 0);
+    closed = true;
+  });
+  ASSERT_TRUE(loop.run_until([&] { return closed; }));
+  EXPECT_EQ(got, big);
+}
+
+TEST(Spawn, KillReportsDeliveryAndUnknownSignal) {
+  TestLoop loop;
+  auto child = spawn(loop, "/bin/sleep", {"10"}).value();
+  std::vector<std::string> errors;
+  child->on_error([&](const Error& e) { errors.push_back(e.code); });
+  EXPECT_FALSE(child->kill("SIGNOPE"));
+  EXPECT_EQ(errors, std::vector<std::string>{"ERR_UNKNOWN_SIGNAL"});
+  EXPECT_FALSE(child->killed());
+  EXPECT_TRUE(child->kill("SIGINT"));
+  EXPECT_TRUE(child->killed());
+  bool closed = false;
+  child->on_close([&](const ExitStatus& s) {
+    EXPECT_EQ(s.signal, "SIGINT");
+    closed = true;
+  });
+  ASSERT_TRUE(loop.run_until([&] { return closed; }));
+  EXPECT_FALSE(child->kill("SIGTERM")) << "kill after exit is false, as in Node";
+}
+
+TEST(Spawn, ShellOptionJoinsWords) {
+  TestLoop loop;
+  SpawnOptions so;
+  so.shell = true;
+  auto child = spawn(loop, "echo", {"$((6*7))", "'a  b'"}, so).value();
+  EXPECT_EQ(child->spawnfile(), "/bin/sh");
+  EXPECT_EQ(child->spawnargs(), (std::vector<std::string>{"/bin/sh", "-c", "echo $((6*7)) 'a  b'"}));
+  std::string out;
+  bool closed = false;
+  child->stdout_pipe()->on_data([&](std::string_view d) { out.append(d); });
+  child->on_close([&](const ExitStatus&) { closed = true; });
+  ASSERT_TRUE(loop.run_until([&] { return closed; }));
+  EXPECT_EQ(out, "42 a  b\n");
+}
+
+TEST(Spawn, EnvArgv0AndInheritedFdSlot) {
+  TestLoop loop;
+  int p[2];
+  ASSERT_EQ(pipe2(p, O_CLOEXEC), 0);
+  SpawnOptions so;
+  so.env = Env{{"ONLY", "this"}};
+  so.argv0 = "custom-name";
+  so.stdio = {Stdio::ignore(), Stdio::from_fd(p[1]), Stdio::inherit()};
+  auto child = spawn(loop, "/bin/sh", {"-c", "echo \"$0 $ONLY $(env | wc -l)\""}, so).value();
+  EXPECT_EQ(child->stdout_pipe(), nullptr);
+  bool closed = false;
+  child->on_close([&](const ExitStatus&) { closed = true; });
+  ASSERT_TRUE(loop.run_until([&] { return closed; }));
+  close(p[1]);
+  char buf[256];
+  ssize_t n = read(p[0], buf, sizeof buf);
+  close(p[0]);
+  ASSERT_GT(n, 0);
+  // sh adds PWD (and may add others); ONLY is there and the parent's env is not.
+  std::string line(buf, n);
+  EXPECT_EQ(line.rfind("custom-name this ", 0), 0u) << line;
+  EXPECT_LE(std::stoi(line.substr(17)), 3) << line;
+}
+
+}  // namespace

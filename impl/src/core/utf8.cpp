@@ -1,0 +1,65 @@
+#include "uvcluster/detail/utf8.hpp"
+
+namespace uvcluster::detail {
+namespace {
+
+// Length of the valid sequence starting at s[i], or 0 if invalid (incl. truncated).
+// Follows the Unicode "maximal subpart" rules used by WHATWG/V8 decoders.
+size_t valid_sequence(std::string_view s, size_t i, size_t* subpart) {
+  auto b = [&](size_t k) { return static_cast<unsigned char>(s[k]); };
+  unsigned char c = b(i);
+  *subpart = 1;
+  if (c < 0x80) return 1;
+  size_t need;
+  unsigned char lo = 0x80, hi = 0xBF;
+  if (c >= 0xC2 && c <= 0xDF) need = 1;
+  else if (c == 0xE0) { need = 2; lo = 0xA0; }
+  else if (c >= 0xE1 && c <= 0xEC) need = 2;
+  else if (c == 0xED) { need = 2; hi = 0x9F; }
+  else if (c >= 0xEE && c <= 0xEF) need = 2;
+  else if (c == 0xF0) { need = 3; lo = 0x90; }
+  else if (c >= 0xF1 && c <= 0xF3) need = 3;
+  else if (c == 0xF4) { need = 3; hi = 0x8F; }
+  else return 0;
+  for (size_t k = 1; k <= need; ++k) {
+    if (i + k >= s.size()) return 0;
+    unsigned char ck = b(i + k);
+    unsigned char l = k == 1 ? lo : 0x80, h = k == 1 ? hi : 0xBF;
+    if (ck < l || ck > h) return 0;
+    *subpart = k + 1;
+  }
+  return need + 1;
+}
+
+}  // namespace
+
+size_t utf8_boundary(std::string_view bytes, size_t cap) {
+  if (cap >= bytes.size()) return bytes.size();
+  // Walk back over at most 3 continuation bytes to the lead byte of the character at `cap`.
+  size_t lead = cap;
+  while (lead > 0 && cap - lead < 3 && (static_cast<unsigned char>(bytes[lead]) & 0xC0) == 0x80) --lead;
+  if (lead == cap) return cap;  // bytes[cap] starts a character: cutting there splits nothing
+  size_t subpart = 0;
+  size_t len = valid_sequence(bytes, lead, &subpart);
+  // A valid character straddling the cap is dropped whole; anything else is cut as bytes.
+  return (len && lead + len > cap) ? lead : cap;
+}
+
+std::string utf8_sanitize(std::string_view s) {
+  std::string out;
+  out.reserve(s.size());
+  for (size_t i = 0; i < s.size();) {
+    size_t subpart = 1;
+    size_t len = valid_sequence(s, i, &subpart);
+    if (len) {
+      out.append(s.substr(i, len));
+      i += len;
+    } else {
+      out.append("\xEF\xBF\xBD");  // one U+FFFD per maximal invalid subpart
+      i += subpart;
+    }
+  }
+  return out;
+}
+
+}  // namespace uvcluster::detail

@@ -1,0 +1,139 @@
+#!/usr/bin/python3
+"""`make bench`: micro-benchmarks beside their Node twins, then the strategy lab.
+
+Micro-benchmarks: every build/bench/bench_* (Google Benchmark) and every bench/node/*.js twin.
+Both sides report time per operation under a shared name; the table shows uvcluster/Node from
+this same run (absolute times drift on a shared machine; the ratio is what we track).
+Results: results/micro.json. Then, if present, scripts/lab/driver.py runs the strategy lab.
+"""
+import argparse
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PROFILES = {  # Google Benchmark min time (s) per benchmark, Node twin seconds per benchmark
+    "quick": (0.2, 0.3),
+    "default": (0.5, 1.0),
+    "full": (2.0, 3.0),
+}
+
+
+def base_name(name):
+    """'spawn_true/real_time' or 'x/iterations:3/real_time' -> 'spawn_true'."""
+    return name.split("/")[0]
+
+
+def run_google_benchmark(exe, min_time):
+    out = subprocess.run([exe, "--benchmark_format=json", f"--benchmark_min_time={min_time}"],
+                         capture_output=True, text=True, timeout=600, check=False)
+    if out.returncode != 0:
+        print(f"  {os.path.basename(exe)} failed ({out.returncode}): {out.stderr.strip()[-300:]}")
+        return []
+    rows = []
+    for b in json.loads(out.stdout)["benchmarks"]:
+        if b.get("error_occurred"):
+            print(f"  {b['name']}: {b.get('error_message')}")
+            continue
+        scale = {"ns": 1, "us": 1e3, "ms": 1e6, "s": 1e9}[b.get("time_unit", "ns")]
+        counters = {k: v for k, v in b.items() if k not in (
+            "name", "run_name", "run_type", "repetitions", "repetition_index", "threads", "iterations",
+            "real_time", "cpu_time", "time_unit", "family_index", "per_family_instance_index",
+            "aggregate_name", "label")}
+        rows.append({"name": base_name(b["name"]), "ns_per_op": b["real_time"] * scale,
+                     "iterations": b["iterations"], "counters": counters})
+    return rows
+
+
+def run_node_twin(script, seconds):
+    env = dict(os.environ, UVC_BENCH_SECONDS=str(seconds))
+    out = subprocess.run(["/usr/bin/node", script], capture_output=True, text=True, env=env,
+                         timeout=600, check=False)
+    if out.returncode != 0:
+        print(f"  {os.path.basename(script)} failed ({out.returncode}): {out.stderr.strip()[-300:]}")
+    rows = []
+    for line in out.stdout.splitlines():
+        line = line.strip()
+        if not line.startswith("{"):
+            continue
+        r = json.loads(line)
+        if "ns_per_op" not in r and r.get("unit", "").endswith("/s") and r.get("value"):
+            r["ns_per_op"] = 1e9 / r["value"]  # a rate twin: convert to time per operation
+        if "ns_per_op" in r:
+            rows.append(r)
+    return rows
+
+
+def human(ns):
+    for unit, scale in (("s", 1e9), ("ms", 1e6), ("us", 1e3)):
+        if ns >= scale:
+            return f"{ns / scale:.3g} {unit}"
+    return f"{ns:.3g} ns"
+
+
+def micro(build, profile):
+    min_time, node_seconds = PROFILES[profile]
+    bench_dir = os.path.join(build, "bench")
+    ours = []
+    for exe in sorted(os.listdir(bench_dir)) if os.path.isdir(bench_dir) else []:
+        path = os.path.join(bench_dir, exe)
+        if exe.startswith("bench_") and os.access(path, os.X_OK) and os.path.isfile(path):
+            print(f"micro: {exe} ...", flush=True)
+            ours += run_google_benchmark(path, min_time)
+    theirs = {}
+    node_dir = os.path.join(ROOT, "bench", "node")
+    for script in sorted(os.listdir(node_dir)) if os.path.isdir(node_dir) else []:
+        if script.endswith(".js"):
+            print(f"micro: node {script} ...", flush=True)
+            for r in run_node_twin(os.path.join(node_dir, script), node_seconds):
+                theirs[r["name"]] = r
+    rows = []
+    for r in ours:
+        twin = theirs.get(r["name"])
+        ratio = r["ns_per_op"] / twin["ns_per_op"] if twin else None
+        rows.append({"name": r["name"], "uvcluster_ns_per_op": r["ns_per_op"],
+                     "node_ns_per_op": twin["ns_per_op"] if twin else None,
+                     "ratio_uvcluster_over_node": ratio, "counters": r["counters"]})
+    print("\nmicro-benchmarks (time per operation; ratio < 1 means uvcluster is faster)")
+    print(f"{'benchmark':34} {'uvcluster':>12} {'node':>12} {'uvc/node':>9}")
+    for r in rows:
+        node = human(r["node_ns_per_op"]) if r["node_ns_per_op"] else "-"
+        ratio = f"{r['ratio_uvcluster_over_node']:.2f}" if r["ratio_uvcluster_over_node"] else "-"
+        extra = " ".join(f"{k}={v:.0f}" for k, v in r["counters"].items() if isinstance(v, (int, float)))
+        print(f"{r['name']:34} {human(r['uvcluster_ns_per_op']):>12} {node:>12} {ratio:>9}  {extra}")
+    return rows
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--build", default="build")
+    ap.add_argument("--profile", default="default", choices=sorted(PROFILES))
+    ap.add_argument("--skip-micro", action="store_true")
+    ap.add_argument("--skip-lab", action="store_true")
+    args = ap.parse_args()
+    build = os.path.abspath(args.build)
+    os.makedirs(os.path.join(ROOT, "results"), exist_ok=True)
+    started = time.time()
+    status = 0
+    if not args.skip_micro:
+        rows = micro(build, args.profile)
+        record = {"profile": args.profile, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                  "kernel": platform.release(), "cores": os.cpu_count(),
+                  "node": subprocess.run(["/usr/bin/node", "--version"], capture_output=True, text=True).stdout.strip(),
+                  "benchmarks": rows}
+        with open(os.path.join(ROOT, "results", "micro.json"), "w") as f:
+            json.dump(record, f, indent=1)
+        print("wrote results/micro.json")
+    driver = os.path.join(ROOT, "scripts", "lab", "driver.py")
+    if not args.skip_lab and os.path.exists(driver):
+        status = subprocess.call([sys.executable, driver, "--build", build, "--profile", args.profile])
+    print(f"make bench: done in {time.time() - started:.0f} s")
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
