@@ -439,6 +439,22 @@ class Cell:
             except subprocess.TimeoutExpired:
                 pass
         time.sleep(0.05)
+        # Exit statuses of what we started (naive's losers exit 3 on purpose), and any sanitizer
+        # report in the logs (an ASan build runs the same cells: --build build-asan).
+        self.exits = [{"cmd": os.path.basename(p.args[0]) if p.args[0] != NODE else
+                       os.path.basename(p.args[1]), "pid": p.pid, "code": p.returncode}
+                      for p in self.procs]
+        for e in self.exits:
+            if e["code"] not in (0, 3, None):
+                self.notes.append(f"{e['cmd']} (pid {e['pid']}) exited with {e['code']}")
+        for f in sorted(os.listdir(self.tmp)):
+            if f.endswith(".log"):
+                text = open(os.path.join(self.tmp, f), errors="replace").read()
+                for marker in ("AddressSanitizer", "LeakSanitizer", "runtime error:", "Assertion"):
+                    if marker in text:
+                        i = text.index(marker)
+                        self.notes.append(f"{f}: {text[max(0, i - 100):i + 300]}")
+                        break
         return sorted(p for p in tracked | children_of(tracked) if alive(p))
 
     def cleanup(self):
@@ -630,7 +646,7 @@ def run_cell(a):
         orphans = cell.stop() if cell.procs else []
         rec.setdefault("processes", {})
         rec["processes"].update(started=len(getattr(cell, "all_pids_seen", cell.procs)),
-                                orphans=orphans)
+                                orphans=orphans, exits=getattr(cell, "exits", []))
         rec["notes"] = cell.notes
         final = read_final_stats(cell)
         if rec.get("available") and "fairness" in rec:
