@@ -9,14 +9,8 @@ usage: bench/bench_cluster.py [--build build] [--duration 5] [--workers 2] [--co
 import argparse, json, os, re, signal, subprocess, sys, time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CLK = os.sysconf('SC_CLK_TCK')
-
-
-def cpu_seconds(pid):
-    with open(f'/proc/{pid}/stat') as f:
-        s = f.read()
-    fields = s[s.rindex(')') + 2:].split()
-    return (int(fields[11]) + int(fields[12])) / CLK  # utime + stime
+sys.path.insert(0, os.path.join(ROOT, 'scripts', 'lab'))
+from cell import cpu_seconds  # noqa: E402  (/proc/PID/stat utime+stime, shared with the lab)
 
 
 def start(cmd, n):

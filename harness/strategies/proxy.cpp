@@ -19,6 +19,7 @@
 
 #include "lab_stats.hpp"
 #include "uvcluster/detail/uv_handle.hpp"
+#include "uvcluster/cluster/sockets.hpp"
 
 namespace {
 
@@ -165,10 +166,9 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "usage: lab-proxy --port P --upstream P1,P2,...\n");
     return 2;
   }
+  uvcluster::cluster::raise_nofile_limit();
   rlimit rl{};
-  ::getrlimit(RLIMIT_NOFILE, &rl);
-  rl.rlim_cur = rl.rlim_max;
-  ::setrlimit(RLIMIT_NOFILE, &rl);
+  ::getrlimit(RLIMIT_NOFILE, &rl);  // reported in the stats
 
   Proxy px;
   px.loop = uv_default_loop();

@@ -32,13 +32,16 @@
 
 #include "lab_stats.hpp"
 #include "uvcluster/cluster/exclusive_waiter.hpp"
+#include "uvcluster/cluster/sockets.hpp"
 #include "uvcluster/cluster/worker.hpp"
 #include "uvcluster/detail/uv_handle.hpp"
 #include "uvcluster/fd.hpp"
 
 namespace {
 
+using uvcluster::Error;
 using uvcluster::Fd;
+using uvcluster::Status;
 using uvcluster::detail::UvHandle;
 
 struct Stats {
@@ -422,24 +425,18 @@ int main(int argc, char** argv) {
   Fd lfd;
   if (inherited >= 0) {
     lfd = Fd(inherited);
-    ::fcntl(lfd.get(), F_SETFD, FD_CLOEXEC);
-    ::fcntl(lfd.get(), F_SETFL, ::fcntl(lfd.get(), F_GETFL) | O_NONBLOCK);
+    uvcluster::cluster::make_nonblocking_cloexec(lfd.get());
   } else {
-    lfd = Fd(::socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
-    int one = 1;
-    // SO_REUSEADDR as libuv and Node set it; it does not let two listeners share a port.
-    ::setsockopt(lfd.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-    if (reuseport) ::setsockopt(lfd.get(), SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);
-    sockaddr_in sa{};
-    sa.sin_family = AF_INET;
-    sa.sin_port = htons(static_cast<uint16_t>(port));
-    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    if (::bind(lfd.get(), reinterpret_cast<sockaddr*>(&sa), sizeof sa) != 0 || ::listen(lfd.get(), 511) != 0) {
-      std::string err = errno == EADDRINUSE ? "EADDRINUSE" : std::strerror(errno);
+    auto bound = uvcluster::cluster::bind_tcp({.address = "127.0.0.1", .port = port, .reuseport = reuseport});
+    Status listening = bound.ok() ? uvcluster::cluster::listen_fd(bound->get(), 511) : Status(bound.error());
+    if (!listening.ok()) {
+      const Error& e = listening.error();
+      std::string err = e.code == "EADDRINUSE" ? e.code : std::strerror(-e.errnum);
       std::fprintf(stderr, "hello-native: listen 127.0.0.1:%d: %s\n", port, err.c_str());
       app.publish(err);
       return 3;
     }
+    lfd = std::move(bound.value());
   }
 
   uv_loop_t* loop = uv_default_loop();

@@ -256,14 +256,14 @@ bool fast_parse(std::string_view text, nlohmann::json& out) {
 namespace uvcluster::ipc::detail_json {
 namespace {
 
-bool utf8_valid_ascii_fast(const std::string& s) {
+bool is_ascii(const std::string& s) {
   for (unsigned char c : s)
     if (c >= 0x80) return false;
   return true;
 }
 
 void dump_string(const std::string& s, std::string& out) {
-  if (!utf8_valid_ascii_fast(s)) {
+  if (!is_ascii(s)) {
     // Rare path (non-ASCII): let nlohmann handle UTF-8 validation/replacement exactly.
     out += nlohmann::json(s).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
     return;
