@@ -3,7 +3,7 @@
 # Idempotent and quick when everything is present: `apt-get update` runs only before an install.
 set -euo pipefail
 packages=(
-  build-essential cmake pkg-config
+  build-essential cmake pkg-config ccache
   libuv1-dev nlohmann-json3-dev libgtest-dev libgmock-dev libbenchmark-dev libhttp-parser-dev
   nodejs wrk nginx-light strace
   python3-pytest python3-matplotlib
