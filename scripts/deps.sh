@@ -24,3 +24,20 @@ if ((${#missing[@]})); then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
+
+# npm packages (pm2 for the fault lab, socket.io for the sticky-session lab): `npm ci` from the
+# committed package-lock.json into ./node_modules (project-local, never global), only when
+# node_modules is missing or older than the lockfile.
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+if [ -f "$root/package-lock.json" ]; then
+  installed="$root/node_modules/.package-lock.json"
+  if [ ! -f "$installed" ] || [ "$root/package-lock.json" -nt "$installed" ]; then
+    if ! command -v npm >/dev/null; then
+      SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+      $SUDO apt-get update -qq
+      DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends npm >/dev/null
+    fi
+    echo "deps.sh: npm ci (node_modules missing or older than package-lock.json)" >&2
+    (cd "$root" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+  fi
+fi
