@@ -3,7 +3,7 @@ BUILD   ?= build
 JOBS    ?= $(shell nproc)
 PROFILE ?= default
 
-.PHONY: all deps build test test-asan bench clean
+.PHONY: all deps build test test-asan bench chaos clean
 
 all: build
 
@@ -27,6 +27,11 @@ test-asan: deps
 
 bench: build
 	/usr/bin/python3 scripts/bench.py --build $(BUILD) --profile $(PROFILE)
+
+# Fault lab: every fault against uvcluster run (rr/none/reuseport), Node's cluster and PM2.
+# results/chaos/latest.json + results/CHAOS.md (PROFILE=quick|default|full).
+chaos: build
+	/usr/bin/python3 scripts/chaos/chaos.py --build $(BUILD) --profile $(PROFILE)
 
 clean:
 	rm -rf $(BUILD) build-asan

@@ -9,7 +9,8 @@ compared per item (items_per_second), a time twin per iteration. The table shows
 time per operation from this same run (absolute times drift on a shared machine; the ratio is
 what we track).
 Results: results/micro.json; then the cluster RR handoff benchmark (results/cluster.json); then
-scripts/lab/driver.py runs the strategy lab (results/latest.json, results/REPORT.md).
+scripts/lab/driver.py runs the strategy lab (results/latest.json, results/REPORT.md); then the
+fault lab, scripts/chaos/chaos.py (results/chaos/latest.json, results/CHAOS.md).
 """
 import argparse
 import json
@@ -141,6 +142,7 @@ def main():
     ap.add_argument("--profile", default="default", choices=sorted(PROFILES))
     ap.add_argument("--skip-micro", action="store_true")
     ap.add_argument("--skip-lab", action="store_true")
+    ap.add_argument("--skip-chaos", action="store_true")
     args = ap.parse_args()
     build = os.path.abspath(args.build)
     os.makedirs(os.path.join(ROOT, "results"), exist_ok=True)
@@ -164,6 +166,11 @@ def main():
     driver = os.path.join(ROOT, "scripts", "lab", "driver.py")
     if not args.skip_lab and os.path.exists(driver):
         status |= subprocess.call([sys.executable, driver, "--build", build, "--profile", args.profile])
+    # Fault lab (scripts/chaos/, `make chaos`): results/chaos/latest.json, results/CHAOS.md and
+    # a section linking it at the end of results/REPORT.md.
+    chaos = os.path.join(ROOT, "scripts", "chaos", "chaos.py")
+    if not args.skip_chaos and os.path.exists(chaos):
+        status |= subprocess.call([sys.executable, chaos, "--build", build, "--profile", args.profile])
     print(f"make bench: done in {time.time() - started:.0f} s")
     return status
 

@@ -1,0 +1,232 @@
+#!/usr/bin/python3
+"""Renders the fault lab's JSON (results/chaos/latest.json) as results/CHAOS.md: the goal
+figures, then per fault what it does, a table (one row per manager) and a plot of successful
+responses per second around the fault (results/chaos/<fault>.png).
+
+usage: report.py [results/chaos/latest.json] [--md results/CHAOS.md]
+"""
+import argparse
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import analysis  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+REFERENCE = "node-cluster"
+OURS_PREFIX = "uvc-"
+SMOOTH_BUCKETS = 5  # plot: successes per second over a sliding 0.5 s
+
+
+def fmt(v, digits=2):
+    if v is None:
+        return "–"
+    if isinstance(v, bool):
+        return "**yes**" if v else "no"
+    if isinstance(v, float):
+        return f"{v:.{digits}f}"
+    return str(v)
+
+
+def before_after(p, key, unit=""):
+    b, a, d = p.get(f"{key}_before"), p.get(f"{key}_after"), p.get(f"{key}_delta_pct")
+    if b is None:
+        return "–"
+    if a is None:
+        return f"{b}{unit} → –"
+    return f"{b}{unit} → {a}{unit} ({d:+.1f}%)" if d is not None else f"{b} → {a}"
+
+
+def within_1pct(r):
+    p = r.get("primary", {})
+    ds = [p.get("fds_delta_pct"), p.get("rss_kb_delta_pct")]
+    if any(d is None for d in ds):
+        return None
+    return all(abs(d) <= 1.0 for d in ds)
+
+
+def detail_text(r):
+    d = dict(r.get("fault_detail", {}))
+    d.pop("own_connections", None)
+    d.pop("counted", None)
+    if "limits" in d:
+        d["limits"] = sorted(set(v for v in d["limits"].values() if v is not None))
+    parts = [f"{k}={v}" for k, v in d.items()]
+    if r.get("workers_at_end") is not None and r.get("workers_at_end") != r.get("workers"):
+        parts.append(f"workers_at_end={r['workers_at_end']}/{r['workers']}")
+    p = r.get("primary", {})
+    if p.get("exit_code") not in (None, 0):
+        parts.append(f"primary_exit={p['exit_code']}")
+    if p.get("alive_after_fault") is False and not r.get("_ends_service"):
+        parts.append("**primary died**")
+    return ", ".join(parts + r.get("notes", []))
+
+
+def goals(doc):
+    """Per manager: permanent outages, faults where it lost more beyond the faulted worker's own
+    than Node's cluster, runs whose primary did not come back within 1% (fds and RSS)."""
+    recs = [r for r in doc["records"] if r.get("status") == "ok"]
+    ref = {r["fault"]: r["requests"]["failed_beyond_own"] for r in recs if r["manager"] == REFERENCE}
+    out = {}
+    for m in doc["managers"]:
+        mine = [r for r in recs if r["manager"] == m]
+        outages = [r["fault"] for r in mine if r["recovery"].get("permanent_outage")]
+        worse = [f"{r['fault']} ({r['requests']['failed_beyond_own']} vs {ref[r['fault']]})"
+                 for r in mine if r["fault"] in ref and r["requests"]["failed_beyond_own"] > ref[r["fault"]]]
+        drift = [r["fault"] for r in mine if within_1pct(r) is False]
+        died = [r["fault"] for r in mine if r["primary"].get("alive_after_fault") is False
+                and r["fault"] not in ("sigterm-drain", "primary-sigkill")]
+        errors = [r["fault"] for r in doc["records"] if r["manager"] == m and r.get("status") != "ok"]
+        out[m] = {"runs": len(mine), "permanent_outages": outages, "worse_than_node": worse,
+                  "primary_not_within_1pct": drift, "primary_died": died, "not_measured": errors,
+                  "orphans": sum(r.get("orphans") or 0 for r in mine),
+                  "zombies": sum(r.get("zombies") or 0 for r in mine)}
+    return out
+
+
+def plot(doc, fault, path):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    recs = [r for r in doc["records"] if r["fault"] == fault and r.get("status") == "ok"]
+    if not recs:
+        return False
+    fig, ax = plt.subplots(figsize=(8, 3.2))
+    spans = []
+    for r in recs:
+        s = r["series"]
+        ok, b = s["ok"], s["bucket_s"]
+        smooth = [sum(ok[max(0, i - SMOOTH_BUCKETS + 1):i + 1]) / (min(i + 1, SMOOTH_BUCKETS) * b)
+                  for i in range(len(ok))]
+        t = [i * b - s["fault_start_s"] for i in range(len(ok))]
+        ax.plot(t, smooth, label=r["manager"], linewidth=1.2)
+        spans.append(s["fault_end_s"] - s["fault_start_s"])
+    ax.axvspan(0, max(spans), color="red", alpha=0.08, label="fault")
+    ax.axvline(0, color="red", linewidth=0.8)
+    ax.set_xlabel("seconds since the fault started")
+    ax.set_ylabel("successful responses/s")
+    ax.set_title(f"{fault} ({recs[0]['workers']} workers, {doc['profile']} profile)")
+    ax.legend(fontsize=7, loc="lower left", ncol=3)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return True
+
+
+def render(doc, md_path):
+    out_dir = os.path.dirname(os.path.abspath(md_path))
+    png_dir = os.path.join(out_dir, "chaos")
+    os.makedirs(png_dir, exist_ok=True)
+    env = doc.get("environment", {})
+    L = ["# Fault lab (`make chaos`)", "",
+         f"Profile `{doc['profile']}`, {doc['settings']['workers']} workers, wrk "
+         f"`-c{doc['settings']['conns']}` `Connection: close` on 127.0.0.1, measured "
+         f"{doc['time']} on code `{env.get('git')}` (kernel {env.get('kernel')}, {env.get('cores')} "
+         f"cores, load {env.get('loadavg_1m')}, node {env.get('node')}, pm2 {env.get('pm2')}, "
+         f"tcp_migrate_req={env.get('tcp_migrate_req')}); the suite took {doc['duration_s']:.0f} s. "
+         "Raw data: `results/chaos/latest.json`. How to read it: README, section \"Fault lab\".", "",
+         "## Goal figures (reported, not asserted)", "",
+         "Goals: 0 permanent outages; requests lost beyond the faulted worker's own ≤ Node's "
+         "cluster's for every fault; the primary's fds and RSS back within 1% after every fault "
+         "(at rest before the load vs at rest after it).", "",
+         "| manager | runs | permanent outages | beyond own > node-cluster | primary not within 1% | primary died | orphans | zombies | not measured |",
+         "|---|---|---|---|---|---|---|---|---|"]
+    for m, g in goals(doc).items():
+        L.append(f"| {m} | {g['runs']} | {len(g['permanent_outages'])} {', '.join(g['permanent_outages'])} "
+                 f"| {len(g['worse_than_node'])} {', '.join(g['worse_than_node'])} "
+                 f"| {len(g['primary_not_within_1pct'])} {', '.join(g['primary_not_within_1pct'])} "
+                 f"| {len(g['primary_died'])} {', '.join(g['primary_died'])} "
+                 f"| {g['orphans']} | {g['zombies']} | {', '.join(g['not_measured']) or '–'} |")
+    L += ["", "Columns below: **sent/failed** (wrk: requests issued / without a 2xx answer; for "
+          "drain and primary SIGKILL only in-flight failures count, refused connects after the "
+          "listener closed are by design); **own** = client connections the faulted worker(s) "
+          "held at the fault (they die with it whatever the manager does); **beyond own** = "
+          "failed − own; **recover** = seconds from the fault's end until 1 s holds half the "
+          "pre-fault rate; **gap** = longest stretch without any success; **outage** = no "
+          "success within the outage window after the fault or at the end of the run; "
+          "**primary fds/RSS** at rest before → after.", ""]
+    for fault in doc["faults"]:
+        L += [f"## {fault}", "", doc.get("fault_descriptions", {}).get(fault, ""), ""]
+        L += ["| manager | sent | failed | own | beyond own | recover s | gap s | outage | primary fds | primary RSS KB | zombies | orphans | detail |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for r in [r for r in doc["records"] if r["fault"] == fault]:
+            if r.get("status") != "ok":
+                L.append(f"| {r['manager']} | {r.get('status')}: {r.get('error', '')[:200]} |"
+                         + " |" * 11 + f" orphans={r.get('orphans')} |")
+                continue
+            q, rec, p = r["requests"], r["recovery"], r["primary"]
+            recover = fmt(rec.get("recovery_s")) if rec.get("recovery_s") is not None else \
+                (f"– ({rec['recovery_reason']})" if rec.get("recovery_reason") else "–")
+            outage = fmt(rec.get("permanent_outage")) if rec.get("permanent_outage") is not None else "n/a"
+            if rec.get("permanent_outage"):
+                outage += f" ({rec.get('outage_reason')})"
+            r["_ends_service"] = fault in ("sigterm-drain", "primary-sigkill")
+            L.append(f"| {r['manager']} | {q['sent']} | {q['failed']} | {q['faulted_workers_own']} "
+                     f"| {q['failed_beyond_own']} | {recover} | {fmt(rec.get('longest_gap_s'), 1)} "
+                     f"| {outage} | {before_after(p, 'fds')} | {before_after(p, 'rss_kb')} "
+                     f"| {r['zombies']} | {r['orphans']} | {detail_text(r)} |")
+        png = os.path.join(png_dir, f"{fault}.png")
+        if plot(doc, fault, png):
+            L += ["", f"![{fault}]({os.path.relpath(png, out_dir)})"]
+        L.append("")
+    with open(md_path, "w") as f:
+        f.write("\n".join(L) + "\n")
+
+
+SECTION_BEGIN = "<!-- fault lab: written by scripts/chaos/report.py -->"
+SECTION_END = "<!-- /fault lab -->"
+
+
+def link_in(report_md, doc, md_path):
+    """(Re)writes the fault lab's short section at the end of make bench's REPORT.md (between
+    markers, so the lab's own report and this one can be rewritten independently)."""
+    if not os.path.exists(report_md):
+        return False
+    text = open(report_md).read()
+    if SECTION_BEGIN in text:
+        head, rest = text.split(SECTION_BEGIN, 1)
+        tail = rest.split(SECTION_END, 1)[1] if SECTION_END in rest else ""
+        text = head.rstrip("\n") + "\n" + tail.lstrip("\n")
+    rel = os.path.relpath(md_path, os.path.dirname(os.path.abspath(report_md)))
+    L = ["", SECTION_BEGIN, "## Fault lab (`make chaos`)", "",
+         f"{len(doc['faults'])} faults × {len(doc['managers'])} managers, profile "
+         f"`{doc['profile']}`, code `{doc.get('environment', {}).get('git')}`: tables and plots "
+         f"per fault in [{rel}]({rel}). Goal figures:", "",
+         "| manager | permanent outages | beyond own > node-cluster | primary not within 1% | primary died |",
+         "|---|---|---|---|---|"]
+    for m, g in goals(doc).items():
+        L.append(f"| {m} | {len(g['permanent_outages'])} | {len(g['worse_than_node'])} "
+                 f"| {len(g['primary_not_within_1pct'])} | {len(g['primary_died'])} |")
+    L += [SECTION_END, ""]
+    with open(report_md, "w") as f:
+        f.write(text.rstrip("\n") + "\n" + "\n".join(L))
+    return True
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("json", nargs="?", default=os.path.join(ROOT, "results", "chaos", "latest.json"))
+    ap.add_argument("--md", default=os.path.join(ROOT, "results", "CHAOS.md"))
+    ap.add_argument("--link-in", default=None,
+                    help="make bench's report to add a fault-lab section to (default: REPORT.md "
+                         "beside --md, when it exists)")
+    a = ap.parse_args()
+    doc = json.load(open(a.json))
+    if doc.get("schema") != analysis.SCHEMA:
+        print(f"report.py: {a.json} is not a {analysis.SCHEMA} document", file=sys.stderr)
+        return 1
+    render(doc, a.md)
+    print(f"chaos: wrote {os.path.relpath(a.md, ROOT)}")
+    report_md = a.link_in or os.path.join(os.path.dirname(os.path.abspath(a.md)), "REPORT.md")
+    if link_in(report_md, doc, a.md):
+        print(f"chaos: linked from {os.path.relpath(report_md, ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
