@@ -39,8 +39,9 @@ def recovery(series, probes, t0_rel, t1_rel, outage_after_s, steady_s=1.0):
     (wrk cannot tell: it never reconnects a connection whose request hangs, so a few hung
     connections would look like an outage of the whole service).
 
-    - recovery_s: from the fault's end until the probes succeed without a failure for
-      steady_s (0 when they never failed); None with a reason when that never happens.
+    - recovery_s: from the fault's end to the first successful probe after the last failed one,
+      when the run goes on for steady_s after it (0 when no probe failed, also 0 when the last
+      failure was during the fault); None with a reason otherwise.
     - longest_gap_s: the longest stretch without a successful probe from the fault's start on.
     - permanent_outage: no successful probe within outage_after_s after the fault ends, or none
       in the run's last outage_after_s (the service stopped for good before the run ended).
@@ -71,17 +72,18 @@ def recovery(series, probes, t0_rel, t1_rel, outage_after_s, steady_s=1.0):
             out["outage_reason"] = f"no successful probe within {outage_after_s:g} s after the fault"
         elif not at_end:
             out["outage_reason"] = f"no successful probe in the run's last {outage_after_s:g} s"
-    # steady again: the first probe from which steady_s of probes (at least 3) all succeed
-    for i, (t, ok) in enumerate(after):
-        if not ok:
-            continue
-        window = [(u, k) for u, k in after[i:] if u <= t + steady_s]
-        if len(window) >= 3 and all(k for _, k in window) and after[-1][0] >= t + steady_s:
-            failed_before = any(not k for _, k in after[:i])
-            out["recovery_s"] = round(max(0.0, t - t1_rel), 2) if failed_before else 0.0
-            break
+    # steady again: the first success after the last failed probe, if the run goes on for
+    # steady_s after it (no failure since, by construction)
+    failures = [t for t, ok in after if not ok]
+    if not failures:
+        out["recovery_s"] = 0.0
     else:
-        out["recovery_reason"] = f"probes never succeeded for {steady_s:g} s in a row after the fault"
+        back = next((t for t, ok in after if ok and t > failures[-1]), None)
+        if back is not None and end - back >= steady_s:
+            out["recovery_s"] = round(max(0.0, back - t1_rel), 2)
+        else:
+            out["recovery_reason"] = (f"probes did not succeed for {steady_s:g} s in a row "
+                                      "after the last failure before the run ended")
     rate = baseline_rate(series, t0_rel)
     if rate:
         i1, window = _index(t1_rel), _index(1.0)

@@ -44,12 +44,12 @@ FAULTS = ["kill-every-2s", "sigstop", "crash-loop", "fd-exhaust-workers", "fd-ex
 # Per profile: workers, wrk connections, warm-up, observation after the fault, the outage
 # window N, and the fault windows (seconds).
 PROFILES = {
-    "quick": dict(workers=2, conns=8, warm=1.0, observe=2.0, outage_after=1.5, kills=2,
-                  stop=2.5, crash=2.0, fd=1.5, idle_conns=150, maxconn=2.0, burst_conns=40,
-                  slowloris=2.0, slow_conns=100, ipc=2.0),
-    "default": dict(workers=4, conns=16, warm=1.0, observe=2.5, outage_after=2.0, kills=3,
-                    stop=3.0, crash=3.0, fd=2.0, idle_conns=300, maxconn=3.0, burst_conns=60,
-                    slowloris=3.0, slow_conns=200, ipc=2.5),
+    "quick": dict(workers=2, conns=8, warm=0.8, observe=1.5, outage_after=1.0, kills=2,
+                  stop=2.2, crash=1.5, fd=1.0, idle_conns=150, maxconn=2.0, burst_conns=40,
+                  slowloris=1.5, slow_conns=100, ipc=1.5),
+    "default": dict(workers=4, conns=16, warm=1.0, observe=2.0, outage_after=1.5, kills=3,
+                    stop=3.0, crash=2.5, fd=1.5, idle_conns=300, maxconn=2.0, burst_conns=60,
+                    slowloris=2.0, slow_conns=200, ipc=2.0),
     "full": dict(workers=4, conns=16, warm=2.0, observe=5.0, outage_after=3.0, kills=5,
                  stop=10.0, crash=6.0, fd=4.0, idle_conns=600, maxconn=6.0, burst_conns=60,
                  slowloris=6.0, slow_conns=400, ipc=4.0),
@@ -224,6 +224,58 @@ class Probe(threading.Thread):
         self.join()
 
 
+class Clients:
+    """For faults that end the service (drain, primary SIGKILL): `n` threads, each one request
+    per fresh connection in a loop, telling apart a refused connect (the listener is gone: by
+    design) from a request the service had taken (connect succeeded) and never answered."""
+
+    def __init__(self, port, n=8):
+        self.port = port
+        self.counts = {"sent": 0, "ok": 0, "refused": 0, "lost": 0}
+        self.lock = threading.Lock()
+        self.stop_event = threading.Event()
+        self.threads = [threading.Thread(target=self.loop, daemon=True) for _ in range(n)]
+
+    def one(self):
+        try:
+            s = socket.create_connection((HOST, self.port), timeout=1.0)
+        except OSError:
+            return "refused"
+        try:
+            s.settimeout(2.0)
+            s.sendall(b"GET / HTTP/1.1\r\nHost: drain\r\nConnection: close\r\n\r\n")
+            data = b""
+            while True:
+                chunk = s.recv(4096)
+                if not chunk:
+                    break
+                data += chunk
+            return "ok" if data.startswith(b"HTTP/1.1 200") and data.endswith(b"ok\n") else "lost"
+        except OSError:
+            return "lost"
+        finally:
+            s.close()
+
+    def loop(self):
+        while not self.stop_event.is_set():
+            outcome = self.one()
+            with self.lock:
+                self.counts["sent"] += 1
+                self.counts[outcome] += 1
+            if outcome == "refused":
+                self.stop_event.wait(0.01)  # no busy loop against a closed port
+
+    def start(self):
+        for t in self.threads:
+            t.start()
+
+    def stop(self):
+        self.stop_event.set()
+        for t in self.threads:
+            t.join()
+        return dict(self.counts)
+
+
 class Run:
     def __init__(self, build, manager, fault, prof, profile):
         self.build, self.manager, self.fault, self.p = build, manager, fault, prof
@@ -237,6 +289,7 @@ class Run:
         self.extra_env = {}
         self.sockets = []
         self.probe = None
+        self.clients = None
 
     # -- processes
     def env(self):
@@ -388,6 +441,9 @@ class Run:
             wrk = self.start_wrk(WRK_MAX_S, self.p["conns"])
             probe = self.probe = Probe(self.port)
             probe.start()
+            clients = self.clients = Clients(self.port) if fault.ends_service else None
+            if clients:
+                clients.start()
             time.sleep(self.p["warm"])
             t0 = time.time()
             t1 = fault(self, t0)  # plays the fault; returns when it ended
@@ -395,6 +451,8 @@ class Run:
                 sleep_until(t1 + self.p["observe"])
             self.stop_load()
             report = self.finish_wrk(wrk, 15)
+            if clients:
+                clients_counts = clients.stop()
             wrk_end = time.time()
             probe.stop()
             reports = [report] + [self.finish_wrk(w, 15) for w in self.wrks[1:]]
@@ -407,6 +465,14 @@ class Run:
             record["primary"]["alive_after_fault"] = primary_alive
             own = self.detail.get("own_connections", 0)
             record["requests"] = analysis.request_counts(reports, own)
+            if clients:
+                # wrk cannot tell a refused connect from a reset one: the drain clients can.
+                c = clients_counts
+                record["requests"] = {"sent": c["sent"], "ok": c["ok"], "failed": c["lost"],
+                                      "failed_connect": c["refused"], "failed_inflight": c["lost"],
+                                      "unanswered_at_stop": 0, "faulted_workers_own": 0,
+                                      "failed_beyond_own": c["lost"],
+                                      "counted_by": "drain clients (refused connects excluded)"}
             record["wrk"] = [{k: r.get(k) for k in ("requests", "issued", "errors")} for r in reports]
             record["latency_us"] = report["latency_us"]
             series = analysis.series_from_wrk(report["ok_per_ds"], wrk_start, wrk_end)
@@ -437,6 +503,8 @@ class Run:
             record["error"] = f"{type(e).__name__}: {e}"
             if self.probe:
                 self.probe.stop()
+            if self.clients:
+                self.clients.stop()
             for w in self.wrks:
                 if w.poll() is None:
                     w.kill()

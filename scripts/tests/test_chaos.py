@@ -62,6 +62,13 @@ def test_service_that_stops_after_a_short_comeback_is_a_permanent_outage():
     assert "last 2 s" in r["outage_reason"]
 
 
+def test_a_failure_late_in_the_run_is_not_a_recovery():
+    # served at first during the fault, dead from 3.5 s on: no recovery, permanent outage
+    r = analysis.recovery([30] * 90, probes([(3.5, True), (9.0, False)]), 2.0, 3.0, 2.0)
+    assert r["recovery_s"] is None and r["recovery_reason"]
+    assert r["permanent_outage"] is True
+
+
 def test_outage_is_unknown_when_the_run_is_shorter_than_the_window():
     r = analysis.recovery([30] * 40, probes([(4.0, True)]), 1.0, 3.0, 2.0)
     assert r["permanent_outage"] is None and r["outage_reason"]
