@@ -6,7 +6,8 @@
             (scripts/chaos/node_cluster.js, Node's cluster module) and pm2 (`pm2-runtime -i N`,
             PM2's cluster mode, PM2_HOME in the run's temp dir; installed by scripts/deps.sh).
 
-One run = start the manager, wait until N workers listen, start wrk, let it run `warm` seconds,
+One run = start the manager, wait until N workers listen, a short load to warm up, the
+primary's fds and RSS at rest, start wrk, let it run `warm` seconds,
 play the fault, keep the load on for `observe` seconds, stop everything this run started (by
 pid) and count what was left. Results: results/chaos/latest.json (strict JSON) and, through
 scripts/chaos/report.py, results/CHAOS.md with a table and a plot per fault.
@@ -57,6 +58,7 @@ PROFILES = {
 GRACE_MS = 3000
 WRK_TIMEOUT_S = 2
 WRK_MAX_S = 90  # wrk's -d: an upper bound only, the run stops it with SIGINT
+PREWARM_S = 0.6
 
 
 # ---------------------------------------------------------------- /proc
@@ -290,6 +292,7 @@ class Run:
         self.sockets = []
         self.probe = None
         self.clients = None
+        self.prewarm = None
 
     # -- processes
     def env(self):
@@ -346,13 +349,14 @@ class Run:
             time.sleep(0.05)
         return False
 
-    def start_wrk(self, seconds, conns, threads=2):
+    def start_wrk(self, seconds, conns, threads=2, keep=True):
         cmd = ["wrk", f"-t{threads}", f"-c{conns}", f"-d{seconds}s",  # whole seconds only
                f"--timeout", f"{WRK_TIMEOUT_S}s", "-s", os.path.join(HERE, "series.lua"),
                f"http://{HOST}:{self.port}/"]
         p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                              stderr=subprocess.DEVNULL, text=True, close_fds=True)
-        self.wrks.append(p)
+        if keep:
+            self.wrks.append(p)
         return p
 
     def stop_load(self):
@@ -434,8 +438,14 @@ class Run:
                                    f"after 40 s (primary exit {self.primary.poll()}): "
                                    + tail(os.path.join(self.tmp, "manager.err")))
             record["startup_s"] = round(time.time() - started, 2)
-            time.sleep(0.3)  # let the last worker settle into the rotation
-            # The primary's fds and RSS at rest before the load, and again at rest after it.
+            # A short load first, so that one-time growth (Node's JIT, malloc arenas, buffers)
+            # is behind us; then the primary's fds and RSS at rest before the fault's load,
+            # compared with the same at rest after it.
+            prewarm = self.prewarm = self.start_wrk(WRK_MAX_S, self.p["conns"], keep=False)
+            time.sleep(PREWARM_S)
+            prewarm.send_signal(signal.SIGINT)
+            prewarm.communicate(timeout=15)
+            time.sleep(0.4)
             record["primary"]["fds_before"], record["primary"]["rss_kb_before"] = tracker.primary_at(time.time(), 0.3)
             wrk_start = time.time()
             wrk = self.start_wrk(WRK_MAX_S, self.p["conns"])
@@ -501,15 +511,15 @@ class Run:
         except Exception as e:  # a run that cannot be measured says why; the suite goes on
             record["status"] = "error"
             record["error"] = f"{type(e).__name__}: {e}"
+        finally:
             if self.probe:
                 self.probe.stop()
             if self.clients:
                 self.clients.stop()
-            for w in self.wrks:
+            for w in self.wrks + ([self.prewarm] if self.prewarm else []):
                 if w.poll() is None:
                     w.kill()
                     w.wait()
-        finally:
             stopping = time.time()
             exit_code, orphans = self.stop_all(tracker)
             record["stop_s"] = round(time.time() - stopping, 2)
@@ -767,10 +777,11 @@ def sighup_reload(run, t0):
     (against the run's PM2_HOME) for PM2. Done when no worker from before is left and N new
     ones listen."""
     old = set(run.workers())
+    cli = None
     if run.manager == "pm2":
-        subprocess.Popen([NODE, pm2_bin("pm2"), "reload", "chaos"], env=run.env(),
-                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                         stderr=subprocess.DEVNULL)
+        cli = subprocess.Popen([NODE, pm2_bin("pm2"), "reload", "chaos"], env=run.env(),
+                               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
     else:
         run.primary.send_signal(signal.SIGHUP)
     deadline = t0 + 20
@@ -780,6 +791,13 @@ def sighup_reload(run, t0):
             break
         time.sleep(0.05)
     done = time.time()
+    if cli:
+        try:
+            run.detail["pm2_cli_exit"] = cli.wait(max(1.0, deadline - time.time()))
+        except subprocess.TimeoutExpired:
+            cli.kill()
+            cli.wait()
+            run.notes.append("pm2 reload CLI did not return: killed")
     run.detail["reload_s"] = round(done - t0, 2) if done < deadline else None
     if done >= deadline:
         run.notes.append("reload not finished within 20 s")
@@ -851,6 +869,27 @@ def environment():
             "loadavg_1m": round(os.getloadavg()[0], 2)}
 
 
+def run_all(build, faults, managers, prof, profile, records):
+    """Every fault against every manager, one run at a time (appends to records)."""
+    for f in faults:
+        for m in managers:
+            why = manager_available(build, m)
+            if why:
+                records.append({"fault": f, "manager": m, "workers": prof["workers"],
+                                "profile": profile, "status": "unavailable", "error": why})
+                continue
+            t = time.time()
+            r = Run(build, m, f, prof, profile).execute()
+            r["run_s"] = round(time.time() - t, 1)
+            records.append(r)
+            rq, rec = r.get("requests", {}), r.get("recovery", {})
+            print(f"chaos {f:20} {m:14} {r['status']:6} sent={rq.get('sent')} "
+                  f"failed={rq.get('failed')} beyond_own={rq.get('failed_beyond_own')} "
+                  f"recover={rec.get('recovery_s')} outage={rec.get('permanent_outage')} "
+                  f"orphans={r.get('orphans')} ({r['run_s']} s)"
+                  + (f" error: {r.get('error')}" if r["status"] != "ok" else ""), flush=True)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--build", default="build")
@@ -875,23 +914,20 @@ def main():
     prof = PROFILES[a.profile]
     started = time.time()
     records = []
-    for f in faults:
-        for m in managers:
-            why = manager_available(build, m)
-            if why:
-                records.append({"fault": f, "manager": m, "workers": prof["workers"],
-                                "profile": a.profile, "status": "unavailable", "error": why})
-                continue
-            t = time.time()
-            r = Run(build, m, f, prof, a.profile).execute()
-            r["run_s"] = round(time.time() - t, 1)
-            records.append(r)
-            rq, rec = r.get("requests", {}), r.get("recovery", {})
-            print(f"chaos {f:20} {m:14} {r['status']:6} sent={rq.get('sent')} "
-                  f"failed={rq.get('failed')} beyond_own={rq.get('failed_beyond_own')} "
-                  f"recover={rec.get('recovery_s')} outage={rec.get('permanent_outage')} "
-                  f"orphans={r.get('orphans')} ({r['run_s']} s)"
-                  + (f" error: {r.get('error')}" if r["status"] != "ok" else ""), flush=True)
+    interrupted = []
+
+    def interrupt(signum, _frame):
+        # Raised in the main thread: the run in progress stops what it started (its finally).
+        interrupted.append(signum)
+        raise KeyboardInterrupt
+    signal.signal(signal.SIGINT, interrupt)
+    signal.signal(signal.SIGTERM, interrupt)
+    try:
+        run_all(build, faults, managers, prof, a.profile, records)
+    except KeyboardInterrupt:  # the run in progress stopped what it started (its finally)
+        print(f"chaos: interrupted by signal {interrupted[0] if interrupted else 'SIGINT'}; "
+              "nothing written", file=sys.stderr)
+        return 130
     reasons = {}
     doc = analysis.strict({"schema": analysis.SCHEMA, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                            "profile": a.profile, "settings": prof, "environment": environment(),
@@ -906,7 +942,11 @@ def main():
         json.dump(doc, fh, indent=1, allow_nan=False)
     print(f"chaos: wrote {os.path.relpath(a.out, ROOT)} ({doc['duration_s']} s)")
     if not a.no_report:
-        return subprocess.call([sys.executable, os.path.join(HERE, "report.py"), a.out])
+        # results/CHAOS.md for the default output; CHAOS.md beside any other --out
+        default_out = os.path.abspath(a.out) == os.path.join(ROOT, "results", "chaos", "latest.json")
+        md = os.path.join(ROOT, "results", "CHAOS.md") if default_out else \
+            os.path.join(os.path.dirname(os.path.abspath(a.out)), "CHAOS.md")
+        return subprocess.call([sys.executable, os.path.join(HERE, "report.py"), a.out, "--md", md])
     return 0
 
 

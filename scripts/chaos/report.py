@@ -110,7 +110,7 @@ def plot(doc, fault, path):
     ax.set_xlabel("seconds since the fault started")
     ax.set_ylabel("successful responses/s")
     ax.set_title(f"{fault} ({recs[0]['workers']} workers, {doc['profile']} profile)")
-    ax.legend(fontsize=7, loc="lower left", ncol=3)
+    ax.legend(fontsize=7, loc="best", ncol=3)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
@@ -133,7 +133,7 @@ def render(doc, md_path):
          "## Goal figures (reported, not asserted)", "",
          "Goals: 0 permanent outages; requests lost beyond the faulted worker's own ≤ Node's "
          "cluster's for every fault; the primary's fds and RSS back within 1% after every fault "
-         "(at rest before the load vs at rest after it).", "",
+         "(at rest after a warm-up load vs at rest after the fault's load).", "",
          "| manager | runs | permanent outages | beyond own > node-cluster | primary not within 1% | primary died | orphans | zombies | not measured |",
          "|---|---|---|---|---|---|---|---|---|"]
     for m, g in goals(doc).items():
@@ -142,14 +142,14 @@ def render(doc, md_path):
                  f"| {len(g['primary_not_within_1pct'])} {', '.join(g['primary_not_within_1pct'])} "
                  f"| {len(g['primary_died'])} {', '.join(g['primary_died'])} "
                  f"| {g['orphans']} | {g['zombies']} | {', '.join(g['not_measured']) or '–'} |")
-    L += ["", "Columns below: **sent/failed** (wrk: requests issued / without a 2xx answer; for "
-          "drain and primary SIGKILL only in-flight failures count, refused connects after the "
-          "listener closed are by design); **own** = client connections the faulted worker(s) "
-          "held at the fault (they die with it whatever the manager does); **beyond own** = "
-          "failed − own; **recover** = seconds from the fault's end until 1 s holds half the "
-          "pre-fault rate; **gap** = longest stretch without any success; **outage** = no "
-          "success within the outage window after the fault or at the end of the run; "
-          "**primary fds/RSS** at rest before → after.", ""]
+    L += ["", "Columns below (details in the README, \"Fault lab\"): **sent / failed** = wrk's "
+          "requests and those without a 2xx answer (drain and primary SIGKILL: client threads that "
+          "leave out refused connects); **own** = client connections the faulted worker held at "
+          "the fault; **beyond own** = failed − own; **recover** = seconds from the fault's end to "
+          "the first successful fresh-connection probe after the last failed one (0: none "
+          "failed); **gap** = longest stretch without a successful probe; **outage** = no "
+          "successful probe within the outage window after the fault, or none at the end; "
+          "**primary fds / RSS** at rest after a warm-up → at rest after the fault's load.", ""]
     for fault in doc["faults"]:
         L += [f"## {fault}", "", doc.get("fault_descriptions", {}).get(fault, ""), ""]
         L += ["| manager | sent | failed | own | beyond own | recover s | gap s | outage | primary fds | primary RSS KB | zombies | orphans | detail |",
