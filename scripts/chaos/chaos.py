@@ -627,16 +627,28 @@ def crash_loop(run, t0):
 
 
 def limit_nofile(run, pid, margin):
+    """Soft RLIMIT_NOFILE of `pid` := its open fds + margin (the hard limit stays, so the
+    soft one can be restored). Returns (new soft limit, previous soft limit) or None."""
     n = fd_count(pid)
     if n is None:
         return None
-    limit = n + margin
     try:
-        resource.prlimit(pid, resource.RLIMIT_NOFILE, (limit, limit))
+        soft, hard = resource.prlimit(pid, resource.RLIMIT_NOFILE)
+        resource.prlimit(pid, resource.RLIMIT_NOFILE, (n + margin, hard))
     except OSError as e:
         run.notes.append(f"prlimit {pid}: {e}")
         return None
-    return limit
+    return n + margin, soft
+
+
+def restore_nofile(run, pid, soft):
+    try:
+        _, hard = resource.prlimit(pid, resource.RLIMIT_NOFILE)
+        resource.prlimit(pid, resource.RLIMIT_NOFILE, (soft, hard))
+        return True
+    except OSError as e:
+        run.notes.append(f"prlimit {pid}: {e}")
+        return False
 
 
 def open_idle(run, count, budget_s=2.0):
@@ -681,9 +693,10 @@ def close_idle(run):
 
 @fault()
 def fd_exhaust_workers(run, t0):
-    """Every worker's RLIMIT_NOFILE set to its open fds + 32 (prlimit, kept to the end), then
-    idle connections opened and held for the window, then closed."""
-    run.detail["limits"] = {w: limit_nofile(run, w, 32) for w in run.workers()}
+    """Every worker's soft RLIMIT_NOFILE set to its open fds + 32 (prlimit, kept to the end of
+    the run), then idle connections opened and held for the window, then closed."""
+    limits = {w: limit_nofile(run, w, 32) for w in run.workers()}
+    run.detail["limits"] = {w: (v[0] if v else None) for w, v in limits.items()}
     run.detail["idle_connected"] = open_idle(run, run.p["idle_conns"])
     sleep_until(t0 + run.p["fd"])
     close_idle(run)
@@ -692,12 +705,16 @@ def fd_exhaust_workers(run, t0):
 
 @fault()
 def fd_exhaust_primary(run, t0):
-    """The primary's RLIMIT_NOFILE set to its open fds + 32 (kept to the end), then idle
-    connections opened and held for the window, then closed (only rr primaries hold them)."""
-    run.detail["limit"] = limit_nofile(run, run.primary.pid, 32)
+    """The primary's soft RLIMIT_NOFILE set to its open fds + 8 for the window, under the load
+    plus idle connections; then the idle connections are closed and the limit restored: does
+    it serve again (a hand-off that never ends would keep it wedged)?"""
+    limited = limit_nofile(run, run.primary.pid, 8)
+    run.detail["limit"] = limited[0] if limited else None
     run.detail["idle_connected"] = open_idle(run, run.p["idle_conns"])
     sleep_until(t0 + run.p["fd"])
     close_idle(run)
+    if limited:
+        run.detail["limit_restored"] = restore_nofile(run, run.primary.pid, limited[1])
     return time.time()
 
 
