@@ -53,7 +53,8 @@ def detail_text(r):
     if "limits" in d:
         d["limits"] = sorted(set(v for v in d["limits"].values() if v is not None))
     parts = [f"{k}={v}" for k, v in d.items()]
-    if r.get("workers_at_end") is not None and r.get("workers_at_end") != r.get("workers"):
+    if (r.get("workers_at_end") is not None and r.get("workers_at_end") != r.get("workers")
+            and not r.get("_ends_service")):
         parts.append(f"workers_at_end={r['workers_at_end']}/{r['workers']}")
     p = r.get("primary", {})
     if p.get("exit_code") not in (None, 0):
