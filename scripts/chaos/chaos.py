@@ -3,13 +3,14 @@
 (scripts/chaos/app.js) and the same load (wrk on 127.0.0.1, "Connection: close", bounded):
 
   managers: uvc-rr, uvc-none, uvc-reuseport (`uvcluster run --policy X`), node-cluster
-            (scripts/chaos/node_cluster.js, Node's cluster module) and pm2 (`pm2-runtime -i N`,
-            PM2's cluster mode, PM2_HOME in the run's temp dir; installed by scripts/deps.sh).
+            (scripts/chaos/node_cluster.js, Node's cluster module) and pm2 (`pm2-runtime` with an
+            ecosystem file: cluster mode, N instances, kill_timeout = the grace; PM2_HOME in
+            the run's temp dir; installed into node_modules/ by scripts/deps.sh).
 
 One run = start the manager, wait until N workers listen, a short load to warm up, the
-primary's fds and RSS at rest, start wrk, let it run `warm` seconds,
-play the fault, keep the load on for `observe` seconds, stop everything this run started (by
-pid) and count what was left. Results: results/chaos/latest.json (strict JSON) and, through
+primary's fds and RSS at rest, start wrk (and a fresh-connection probe), let it run `warm`
+seconds, play the fault, keep the load on for `observe` seconds, the primary at rest again,
+stop everything this run started (by pid) and count what was left. Results: results/chaos/latest.json (strict JSON) and, through
 scripts/chaos/report.py, results/CHAOS.md with a table and a plot per fault.
 
 usage: chaos.py [--build build] [--profile quick|default|full] [--faults a,b] [--managers a,b]
@@ -82,9 +83,9 @@ def process_table():
     return table
 
 
-def descendants(root, table=None):
+def descendants(root):
     """{pid: (state, ppid, starttime)} of every descendant of root, zombies included."""
-    table = table if table is not None else process_table()
+    table = process_table()
     found, frontier = {}, {root}
     while frontier:
         nxt = {p for p, s in table.items() if s[1] in frontier and p not in found}
