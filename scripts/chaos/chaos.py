@@ -43,16 +43,17 @@ MANAGERS = ["uvc-rr", "uvc-none", "uvc-reuseport", "node-cluster", "pm2"]
 FAULTS = ["kill-every-2s", "sigstop", "crash-loop", "fd-exhaust-workers", "fd-exhaust-primary",
           "maxconn-refusals", "slowloris", "ipc-garbage", "ipc-oversized", "ipc-nested",
           "sigterm-drain", "sighup-reload", "primary-sigkill"]
-# Per profile: workers, wrk connections, warm-up, observation after the fault, the outage
-# window N, and the fault windows (seconds).
+# Per profile: the managers (quick leaves out uvc-none and pm2, the slowest to start), workers,
+# wrk connections, warm-up, observation after the fault, the outage window N, and the fault
+# windows (seconds).
 PROFILES = {
-    "quick": dict(workers=2, conns=8, warm=0.8, observe=1.5, outage_after=1.0, kills=2,
+    "quick": dict(managers=["uvc-rr", "uvc-reuseport", "node-cluster"], workers=2, conns=8, warm=0.8, observe=1.5, outage_after=1.0, kills=2,
                   stop=2.2, crash=1.5, fd=1.0, idle_conns=150, maxconn=2.0, burst_conns=40,
                   slowloris=1.5, slow_conns=100, ipc=1.5),
-    "default": dict(workers=4, conns=16, warm=1.0, observe=2.0, outage_after=1.5, kills=3,
+    "default": dict(managers=MANAGERS, workers=4, conns=16, warm=1.0, observe=2.0, outage_after=1.5, kills=3,
                     stop=3.0, crash=2.5, fd=1.5, idle_conns=300, maxconn=2.0, burst_conns=60,
                     slowloris=2.0, slow_conns=200, ipc=2.0),
-    "full": dict(workers=4, conns=16, warm=2.0, observe=5.0, outage_after=3.0, kills=5,
+    "full": dict(managers=MANAGERS, workers=4, conns=16, warm=2.0, observe=5.0, outage_after=3.0, kills=5,
                  stop=10.0, crash=6.0, fd=4.0, idle_conns=600, maxconn=6.0, burst_conns=60,
                  slowloris=6.0, slow_conns=400, ipc=4.0),
 }
@@ -913,13 +914,13 @@ def main():
     ap.add_argument("--build", default="build")
     ap.add_argument("--profile", default="default", choices=sorted(PROFILES))
     ap.add_argument("--faults", default=",".join(FAULTS))
-    ap.add_argument("--managers", default=",".join(MANAGERS))
+    ap.add_argument("--managers", default=None, help="default: the profile's")
     ap.add_argument("--out", default=os.path.join(ROOT, "results", "chaos", "latest.json"))
     ap.add_argument("--no-report", action="store_true")
     a = ap.parse_args()
     build = os.path.abspath(a.build)
     faults = [f for f in a.faults.split(",") if f]
-    managers = [m for m in a.managers.split(",") if m]
+    managers = [m for m in (a.managers.split(",") if a.managers else PROFILES[a.profile]["managers"]) if m]
     for f in faults:
         if f not in FAULTS:
             ap.error(f"unknown fault {f} (one of {', '.join(FAULTS)})")
