@@ -525,6 +525,7 @@ class Run:
             stopping = time.time()
             exit_code, orphans = self.stop_all(tracker)
             record["stop_s"] = round(time.time() - stopping, 2)
+            shutil.rmtree(self.tmp, ignore_errors=True)
         record["primary"]["exit_code"] = exit_code
         record["orphans"] = len(orphans)
         if orphans:
@@ -533,7 +534,6 @@ class Run:
         for k in ("fds", "rss_kb"):
             record["primary"][f"{k}_delta_pct"] = analysis.delta_pct(
                 record["primary"].get(f"{k}_before"), record["primary"].get(f"{k}_after"))
-        shutil.rmtree(self.tmp, ignore_errors=True)
         return record
 
 
