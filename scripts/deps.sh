@@ -32,12 +32,16 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 if [ -f "$root/package-lock.json" ]; then
   installed="$root/node_modules/.package-lock.json"
   if [ ! -f "$installed" ] || [ "$root/package-lock.json" -nt "$installed" ]; then
+    # Not fatal: without the registry the build and tests still work; the fault lab then
+    # records pm2 as unavailable.
     if ! command -v npm >/dev/null; then
       SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
-      $SUDO apt-get update -qq
-      DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends npm >/dev/null
+      { $SUDO apt-get update -qq &&
+        DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends npm >/dev/null; } ||
+        echo "deps.sh: could not install npm" >&2
     fi
     echo "deps.sh: npm ci (node_modules missing or older than package-lock.json)" >&2
-    (cd "$root" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+    (cd "$root" && npm ci --no-audit --no-fund --loglevel=error >/dev/null) ||
+      echo "deps.sh: npm ci failed: pm2 and socket.io are unavailable" >&2
   fi
 fi
