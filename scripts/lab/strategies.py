@@ -15,6 +15,7 @@ import os
 import shutil
 import sys
 from dataclasses import dataclass, field
+from typing import Callable
 
 from load import HOST, free_port
 
@@ -22,7 +23,9 @@ SRC = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))
 NODE = "/usr/bin/node"
 APPS = ("native", "node")
 
-# What a strategy can promise, checked by the lab's comparisons (scripts/compare.py, report.py).
+# What a strategy can promise. scripts/compare.py checks Jain's index only on the "fair" ones (its
+# FAIR set is kept equal to promising("fair") by scripts/tests/test_lab_registry.py); report.py's
+# validations check "no-herd" (exclusive's herd below shared's).
 PROMISES = {
     "fair": "connections are spread evenly over the workers (Jain's index is checked)",
     "no-herd": "one waiter is woken per connection",
@@ -36,7 +39,7 @@ class Unavailable(Exception):
 @dataclass(frozen=True)
 class Strategy:
     name: str
-    launch: object                # launch(cell): starts the processes
+    launch: Callable[..., None]   # launch(cell): starts the processes
     who_accepts: str              # one line, for people
     apps: tuple = APPS            # worker apps the launcher can run
     unsupported: str = ""         # the record's reason for any other app
