@@ -60,13 +60,15 @@ def test_driver_and_compare_use_the_registry():
     assert compare.FAIR == strategies.promising("fair")
 
 
-def test_readme_lab_table_lists_every_strategy():
+def test_readme_lists_every_strategy():
     text = open(os.path.join(SRC, "README.md")).read()
     lab = text[text.index("| strategy | who accepts |"):]
     lab = lab[:lab.index("\n\n")]
     first_cells = [row.split("|")[1] for row in lab.splitlines()[2:]]
     listed = [n for cell in first_cells for n in re.findall(r"`([^`]+)`", cell)]
     assert listed == NAMES
+    cli_line = re.search(r"only\)\. Strategies: `([^`]+)`", text)  # the `uvcluster lab` section
+    assert cli_line and cli_line.group(1).split() == NAMES
 
 
 def test_perf_usable_needs_perf(monkeypatch):
