@@ -10,7 +10,7 @@ import argparse, json, os, re, signal, subprocess, sys, time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, 'scripts', 'lab'))
-from cell import cpu_seconds  # noqa: E402  (/proc/PID/stat utime+stime, shared with the lab)
+from procfs import cpu_seconds  # noqa: E402  (/proc/PID/stat utime+stime, shared with the lab)
 
 
 def start(cmd, n):

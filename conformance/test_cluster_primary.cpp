@@ -1,5 +1,5 @@
 // C++ primary (cluster::Primary) + unmodified Node http workers: every request answered, every
-// worker serves some, events and states as Node's primary reports them (node-protocol.md §4.2).
+// worker serves some, events and states as Node's primary reports them (docs/protocol.md §4.2).
 #include <gtest/gtest.h>
 
 #include <atomic>
@@ -247,7 +247,7 @@ TEST(PrimaryEvents, WorkerInitiatedDisconnectIsFlaggedAndKillIsNot) {
   EXPECT_EQ((*b)->exit_status()->signal, std::optional<std::string>("SIGKILL"));
   EXPECT_TRUE((*a)->is_dead());
   // Node sets 'dead' on exit and 'disconnected' on disconnect; their order is undefined, so the
-  // last state is either (node-protocol.md §4.2).
+  // last state is either (docs/protocol.md §4.2).
   EXPECT_TRUE((*a)->state() == WorkerHandle::State::dead ||
               (*a)->state() == WorkerHandle::State::disconnected);
   EXPECT_TRUE(primary->workers().empty());

@@ -48,6 +48,15 @@ int usage_error(const std::string& message) {
   return 2;
 }
 
+// Not the caller's fault: the event loop could not be set up (e.g. no fd left) or ended without a
+// result. 70 is sysexits' EX_SOFTWARE, distinct from bad usage (2) and from success (0).
+constexpr int kExitInternal = 70;
+
+int internal_error(const std::string& message) {
+  std::fprintf(stderr, "uvcluster exec: internal error: %s\n", message.c_str());
+  return kExitInternal;
+}
+
 bool parse_count(const char* s, int64_t* out) {
   char* end = nullptr;
   errno = 0;
@@ -178,7 +187,7 @@ void help_exec() {
       "  --timeout MS        kill with --kill-signal (default SIGTERM) after MS\n"
       "  --env K=V           repeatable; when given, these are the child's whole environment\n"
       "Exit status: 0 whenever the command could be run (its failure is in the JSON),\n"
-      "2 on bad usage.\n",
+      "2 on bad usage, 70 on an internal failure (e.g. no fd left for the event loop).\n",
       stdout);
 }
 
@@ -213,7 +222,8 @@ int run_exec(int argc, char** argv) {
     record = sync_record(a, r);
   } else {
     uv_loop_t loop;
-    uv_loop_init(&loop);
+    if (int rc = uv_loop_init(&loop); rc < 0)
+      return internal_error(std::string("uv_loop_init: ") + uv_err_name(rc));
     std::optional<ExecResult> result;
     auto cb = [&](ExecResult r) { result = std::move(r); };
     auto started = a.shell ? exec(&loop, line, a.options, cb) : exec_file(&loop, file, args, a.options, cb);
@@ -224,7 +234,7 @@ int run_exec(int argc, char** argv) {
     started = Result<std::shared_ptr<ChildProcess>>(Error{});  // drop our reference
     uv_run(&loop, UV_RUN_DEFAULT);
     uv_loop_close(&loop);
-    if (!result) return usage_error("internal: no result");
+    if (!result) return internal_error("the loop ended without a result");
     record = async_record(a, *result);
   }
   std::string outs = record.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";

@@ -16,12 +16,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 SRC = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, HERE)
 
-STRATEGIES = ["naive", "proxy", "shared", "exclusive", "rr", "reuseport", "nginx",
-              "node-rr", "node-none", "uvc-run"]
-NODE_ONLY = {"uvc-run"}          # the row "uvcluster run (C++ primary) + Node workers"
-NATIVE_ONLY = {"exclusive", "rr"}  # exclusive: EPOLLEXCLUSIVE needs a C++ accept loop; rr with
-#                                    Node workers is exactly the uvc-run row
-REFERENCE_NODE = {"node-rr", "node-none"}  # with the Node app even in the quick profile (ratios)
+from strategies import NAMES as STRATEGIES, REGISTRY  # noqa: E402
 
 # duration/herd in seconds; est_s is the per-cell wall time used before any cell has run.
 PROFILES = {
@@ -40,13 +35,13 @@ PROFILES = {
 
 
 def apps_for(strategy, which):
-    if strategy in NODE_ONLY:
-        return ["node"]
-    if strategy in NATIVE_ONLY:
-        return ["native"]
-    if which == "one":
-        return ["node"] if strategy in REFERENCE_NODE else ["native"]
-    return ["native", "node"]
+    """The apps a profile runs `strategy` with: its matrix rows, or one of them for "one" (Node's
+    own cluster with Node workers, the reference of every ratio; the others with C++ workers)."""
+    s = REGISTRY[strategy]
+    rows = list(s.rows())
+    if len(rows) == 1 or which != "one":
+        return rows
+    return ["node"] if s.reference else ["native"]
 
 
 def matrix(profile):

@@ -2,6 +2,9 @@
 
 #include <uv.h>
 
+#include <cstdio>
+#include <cstdlib>
+
 namespace uvcluster {
 
 Error Error::from_uv(int status, std::string syscall, std::string path) {
@@ -24,5 +27,15 @@ Error Error::make(std::string code, std::string message) {
   e.message = std::move(message);
   return e;
 }
+
+namespace detail {
+
+void bad_result_access(const char* what, const std::string& error) {
+  std::fprintf(stderr, "uvcluster: %s%s%s\n", what, error.empty() ? "" : ": ", error.c_str());
+  std::fflush(stderr);
+  std::abort();
+}
+
+}  // namespace detail
 
 }  // namespace uvcluster

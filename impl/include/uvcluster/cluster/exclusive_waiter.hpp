@@ -23,7 +23,9 @@
 namespace uvcluster::cluster {
 
 class ExclusiveWaiter {
-  struct Key {};  // start() is the only way in: construction can fail
+  struct Key {  // start() is the only way in: construction can fail
+    explicit Key() = default;
+  };
 
  public:
   // Registers `listen_fd` (borrowed: it must outlive the waiter) with EPOLLIN|EPOLLEXCLUSIVE in a

@@ -1,7 +1,7 @@
 #pragma once
 // The cluster primary (Node's lib/internal/cluster/primary.js): forks workers with
 // NODE_UNIQUE_ID, keeps the worker table, answers queryServer with a RoundRobinHandle or a
-// SharedHandle, and emits Node's events in Node's order (reference/node-protocol.md §3, §4.2).
+// SharedHandle, and emits Node's events in Node's order (docs/protocol.md §3, §4.2).
 // Works with unmodified Node workers and with C++ workers (cluster/worker.hpp).
 #include <uv.h>
 

@@ -1,6 +1,6 @@
 #pragma once
 // ipc::Channel: Node's IPC channel (child_process 'ipc' stdio, serialization "json") over a libuv
-// IPC pipe. Wire format and protocol: ../shared/reference/node-protocol.md §1–§2.
+// IPC pipe. Wire format and protocol: docs/protocol.md §1–§2.
 //
 //   * Framing: one JSON text + '\n' per message, UTF-8. Any JSON value is a message.
 //   * Messages whose `cmd` is a string longer than 5 chars starting with "NODE_" are internal:

@@ -1,5 +1,5 @@
 #pragma once
-// Node's 'json' IPC framing (node-protocol.md §1.2), independent of libuv so it can be unit
+// Node's 'json' IPC framing (docs/protocol.md §1.2), independent of libuv so it can be unit
 // tested and fuzzed.
 //
 //   * A frame is one JSON text followed by '\n' (0x0A). 0x0A never occurs inside a UTF-8
