@@ -17,6 +17,7 @@
 
 #include "support.hpp"
 #include "uvcluster/cluster/sockets.hpp"
+#include "uvcluster/cluster/watchdog.hpp"
 #include "uvcluster/detail/uv_handle.hpp"
 #include "uvcluster/process.hpp"
 
@@ -72,28 +73,32 @@ bool port_free(int port) {
   return fd.ok() && cluster::listen_fd(fd->get(), 0).ok();
 }
 
-// `uvcluster run --json` as a child of the test loop, marked by an environment entry.
-struct CliRun {
-  std::shared_ptr<ChildProcess> cli;
+Env environment_plus(const std::string& key, const std::string& value) {
+  Env env;
+  for (char** e = environ; *e; ++e) {
+    std::string kv(*e);
+    env[kv.substr(0, kv.find('='))] = kv.substr(kv.find('=') + 1);
+  }
+  env[key] = value;
+  return env;
+}
+
+// A primary as a child of the test loop, marked by an environment entry: `uvcluster run --json`,
+// or a program using the library that prints the same fork/listening events.
+struct PrimaryRun {
+  std::shared_ptr<ChildProcess> cli;  // the primary process
   std::vector<Json> events;
   std::string out_buf, err;
   std::vector<int> grandchildren;
   bool exited = false;
   std::string marker;
 
-  CliRun(uv_loop_t* loop, std::vector<std::string> args) {
+  PrimaryRun(uv_loop_t* loop, const std::string& program, std::vector<std::string> args) {
     std::random_device rd;
     marker = "UVC_ORPHAN_TEST=" + std::to_string(rd()) + std::to_string(rd());
-    Env env;
-    for (char** e = environ; *e; ++e) {
-      std::string kv(*e);
-      env[kv.substr(0, kv.find('='))] = kv.substr(kv.find('=') + 1);
-    }
-    env["UVC_ORPHAN_TEST"] = marker.substr(marker.find('=') + 1);
-    args.insert(args.begin(), "run");
     SpawnOptions so;
-    so.env = std::move(env);
-    auto c = spawn(loop, uvc_test::cli(), args, std::move(so));
+    so.env = environment_plus("UVC_ORPHAN_TEST", marker.substr(marker.find('=') + 1));
+    auto c = spawn(loop, program, args, std::move(so));
     EXPECT_TRUE(c.ok());
     cli = c.value();
     cli->stdout_pipe()->on_data([this](std::string_view d) {
@@ -148,16 +153,52 @@ struct Ticker {
   }
 };
 
+// Stops the primary as `stop` says, then waits (bounded) until nothing the run started is alive
+// and the port is free; prints how long that took after the SIGKILL.
+void stop_and_expect_nothing_left(uvc_test::TestLoop& loop, PrimaryRun& run, const std::string& label, Stop stop) {
+  int port = run.port();
+  ASSERT_FALSE(run.workers().empty());
+  // The check below can see them: the workers and their children carry the run's marker.
+  auto before = run.survivors();
+  auto seen = [&](int pid) { return std::find(before.begin(), before.end(), pid) != before.end(); };
+  for (int pid : run.workers()) EXPECT_TRUE(!alive(pid) || seen(pid)) << pid;
+  for (int pid : run.grandchildren) EXPECT_TRUE(seen(pid)) << pid;
+
+  Ticker poll(loop, 5);
+  if (stop == Stop::sigterm_then_sigkill) {
+    run.cli->kill("SIGTERM");
+    auto t0 = std::chrono::steady_clock::now();
+    // The operator's stop timeout: one second, whatever the primary does meanwhile.
+    loop.run_until([&] { return run.exited || std::chrono::steady_clock::now() - t0 >= std::chrono::seconds(1); }, 5000);
+  }
+  auto killed_at = std::chrono::steady_clock::now();
+  run.cli->kill("SIGKILL");
+  ASSERT_TRUE(loop.run_until([&] { return run.exited; }));
+
+  auto gone = [&] { return run.survivors().empty() && (port == 0 || port_free(port)); };
+  bool all_gone = loop.run_until(gone, 5000);
+  auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - killed_at).count();
+  std::printf("[orphans] %s: %zu workers, %zu grandchildren; everything gone %lld ms after the SIGKILL\n",
+              label.c_str(), run.workers().size(), run.grandchildren.size(), static_cast<long long>(ms));
+  auto left = run.survivors();
+  for (int pid : left) ::kill(pid, SIGKILL);  // what failed to die: only this run's processes
+  EXPECT_TRUE(all_gone) << left.size() << " processes outlived the primary\n" << run.err;
+  EXPECT_TRUE(left.empty());
+  if (port) {
+    EXPECT_TRUE(port_free(port)) << port;
+  }
+}
+
 class Orphans : public ::testing::TestWithParam<std::tuple<Moment, Stop>> {};
 
 TEST_P(Orphans, NoWorkerNorItsChildOutlivesAKilledPrimary) {
   auto [moment, stop] = GetParam();
   uvc_test::TestLoop loop;
-  std::vector<std::string> args = {"-i", "2", "--json", "--", "node", uvc_test::fixture("cluster_orphan_worker.js"), "0"};
+  std::vector<std::string> args = {"run", "-i", "2", "--json", "--", "node", uvc_test::fixture("cluster_orphan_worker.js"), "0"};
   if (moment == Moment::crash_loop) args.push_back("2");  // worker 1 stays, the others crash
-  CliRun run(loop, args);
+  PrimaryRun run(loop, uvc_test::cli(), args);
 
-  auto both_up = [&] { return run.count("listening") == 2 && run.grandchildren.size() == 2; };
+  auto both_up = [&] { return run.count("listening") == 2 && run.grandchildren.size() == 4; };
   switch (moment) {
     case Moment::idle:
       ASSERT_TRUE(loop.run_until(both_up));
@@ -172,7 +213,7 @@ TEST_P(Orphans, NoWorkerNorItsChildOutlivesAKilledPrimary) {
       // Worker 3 replaced worker 1, which was disconnected and lingers (its timer).
       ASSERT_TRUE(loop.run_until(both_up));
       run.cli->kill("SIGHUP");
-      ASSERT_TRUE(loop.run_until([&] { return run.has("disconnect", 1) && run.grandchildren.size() == 3; }));
+      ASSERT_TRUE(loop.run_until([&] { return run.has("disconnect", 1) && run.grandchildren.size() == 6; }));
       break;
     case Moment::crash_loop:
       ASSERT_TRUE(loop.run_until([&] { return run.count("restart") >= 3 && run.count("listening") == 1; }));
@@ -181,39 +222,9 @@ TEST_P(Orphans, NoWorkerNorItsChildOutlivesAKilledPrimary) {
       ASSERT_TRUE(loop.run_until([&] { return run.count("fork") >= 1; }));
       break;
   }
-  int port = run.port();
-  ASSERT_FALSE(run.workers().empty());
-  // The check below can see them: the workers and their children carry the run's marker.
-  auto before = run.survivors();
-  auto seen = [&](int pid) { return std::find(before.begin(), before.end(), pid) != before.end(); };
-  for (int pid : run.workers()) EXPECT_TRUE(!alive(pid) || seen(pid)) << pid;
-  for (int pid : run.grandchildren) EXPECT_TRUE(seen(pid)) << pid;
-
-  std::chrono::steady_clock::time_point killed_at;
-  Ticker poll(loop, 5);
-  if (stop == Stop::sigterm_then_sigkill) {
-    run.cli->kill("SIGTERM");
-    auto t0 = std::chrono::steady_clock::now();
-    // The operator's stop timeout: one second, whatever the primary does meanwhile.
-    loop.run_until([&] { return run.exited || std::chrono::steady_clock::now() - t0 >= std::chrono::seconds(1); }, 5000);
-  }
-  killed_at = std::chrono::steady_clock::now();
-  run.cli->kill("SIGKILL");
-  ASSERT_TRUE(loop.run_until([&] { return run.exited; }));
-
-  auto gone = [&] { return run.survivors().empty() && (port == 0 || port_free(port)); };
-  bool all_gone = loop.run_until(gone, 5000);
-  auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - killed_at).count();
-  std::printf("[orphans] %s/%s: %zu workers, %zu grandchildren; everything gone %lld ms after the SIGKILL\n",
-              moment_name(moment), stop == Stop::sigkill ? "SIGKILL" : "SIGTERM+1s+SIGKILL",
-              run.workers().size(), run.grandchildren.size(), static_cast<long long>(ms));
-  auto left = run.survivors();
-  for (int pid : left) ::kill(pid, SIGKILL);  // what failed to die: only this run's processes
-  EXPECT_TRUE(all_gone) << left.size() << " processes outlived the primary\n" << run.err;
-  EXPECT_TRUE(left.empty());
-  if (port) {
-    EXPECT_TRUE(port_free(port)) << port;
-  }
+  stop_and_expect_nothing_left(loop, run, std::string(moment_name(moment)) + "/" +
+                                              (stop == Stop::sigkill ? "SIGKILL" : "SIGTERM+1s+SIGKILL"),
+                               stop);
 }
 
 INSTANTIATE_TEST_SUITE_P(
@@ -225,5 +236,118 @@ INSTANTIATE_TEST_SUITE_P(
       return std::string(moment_name(std::get<0>(info.param))) +
              (std::get<1>(info.param) == Stop::sigkill ? "_Sigkill" : "_SigtermThenSigkill");
     });
+
+// The library's default, from a C++ program that uses cluster::Primary without the CLI.
+TEST(OrphansLibrary, PrimaryDefaultTakesItsWorkersAlongWhenKilled) {
+  uvc_test::TestLoop loop;
+  PrimaryRun run(loop, uvc_test::helper("orphan_primary"), {"2", uvc_test::fixture("cluster_orphan_worker.js"), "0"});
+  ASSERT_TRUE(loop.run_until([&] { return run.count("listening") == 2 && run.grandchildren.size() == 4; }));
+  stop_and_expect_nothing_left(loop, run, "library Primary/SIGKILL", Stop::sigkill);
+}
+
+// The watchdog itself, driven by hand.
+
+// `sleep 60` leading its own process group, as a worker does; `token` in its environment if given.
+std::shared_ptr<ChildProcess> sleeper(uv_loop_t* loop, const std::string& token = {}) {
+  SpawnOptions so;
+  so.stdio = {Stdio::ignore(), Stdio::ignore(), Stdio::ignore()};
+  so.detached = true;
+  if (!token.empty()) so.env = environment_plus(cluster::Watchdog::kTokenVar, token);
+  return spawn(loop, "/bin/sleep", {"60"}, so).value();
+}
+
+std::set<std::string> fds_of(int pid) {
+  std::set<std::string> fds;
+  std::error_code ec;
+  for (const auto& e : std::filesystem::directory_iterator("/proc/" + std::to_string(pid) + "/fd", ec))
+    fds.insert(e.path().filename());
+  return fds;
+}
+
+TEST(Watchdog, HoldsOnlyItsLifelineAndLeadsItsOwnGroup) {
+  uvc_test::TestLoop loop;
+  Ticker poll(loop, 5);
+  auto wd = cluster::Watchdog::start();
+  ASSERT_TRUE(wd.ok());
+  int pid = wd.value()->pid();
+  // No port, no worker channel, nothing of the primary's is kept open by it.
+  EXPECT_TRUE(loop.run_until([&] { return fds_of(pid) == std::set<std::string>{"0"}; }, 5000));
+  std::ifstream comm("/proc/" + std::to_string(pid) + "/comm");
+  std::string name;
+  std::getline(comm, name);
+  EXPECT_EQ(name, "uvc-watchdog");
+  EXPECT_EQ(getpgid(pid), pid);  // a kill of the primary's group does not reach it
+  wd.value().reset();
+  EXPECT_TRUE(uvc_test::zombie_children().empty());  // reaped
+}
+
+TEST(Watchdog, DestroyingItKillsTheWorkersLeftAndReapsIt) {
+  uvc_test::TestLoop loop;
+  auto wd = std::move(cluster::Watchdog::start().value());
+  wd->spawning();
+  auto worker = sleeper(loop);
+  wd->spawned(worker->pid());
+  wd.reset();
+  ASSERT_TRUE(loop.run_until([&] { return worker->exited(); }));
+  EXPECT_EQ(worker->exit_status()->signal, std::optional<std::string>("SIGKILL"));
+  EXPECT_TRUE(uvc_test::zombie_children().empty());
+}
+
+// The primary died between fork and registration: the worker is found by its token.
+TEST(Watchdog, AWorkerNotYetRegisteredIsFoundByItsToken) {
+  uvc_test::TestLoop loop;
+  auto wd = std::move(cluster::Watchdog::start().value());
+  wd->spawning();
+  auto worker = sleeper(loop, wd->token());
+  wd.reset();
+  ASSERT_TRUE(loop.run_until([&] { return worker->exited(); }));
+  EXPECT_EQ(worker->exit_status()->signal, std::optional<std::string>("SIGKILL"));
+}
+
+// A worker that exited left a child in its group (no token): the group still dies with the primary.
+TEST(Watchdog, AReapedWorkersGroupIsKilledWhileItHasMembers) {
+  uvc_test::TestLoop loop;
+  Ticker poll(loop, 5);
+  auto wd = std::move(cluster::Watchdog::start().value());
+  SpawnOptions so;
+  so.detached = true;
+  so.stdio = {Stdio::ignore(), Stdio::pipe(), Stdio::ignore()};
+  wd->spawning();
+  auto worker = spawn(loop, "/bin/sh", {"-c", "sleep 60 & echo $!"}, so).value();
+  wd->spawned(worker->pid());
+  std::string out;
+  worker->stdout_pipe()->on_data([&](std::string_view d) { out.append(d); });
+  ASSERT_TRUE(loop.run_until([&] { return worker->exited() && out.find('\n') != std::string::npos; }));
+  wd->reaped(*worker->pid());
+  int left_behind = std::stoi(out);
+  ASSERT_TRUE(alive(left_behind));
+  EXPECT_EQ(getpgid(left_behind), *worker->pid());
+  wd.reset();
+  bool killed = loop.run_until([&] { return !alive(left_behind); }, 5000);
+  if (!killed && getpgid(left_behind) == *worker->pid()) ::kill(left_behind, SIGKILL);
+  EXPECT_TRUE(killed);
+}
+
+TEST(Watchdog, AWatchdogThatDiedIsReplacedAndToldEverything) {
+  uvc_test::TestLoop loop;
+  Ticker poll(loop, 5);
+  auto wd = std::move(cluster::Watchdog::start().value());
+  wd->spawning();
+  auto first = sleeper(loop);
+  wd->spawned(first->pid());
+  int old_pid = wd->pid();
+  ::kill(old_pid, SIGKILL);  // the watchdog this test started; a zombie until it is replaced
+  ASSERT_TRUE(loop.run_until([&] { return !alive(old_pid); }));
+  wd->spawning();  // finds it gone, reaps it and starts another
+  auto second = sleeper(loop);
+  wd->spawned(second->pid());
+  EXPECT_NE(wd->pid(), old_pid);
+  EXPECT_TRUE(alive(*first->pid()));
+  wd.reset();
+  ASSERT_TRUE(loop.run_until([&] { return first->exited() && second->exited(); }));
+  EXPECT_EQ(first->exit_status()->signal, std::optional<std::string>("SIGKILL"));
+  EXPECT_EQ(second->exit_status()->signal, std::optional<std::string>("SIGKILL"));
+  EXPECT_TRUE(uvc_test::zombie_children().empty());
+}
 
 }  // namespace

@@ -308,9 +308,12 @@ void Watchdog::send(int32_t op, int pid) {
     do n = ::send(lifeline_.get(), &r, sizeof r, MSG_NOSIGNAL);
     while (n < 0 && errno == EINTR);
     if (n == static_cast<ssize_t>(sizeof r)) return;
-    // The watchdog is gone: reap it, start another and tell it what the first one knew.
+    // The watchdog is gone (or cannot be told): make sure, reap it, start another and tell it
+    // what the first one knew.
     lifeline_.reset();
-    ::waitpid(pid_, nullptr, WNOHANG);
+    ::kill(pid_, SIGKILL);  // not reaped yet, so the pid is still the watchdog's
+    while (::waitpid(pid_, nullptr, 0) < 0 && errno == EINTR) {
+    }
     pid_ = -1;
     if (!fork_process().ok()) return;
     std::vector<Record> known;
