@@ -350,4 +350,21 @@ TEST(Watchdog, AWatchdogThatDiedIsReplacedAndToldEverything) {
   EXPECT_TRUE(uvc_test::zombie_children().empty());
 }
 
+TEST(Watchdog, WithALoopAWatchdogThatDiedIsReplacedAtOnce) {
+  uvc_test::TestLoop loop;
+  Ticker poll(loop, 5);
+  auto wd = std::move(cluster::Watchdog::start(loop).value());
+  wd->spawning();
+  auto worker = sleeper(loop);
+  wd->spawned(worker->pid());
+  int old_pid = wd->pid();
+  ::kill(old_pid, SIGKILL);  // the watchdog this test started
+  ASSERT_TRUE(loop.run_until([&] { return wd->pid() != old_pid; }));  // no message needed
+  EXPECT_TRUE(uvc_test::zombie_children().empty());  // the dead one was reaped
+  EXPECT_TRUE(alive(wd->pid()));
+  wd.reset();
+  ASSERT_TRUE(loop.run_until([&] { return worker->exited(); }));
+  EXPECT_EQ(worker->exit_status()->signal, std::optional<std::string>("SIGKILL"));
+}
+
 }  // namespace

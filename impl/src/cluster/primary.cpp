@@ -150,7 +150,7 @@ Result<std::shared_ptr<WorkerHandle>> Primary::fork(const Env& extra) {
   // Workers never outlive the primary (watchdog.hpp): own process group, token, registration.
   if (settings_.workers_die_with_primary) {
     if (!watchdog_) {
-      auto started = Watchdog::start();
+      auto started = Watchdog::start(loop_);
       if (!started.ok()) return started.error();
       watchdog_ = std::move(started.value());
     }

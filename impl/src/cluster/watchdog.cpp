@@ -266,15 +266,16 @@ std::string random_token() {
 
 }  // namespace
 
-Result<std::unique_ptr<Watchdog>> Watchdog::start() {
-  auto wd = std::make_unique<Watchdog>(Key{}, random_token());
+Result<std::unique_ptr<Watchdog>> Watchdog::start(uv_loop_t* loop) {
+  auto wd = std::make_unique<Watchdog>(Key{}, loop, random_token());
   if (auto st = wd->fork_process(); !st.ok()) return st.error();
   return wd;
 }
 
-Watchdog::Watchdog(Key, std::string token) : token_(std::move(token)) {}
+Watchdog::Watchdog(Key, uv_loop_t* loop, std::string token) : loop_(loop), token_(std::move(token)) {}
 
 Watchdog::~Watchdog() {
+  hangup_.close();  // before its fd
   lifeline_.reset();
   while (pid_ > 0 && ::waitpid(pid_, nullptr, 0) < 0 && errno == EINTR) {
   }
@@ -298,7 +299,34 @@ Status Watchdog::fork_process() {
   ::close(sv[1]);
   lifeline_.reset(sv[0]);
   pid_ = pid;
+  if (loop_) {
+    detail::UvHandle<uv_poll_t> poll;
+    if (int rc = uv_poll_init(loop_, poll.get(), lifeline_.get()); rc < 0) return Error::from_uv(rc, "uv_poll_init");
+    poll.mark_initialized();
+    poll->data = this;
+    // The watchdog never writes: any event on this end means it is gone.
+    uv_poll_start(poll.get(), UV_READABLE | UV_DISCONNECT,
+                  [](uv_poll_t* h, int, int) { static_cast<Watchdog*>(h->data)->replace(); });
+    uv_unref(poll.base());
+    hangup_ = std::move(poll);
+  }
   return Ok{};
+}
+
+void Watchdog::replace() {
+  hangup_.close();  // before its fd
+  lifeline_.reset();
+  if (pid_ > 0) {
+    ::kill(pid_, SIGKILL);  // not reaped yet, so the pid is still the watchdog's
+    while (::waitpid(pid_, nullptr, 0) < 0 && errno == EINTR) {
+    }
+  }
+  pid_ = -1;
+  if (!fork_process().ok()) return;
+  std::vector<Record> known;
+  for (int w : watched_) known.push_back({kWatch, w});
+  for (int i = 0; i < spawning_; ++i) known.push_back({kSpawning, 0});
+  for (const Record& k : known) ::send(lifeline_.get(), &k, sizeof k, MSG_NOSIGNAL);
 }
 
 void Watchdog::send(int32_t op, int pid) {
@@ -308,18 +336,7 @@ void Watchdog::send(int32_t op, int pid) {
     do n = ::send(lifeline_.get(), &r, sizeof r, MSG_NOSIGNAL);
     while (n < 0 && errno == EINTR);
     if (n == static_cast<ssize_t>(sizeof r)) return;
-    // The watchdog is gone (or cannot be told): make sure, reap it, start another and tell it
-    // what the first one knew.
-    lifeline_.reset();
-    ::kill(pid_, SIGKILL);  // not reaped yet, so the pid is still the watchdog's
-    while (::waitpid(pid_, nullptr, 0) < 0 && errno == EINTR) {
-    }
-    pid_ = -1;
-    if (!fork_process().ok()) return;
-    std::vector<Record> known;
-    for (int w : watched_) known.push_back({kWatch, w});
-    for (int i = 0; i < spawning_; ++i) known.push_back({kSpawning, 0});
-    for (const Record& k : known) ::send(lifeline_.get(), &k, sizeof k, MSG_NOSIGNAL);
+    replace();
   }
 }
 

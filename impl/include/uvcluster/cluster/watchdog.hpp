@@ -9,12 +9,14 @@
 // caught between fork and exec, a worker's child that left the group with setsid), and exits.
 // Destroying the Watchdog does the same for what is left, then reaps it.
 #include <sys/types.h>
+#include <uv.h>
 
 #include <memory>
 #include <optional>
 #include <set>
 #include <string>
 
+#include "uvcluster/detail/uv_handle.hpp"
 #include "uvcluster/error.hpp"
 #include "uvcluster/fd.hpp"
 
@@ -29,8 +31,10 @@ class Watchdog {
   // Workers get kTokenVar=token() in their environment; their children inherit it.
   static constexpr const char* kTokenVar = "UVCLUSTER_LIFELINE";
 
-  static Result<std::unique_ptr<Watchdog>> start();
-  Watchdog(Key, std::string token);
+  // With a loop, a watchdog that dies on its own (killed by hand, OOM) is replaced at once;
+  // without, at the next message. The loop handle is unref'd: it never keeps the loop alive.
+  static Result<std::unique_ptr<Watchdog>> start(uv_loop_t* loop = nullptr);
+  Watchdog(Key, uv_loop_t* loop, std::string token);
   ~Watchdog();
   Watchdog(const Watchdog&) = delete;
   Watchdog& operator=(const Watchdog&) = delete;
@@ -48,12 +52,16 @@ class Watchdog {
 
  private:
   Status fork_process();
-  // One record to the watchdog. A watchdog that died (killed by hand, OOM) is replaced and told
-  // what the first one knew, so callers update watched_/spawning_ only after sending.
+  // Reaps a watchdog that died (or cannot be told) and starts another, told what it knew.
+  void replace();
+  // One record to the watchdog, replacing it first if needed; callers update watched_ and
+  // spawning_ only after sending, so a replacement is told the state before this record.
   void send(int32_t op, int pid = 0);
 
+  uv_loop_t* loop_;
   std::string token_;
   Fd lifeline_;  // the primary's end: close-on-exec, so no worker holds it
+  detail::UvHandle<uv_poll_t> hangup_;  // the watchdog's end closed: it died
   pid_t pid_ = -1;
   std::set<int> watched_;  // spawned and not yet reaped
   int spawning_ = 0;
