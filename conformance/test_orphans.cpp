@@ -86,7 +86,7 @@ Env environment_plus(const std::string& key, const std::string& value) {
 // A primary as a child of the test loop, marked by an environment entry: `uvcluster run --json`,
 // or a program using the library that prints the same fork/listening events.
 struct PrimaryRun {
-  std::shared_ptr<ChildProcess> cli;  // the primary process
+  std::shared_ptr<ChildProcess> primary;
   std::vector<Json> events;
   std::string out_buf, err;
   std::vector<int> grandchildren;
@@ -100,23 +100,24 @@ struct PrimaryRun {
     so.env = environment_plus("UVC_ORPHAN_TEST", marker.substr(marker.find('=') + 1));
     auto c = spawn(loop, program, args, std::move(so));
     EXPECT_TRUE(c.ok());
-    cli = c.value();
-    cli->stdout_pipe()->on_data([this](std::string_view d) {
+    primary = c.value();
+    primary->stdout_pipe()->on_data([this](std::string_view d) {
       out_buf.append(d);
       for (size_t nl; (nl = out_buf.find('\n')) != std::string::npos;) {
         events.push_back(Json::parse(out_buf.substr(0, nl), nullptr, false));
         out_buf.erase(0, nl + 1);
       }
     });
-    cli->stderr_pipe()->on_data([this](std::string_view d) {
+    primary->stderr_pipe()->on_data([this](std::string_view d) {
+      size_t parsed = err.rfind('\n') == std::string::npos ? 0 : err.rfind('\n') + 1;
       err.append(d);
-      std::istringstream lines(std::string{d});
+      std::istringstream lines(err.substr(parsed, err.rfind('\n') + 1 - parsed));
       for (std::string line; std::getline(lines, line);) {
         int worker = 0, child = 0;
         if (std::sscanf(line.c_str(), "grandchild %d %d", &worker, &child) == 2) grandchildren.push_back(child);
       }
     });
-    cli->on_exit([this](const ExitStatus&) { exited = true; });
+    primary->on_exit([this](const ExitStatus&) { exited = true; });
   }
   int count(const std::string& ev) const {
     int n = 0;
@@ -166,13 +167,13 @@ void stop_and_expect_nothing_left(uvc_test::TestLoop& loop, PrimaryRun& run, con
 
   Ticker poll(loop, 5);
   if (stop == Stop::sigterm_then_sigkill) {
-    run.cli->kill("SIGTERM");
+    run.primary->kill("SIGTERM");
     auto t0 = std::chrono::steady_clock::now();
     // The operator's stop timeout: one second, whatever the primary does meanwhile.
     loop.run_until([&] { return run.exited || std::chrono::steady_clock::now() - t0 >= std::chrono::seconds(1); }, 5000);
   }
   auto killed_at = std::chrono::steady_clock::now();
-  run.cli->kill("SIGKILL");
+  run.primary->kill("SIGKILL");
   ASSERT_TRUE(loop.run_until([&] { return run.exited; }));
 
   auto gone = [&] { return run.survivors().empty() && (port == 0 || port_free(port)); };
@@ -206,13 +207,13 @@ TEST_P(Orphans, NoWorkerNorItsChildOutlivesAKilledPrimary) {
     case Moment::draining:
       // The workers acknowledge the disconnect but their timer keeps them running.
       ASSERT_TRUE(loop.run_until(both_up));
-      run.cli->kill("SIGTERM");
+      run.primary->kill("SIGTERM");
       ASSERT_TRUE(loop.run_until([&] { return run.count("disconnect") == 2; }));
       break;
     case Moment::reloading:
       // Worker 3 replaced worker 1, which was disconnected and lingers (its timer).
       ASSERT_TRUE(loop.run_until(both_up));
-      run.cli->kill("SIGHUP");
+      run.primary->kill("SIGHUP");
       ASSERT_TRUE(loop.run_until([&] { return run.has("disconnect", 1) && run.grandchildren.size() == 6; }));
       break;
     case Moment::crash_loop:
