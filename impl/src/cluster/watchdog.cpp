@@ -43,6 +43,7 @@ Group g_groups[kMaxGroups];
 int g_group_count = 0;
 
 void add_group(pid_t pgid) {
+  if (pgid <= 1) return;  // kill(-0) and kill(-1) mean "my group" and "everyone"
   for (int i = 0; i < g_group_count; ++i)
     if (g_groups[i].pgid == pgid) return;
   if (g_group_count < kMaxGroups) g_groups[g_group_count++] = {pgid, false};
@@ -73,8 +74,9 @@ void kill_groups() {
   }
 }
 
-// The part of this file the matcher needs, copied before fork: "UVCLUSTER_LIFELINE=<token>".
-char g_token_entry[128];
+// "UVCLUSTER_LIFELINE=<token>", set in the watchdog only (it points into its copy of the
+// primary's memory): processes carrying it are this cluster's.
+const char* g_token_entry = nullptr;
 size_t g_token_len = 0;
 
 int append_number(char* out, long n) {
@@ -96,7 +98,7 @@ bool carries_token(long pid) {
   std::memcpy(path + n, "/environ", 9);
   int fd = ::open(path, O_RDONLY | O_CLOEXEC);
   if (fd < 0) return false;
-  static char buf[8192 + sizeof g_token_entry];
+  static char buf[8192 + 256];  // a chunk, after up to g_token_len - 1 carried bytes
   size_t carry = 0;
   bool found = false;
   for (;;) {
@@ -209,7 +211,9 @@ void close_all_but_lifeline(int lifeline) {
   }
 }
 
-[[noreturn]] void watchdog_main(int lifeline) {
+[[noreturn]] void watchdog_main(int lifeline, const std::string& token_entry) {
+  g_token_entry = token_entry.data();
+  g_token_len = token_entry.size();
   ::prctl(PR_SET_NAME, "uvc-watchdog", 0, 0, 0);
   ::setpgid(0, 0);  // a kill of the primary's group (a terminal's Ctrl-C) does not reach it
   quiet_signals();
@@ -286,8 +290,6 @@ Status Watchdog::fork_process() {
   if (::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0)
     return Error::from_uv(-errno, "socketpair");
   std::string entry = std::string(kTokenVar) + "=" + token_;
-  std::memcpy(g_token_entry, entry.data(), entry.size());
-  g_token_len = entry.size();
   pid_t pid = ::fork();
   if (pid < 0) {
     int err = errno;
@@ -295,7 +297,7 @@ Status Watchdog::fork_process() {
     ::close(sv[1]);
     return Error::from_uv(-err, "fork");
   }
-  if (pid == 0) watchdog_main(sv[1]);
+  if (pid == 0) watchdog_main(sv[1], entry);
   ::close(sv[1]);
   lifeline_.reset(sv[0]);
   pid_ = pid;
