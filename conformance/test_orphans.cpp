@@ -305,6 +305,22 @@ TEST(Watchdog, AWorkerNotYetRegisteredIsFoundByItsToken) {
   EXPECT_EQ(worker->exit_status()->signal, std::optional<std::string>("SIGKILL"));
 }
 
+// The primary died while a worker was between fork and exec: the child does not carry the token
+// yet (it still has the primary's environment), so the watchdog keeps looking for a while.
+TEST(Watchdog, AWorkerStillBeforeItsExecIsWaitedFor) {
+  uvc_test::TestLoop loop;
+  auto wd = std::move(cluster::Watchdog::start().value());
+  wd->spawning();
+  SpawnOptions so;
+  so.detached = true;
+  so.stdio = {Stdio::ignore(), Stdio::ignore(), Stdio::ignore()};
+  std::string late_exec = "sleep 0.1; exec env " + std::string(cluster::Watchdog::kTokenVar) + "=" + wd->token() + " sleep 60";
+  auto worker = spawn(loop, "/bin/sh", {"-c", late_exec}, so).value();
+  wd.reset();  // returns once the watchdog has exited
+  ASSERT_TRUE(loop.run_until([&] { return worker->exited(); }));
+  EXPECT_EQ(worker->exit_status()->signal, std::optional<std::string>("SIGKILL"));
+}
+
 // A worker that exited left a child in its group (no token): the group still dies with the primary.
 TEST(Watchdog, AReapedWorkersGroupIsKilledWhileItHasMembers) {
   uvc_test::TestLoop loop;
