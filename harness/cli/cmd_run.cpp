@@ -49,6 +49,8 @@ options:
 
 signals: SIGTERM/SIGINT drain (a second one SIGKILLs the workers left); SIGHUP reloads (a new worker listens before its predecessor is
 disconnected, one at a time). A port that cannot be bound is a one-line error and exit 1.
+If the primary dies, whatever kills it (SIGKILL included), its watchdog process (uvc-watchdog)
+SIGKILLs every worker and the processes the workers started.
 On a terminal a live status line shows workers, states, restarts and connections handed out.
 )");
 }
@@ -448,8 +450,8 @@ int run_run(int argc, char** argv) {
   cluster::PrimarySettings settings;
   settings.policy = opt.policy;
   // Ctrl-C signals the terminal's whole foreground group; workers in their own group let the
-  // primary drain them instead. They still end when the primary dies: the channel's EOF
-  // disconnects them (Node workers exit on it).
+  // primary drain them instead. They still end when the primary dies, however it dies:
+  // settings.workers_die_with_primary (on by default) kills them and what they started.
   settings.detached = true;
   // --json owns stdout: the workers' stdout goes to stderr so events stay parseable.
   if (opt.json) settings.stdio = std::vector<Stdio>{Stdio::inherit(), Stdio::from_fd(2), Stdio::inherit(), Stdio::ipc()};

@@ -5,6 +5,7 @@
 
 #include "uvcluster/cluster/round_robin_handle.hpp"
 #include "uvcluster/cluster/shared_handle.hpp"
+#include "uvcluster/cluster/watchdog.hpp"
 #include "uvcluster/fork.hpp"
 #include "uvcluster/ipc/channel.hpp"
 
@@ -146,7 +147,19 @@ Result<std::shared_ptr<WorkerHandle>> Primary::fork(const Env& extra) {
   fo.silent = settings_.silent;
   fo.stdio = settings_.stdio;
   fo.detached = settings_.detached;
+  // Workers never outlive the primary (watchdog.hpp): own process group, token, registration.
+  if (settings_.workers_die_with_primary) {
+    if (!watchdog_) {
+      auto started = Watchdog::start(loop_);
+      if (!started.ok()) return started.error();
+      watchdog_ = std::move(started.value());
+    }
+    (*fo.env)[Watchdog::kTokenVar] = watchdog_->token();
+    fo.detached = true;
+    watchdog_->spawning();
+  }
   auto child = uvcluster::fork(loop_, settings_.exec, settings_.args, std::move(fo));
+  if (watchdog_) watchdog_->spawned(child.ok() ? child.value()->pid() : std::nullopt);
   if (!child.ok()) return child.error();
 
   auto w = std::make_shared<WorkerHandle>();
@@ -175,6 +188,7 @@ Result<std::shared_ptr<WorkerHandle>> Primary::fork(const Env& extra) {
   w->process_->on_exit([wp, w](const ExitStatus& st) {
     auto p = wp.lock();
     if (!p) return;
+    if (p->watchdog_ && w->pid_) p->watchdog_->reaped(*w->pid_);  // its pid may now be reused
     if (!w->is_connected()) {
       p->remove_handles_for(*w);
       p->remove_worker(*w);

@@ -47,9 +47,14 @@ struct PrimarySettings {
   std::optional<std::vector<Stdio>> stdio{};  // must contain one Stdio::ipc()
   bool detached = false;  // own process group: a terminal's Ctrl-C reaches only the primary
   std::optional<Policy> policy{};             // default: policy_from_env()
+  // Workers never outlive this process: when it dies, however it dies, a watchdog process
+  // SIGKILLs every worker and the processes they started (cluster/watchdog.hpp). Each worker
+  // then leads its own process group, as with `detached`.
+  bool workers_die_with_primary = true;
 };
 
 class Primary;
+class Watchdog;
 
 // The primary's view of one worker (Node's cluster Worker in the primary).
 class WorkerHandle {
@@ -159,6 +164,7 @@ class Primary : public std::enable_shared_from_this<Primary> {
   std::map<std::string, std::unique_ptr<Impl>> handles_;
   uint64_t handle_serial_ = 0;
   std::vector<std::function<void()>> disconnect_cbs_;
+  std::unique_ptr<Watchdog> watchdog_;  // started at the first fork when workers_die_with_primary
 
   detail::Event<> setup_;
   detail::Event<WorkerHandle&> fork_;
