@@ -78,7 +78,8 @@ std::vector<int> pids_of(const Cli& c) {
 TEST(ClusterCli, UsageErrorsAreOneLinePlusHelpAndExit2) {
   for (std::vector<std::string> args : std::vector<std::vector<std::string>>{
            {"run"}, {"run", "--policy", "fast", "--", "x.js"}, {"run", "-i", "0", "--", "x.js"},
-           {"run", "--bogus"}, {"run", "--", "node"}}) {
+           {"run", "--bogus"}, {"run", "--", "node"}, {"run", "--kill-signal", "SIGNOPE", "--", "x.js"},
+           {"run", "--env", "NOEQUALS", "--", "x.js"}, {"run", "--kill-timeout", "-1", "--", "x.js"}}) {
     args.insert(args.begin(), uvc_test::cli());
     auto r = uvc_test::run_capture(args);
     EXPECT_EQ(r.status, 2) << r.err;
@@ -87,7 +88,9 @@ TEST(ClusterCli, UsageErrorsAreOneLinePlusHelpAndExit2) {
   }
   auto help = uvc_test::run_capture({uvc_test::cli(), "run", "--help"});
   EXPECT_EQ(help.status, 0);
-  for (const char* word : {"--policy", "reuseport", "exclusive", "--restart", "--grace", "--json", "SIGHUP"})
+  for (const char* word : {"--policy", "reuseport", "exclusive", "--restart", "--grace", "--json", "SIGHUP",
+                           "--kill-signal", "--kill-timeout", "--min-uptime", "--max-restarts",
+                           "--restart-window", "--wait-ready", "--listen-timeout", "--instance-var", "--env"})
     EXPECT_NE(help.out.find(word), std::string::npos) << word;
 }
 
@@ -349,6 +352,7 @@ TEST(ClusterCli, BackoffResetsOnlyAfterMinUptimeAndTooManyRestartsIsErrored) {
   for (auto& e : cli.events)
     if (e.value("event", "") == "restart") delays.push_back(e["delay_ms"]);
   EXPECT_EQ(delays, (std::vector<int>{100, 200, 400}));
+  EXPECT_EQ(cli.count("listening"), 4) << "each worker crashed after it listened";
   EXPECT_EQ((*cli.last("errored"))["instance"], 0);
   EXPECT_EQ(cli.count("fork"), 4);
   EXPECT_EQ(live_workers(cli), 0);
@@ -457,4 +461,60 @@ TEST(ClusterCli, WorkerOutputLinesAreNeverTorn) {
   }
   EXPECT_EQ(torn, 0);
   for (char c : {'a', 'b', 'c', 'd'}) EXPECT_EQ(whole[c], kLines) << c;
+}
+
+// NODE_APP_INSTANCE is the slot: a restarted worker gets its predecessor's number.
+TEST(ClusterCli, InstanceNumbersAreStableAcrossRestartsAndEnvReachesWorkers) {
+  uvc_test::TestLoop loop;
+  Cli cli(loop, supervised({"-i", "2", "--env", "GREETING=hi there", "--json"},
+                           {"env", "NODE_APP_INSTANCE,GREETING"}));
+  ASSERT_TRUE(loop.run_until([&] { return cli.count("listening") == 2; }));
+  int victim = 0;
+  for (auto& e : cli.events)
+    if (e.value("event", "") == "fork" && e["instance"] == 0) victim = e["pid"];
+  ASSERT_GT(victim, 0);
+  ::kill(victim, SIGKILL);
+  ASSERT_TRUE(loop.run_until([&] { return cli.count("listening") == 3; }));
+  auto* fork = cli.last("fork");
+  EXPECT_EQ((*fork)["instance"], 0);
+  EXPECT_EQ(count_of(cli.err, "env NODE_APP_INSTANCE=0\n"), 2u) << cli.err;
+  EXPECT_EQ(count_of(cli.err, "env NODE_APP_INSTANCE=1\n"), 1u) << cli.err;
+  EXPECT_EQ(count_of(cli.err, "env GREETING=hi there\n"), 3u) << cli.err;
+  cli.child->kill("SIGTERM");
+  ASSERT_TRUE(loop.run_until([&] { return cli.closed; }, 60000));
+}
+
+TEST(ClusterCli, InstanceVarRenamesTheVariable) {
+  uvc_test::TestLoop loop;
+  Cli cli(loop, supervised({"-i", "1", "--instance-var", "SLOT", "--json"}, {"env", "SLOT,NODE_APP_INSTANCE"}));
+  ASSERT_TRUE(loop.run_until([&] { return cli.count("listening") == 1 && count_of(cli.err, "\n") >= 2; }));
+  EXPECT_NE(cli.err.find("env SLOT=0\n"), std::string::npos) << cli.err;
+  EXPECT_NE(cli.err.find("env NODE_APP_INSTANCE=undefined\n"), std::string::npos) << cli.err;
+  cli.child->kill("SIGTERM");
+  ASSERT_TRUE(loop.run_until([&] { return cli.closed; }, 60000));
+}
+
+// --wait-ready: a reload moves on when the new worker says `ready`; one that never does is
+// killed after --listen-timeout.
+TEST(ClusterCli, WaitReadyGatesReloadAndListenTimeoutKillsWorkersThatNeverGetReady) {
+  {
+    uvc_test::TestLoop loop;
+    Cli cli(loop, supervised({"-i", "2", "--wait-ready", "--json"}, {"ready"}));
+    ASSERT_TRUE(loop.run_until([&] { return cli.count("ready") == 2; }));
+    cli.child->kill("SIGHUP");
+    ASSERT_TRUE(loop.run_until([&] { return cli.count("reload-done") == 1; }, 60000));
+    EXPECT_LT(cli.index_of("ready", 3), cli.index_of("disconnect", 1));
+    EXPECT_LT(cli.index_of("ready", 4), cli.index_of("disconnect", 2));
+    cli.child->kill("SIGTERM");
+    ASSERT_TRUE(loop.run_until([&] { return cli.closed; }, 60000));
+    EXPECT_EQ(cli.exit->code, std::optional<int>(0)) << cli.err;
+  }
+  uvc_test::TestLoop loop;
+  Cli cli(loop, supervised({"-i", "1", "--wait-ready", "--listen-timeout", "300", "--restart", "never", "--json"}, {}));
+  ASSERT_TRUE(loop.run_until([&] { return cli.closed; }, 60000));
+  EXPECT_EQ(cli.count("listening"), 1);
+  EXPECT_EQ(cli.count("ready"), 0);
+  EXPECT_EQ(cli.count("startup-timeout"), 1);
+  EXPECT_EQ((*cli.last("exit"))["signal"], "SIGKILL");
+  EXPECT_EQ(cli.exit->code, std::optional<int>(1));
 }

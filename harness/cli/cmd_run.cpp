@@ -37,17 +37,35 @@ options:
                             reuseport  one SO_REUSEPORT socket per worker (kernel balancing)
                             exclusive  shared socket, C++ workers wait with EPOLLEXCLUSIVE
                                        (Node workers behave as with none)
-  --restart on-crash|never  restart workers that exit without being disconnected (default
-                          on-crash; backoff 100 ms doubling to 10 s, reset once a worker listens)
-  --grace MS              on SIGTERM/SIGINT: disconnect all workers, SIGKILL those left after MS
+  --restart on-crash|never  restart workers that exit without being asked to (default on-crash;
+                          backoff 100 ms doubling to 10 s, reset only after --min-uptime)
+  --min-uptime MS         a worker that ran at least MS before it crashed resets the backoff (1000)
+  --max-restarts N        restarts of one instance within --restart-window before it is shown
+                          `errored` and left down until the next reload (default 10; 0 = no limit)
+  --restart-window MS     (default 60000)
+  --kill-signal SIG       sent to a worker being stopped once it has disconnected (default SIGTERM)
+  --kill-timeout MS       SIGKILL a worker still alive MS after its stop began (default 5000; 0 = never)
+  --grace MS              on SIGTERM/SIGINT: stop all workers, SIGKILL those left after MS
                           (default 10000); exit 0 when every worker left cleanly
   --startup-timeout MS    kill a worker that is not online after MS (default 30000)
-  --json                  one JSON event per line on stdout (fork, online, listening, disconnect,
-                          exit, restart, reload, drain, error, stats); worker stdout goes to stderr
+  --wait-ready            a worker is up once it sends process.send('ready'), not when it listens
+  --listen-timeout MS     kill a worker that is not up MS after it started (default 0: no limit)
+  --instance-var NAME     the variable holding the worker's instance 0..N-1 (default NODE_APP_INSTANCE)
+  --env K=V               add K=V to the workers' environment (repeatable)
+  --json                  one JSON event per line on stdout (fork, online, listening, ready,
+                          disconnect, exit, restart, errored, reload, reload-queued, reload-done,
+                          reload-failed, drain, kill, startup-timeout, error, stats); worker stdout
+                          goes to stderr
   -h, --help              this text
 
-signals: SIGTERM/SIGINT drain (a second one SIGKILLs the workers left); SIGHUP reloads (a new worker listens before its predecessor is
-disconnected, one at a time). A port that cannot be bound is a one-line error and exit 1.
+Stopping a worker (reload, drain, fewer instances): disconnect, then --kill-signal once it has
+disconnected, then SIGKILL after --kill-timeout.
+signals: SIGTERM/SIGINT drain (a second one SIGKILLs the workers left); SIGHUP reloads (a new
+worker is up before its predecessor is stopped, one at a time; a replacement that dies first
+rolls its instance back; a SIGHUP during a reload is queued).
+A port that cannot be bound before any worker listened is a one-line error and exit 1; once the
+cluster serves, a worker's failed listen is that worker's error event.
+Worker output is relayed line by line (lines are never torn or interleaved).
 On a terminal a live status line shows workers, states, restarts and connections handed out.
 )");
 }
@@ -281,6 +299,19 @@ int run_run(int argc, char** argv) {
       opt.max_restarts = static_cast<int>(n);
     } else if (a == "--restart-window") {
       if (!millis(opt.restart_window_ms, 1)) return usage_error("--restart-window needs milliseconds");
+    } else if (a == "--wait-ready") {
+      opt.wait_ready = true;
+    } else if (a == "--listen-timeout") {
+      if (!millis(opt.listen_timeout_ms, 0)) return usage_error("--listen-timeout needs milliseconds");
+    } else if (a == "--instance-var") {
+      const char* v = value();
+      if (!v || !*v || std::strchr(v, '=')) return usage_error("--instance-var needs a variable name");
+      opt.instance_var = v;
+    } else if (a == "--env") {
+      const char* v = value();
+      const char* eq = v ? std::strchr(v, '=') : nullptr;
+      if (!eq || eq == v) return usage_error("--env needs K=V");
+      opt.env[std::string(v, eq)] = eq + 1;
     } else if (a == "--json") {
       json = true;
     } else {
