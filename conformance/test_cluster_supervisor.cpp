@@ -89,7 +89,9 @@ TEST(Supervisor, InstancesKeepTheirNumberAcrossAReload) {
 
 TEST(Supervisor, ScaleUpForksNewSlotsScaleDownStopsTheHighest) {
   uvc_test::TestLoop loop;
-  auto sup = Supervisor::create(loop, worker_options(1, {"timer"}));
+  auto opt = worker_options(1, {"timer"});
+  opt.kill_timeout_ms = 60000;  // the stop must end by the signal, not by SIGKILL
+  auto sup = Supervisor::create(loop, opt);
   Seen seen(*sup);
   sup->start();
   ASSERT_TRUE(loop.run_until([&] { return seen.count["listening"] == 1; }));
@@ -196,7 +198,7 @@ TEST(Supervisor, ListenTimeoutFailsAStartThatNeverGetsReady) {
   uvc_test::TestLoop loop;
   auto opt = worker_options(1);  // listens but never sends "ready"
   opt.wait_ready = true;
-  opt.listen_timeout_ms = 300;
+  opt.listen_timeout_ms = 2000;
   opt.restart = false;
   auto sup = Supervisor::create(loop, opt);
   Seen seen(*sup);
