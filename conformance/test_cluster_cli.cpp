@@ -508,3 +508,18 @@ TEST(ClusterCli, WaitReadyGatesReloadAndListenTimeoutKillsWorkersThatNeverGetRea
   EXPECT_EQ((*cli.last("exit"))["signal"], "SIGKILL");
   EXPECT_EQ(cli.exit->code, std::optional<int>(1));
 }
+
+// On a terminal the status line is redrawn every second; worker output must start on a cleared
+// line, never glued to the status text. `script` gives the CLI a terminal.
+TEST(ClusterCli, StatusLineIsClearedBeforeWorkerOutput) {
+  std::string cmd = uvc_test::cli() + " run -i 1 --restart never -- " + uvc_test::fixture("supervised_worker.js") +
+                    " 0 127.0.0.1 tick 6 500";
+  auto r = uvc_test::run_capture({"/usr/bin/script", "-qfec", cmd, "/dev/null"});
+  ASSERT_NE(r.out.find("[uvcluster rr]"), std::string::npos) << "no status line was drawn: " << r.out;
+  size_t ticks = 0;
+  for (size_t p = 0; (p = r.out.find("tick ", p)) != std::string::npos; p += 5, ++ticks) {
+    std::string before = r.out.substr(p >= 3 ? p - 3 : 0, std::min<size_t>(p, 3));
+    EXPECT_TRUE(before == "\033[K" || before.back() == '\n') << "tick glued to: " << r.out.substr(p > 80 ? p - 80 : 0, 90);
+  }
+  EXPECT_EQ(ticks, 6u) << r.out;
+}
