@@ -95,6 +95,8 @@ bool parse_int(const char* s, int64_t& out) {
 }
 
 // Writes all of `data` to fd even when it is non-blocking: one call per line keeps lines whole.
+// A reader that stops reading stalls the primary here, as it stalled the workers when they
+// wrote to the inherited fd themselves.
 void write_all(int fd, std::string_view data) {
   while (!data.empty()) {
     ssize_t n = ::write(fd, data.data(), data.size());

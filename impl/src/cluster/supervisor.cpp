@@ -76,8 +76,8 @@ struct Supervisor::Slot {
   Timer restart_timer;
 };
 
-struct Supervisor::Timers {
-  explicit Timers(uv_loop_t* loop) : grace(loop), linger(loop) {}
+struct Supervisor::Handles {
+  explicit Handles(uv_loop_t* loop) : grace(loop), linger(loop) {}
   Timer grace;
   Timer linger;
   std::vector<detail::UvHandle<uv_signal_t>> signals;
@@ -99,7 +99,7 @@ std::shared_ptr<Supervisor> Supervisor::create(uv_loop_t* loop, SupervisorOption
 }
 
 Supervisor::Supervisor(Key, uv_loop_t* loop, SupervisorOptions options)
-    : loop_(loop), opt_(std::move(options)), timers_(std::make_unique<Timers>(loop)) {
+    : loop_(loop), opt_(std::move(options)), handles_(std::make_unique<Handles>(loop)) {
   if (opt_.relay_output) {
     opt_.primary.silent = false;
     opt_.primary.stdio = std::vector<Stdio>{Stdio::inherit(), Stdio::pipe(), Stdio::pipe(), Stdio::ipc()};
@@ -131,7 +131,7 @@ void Supervisor::start() {
 
 void Supervisor::install_signals() {
   for (int sig : {SIGTERM, SIGINT, SIGHUP}) {
-    auto& h = timers_->signals.emplace_back();
+    auto& h = handles_->signals.emplace_back();
     if (uv_signal_init(loop_, h.get()) != 0) continue;
     h.mark_initialized();
     h->data = this;
@@ -241,7 +241,7 @@ void Supervisor::relay(WorkerHandle& w) {
     auto s = ws.lock();
     if (!s) return;
     s->relaying_.erase(id);
-    if (s->finished_ && s->relaying_.empty()) s->timers_->linger.stop();
+    if (s->finished_ && s->relaying_.empty()) s->handles_->linger.stop();
   });
 }
 
@@ -444,7 +444,7 @@ void Supervisor::drain(const std::string& reason, bool failure) {
   for (auto& [id, t] : live_) ids.push_back(id);
   for (int id : ids)
     if (auto* t = tracked(id)) stop(*t);
-  timers_->grace.start(static_cast<uint64_t>(opt_.grace_ms), [this] { kill_all(); });
+  handles_->grace.start(static_cast<uint64_t>(opt_.grace_ms), [this] { kill_all(); });
   maybe_finish();
 }
 
@@ -487,14 +487,14 @@ void Supervisor::maybe_finish() {
 
 void Supervisor::finish() {
   finished_ = true;
-  timers_->grace.stop();
-  for (auto& s : timers_->signals) s.close();
-  timers_->signals.clear();
+  handles_->grace.stop();
+  for (auto& s : handles_->signals) s.close();
+  handles_->signals.clear();
   for (auto& slot : slots_) slot->restart_timer.stop();
   SupervisorResult result{(failed_ || unclean_) ? 1 : 0, stats()};
   if (!relaying_.empty()) {
     // Pipes a worker's own children still hold would keep the loop alive forever.
-    timers_->linger.start(kOutputLingerMs, [this] {
+    handles_->linger.start(kOutputLingerMs, [this] {
       auto open = relaying_;
       for (auto& [id, ww] : open)
         if (auto w = ww.lock(); w && w->process())

@@ -29,6 +29,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -160,10 +161,9 @@ class Supervisor : public std::enable_shared_from_this<Supervisor> {
   void on_output(std::function<void(WorkerHandle&, OutputStream, std::string_view)> fn) { output_.add(std::move(fn)); }
   void on_done(std::function<void(const SupervisorResult&)> fn) { done_.add(std::move(fn)); }
 
-  struct Tracked;
-  struct Slot;
-
  private:
+  struct Tracked;  // one live worker: its slot, deadlines, how it is being stopped
+  struct Slot;     // one instance number: its worker, a reload's replacement, restart history
   // Forks one worker for slot `instance` (a fresh start or a reload's replacement) and tracks it.
   Result<std::shared_ptr<WorkerHandle>> fork_one(int instance);
   void start_worker(Slot& slot);
@@ -191,8 +191,8 @@ class Supervisor : public std::enable_shared_from_this<Supervisor> {
   std::vector<std::unique_ptr<Slot>> slots_;             // by instance number
   std::map<int, std::unique_ptr<Tracked>> live_;         // forked and not yet exited, by worker id
   std::map<int, std::weak_ptr<WorkerHandle>> relaying_;  // exited, pipes still open
-  struct Timers;
-  std::unique_ptr<Timers> timers_;
+  struct Handles;  // grace and output-linger timers, signal handlers
+  std::unique_ptr<Handles> handles_;
   struct Reload {
     std::vector<int> queue;   // instances still to replace
     int instance = -1;        // the slot being replaced now
