@@ -195,7 +195,8 @@ TEST(ClusterCli, WorkerThatNeverComesOnlineIsKilledNotWaitedForever) {
 
 TEST(ClusterCli, CrashLoopBacksOffExponentially) {
   uvc_test::TestLoop loop;
-  Cli cli(loop, {"-i", "1", "--json", "--", uvc_test::fixture("cluster_crash_worker.js")});
+  // A long --min-uptime: a slow start on a loaded machine must not count as a stable run.
+  Cli cli(loop, {"-i", "1", "--min-uptime", "600000", "--json", "--", uvc_test::fixture("cluster_crash_worker.js")});
   ASSERT_TRUE(loop.run_until([&] { return cli.count("restart") >= 3; }));
   std::vector<int> delays;
   for (auto& e : cli.events)
