@@ -520,7 +520,8 @@ TEST(ClusterCli, StatusLineIsClearedBeforeWorkerOutput) {
   size_t ticks = 0;
   for (size_t p = 0; (p = r.out.find("tick ", p)) != std::string::npos; p += 5, ++ticks) {
     std::string before = r.out.substr(p >= 3 ? p - 3 : 0, std::min<size_t>(p, 3));
-    EXPECT_TRUE(before == "\033[K" || before.back() == '\n') << "tick glued to: " << r.out.substr(p > 80 ? p - 80 : 0, 90);
+    EXPECT_TRUE(before.empty() || before == "\033[K" || before.back() == '\n')
+        << "tick glued to: " << Json(r.out.substr(p > 80 ? p - 80 : 0, 80)).dump();
   }
   EXPECT_EQ(ticks, 6u) << r.out;
 }
