@@ -40,6 +40,14 @@ TEST(IpcNodeParent, UvclusterIpcEchoAsChild) {
   EXPECT_EQ(r["events"], json::array({"disconnect", json::array({"exit", 0, nullptr})}));
 }
 
+TEST(IpcNodeParent, LoneSurrogatesRoundTripThroughIpcEcho) {
+  // Oracle: a Node echo child gives every string back unchanged; so must `uvcluster ipc-echo`.
+  json node = uvc_test::run_node_fixture("ipc_echo_strings.js", {uvc_test::fixture("ipc_echo_child.js")});
+  ASSERT_EQ(node["got"], node["sent"]) << node;
+  json ours = uvc_test::run_node_fixture("ipc_echo_strings.js", {uvc_test::cli(), "ipc-echo"});
+  EXPECT_EQ(ours["got"], node["got"]);
+}
+
 TEST(IpcCli, StdinLinesToMessagesAndBack) {
   auto c = uvc_test::run_capture(
       {uvc_test::cli(), "ipc", "--replies", "5", "--", uvc_test::fixture("ipc_echo_child.js")},

@@ -1,14 +1,17 @@
 // Channel against a scripted raw peer over a socketpair: bad input, handle ACK/NACK, queueing.
 #include <fcntl.h>
+#include <poll.h>
 #include <gtest/gtest.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <csignal>
 
 #include <cstring>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "support.hpp"
@@ -37,6 +40,23 @@ void raw_send(int sock, const std::string& data, int fd = -1) {
     std::memcpy(CMSG_DATA(c), &fd, sizeof(int));
   }
   ASSERT_EQ(sendmsg(sock, &msg, 0), static_cast<ssize_t>(data.size()));
+}
+
+// Writes all of `data` to the raw end, which the Pair's reader made non-blocking (run it on a
+// thread while the loop turns).
+void send_all(int sock, const std::string& data) {
+  for (size_t off = 0; off < data.size();) {
+    ssize_t n = ::send(sock, data.data() + off, data.size() - off, MSG_NOSIGNAL);
+    if (n > 0) {
+      off += static_cast<size_t>(n);
+    } else if (n < 0 && errno == EAGAIN) {
+      pollfd pfd{sock, POLLOUT, 0};
+      ::poll(&pfd, 1, 1000);
+    } else {
+      ADD_FAILURE() << "send: " << std::strerror(errno);
+      return;
+    }
+  }
 }
 
 struct Pair {
@@ -129,6 +149,41 @@ TEST_F(IpcProtocol, BadFramesAreSkipped) {
   EXPECT_EQ(p.messages[0], (Json{{"ok", 1}}));
   EXPECT_EQ(count_of(p.errors, "ERR_IPC_BAD_FRAME"), 2);
   EXPECT_TRUE(p.ch->connected());
+}
+
+TEST_F(IpcProtocol, DeeplyNestedFramesAreSkipped) {
+  // A million levels (2 MB): no crash, one ERR_IPC_BAD_FRAME each, the next frame still arrives.
+  // 1000 levels (the default bound) is a message; 1001 is not.
+  uvc_test::TestLoop loop;
+  Pair p(loop);
+  auto nest = [](size_t n, const std::string& open, const std::string& inner, const std::string& close) {
+    std::string s;
+    for (size_t i = 0; i < n; ++i) s += open;
+    s += inner;
+    for (size_t i = 0; i < n; ++i) s += close;
+    return s;
+  };
+  std::thread writer([&] {
+    send_all(p.peer, nest(1000000, "[", "", "]") + "\n");
+    send_all(p.peer, nest(1000000, "{\"a\":", "1", "}") + "\n");
+    send_all(p.peer, nest(1001, "[", "", "]") + "\n");
+    send_all(p.peer, nest(1000, "[", "", "]") + "\n{\"ok\":1}\n");
+  });
+  ASSERT_TRUE(loop.run_until([&] { return p.messages.size() == 2; }, 60000));
+  writer.join();
+  EXPECT_EQ(count_of(p.errors, "ERR_IPC_BAD_FRAME"), 3);
+  size_t depth = 0;
+  for (const Json* v = &p.messages[0]; v && v->is_array(); v = v->empty() ? nullptr : &v->front()) ++depth;
+  EXPECT_EQ(depth, 1000u);
+  EXPECT_EQ(p.messages[1], (Json{{"ok", 1}}));
+  EXPECT_TRUE(p.ch->connected());
+
+  ipc::ChannelOptions shallow;
+  shallow.max_nesting_depth = 2;
+  Pair q(loop, shallow);
+  raw_send(q.peer, "[[[]]]\n[[]]\n");
+  ASSERT_TRUE(loop.run_until([&] { return q.messages.size() == 1; }));
+  EXPECT_EQ(q.errors, std::vector<std::string>{"ERR_IPC_BAD_FRAME"});
 }
 
 TEST_F(IpcProtocol, FrameTooLargeCloses) {

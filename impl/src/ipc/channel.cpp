@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "handles.hpp"
+#include "json_fast.hpp"
 #include "uvcluster/detail/ticker.hpp"
 #include "uvcluster/detail/uv_handle.hpp"
 #include "uvcluster/ipc/framing.hpp"
@@ -233,7 +234,7 @@ struct Channel::Impl : std::enable_shared_from_this<Channel::Impl> {
       frame.pop_back();  // the '\n'; the wrapper ends the frame
       if (q.handle->key) {
         frame += ",\"key\":";
-        frame += Json(*q.handle->key).dump(-1, ' ', false, Json::error_handler_t::replace);
+        detail_json::fast_dump(Json(*q.handle->key), frame);
       }
       frame += "}\n";
       if (write(frame, q.handle->fd.get(), std::move(q.done)) < 0)
@@ -329,7 +330,7 @@ struct Channel::Impl : std::enable_shared_from_this<Channel::Impl> {
 
   void on_line(std::string_view line) {
     if (state != State::open) return;
-    auto parsed = parse_frame(line);
+    auto parsed = parse_frame(line, options.max_nesting_depth);
     if (!parsed) {
       error_ev.emit(parsed.error());
       return;

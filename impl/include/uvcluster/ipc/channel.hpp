@@ -1,6 +1,6 @@
 #pragma once
 // ipc::Channel: Node's IPC channel (child_process 'ipc' stdio, serialization "json") over a libuv
-// IPC pipe. Wire format and protocol: ../shared/reference/node-protocol.md §1–§2.
+// IPC pipe (Node's lib/internal/child_process.js: setupChannel, handleConversion).
 //
 //   * Framing: one JSON text + '\n' per message, UTF-8. Any JSON value is a message.
 //   * Messages whose `cmd` is a string longer than 5 chars starting with "NODE_" are internal:
@@ -30,13 +30,17 @@
 //
 // Bad input (Node would throw an uncaught exception; we never crash or leak an fd):
 //   not JSON / empty line        → error ERR_IPC_BAD_FRAME, the line is skipped, reading goes on
+//   nested > max_nesting_depth   → error ERR_IPC_BAD_FRAME, the line is skipped (Node would take
+//                                  it; see framing.hpp for the bound's reason)
 //   line > max_frame_bytes       → error ERR_IPC_FRAME_TOO_LARGE, then disconnect + close
 //   fd with no NODE_HANDLE       → error ERR_IPC_UNEXPECTED_HANDLE, the fd is closed (an fd left
 //                                  over when no partial frame is buffered can never be claimed)
 //   NODE_HANDLE without an fd    → NODE_HANDLE_NACK sent, nothing delivered, no error
 //   peer closes mid-frame        → error ERR_IPC_TRUNCATED, then disconnect + close
-//   invalid UTF-8                → replaced by U+FFFD (as Node's StringDecoder)
-//   lone \uD800-\uDFFF escapes   → U+FFFD (JSON.stringify emits them; plain nlohmann rejects)
+//   invalid UTF-8                → one U+FFFD per maximal invalid subpart (as Node's
+//                                  StringDecoder: `E2 82` before a non-continuation byte is one)
+//   lone \uD800-\uDFFF escapes   → kept (WTF-8 in the std::string) and sent back as \udxxx, so
+//                                  echoing a message returns the same JS string
 //   read/write failures          → the libuv error (Error::from_uv, syscall "read"/"write")
 //
 // Disconnect: disconnect() waits for a pending handle ACK (queued sends go out after it) and for
@@ -55,6 +59,7 @@
 #include "uvcluster/detail/event.hpp"
 #include "uvcluster/error.hpp"
 #include "uvcluster/fd.hpp"
+#include "uvcluster/ipc/framing.hpp"
 
 namespace uvcluster::ipc {
 
@@ -90,6 +95,8 @@ struct SendOptions {
 
 struct ChannelOptions {
   size_t max_frame_bytes = 64 * 1024 * 1024;  // a longer line: error ERR_IPC_FRAME_TOO_LARGE, close
+  // Deeper arrays/objects: error ERR_IPC_BAD_FRAME, the line is skipped (why 1000: framing.hpp).
+  size_t max_nesting_depth = kMaxNestingDepth;
 };
 
 class Channel {
