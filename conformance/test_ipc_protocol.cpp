@@ -73,6 +73,8 @@ struct Pair {
   std::vector<std::optional<std::string>> keys;
   std::vector<std::string> errors;
   bool disconnected = false, closed = false;
+  bool keep_handles = false;             // keep received handles (fd + socket-list token)
+  std::vector<ipc::ReceivedHandle> kept;
 
   Pair(uvc_test::TestLoop& l, ipc::ChannelOptions o = {}) : loop(l) {
     int sv[2];
@@ -84,6 +86,7 @@ struct Pair {
       messages.push_back(m);
       handle_types.push_back(h ? std::optional(h->type) : std::nullopt);
       keys.push_back(h ? h->key : std::nullopt);
+      if (h && keep_handles) kept.push_back(std::move(*h));
     });
     ch->on_error([this](const Error& e) { errors.push_back(e.code); });
     ch->on_disconnect([this] { disconnected = true; });
@@ -241,6 +244,34 @@ TEST_F(IpcProtocol, HandleIsAckedAndDelivered) {
   EXPECT_EQ(p.handle_types[1], ipc::HandleType::socket);
   EXPECT_EQ(p.keys[1], "4:0.0.0.0:80");
   EXPECT_FALSE(p.handle_types[2]);
+  EXPECT_TRUE(p.errors.empty());
+  close(sv[1]);
+}
+
+TEST_F(IpcProtocol, SocketListAnsweredWhileTheSocketIsHeld) {
+  uvc_test::TestLoop loop;
+  Pair p(loop);
+  p.keep_handles = true;
+  int sv[2];
+  ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+  raw_send(p.peer, "{\"cmd\":\"NODE_HANDLE\",\"type\":\"net.Socket\",\"msg\":\"s\",\"key\":\"k\"}\n", sv[0]);
+  close(sv[0]);
+  raw_send(p.peer, "{\"cmd\":\"NODE_SOCKET_GET_COUNT\",\"key\":\"unknown\"}\n"  // no list: no answer
+                   "{\"cmd\":\"NODE_SOCKET_GET_COUNT\",\"key\":\"k\"}\n"
+                   "{\"cmd\":\"NODE_SOCKET_NOTIFY_CLOSE\",\"key\":\"k\"}\n");  // waits for the close
+  ASSERT_TRUE(loop.run_until([&] { return p.lines_from_channel() == 2 && p.kept.size() == 1; }));
+  EXPECT_EQ(p.from_channel,
+            "{\"cmd\":\"NODE_HANDLE_ACK\"}\n{\"cmd\":\"NODE_SOCKET_COUNT\",\"count\":1,\"key\":\"k\"}\n");
+  ASSERT_TRUE(p.kept[0].connection);
+  p.kept.clear();  // the socket is closed: the waiting NOTIFY_CLOSE is answered
+  ASSERT_TRUE(loop.run_until([&] { return p.lines_from_channel() == 3; }));
+  raw_send(p.peer, "{\"cmd\":\"NODE_SOCKET_NOTIFY_CLOSE\",\"key\":\"k\"}\n"  // already empty: at once
+                   "{\"cmd\":\"NODE_SOCKET_GET_COUNT\",\"key\":\"k\"}\n");
+  ASSERT_TRUE(loop.run_until([&] { return p.lines_from_channel() == 5; }));
+  EXPECT_EQ(p.from_channel.substr(p.from_channel.find("\n", p.from_channel.find("COUNT")) + 1),
+            "{\"cmd\":\"NODE_SOCKET_ALL_CLOSED\",\"key\":\"k\"}\n"
+            "{\"cmd\":\"NODE_SOCKET_ALL_CLOSED\",\"key\":\"k\"}\n"
+            "{\"cmd\":\"NODE_SOCKET_COUNT\",\"count\":0,\"key\":\"k\"}\n");
   EXPECT_TRUE(p.errors.empty());
   close(sv[1]);
 }

@@ -12,6 +12,13 @@
 // Lifetime: owned by the ChildProcess (parent side) or by the caller (child side, from
 // parent_channel()). Events are delivered on the loop, never from inside send()/disconnect().
 //
+// Socket list (Node's SocketListReceive): for each server key we received net.Sockets with, we
+// answer {"cmd":"NODE_SOCKET_GET_COUNT","key"} with {"cmd":"NODE_SOCKET_COUNT","key","count"}
+// (the sockets whose ReceivedHandle::connection is still held) and
+// {"cmd":"NODE_SOCKET_NOTIFY_CLOSE","key"} with {"cmd":"NODE_SOCKET_ALL_CLOSED","key"} once that
+// count is 0 (at once if it already is). Unknown keys get no answer, as from Node. These messages
+// still reach on_internal_message. (Sending side: we keep no server objects, so we never ask.)
+//
 // Receiving (as Node): a NODE_HANDLE frame takes the oldest fd received with it; the channel
 // answers {"cmd":"NODE_HANDLE_ACK"} at once (before the listeners run), or
 // {"cmd":"NODE_HANDLE_NACK"} when no fd came (nothing is delivered then). The user message
@@ -83,6 +90,11 @@ struct ReceivedHandle {
   HandleType type = HandleType::native;
   Fd fd{};
   std::optional<std::string> key{};
+  // Set for a net.Socket that came with a server key: Node's sender counts the socket among its
+  // server's connections until every copy of this is released, and its server.close() /
+  // getConnections() wait for our answer (the NODE_SOCKET_* socket list, answered as Node's
+  // receiver does). Keep it (move it out with `fd`) for as long as you keep the socket open.
+  std::shared_ptr<const void> connection{};
 };
 
 struct SendOptions {
