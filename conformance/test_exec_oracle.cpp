@@ -96,6 +96,10 @@ INSTANTIATE_TEST_SUITE_P(
         Case{"sync_exit", {"--sync", "--shell", "--", "echo e >&2; exit 4"}},
         Case{"sync_enoent", {"--sync", "--", "/no/such/file"}},
         Case{"sync_timeout", {"--sync", "--timeout", "100", "--", "/bin/sleep", "10"}},
+        Case{"sync_timeout_grandchild_holds_stdout",
+             {"--sync", "--shell", "--timeout", "1500", "--", "(sleep 10; echo late) & sleep 10"}},
+        Case{"sync_timeout_after_child_exit",
+             {"--sync", "--shell", "--timeout", "1500", "--", "(sleep 10; echo late >&2) & echo early"}},
         Case{"sync_buffer", {"--sync", "--encoding", "buffer", "--", "/bin/echo", "hi"}}),
     [](const testing::TestParamInfo<Case>& info) { return std::string(info.param.name); });
 

@@ -4,8 +4,10 @@
 //
 // Input layout. First byte < 0xC0: the rest is fed to a FrameReader (max 4096-byte lines) in
 // reads of (first byte % 17) + 1 bytes. First byte >= 0xC0 ("deep" mode, to reach nesting far
-// past -max_len): bytes 1-2 are a repeat count K (big-endian, capped at 20000), the rest is
-// P '\0' S '\0' M and the line P*K + M + S*K goes to parse_frame directly. Seeds in seeds/.
+// past -max_len): bytes 1-2 are a repeat count K (big-endian, capped at 20000 and at 256 KiB of
+// P and S), the rest is P '\0' S '\0' M and the line P*K + M + S*K goes to parse_frame directly.
+// Seeds in seeds/.
+#include <algorithm>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
@@ -93,6 +95,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     std::string_view p = rest.substr(0, z1);
     std::string_view s = z1 == std::string_view::npos ? "" : rest.substr(z1 + 1, z2 - z1 - 1);
     std::string_view m = z2 == std::string_view::npos ? "" : rest.substr(z2 + 1);
+    k = std::min(k, size_t{256 * 1024} / std::max<size_t>(1, p.size() + s.size()));  // fast runs
     std::string line;
     line.reserve((p.size() + s.size()) * k + m.size());
     for (size_t i = 0; i < k; ++i) line += p;
