@@ -125,6 +125,7 @@ TEST(IpcFraming, FastParserMatchesNlohmann) {
   EXPECT_EQ(got.value(), json::parse(deepest));
   // JSON.parse refuses a BOM (nlohmann skips it); a number past double range is ±inf as in JS.
   EXPECT_FALSE(parse_frame("\xEF\xBB\xBF" "1").ok());
+  EXPECT_FALSE(parse_frame(std::string("\"x\"\0{}", 6)).ok());  // nlohmann stops at a NUL: "x"
   EXPECT_EQ(parse_frame("[1e400,-1e400,1e-400]").value().dump(), "[null,null,0.0]");
   for (std::string bad : {"01", "1.", ".5", "-", "1e", "+1", "[1,]", "{\"a\"}", "{\"a\":1,}", "tru", "nul",
                           "\"\\x\"", "\"\\u12\"", "\"a\tb\"", "[1 2]", "{1:2}", "'a'"}) {

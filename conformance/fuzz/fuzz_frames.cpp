@@ -25,7 +25,7 @@ namespace ipc = uvcluster::ipc;
 bool has_surrogate_escape(const std::string& s) {
   for (size_t i = s.find("\\u"); i != std::string::npos; i = s.find("\\u", i + 1)) {
     if (i + 3 < s.size() && (s[i + 2] == 'd' || s[i + 2] == 'D') &&
-        std::string("89abAB").find(s[i + 3]) != std::string::npos)
+        std::string("89abcdefABCDEF").find(s[i + 3]) != std::string::npos)
       return true;
   }
   return false;
@@ -61,8 +61,10 @@ void check_line(std::string_view line) {
   auto ref = json::parse(clean.begin(), clean.end(), nullptr, false);
   if (fast_ok && !ref.is_discarded() && !(fast == ref)) __builtin_trap();
   if (fast_ok && ref.is_discarded() && !surrogates && !has_non_finite(fast)) __builtin_trap();
-  if (!fast_ok && !ref.is_discarded() && !bom && status != ipc::detail_json::ParseStatus::too_deep)
-    __builtin_trap();  // nothing nlohmann accepts may be refused, except a BOM or depth
+  // nlohmann also takes a NUL byte for the end of input ("1\0garbage" is 1); JSON.parse does not.
+  bool nul = clean.find('\0') != std::string::npos;
+  if (!fast_ok && !ref.is_discarded() && !bom && !nul && status != ipc::detail_json::ParseStatus::too_deep)
+    __builtin_trap();  // nothing nlohmann accepts may be refused, except a BOM, a NUL or depth
 
   auto r = ipc::parse_frame(line);
   if (r.ok() != fast_ok) __builtin_trap();

@@ -1,7 +1,6 @@
 #include "json_fast.hpp"
 
 #include <charconv>
-#include <clocale>
 #include <cstdlib>
 #include <cstring>
 #include <locale.h>
@@ -13,12 +12,12 @@ namespace {
 
 using json = nlohmann::json;
 
-// strtod in the "C" locale whatever the process locale is (only for numbers from_chars reports
-// out of range: they become ±inf or ±0, as JSON.parse and nlohmann make them).
+// strtod in the "C" locale whatever the process locale is, for the numbers from_chars reports
+// out of range: they become ±inf (as in JSON.parse) or the nearest subnormal/±0 (as nlohmann).
 double strtod_c(const char* first, const char* last) {
-  static locale_t c_locale = newlocale(LC_NUMERIC_MASK, "C", locale_t{});
+  static const locale_t c_locale = newlocale(LC_NUMERIC_MASK, "C", locale_t{});
   std::string copy(first, last);
-  return strtod_l(copy.c_str(), nullptr, c_locale);
+  return c_locale ? strtod_l(copy.c_str(), nullptr, c_locale) : std::strtod(copy.c_str(), nullptr);
 }
 
 struct Parser {

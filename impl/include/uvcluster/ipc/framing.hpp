@@ -59,7 +59,7 @@ class FrameReader {
 inline constexpr size_t kMaxNestingDepth = 1000;
 
 // Parses one line into a message: ERR_IPC_BAD_FRAME if it is not a JSON text (as JSON.parse
-// sees it: no BOM) or nests deeper than max_depth. Never throws; work is linear in the line and
+// sees it: no BOM, and a NUL byte is an error, not an end) or nests deeper than max_depth. Never throws; work is linear in the line and
 // stack is bounded by max_depth whatever the input.
 Result<nlohmann::json> parse_frame(std::string_view line, size_t max_depth = kMaxNestingDepth);
 // Encodes a message as Node's JSON.stringify would (compact; WTF-8 lone surrogates as \udxxx;
