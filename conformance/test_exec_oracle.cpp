@@ -66,6 +66,18 @@ INSTANTIATE_TEST_SUITE_P(
         Case{"cwd", {"--cwd", "/tmp", "--", "/bin/pwd"}},
         Case{"timeout", {"--timeout", "100", "--", "/bin/sleep", "10"}},
         Case{"timeout_kill_signal", {"--timeout", "100", "--kill-signal", "SIGKILL", "--", "/bin/sleep", "10"}},
+        // Grandchildren holding stdout/stderr (issue 11 item 6): on timeout Node destroys the
+        // pipes and kills the child, so the answer comes at the child's death with what was
+        // read by then; a grandchild's later output ("late") is never read. When the child has
+        // already exited, the timer still fires (Node clears it only at 'close'): the pipes are
+        // destroyed, `killed` is true, and a 0 exit is a success.
+        Case{"timeout_grandchild_holds_stdout",
+             {"--shell", "--timeout", "1500", "--", "(sleep 10; echo late) & (sleep 10; echo late >&2) & sleep 10"}},
+        Case{"timeout_after_child_exit_0", {"--shell", "--timeout", "1500", "--", "(sleep 10; echo late) & echo early"}},
+        Case{"timeout_after_child_exit_3",
+             {"--shell", "--timeout", "1500", "--", "(sleep 10; echo late >&2) & echo early; exit 3"}},
+        Case{"maxbuf_grandchild_holds_stdout",
+             {"--shell", "--max-buffer", "4", "--", "(sleep 10; echo late) & printf 0123456789; sleep 10"}},
         Case{"maxbuf_cap_minus_1", with({"--max-buffer", "9"}, print(k10))},
         Case{"maxbuf_cap", with({"--max-buffer", "10"}, print(k10))},
         Case{"maxbuf_cap_plus_1", with({"--max-buffer", "11"}, print(k10))},
@@ -84,6 +96,10 @@ INSTANTIATE_TEST_SUITE_P(
         Case{"sync_exit", {"--sync", "--shell", "--", "echo e >&2; exit 4"}},
         Case{"sync_enoent", {"--sync", "--", "/no/such/file"}},
         Case{"sync_timeout", {"--sync", "--timeout", "100", "--", "/bin/sleep", "10"}},
+        Case{"sync_timeout_grandchild_holds_stdout",
+             {"--sync", "--shell", "--timeout", "1500", "--", "(sleep 10; echo late) & sleep 10"}},
+        Case{"sync_timeout_after_child_exit",
+             {"--sync", "--shell", "--timeout", "1500", "--", "(sleep 10; echo late >&2) & echo early"}},
         Case{"sync_buffer", {"--sync", "--encoding", "buffer", "--", "/bin/echo", "hi"}}),
     [](const testing::TestParamInfo<Case>& info) { return std::string(info.param.name); });
 

@@ -73,9 +73,15 @@ TEST(IpcFraming, BadFramesAreErrors) {
 }
 
 TEST(IpcFraming, InvalidUtf8BecomesReplacementCharacter) {
+  // One U+FFFD per maximal invalid subpart, as Node's StringDecoder (the truncated E2 82 is one;
+  // the Node differential is IpcNodeChild.InvalidUtf8DecodedAsNodeDecodesIt).
+  const std::string fffd = "\xEF\xBF\xBD";
   auto r = parse_frame("\"a\xff" "b\xe2\x82\"");
   ASSERT_TRUE(r.ok());
-  EXPECT_EQ(r.value(), json("a\xEF\xBF\xBD" "b\xEF\xBF\xBD\xEF\xBF\xBD"));
+  EXPECT_EQ(r.value(), json("a" + fffd + "b" + fffd));
+  EXPECT_EQ(parse_frame("\"\xf0\x9f\x98\"").value(), json(fffd));              // truncated 4-byte
+  EXPECT_EQ(parse_frame("\"\xed\xa0\x80\"").value(), json(fffd + fffd + fffd));  // raw surrogate
+  EXPECT_EQ(parse_frame("\"\xe0\x80\"").value(), json(fffd + fffd));            // overlong
   // Encoding a string with invalid UTF-8 never throws and yields valid JSON.
   std::string bad = "x\xc3";
   std::string wire = encode_frame(json(bad));
@@ -113,25 +119,54 @@ TEST(IpcFraming, FastParserMatchesNlohmann) {
     EXPECT_EQ(got.value(), ref) << t;
     EXPECT_EQ(got.value().dump(), ref.dump()) << t;
   }
-  std::string deep = std::string(5000, '[') + std::string(5000, ']');  // past the fast parser's depth
-  EXPECT_TRUE(parse_frame(deep).ok());
+  std::string deepest = std::string(kMaxNestingDepth, '[') + std::string(kMaxNestingDepth, ']');
+  auto got = parse_frame(deepest);
+  ASSERT_TRUE(got.ok());
+  EXPECT_EQ(got.value(), json::parse(deepest));
+  // JSON.parse refuses a BOM (nlohmann skips it); a number past double range is ±inf as in JS.
+  EXPECT_FALSE(parse_frame("\xEF\xBB\xBF" "1").ok());
+  EXPECT_FALSE(parse_frame(std::string("\"x\"\0{}", 6)).ok());  // nlohmann stops at a NUL: "x"
+  EXPECT_EQ(parse_frame("[1e400,-1e400,1e-400]").value().dump(), "[null,null,0.0]");
   for (std::string bad : {"01", "1.", ".5", "-", "1e", "+1", "[1,]", "{\"a\"}", "{\"a\":1,}", "tru", "nul",
                           "\"\\x\"", "\"\\u12\"", "\"a\tb\"", "[1 2]", "{1:2}", "'a'"}) {
     EXPECT_FALSE(parse_frame(bad).ok()) << bad;
   }
 }
 
-TEST(IpcFraming, LoneSurrogatesFromJsonStringifyBecomeReplacement) {
-  // Node's JSON.stringify('\ud800') is "\ud800" (well-formed stringify); nlohmann alone rejects it.
-  auto r = parse_frame("[\"\\ud800\",\"\\udc00x\",\"\\ud800\\u0041\"]");
+TEST(IpcFraming, DeepNestingIsABadFrame) {
+  auto nest = [](size_t n, const std::string& open, const std::string& close) {
+    std::string s;
+    for (size_t i = 0; i < n; ++i) s += open;
+    for (size_t i = 0; i < n; ++i) s += close;
+    return s;
+  };
+  for (const auto& text : {nest(kMaxNestingDepth + 1, "[", "]"), nest(1000000, "[", "]"),
+                           nest(1000000, "{\"a\":[", "]}"), nest(1000000, "[", "")}) {
+    auto r = parse_frame(text);
+    ASSERT_FALSE(r.ok()) << text.size();
+    EXPECT_EQ(r.error().code, "ERR_IPC_BAD_FRAME");
+  }
+  EXPECT_TRUE(parse_frame(nest(3, "[", "]"), 3).ok());
+  EXPECT_FALSE(parse_frame(nest(4, "[", "]"), 3).ok());
+}
+
+TEST(IpcFraming, LoneSurrogatesRoundTripAsJsonStringifyWritesThem) {
+  // Node's JSON.stringify('\ud800') is "\ud800" (well-formed stringify); nlohmann alone rejects
+  // it. We keep it as WTF-8 and write it back the same way (the Node differential is
+  // IpcNodeParent.LoneSurrogatesRoundTripThroughIpcEcho).
+  std::string text = "[\"\\ud800 lone\",\"\\udc00x\",\"\\ud800\\u0041\",\"\\udbff\\udfff\",\"\\ude00\\ud83d\"]";
+  auto r = parse_frame(text);
   ASSERT_TRUE(r.ok());
-  EXPECT_EQ(r.value(), json::array({"\xEF\xBF\xBD", "\xEF\xBF\xBDx", "\xEF\xBF\xBD" "A"}));
+  EXPECT_EQ(r.value(), json::array({"\xED\xA0\x80 lone", "\xED\xB0\x80x", "\xED\xA0\x80" "A",
+                                    "\xF4\x8F\xBF\xBF", "\xED\xB8\x80\xED\xA0\xBD"}));
+  EXPECT_EQ(encode_frame(r.value()),
+            "[\"\\ud800 lone\",\"\\udc00x\",\"\\ud800A\",\"\xF4\x8F\xBF\xBF\",\"\\ude00\\ud83d\"]\n");
 }
 
 TEST(IpcFraming, FastEncoderMatchesNlohmannDump) {
   std::vector<json> values = {
       nullptr, true, false, 0, -1, 42u, 18446744073709551615ull, -9223372036854775807LL - 1, 1.5, -0.0,
-      1e300, 0.1, 1e-7, "", "plain", "q\"b\\s/\b\f\n\r\t\x01\x1f", "é😀\u2028", std::string("bad\xff\xc3", 5),
+      1e300, 0.1, 1e-7, "", "plain", "q\"b\\s/\b\f\n\r\t\x01\x1f\x7f", "é😀\u2028", std::string("bad\xff\xc3", 5),
       json::array({1, "two", json::object(), json::array()}), json{{"z", 1}, {"a", {{"k\"", nullptr}}}}};
   for (auto& v : values) {
     EXPECT_EQ(encode_frame(v), v.dump(-1, ' ', false, json::error_handler_t::replace) + "\n") << v.dump();

@@ -7,6 +7,7 @@
 #include "support.hpp"
 #include "uvcluster/fork.hpp"
 #include "uvcluster/ipc/channel.hpp"
+#include "uvcluster/ipc/framing.hpp"
 
 using namespace uvcluster;
 using ipc::Json;
@@ -64,6 +65,31 @@ TEST(IpcNodeChild, ValuesRoundTrip) {
   c.finish();
   EXPECT_TRUE(c.errors.empty());
   EXPECT_EQ(c.status.code, 0);
+}
+
+TEST(IpcNodeChild, InvalidUtf8DecodedAsNodeDecodesIt) {
+  // Raw frames with invalid UTF-8 go to a Node echo child: Node's channel decodes them with its
+  // StringDecoder and sends back what it made of them, which must be what parse_frame makes of
+  // the same bytes (one U+FFFD per maximal invalid subpart: `E2 82` then `"` is ONE).
+  const std::vector<std::string> lines = {
+      "\"a\xff b\xe2\x82\"", "\"\xe2\x82\"", "\"\xf0\x9f\x98\"", "\"\xed\xa0\x80\"",
+      "\"\xe0\x80\xaf\"", "\"\xc3\"", "\"\xf4\x90\x80\x80\"", "\"\xc0\xaf\xfe\"",
+      "{\"k\xe2\x82\":\"\xf0\x9f\x98\x80\xf0\x9f\"}"};
+  uvc_test::TestLoop loop;
+  NodeChild c(loop);
+  std::string wire;
+  for (auto& l : lines) wire += l + "\n";
+  uv_buf_t buf = uv_buf_init(wire.data(), static_cast<unsigned>(wire.size()));
+  ASSERT_EQ(uv_try_write(reinterpret_cast<uv_stream_t*>(c.ch().pipe()), &buf, 1),
+            static_cast<int>(wire.size()));
+  ASSERT_TRUE(c.wait_messages(lines.size()));
+  for (size_t i = 0; i < lines.size(); ++i) {
+    auto ours = ipc::parse_frame(lines[i]);
+    ASSERT_TRUE(ours.ok()) << i;
+    EXPECT_EQ(ours.value(), c.messages[i]) << i << ": " << c.messages[i].dump();
+  }
+  c.finish();
+  EXPECT_TRUE(c.errors.empty());
 }
 
 TEST(IpcNodeChild, OneMebibyteMessage) {

@@ -40,6 +40,23 @@ TEST(IpcNodeParent, UvclusterIpcEchoAsChild) {
   EXPECT_EQ(r["events"], json::array({"disconnect", json::array({"exit", 0, nullptr})}));
 }
 
+TEST(IpcNodeParent, LoneSurrogatesRoundTripThroughIpcEcho) {
+  // Oracle: a Node echo child gives every string back unchanged; so must `uvcluster ipc-echo`.
+  json node = uvc_test::run_node_fixture("ipc_echo_strings.js", {uvc_test::fixture("ipc_echo_child.js")});
+  ASSERT_EQ(node["got"], node["sent"]) << node;
+  json ours = uvc_test::run_node_fixture("ipc_echo_strings.js", {uvc_test::cli(), "ipc-echo"});
+  EXPECT_EQ(ours["got"], node["got"]);
+}
+
+TEST(IpcNodeParent, SocketListAnsweredAsNodesReceiverDoes) {
+  // A Node server that sent an accepted socket to a child asks that child for the socket list
+  // in getConnections() and close(); a C++ child must answer as a Node child does.
+  json node = uvc_test::run_node_fixture("socket_list_parent.js", {uvc_test::fixture("socket_list_child.js")});
+  ASSERT_EQ(node["steps"], json::parse(R"([["held",1],["count",1],"child-closed",["server-closed",null]])"));
+  json ours = uvc_test::run_node_fixture("socket_list_parent.js", {uvc_test::helper("ipc_child"), "x"});
+  EXPECT_EQ(ours["steps"], node["steps"]);
+}
+
 TEST(IpcCli, StdinLinesToMessagesAndBack) {
   auto c = uvc_test::run_capture(
       {uvc_test::cli(), "ipc", "--replies", "5", "--", uvc_test::fixture("ipc_echo_child.js")},

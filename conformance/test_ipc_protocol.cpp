@@ -1,14 +1,17 @@
 // Channel against a scripted raw peer over a socketpair: bad input, handle ACK/NACK, queueing.
 #include <fcntl.h>
+#include <poll.h>
 #include <gtest/gtest.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <csignal>
 
 #include <cstring>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "support.hpp"
@@ -39,6 +42,23 @@ void raw_send(int sock, const std::string& data, int fd = -1) {
   ASSERT_EQ(sendmsg(sock, &msg, 0), static_cast<ssize_t>(data.size()));
 }
 
+// Writes all of `data` to the raw end, which the Pair's reader made non-blocking (run it on a
+// thread while the loop turns).
+void send_all(int sock, const std::string& data) {
+  for (size_t off = 0; off < data.size();) {
+    ssize_t n = ::send(sock, data.data() + off, data.size() - off, MSG_NOSIGNAL);
+    if (n > 0) {
+      off += static_cast<size_t>(n);
+    } else if (n < 0 && errno == EAGAIN) {
+      pollfd pfd{sock, POLLOUT, 0};
+      ::poll(&pfd, 1, 1000);
+    } else {
+      ADD_FAILURE() << "send: " << std::strerror(errno);
+      return;
+    }
+  }
+}
+
 struct Pair {
   uvc_test::TestLoop& loop;
   std::unique_ptr<ipc::Channel> ch;
@@ -53,6 +73,8 @@ struct Pair {
   std::vector<std::optional<std::string>> keys;
   std::vector<std::string> errors;
   bool disconnected = false, closed = false;
+  bool keep_handles = false;             // keep received handles (fd + socket-list token)
+  std::vector<ipc::ReceivedHandle> kept;
 
   Pair(uvc_test::TestLoop& l, ipc::ChannelOptions o = {}) : loop(l) {
     int sv[2];
@@ -64,6 +86,7 @@ struct Pair {
       messages.push_back(m);
       handle_types.push_back(h ? std::optional(h->type) : std::nullopt);
       keys.push_back(h ? h->key : std::nullopt);
+      if (h && keep_handles) kept.push_back(std::move(*h));
     });
     ch->on_error([this](const Error& e) { errors.push_back(e.code); });
     ch->on_disconnect([this] { disconnected = true; });
@@ -131,6 +154,41 @@ TEST_F(IpcProtocol, BadFramesAreSkipped) {
   EXPECT_TRUE(p.ch->connected());
 }
 
+TEST_F(IpcProtocol, DeeplyNestedFramesAreSkipped) {
+  // A million levels (2 MB): no crash, one ERR_IPC_BAD_FRAME each, the next frame still arrives.
+  // 1000 levels (the default bound) is a message; 1001 is not.
+  uvc_test::TestLoop loop;
+  Pair p(loop);
+  auto nest = [](size_t n, const std::string& open, const std::string& inner, const std::string& close) {
+    std::string s;
+    for (size_t i = 0; i < n; ++i) s += open;
+    s += inner;
+    for (size_t i = 0; i < n; ++i) s += close;
+    return s;
+  };
+  std::thread writer([&] {
+    send_all(p.peer, nest(1000000, "[", "", "]") + "\n");
+    send_all(p.peer, nest(1000000, "{\"a\":", "1", "}") + "\n");
+    send_all(p.peer, nest(1001, "[", "", "]") + "\n");
+    send_all(p.peer, nest(1000, "[", "", "]") + "\n{\"ok\":1}\n");
+  });
+  ASSERT_TRUE(loop.run_until([&] { return p.messages.size() == 2; }, 60000));
+  writer.join();
+  EXPECT_EQ(count_of(p.errors, "ERR_IPC_BAD_FRAME"), 3);
+  size_t depth = 0;
+  for (const Json* v = &p.messages[0]; v && v->is_array(); v = v->empty() ? nullptr : &v->front()) ++depth;
+  EXPECT_EQ(depth, 1000u);
+  EXPECT_EQ(p.messages[1], (Json{{"ok", 1}}));
+  EXPECT_TRUE(p.ch->connected());
+
+  ipc::ChannelOptions shallow;
+  shallow.max_nesting_depth = 2;
+  Pair q(loop, shallow);
+  raw_send(q.peer, "[[[]]]\n[[]]\n");
+  ASSERT_TRUE(loop.run_until([&] { return q.messages.size() == 1; }));
+  EXPECT_EQ(q.errors, std::vector<std::string>{"ERR_IPC_BAD_FRAME"});
+}
+
 TEST_F(IpcProtocol, FrameTooLargeCloses) {
   uvc_test::TestLoop loop;
   Pair p(loop, ipc::ChannelOptions{1024});
@@ -186,6 +244,34 @@ TEST_F(IpcProtocol, HandleIsAckedAndDelivered) {
   EXPECT_EQ(p.handle_types[1], ipc::HandleType::socket);
   EXPECT_EQ(p.keys[1], "4:0.0.0.0:80");
   EXPECT_FALSE(p.handle_types[2]);
+  EXPECT_TRUE(p.errors.empty());
+  close(sv[1]);
+}
+
+TEST_F(IpcProtocol, SocketListAnsweredWhileTheSocketIsHeld) {
+  uvc_test::TestLoop loop;
+  Pair p(loop);
+  p.keep_handles = true;
+  int sv[2];
+  ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+  raw_send(p.peer, "{\"cmd\":\"NODE_HANDLE\",\"type\":\"net.Socket\",\"msg\":\"s\",\"key\":\"k\"}\n", sv[0]);
+  close(sv[0]);
+  raw_send(p.peer, "{\"cmd\":\"NODE_SOCKET_GET_COUNT\",\"key\":\"unknown\"}\n"  // no list: no answer
+                   "{\"cmd\":\"NODE_SOCKET_GET_COUNT\",\"key\":\"k\"}\n"
+                   "{\"cmd\":\"NODE_SOCKET_NOTIFY_CLOSE\",\"key\":\"k\"}\n");  // waits for the close
+  ASSERT_TRUE(loop.run_until([&] { return p.lines_from_channel() == 2 && p.kept.size() == 1; }));
+  EXPECT_EQ(p.from_channel,
+            "{\"cmd\":\"NODE_HANDLE_ACK\"}\n{\"cmd\":\"NODE_SOCKET_COUNT\",\"count\":1,\"key\":\"k\"}\n");
+  ASSERT_TRUE(p.kept[0].connection);
+  p.kept.clear();  // the socket is closed: the waiting NOTIFY_CLOSE is answered
+  ASSERT_TRUE(loop.run_until([&] { return p.lines_from_channel() == 3; }));
+  raw_send(p.peer, "{\"cmd\":\"NODE_SOCKET_NOTIFY_CLOSE\",\"key\":\"k\"}\n"  // already empty: at once
+                   "{\"cmd\":\"NODE_SOCKET_GET_COUNT\",\"key\":\"k\"}\n");
+  ASSERT_TRUE(loop.run_until([&] { return p.lines_from_channel() == 5; }));
+  EXPECT_EQ(p.from_channel.substr(p.from_channel.find("\n", p.from_channel.find("COUNT")) + 1),
+            "{\"cmd\":\"NODE_SOCKET_ALL_CLOSED\",\"key\":\"k\"}\n"
+            "{\"cmd\":\"NODE_SOCKET_ALL_CLOSED\",\"key\":\"k\"}\n"
+            "{\"cmd\":\"NODE_SOCKET_COUNT\",\"count\":0,\"key\":\"k\"}\n");
   EXPECT_TRUE(p.errors.empty());
   close(sv[1]);
 }

@@ -1,40 +1,118 @@
-// libFuzzer target: FrameReader + parse_frame + encode_frame (+ the fast parser) must never crash, and any value we
-// parse must survive an encode/parse round trip. The first input byte chooses read sizes.
+// libFuzzer target: FrameReader + parse_frame + encode_frame must never crash, the JSON parser
+// must accept exactly what nlohmann accepts (bar the documented differences), and any value we
+// parse must survive an encode/parse round trip.
+//
+// Input layout. First byte < 0xC0: the rest is fed to a FrameReader (max 4096-byte lines) in
+// reads of (first byte % 17) + 1 bytes. First byte >= 0xC0 ("deep" mode, to reach nesting far
+// past -max_len): bytes 1-2 are a repeat count K (big-endian, capped at 20000 and at 256 KiB of
+// P and S), the rest is P '\0' S '\0' M and the line P*K + M + S*K goes to parse_frame directly.
+// Seeds in seeds/.
+#include <algorithm>
+#include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <string>
 
 #include "json_fast.hpp"  // impl/src/ipc
+#include "uvcluster/detail/utf8.hpp"
 #include "uvcluster/ipc/framing.hpp"
+
+namespace {
+
+using nlohmann::json;
+namespace ipc = uvcluster::ipc;
+
+bool has_surrogate_escape(const std::string& s) {
+  for (size_t i = s.find("\\u"); i != std::string::npos; i = s.find("\\u", i + 1)) {
+    if (i + 3 < s.size() && (s[i + 2] == 'd' || s[i + 2] == 'D') &&
+        std::string("89abcdefABCDEF").find(s[i + 3]) != std::string::npos)
+      return true;
+  }
+  return false;
+}
+
+// Numbers past double range: JSON.parse (and we) make them ±inf; nlohmann refuses them.
+bool has_non_finite(const json& v) {
+  if (v.is_number_float()) return !std::isfinite(v.get<double>());
+  if (v.is_structured())
+    for (const auto& x : v)
+      if (has_non_finite(x)) return true;
+  return false;
+}
+
+// The reference value's exact nlohmann text, or "" when it holds WTF-8 (strict dump throws).
+std::string strict_dump(const json& v) {
+  try {
+    return v.dump(-1, ' ', false, json::error_handler_t::strict);
+  } catch (...) {
+    return {};
+  }
+}
+
+void check_line(std::string_view line) {
+  std::string clean = uvcluster::detail::utf8_sanitize(line);
+  json fast;
+  auto status = ipc::detail_json::parse(clean, fast, ipc::kMaxNestingDepth);
+  bool fast_ok = status == ipc::detail_json::ParseStatus::ok;
+  bool surrogates = has_surrogate_escape(clean);
+  bool bom = clean.rfind("\xEF\xBB\xBF", 0) == 0;  // nlohmann skips a BOM, JSON.parse does not
+  // nlohmann's parser is iterative, so it may check any depth (its result is only compared,
+  // never walked recursively, unless the fast parser accepted the same text).
+  auto ref = json::parse(clean.begin(), clean.end(), nullptr, false);
+  if (fast_ok && !ref.is_discarded() && !(fast == ref)) __builtin_trap();
+  if (fast_ok && ref.is_discarded() && !surrogates && !has_non_finite(fast)) __builtin_trap();
+  // nlohmann also takes a NUL byte for the end of input ("1\0garbage" is 1); JSON.parse does not.
+  bool nul = clean.find('\0') != std::string::npos;
+  if (!fast_ok && !ref.is_discarded() && !bom && !nul && status != ipc::detail_json::ParseStatus::too_deep)
+    __builtin_trap();  // nothing nlohmann accepts may be refused, except a BOM, a NUL or depth
+
+  auto r = ipc::parse_frame(line);
+  if (r.ok() != fast_ok) __builtin_trap();
+  if (!r.ok()) {
+    if (r.error().code != "ERR_IPC_BAD_FRAME") __builtin_trap();
+    return;
+  }
+  (void)ipc::is_internal(r.value());
+  std::string wire = ipc::encode_frame(r.value());
+  std::string exact = strict_dump(r.value());
+  if (!exact.empty() && wire != exact + "\n") __builtin_trap();  // fast_dump == nlohmann's dump
+  if (wire.empty() || wire.back() != '\n') __builtin_trap();
+  if (wire.find('\n') != wire.size() - 1) __builtin_trap();  // one frame, one newline
+  auto again = ipc::parse_frame(std::string_view(wire).substr(0, wire.size() - 1));
+  // Lossless: the text we send parses back to a value we send as the same text (±inf, which
+  // JSON.stringify also writes as null, is the only value that changes on the way).
+  if (!again.ok() || ipc::encode_frame(again.value()) != wire) __builtin_trap();
+}
+
+}  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (size == 0) return 0;
+  if (data[0] >= 0xC0) {
+    if (size < 3) return 0;
+    size_t k = std::min<size_t>((size_t{data[1]} << 8) | data[2], 20000);
+    std::string_view rest(reinterpret_cast<const char*>(data + 3), size - 3);
+    size_t z1 = rest.find('\0');
+    size_t z2 = z1 == std::string_view::npos ? z1 : rest.find('\0', z1 + 1);
+    std::string_view p = rest.substr(0, z1);
+    std::string_view s = z1 == std::string_view::npos ? "" : rest.substr(z1 + 1, z2 - z1 - 1);
+    std::string_view m = z2 == std::string_view::npos ? "" : rest.substr(z2 + 1);
+    k = std::min(k, size_t{256 * 1024} / std::max<size_t>(1, p.size() + s.size()));  // fast runs
+    std::string line;
+    line.reserve((p.size() + s.size()) * k + m.size());
+    for (size_t i = 0; i < k; ++i) line += p;
+    line += m;
+    for (size_t i = 0; i < k; ++i) line += s;
+    if (line.find('\n') == std::string::npos) check_line(line);
+    return 0;
+  }
   size_t step = (data[0] % 17) + 1;
-  uvcluster::ipc::FrameReader reader(4096);
+  ipc::FrameReader reader(4096);
   const char* p = reinterpret_cast<const char*>(data + 1);
   size_t n = size - 1;
   for (size_t off = 0; off < n; off += step) {
     size_t len = off + step > n ? n - off : step;
-    reader.feed(p + off, len, [](std::string_view line) {
-      // Differential: the fast parser must agree with nlohmann wherever both accept, and may
-      // only accept more when \u escapes (lone surrogates) are involved.
-      std::string clean = uvcluster::ipc::sanitize_utf8(line);
-      auto ref = nlohmann::json::parse(clean.begin(), clean.end(), nullptr, false);
-      nlohmann::json fast;
-      bool fast_ok = uvcluster::ipc::detail_json::fast_parse(clean, fast);
-      if (fast_ok && !ref.is_discarded() && !(fast == ref)) __builtin_trap();
-      if (fast_ok && ref.is_discarded() && clean.find("\\u") == std::string::npos) __builtin_trap();
-      auto r = uvcluster::ipc::parse_frame(line);
-      if (!r.ok()) return;
-      (void)uvcluster::ipc::is_internal(r.value());
-      std::string wire = uvcluster::ipc::encode_frame(r.value());
-      if (wire != r.value().dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n")
-        __builtin_trap();  // fast_dump must match nlohmann byte for byte
-      if (wire.empty() || wire.back() != '\n') __builtin_trap();
-      if (wire.find('\n') != wire.size() - 1) __builtin_trap();  // one frame, one newline
-      auto again = uvcluster::ipc::parse_frame(std::string_view(wire).substr(0, wire.size() - 1));
-      if (!again.ok()) __builtin_trap();
-    });
+    reader.feed(p + off, len, [](std::string_view line) { check_line(line); });
   }
   return 0;
 }

@@ -15,6 +15,7 @@
 #include "uvcluster/detail/uv_handle.hpp"
 #include "uvcluster/fork.hpp"
 #include "uvcluster/ipc/channel.hpp"
+#include "uvcluster/ipc/framing.hpp"
 #include "uvcluster/signals.hpp"
 
 namespace uvcluster::cli {
@@ -22,18 +23,18 @@ namespace {
 
 using ipc::Json;
 
-void print_line(const std::string& s) {
+// One message as one JSON line, written as the channel writes it (lone surrogates as \udxxx).
+void print_message(const Json& m) {
+  std::string s = ipc::encode_frame(m);
   std::fwrite(s.data(), 1, s.size(), stdout);
-  std::fputc('\n', stdout);
   std::fflush(stdout);
 }
 
-// One stdin line → one message: the line parsed as JSON, or (when it is not JSON, including an
-// empty line) the line itself as a JSON string.
+// One stdin line → one message: the line parsed as the channel parses a frame, or (when it is
+// not a frame, including an empty line) the line itself as a JSON string.
 Json line_to_message(const std::string& line) {
-  Json j = Json::parse(line, nullptr, /*allow_exceptions=*/false);
-  if (j.is_discarded()) return Json(line);
-  return j;
+  auto parsed = ipc::parse_frame(line);
+  return parsed ? std::move(parsed.value()) : Json(line);
 }
 
 struct StdinReader {
@@ -199,11 +200,10 @@ int run_ipc(int argc, char** argv) {
   ch->on_message([&](const Json& m, ipc::ReceivedHandle* h) {
     ++received;
     if (h) {
-      Json out = {{"message", m}, {"handle", ipc::handle_type_name(h->type)}};
-      print_line(out.dump(-1, ' ', false, Json::error_handler_t::replace));
+      print_message(Json{{"message", m}, {"handle", ipc::handle_type_name(h->type)}});
       h->fd.reset();
     } else {
-      print_line(m.dump(-1, ' ', false, Json::error_handler_t::replace));
+      print_message(m);
     }
     maybe_disconnect();
   });

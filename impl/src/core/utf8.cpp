@@ -1,10 +1,13 @@
 #include "uvcluster/detail/utf8.hpp"
 
+#include <cstdint>
+#include <cstring>
+
 namespace uvcluster::detail {
 namespace {
 
-// Length of the valid sequence starting at s[i], or 0 if invalid (incl. truncated).
-// Follows the Unicode "maximal subpart" rules used by WHATWG/V8 decoders.
+// Length of the valid sequence starting at s[i], or 0 if invalid (incl. truncated); *subpart is
+// then the length of the maximal subpart (the Unicode rule WHATWG/V8 decoders use).
 size_t valid_sequence(std::string_view s, size_t i, size_t* subpart) {
   auto b = [&](size_t k) { return static_cast<unsigned char>(s[k]); };
   unsigned char c = b(i);
@@ -45,9 +48,28 @@ size_t utf8_boundary(std::string_view bytes, size_t cap) {
   return (len && lead + len > cap) ? lead : cap;
 }
 
+bool utf8_valid(std::string_view s) {
+  size_t i = 0;
+  while (i < s.size()) {
+    while (i + 8 <= s.size()) {
+      uint64_t w;
+      std::memcpy(&w, s.data() + i, 8);
+      if (w & 0x8080808080808080ULL) break;
+      i += 8;
+    }
+    if (i >= s.size()) break;
+    size_t subpart;
+    size_t len = valid_sequence(s, i, &subpart);
+    if (!len) return false;
+    i += len;
+  }
+  return true;
+}
+
 std::string utf8_sanitize(std::string_view s) {
+  if (utf8_valid(s)) return std::string(s);
   std::string out;
-  out.reserve(s.size());
+  out.reserve(s.size() + 8);
   for (size_t i = 0; i < s.size();) {
     size_t subpart = 1;
     size_t len = valid_sequence(s, i, &subpart);
@@ -60,6 +82,16 @@ std::string utf8_sanitize(std::string_view s) {
     }
   }
   return out;
+}
+
+size_t utf8_char_at(std::string_view s, size_t* subpart) { return valid_sequence(s, 0, subpart); }
+
+unsigned wtf8_surrogate_at(std::string_view s) {
+  if (s.size() < 3) return 0;
+  auto b0 = static_cast<unsigned char>(s[0]), b1 = static_cast<unsigned char>(s[1]),
+       b2 = static_cast<unsigned char>(s[2]);
+  if (b0 != 0xED || b1 < 0xA0 || b1 > 0xBF || (b2 & 0xC0) != 0x80) return 0;
+  return 0xD000u | ((b1 & 0x3Fu) << 6) | (b2 & 0x3Fu);
 }
 
 }  // namespace uvcluster::detail

@@ -1,9 +1,15 @@
 // exec() / exec_file(): Node's execFile exithandler on top of spawn(): per-stream buffering with
 // max_buffer enforced while reading, and one callback with Node's error shape.
+//
+// The timeout is execFile's own timer, not spawn's: like Node's it destroys stdout/stderr before
+// killing the child, so a grandchild that inherited the pipes cannot hold the callback back, and
+// it stays armed until `close` (not `exit`): a child that exited while a grandchild keeps its
+// pipes open is answered when the timer fires, with what was read by then and killed = true.
 #include "uvcluster/exec.hpp"
 
 #include "uvcluster/detail/spawn_options.hpp"
 #include "uvcluster/detail/utf8.hpp"
+#include "uvcluster/detail/uv_handle.hpp"
 
 namespace uvcluster {
 namespace {
@@ -14,9 +20,20 @@ struct ExecRun : std::enable_shared_from_this<ExecRun> {
   std::string cmd;
   std::string output[2];  // stdout, stderr
   std::optional<ExecError> error;
-  bool killed = false;  // killed by us for max_buffer
+  bool killed = false;  // killed by us for max_buffer or timeout
   bool done = false;
   std::weak_ptr<ChildProcess> child;
+  detail::UvHandle<uv_timer_t> timeout;
+
+  int start_timeout(uv_loop_t* loop) {
+    int rc = uv_timer_init(loop, timeout.get());
+    if (rc < 0) return rc;
+    timeout.mark_initialized();
+    timeout->data = this;
+    return uv_timer_start(
+        timeout.get(), [](uv_timer_t* t) { static_cast<ExecRun*>(t->data)->kill_child(); },
+        static_cast<uint64_t>(options.timeout_ms), 0);
+  }
 
   void on_chunk(int index, std::string_view chunk) {
     if (done || error) return;
@@ -41,18 +58,21 @@ struct ExecRun : std::enable_shared_from_this<ExecRun> {
   }
 
   void kill_child() {
+    timeout.close();
     auto c = child.lock();
     if (!c) return;
-    // Node destroys both streams, then kills: the child may die of SIGPIPE or of kill_signal.
+    // Node destroys both streams, then kills: the child may die of SIGPIPE or of kill_signal
+    // (killing a child that already exited does nothing; `close` then follows at once).
+    killed = true;
     if (auto* r = c->stdout_pipe()) r->destroy();
     if (auto* r = c->stderr_pipe()) r->destroy();
-    killed = true;
     c->kill(options.kill_signal);
   }
 
   void finish(const std::optional<ExitStatus>& status, bool child_killed) {
     if (done) return;
     done = true;
+    timeout.close();
     ExecResult result;
     for (int i = 0; i < 2; ++i) {
       std::string& out = i == 0 ? result.stdout_data : result.stderr_data;
@@ -87,8 +107,8 @@ Result<std::shared_ptr<ChildProcess>> exec_file(uv_loop_t* loop, std::string fil
   run->cmd = file;
   for (const auto& a : args) run->cmd += " " + a;
 
+  if (options.timeout_ms < 0) return detail::timeout_out_of_range(options.timeout_ms);
   SpawnOptions so = detail::common_spawn_options(options);
-  so.timeout_ms = options.timeout_ms;
   auto spawned = spawn(loop, std::move(file), std::move(args), std::move(so));
   if (!spawned) return spawned.error();
 
@@ -96,6 +116,12 @@ Result<std::shared_ptr<ChildProcess>> exec_file(uv_loop_t* loop, std::string fil
   run->callback = std::move(callback);
   auto child = spawned.value();
   run->child = child;
+  if (run->options.timeout_ms > 0 && child->pid()) {
+    if (int rc = run->start_timeout(loop); rc < 0) {
+      child->kill(run->options.kill_signal);  // cannot honour the timeout: do not run unbounded
+      run->error = ExecError{Error::from_uv(rc, "uv_timer_start"), std::nullopt, {}};
+    }
+  }
   for (int i = 0; i < 2; ++i) {
     if (auto* r = child->readable(i + 1)) r->on_data([run, i](std::string_view d) { run->on_chunk(i, d); });
   }

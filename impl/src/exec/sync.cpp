@@ -52,9 +52,14 @@ Result<SpawnSyncResult> spawn_sync(std::string file, std::vector<std::string> ar
 
     std::vector<std::optional<std::string>> output(options.stdio.size());
     size_t total = 0;
+    // Node's SyncProcessRunner::Kill: close every stdio pipe, then kill, so a grandchild that
+    // inherited the pipes cannot keep us waiting (the kill does nothing if the child has exited).
     auto fail_and_kill = [&](int status) {
       if (result.error) return;
       result.error = sync_error(status, run_file, run_args);
+      for (size_t i = 1; i < options.stdio.size(); ++i)
+        if (Readable* r = child->readable(i)) r->destroy();
+      if (Writable* in = child->stdin_pipe()) in->destroy();
       child->kill(options.kill_signal);
     };
     for (size_t i = 1; i < options.stdio.size(); ++i) {
@@ -86,7 +91,8 @@ Result<SpawnSyncResult> spawn_sync(std::string file, std::vector<std::string> ar
       started = false;
       result.error = sync_error(e.errnum, run_file, run_args);
     });
-    child->on_exit([&](const ExitStatus&) { timer.close(); });
+    // As in Node, the timer runs until `close`, not `exit`: a child that exited while a
+    // grandchild holds its pipes still times out (ETIMEDOUT with the child's status).
     child->on_close([&](const ExitStatus& st) {
       closed = true;
       timer.close();

@@ -3,9 +3,12 @@
 
 #include <cerrno>
 #include <deque>
+#include <map>
+#include <utility>
 #include <vector>
 
 #include "handles.hpp"
+#include "json_fast.hpp"
 #include "uvcluster/detail/ticker.hpp"
 #include "uvcluster/detail/uv_handle.hpp"
 #include "uvcluster/ipc/framing.hpp"
@@ -90,6 +93,13 @@ struct Channel::Impl : std::enable_shared_from_this<Channel::Impl> {
   std::deque<Queued> queue;
   std::deque<Fd> received_fds;
   std::deque<Buffered> backlog;
+  // Node's SocketListReceive per server key: keyed net.Sockets still held, and how many
+  // NODE_SOCKET_NOTIFY_CLOSE requests wait for that count to reach 0.
+  struct SocketList {
+    size_t connections = 0;
+    size_t close_waiters = 0;
+  };
+  std::map<std::string, SocketList> socket_lists;
 
   detail::Event<const Json&, ReceivedHandle*> message_ev;
   detail::Event<const Json&, ReceivedHandle*> internal_ev;
@@ -233,7 +243,7 @@ struct Channel::Impl : std::enable_shared_from_this<Channel::Impl> {
       frame.pop_back();  // the '\n'; the wrapper ends the frame
       if (q.handle->key) {
         frame += ",\"key\":";
-        frame += Json(*q.handle->key).dump(-1, ' ', false, Json::error_handler_t::replace);
+        detail_json::fast_dump(Json(*q.handle->key), frame);
       }
       frame += "}\n";
       if (write(frame, q.handle->fd.get(), std::move(q.done)) < 0)
@@ -329,7 +339,7 @@ struct Channel::Impl : std::enable_shared_from_this<Channel::Impl> {
 
   void on_line(std::string_view line) {
     if (state != State::open) return;
-    auto parsed = parse_frame(line);
+    auto parsed = parse_frame(line, options.max_nesting_depth);
     if (!parsed) {
       error_ev.emit(parsed.error());
       return;
@@ -345,7 +355,49 @@ struct Channel::Impl : std::enable_shared_from_this<Channel::Impl> {
       return;
     }
     if (cmd == "NODE_HANDLE_ACK" || cmd == "NODE_HANDLE_NACK") on_handle_reply(cmd == "NODE_HANDLE_ACK");
+    if (cmd == "NODE_SOCKET_GET_COUNT" || cmd == "NODE_SOCKET_NOTIFY_CLOSE") answer_socket_list(cmd, msg);
     if (state == State::open) internal_ev.emit(msg, nullptr);
+  }
+
+  // ---- socket list ------------------------------------------------------------------------
+
+  // A token that counts one received keyed socket until its last copy is released.
+  std::shared_ptr<const void> track_socket(const std::string& key) {
+    ++socket_lists[key].connections;
+    static const char tag = 0;  // any non-null address: the token is a count, not an object
+    std::weak_ptr<Impl> weak = weak_from_this();
+    return std::shared_ptr<const void>(&tag, [weak, key](const void*) {
+      if (auto self = weak.lock()) self->socket_closed(key);
+    });
+  }
+
+  void send_all_closed(const std::string& key) {
+    if (connected) send_now(Queued{Json{{"cmd", "NODE_SOCKET_ALL_CLOSED"}, {"key", key}}, {}, {}, {}});
+  }
+
+  void socket_closed(const std::string& key) {
+    auto it = socket_lists.find(key);
+    if (it == socket_lists.end() || it->second.connections == 0) return;
+    if (--it->second.connections > 0) return;
+    for (size_t waiters = std::exchange(it->second.close_waiters, 0); waiters > 0; --waiters)
+      send_all_closed(key);
+  }
+
+  void answer_socket_list(const std::string& cmd, const Json& msg) {
+    auto k = msg.find("key");
+    if (k == msg.end() || !k->is_string()) return;
+    const std::string& key = k->get_ref<const std::string&>();
+    auto it = socket_lists.find(key);
+    if (it == socket_lists.end()) return;  // Node has no list for that key: no answer
+    if (cmd == "NODE_SOCKET_GET_COUNT") {
+      if (connected)
+        send_now(Queued{Json{{"cmd", "NODE_SOCKET_COUNT"}, {"key", key}, {"count", it->second.connections}},
+                        {}, {}, {}});
+    } else if (it->second.connections == 0) {
+      send_all_closed(key);
+    } else {
+      ++it->second.close_waiters;
+    }
   }
 
   void receive_handle(Json& wrapper) {
@@ -369,8 +421,10 @@ struct Channel::Impl : std::enable_shared_from_this<Channel::Impl> {
     h.fd = std::move(fd);
     if (auto t = inner->find("type"); t != inner->end() && t->is_string())
       detail_handles::parse_handle_type(t->get_ref<const std::string&>(), &h.type);
-    if (auto k = inner->find("key"); k != inner->end() && k->is_string())
+    if (auto k = inner->find("key"); k != inner->end() && k->is_string()) {
       h.key = k->get<std::string>();
+      if (h.type == HandleType::socket && !h.key->empty()) h.connection = track_socket(*h.key);
+    }
     Json msg;
     if (auto m = inner->find("msg"); m != inner->end()) msg = std::move(*m);
     if (is_internal(msg)) internal_ev.emit(msg, &h);

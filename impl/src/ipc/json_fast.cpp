@@ -1,17 +1,30 @@
 #include "json_fast.hpp"
 
 #include <charconv>
+#include <cstdlib>
 #include <cstring>
+#include <locale.h>
+
+#include "uvcluster/detail/utf8.hpp"
 
 namespace uvcluster::ipc::detail_json {
 namespace {
 
 using json = nlohmann::json;
-constexpr int kMaxDepth = 256;
+
+// strtod in the "C" locale whatever the process locale is, for the numbers from_chars reports
+// out of range: they become ±inf (as in JSON.parse) or the nearest subnormal/±0 (as nlohmann).
+double strtod_c(const char* first, const char* last) {
+  static const locale_t c_locale = newlocale(LC_NUMERIC_MASK, "C", locale_t{});
+  std::string copy(first, last);
+  return c_locale ? strtod_l(copy.c_str(), nullptr, c_locale) : std::strtod(copy.c_str(), nullptr);
+}
 
 struct Parser {
   const char* p;
   const char* end;
+  size_t max_depth;
+  bool too_deep = false;
 
   void ws() {
     while (p < end && (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r')) ++p;
@@ -86,13 +99,10 @@ struct Parser {
                 lo <= 0xDFFF) {
               cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
             } else {
-              p = save;
-              cp = 0xFFFD;  // lone high surrogate
+              p = save;  // lone high surrogate: kept as WTF-8 (ED A0..AF xx)
             }
-          } else if (cp >= 0xDC00 && cp <= 0xDFFF) {
-            cp = 0xFFFD;  // lone low surrogate
           }
-          put_utf8(s, cp);
+          put_utf8(s, cp);  // a lone low surrogate too: WTF-8 (ED B0..BF xx)
           break;
         }
         default: return false;
@@ -147,16 +157,18 @@ struct Parser {
     double d;
     auto r = std::from_chars(start, p, d);
     if (r.ptr != p) return false;
-    if (r.ec == std::errc::result_out_of_range) return false;  // let nlohmann decide
-    out = d;
+    out = r.ec == std::errc::result_out_of_range ? strtod_c(start, p) : d;
     return true;
   }
-  bool value(json& out, int depth) {
+  bool value(json& out, size_t depth) {
     ws();
     if (p >= end) return false;
     switch (*p) {
       case '{': {
-        if (depth >= kMaxDepth) return false;
+        if (depth >= max_depth) {
+          too_deep = true;
+          return false;
+        }
         ++p;
         out = json::object();
         auto& obj = out.get_ref<json::object_t&>();
@@ -190,7 +202,10 @@ struct Parser {
         }
       }
       case '[': {
-        if (depth >= kMaxDepth) return false;
+        if (depth >= max_depth) {
+          too_deep = true;
+          return false;
+        }
         ++p;
         out = json::array();
         auto& arr = out.get_ref<json::array_t&>();
@@ -241,34 +256,32 @@ struct Parser {
 
 }  // namespace
 
-bool fast_parse(std::string_view text, nlohmann::json& out) {
-  Parser ps{text.data(), text.data() + text.size()};
+ParseStatus parse(std::string_view text, nlohmann::json& out, size_t max_depth) {
+  Parser ps{text.data(), text.data() + text.size(), max_depth};
   json v;
-  if (!ps.value(v, 0)) return false;
+  if (!ps.value(v, 0)) return ps.too_deep ? ParseStatus::too_deep : ParseStatus::syntax_error;
   ps.ws();
-  if (ps.p != ps.end) return false;
+  if (ps.p != ps.end) return ParseStatus::syntax_error;
   out = std::move(v);
-  return true;
+  return ParseStatus::ok;
 }
 
-}  // namespace uvcluster::ipc::detail_json
-
-namespace uvcluster::ipc::detail_json {
 namespace {
 
-bool is_ascii(const std::string& s) {
-  for (unsigned char c : s)
-    if (c >= 0x80) return false;
-  return true;
+const char kHex[] = "0123456789abcdef";
+
+void escape_u(unsigned cp, std::string& out) {
+  out += "\\u";
+  out.push_back(kHex[(cp >> 12) & 15]);
+  out.push_back(kHex[(cp >> 8) & 15]);
+  out.push_back(kHex[(cp >> 4) & 15]);
+  out.push_back(kHex[cp & 15]);
 }
 
+// JSON.stringify of the string `s` holds: valid UTF-8 is copied as is, WTF-8 lone surrogates
+// (ED A0..BF xx, what parse() makes of "\ud800") are escaped back as \udxxx (well-formed
+// JSON.stringify), any other invalid byte sequence becomes one U+FFFD per maximal subpart.
 void dump_string(const std::string& s, std::string& out) {
-  if (!is_ascii(s)) {
-    // Rare path (non-ASCII): let nlohmann handle UTF-8 validation/replacement exactly.
-    out += nlohmann::json(s).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
-    return;
-  }
-  static const char* hex = "0123456789abcdef";
   out.push_back('"');
   const char* p = s.data();
   const char* end = p + s.size();
@@ -276,12 +289,30 @@ void dump_string(const std::string& s, std::string& out) {
     const char* start = p;
     while (p < end) {
       unsigned char c = static_cast<unsigned char>(*p);
-      if (c < 0x20 || c == '"' || c == '\\') break;
+      if (c < 0x20 || c == '"' || c == '\\' || c >= 0x80) break;
       ++p;
     }
     out.append(start, static_cast<size_t>(p - start));
     if (p >= end) break;
-    unsigned char c = static_cast<unsigned char>(*p++);
+    unsigned char c = static_cast<unsigned char>(*p);
+    if (c >= 0x80) {
+      std::string_view rest(p, static_cast<size_t>(end - p));
+      if (unsigned cp = detail::wtf8_surrogate_at(rest)) {
+        escape_u(cp, out);
+        p += 3;
+        continue;
+      }
+      size_t subpart = 1;
+      if (size_t n = detail::utf8_char_at(rest, &subpart)) {
+        out.append(p, n);
+        p += n;
+      } else {
+        out += "\xEF\xBF\xBD";
+        p += subpart;
+      }
+      continue;
+    }
+    ++p;
     switch (c) {
       case '"': out += "\\\""; break;
       case '\\': out += "\\\\"; break;
@@ -290,10 +321,7 @@ void dump_string(const std::string& s, std::string& out) {
       case '\n': out += "\\n"; break;
       case '\r': out += "\\r"; break;
       case '\t': out += "\\t"; break;
-      default:
-        out += "\\u00";
-        out.push_back(hex[c >> 4]);
-        out.push_back(hex[c & 15]);
+      default: escape_u(c, out);
     }
   }
   out.push_back('"');

@@ -1,19 +1,25 @@
 #pragma once
-// A fast JSON text -> nlohmann::json parser for IPC frames (nlohmann's lexer costs ~18 ns per
-// string byte). Accepts RFC 8259 JSON; produces what nlohmann would, except that lone UTF-16
-// surrogates in \u escapes (which JSON.stringify emits and nlohmann rejects) become U+FFFD.
-// Returns false when it cannot parse (syntax error, or nesting deeper than 256): the caller
-// then falls back to nlohmann, so this never changes what is rejected except surrogates.
+// The IPC JSON parser and encoder (nlohmann's own lexer costs ~18 ns per string byte, and its
+// parser neither bounds nesting nor keeps lone surrogates). parse() accepts exactly RFC 8259
+// JSON text, as JSON.parse does (no BOM, no comments), and produces what nlohmann would, except:
+//   * lone UTF-16 surrogates in \u escapes (JSON.stringify emits them; nlohmann rejects them) are
+//     kept as WTF-8 (ED A0..BF xx), and fast_dump escapes them back, so a value round-trips;
+//   * arrays/objects nested deeper than max_depth are refused (too_deep), with bounded work
+//     and stack; numbers out of double range become ±inf / ±0 (JSON.parse gives the same).
 // Input must be valid UTF-8 (parse_frame sanitizes first).
+#include <cstddef>
 #include <nlohmann/json.hpp>
 #include <string_view>
 
 namespace uvcluster::ipc::detail_json {
-bool fast_parse(std::string_view text, nlohmann::json& out);
-}
 
-namespace uvcluster::ipc::detail_json {
-// Appends the compact JSON text of `v` to `out`, byte-identical to
-// v.dump(-1, ' ', false, error_handler_t::replace) (invalid UTF-8 becomes U+FFFD).
+enum class ParseStatus { ok, syntax_error, too_deep };
+ParseStatus parse(std::string_view text, nlohmann::json& out, size_t max_depth);
+
+// Appends the compact JSON text of `v` to `out` as JSON.stringify would write the value it
+// stands for: byte-identical to v.dump(-1, ' ', false, error_handler_t::replace) for valid
+// UTF-8 strings; WTF-8 surrogates are written as \udxxx, other invalid UTF-8 as U+FFFD per
+// maximal subpart.
 void fast_dump(const nlohmann::json& v, std::string& out);
-}
+
+}  // namespace uvcluster::ipc::detail_json

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <mutex>
 
+#include "uvcluster/detail/spawn_options.hpp"
 #include "uvcluster/ipc/channel.hpp"
 #include "uvcluster/process.hpp"
 #include "uvcluster/signals.hpp"
@@ -53,10 +54,7 @@ std::optional<Error> validate(const std::string& file, const std::vector<std::st
       if (has_nul(k) || has_nul(v)) return invalid_arg("options.env['" + k + "']", v);
     }
   }
-  if (o.timeout_ms < 0)
-    return Error::make("ERR_OUT_OF_RANGE",
-                       "The value of \"timeout\" is out of range. It must be an unsigned integer. "
-                       "Received " + std::to_string(o.timeout_ms));
+  if (o.timeout_ms < 0) return detail::timeout_out_of_range(o.timeout_ms);
   if (!signal_number(o.kill_signal))
     return Error::make("ERR_UNKNOWN_SIGNAL", "Unknown signal: " + o.kill_signal);
   if (std::count_if(o.stdio.begin(), o.stdio.end(),

@@ -4,6 +4,13 @@
 
 namespace uvcluster::detail {
 
+// Node's ERR_OUT_OF_RANGE for a negative `timeout` (spawn's and execFile's own timer).
+inline Error timeout_out_of_range(int64_t timeout_ms) {
+  return Error::make("ERR_OUT_OF_RANGE",
+                     "The value of \"timeout\" is out of range. It must be an unsigned integer. "
+                     "Received " + std::to_string(timeout_ms));
+}
+
 template <class Options>
 SpawnOptions common_spawn_options(const Options& o) {
   SpawnOptions so;

@@ -1,6 +1,7 @@
 #pragma once
 // ipc::Channel: Node's IPC channel (child_process 'ipc' stdio, serialization "json") over a libuv
-// IPC pipe. Wire format and protocol: docs/protocol.md §1–§2.
+// IPC pipe (Node's lib/internal/child_process.js: setupChannel, handleConversion). Wire format and
+// protocol: docs/protocol.md §1–§2.
 //
 //   * Framing: one JSON text + '\n' per message, UTF-8. Any JSON value is a message.
 //   * Messages whose `cmd` is a string longer than 5 chars starting with "NODE_" are internal:
@@ -11,6 +12,13 @@
 //
 // Lifetime: owned by the ChildProcess (parent side) or by the caller (child side, from
 // parent_channel()). Events are delivered on the loop, never from inside send()/disconnect().
+//
+// Socket list (Node's SocketListReceive): for each server key we received net.Sockets with, we
+// answer {"cmd":"NODE_SOCKET_GET_COUNT","key"} with {"cmd":"NODE_SOCKET_COUNT","key","count"}
+// (the sockets whose ReceivedHandle::connection is still held) and
+// {"cmd":"NODE_SOCKET_NOTIFY_CLOSE","key"} with {"cmd":"NODE_SOCKET_ALL_CLOSED","key"} once that
+// count is 0 (at once if it already is). Unknown keys get no answer, as from Node. These messages
+// still reach on_internal_message. (Sending side: we keep no server objects, so we never ask.)
 //
 // Receiving (as Node): a NODE_HANDLE frame takes the oldest fd received with it; the channel
 // answers {"cmd":"NODE_HANDLE_ACK"} at once (before the listeners run), or
@@ -30,13 +38,17 @@
 //
 // Bad input (Node would throw an uncaught exception; we never crash or leak an fd):
 //   not JSON / empty line        → error ERR_IPC_BAD_FRAME, the line is skipped, reading goes on
+//   nested > max_nesting_depth   → error ERR_IPC_BAD_FRAME, the line is skipped (Node would take
+//                                  it; see framing.hpp for the bound's reason)
 //   line > max_frame_bytes       → error ERR_IPC_FRAME_TOO_LARGE, then disconnect + close
 //   fd with no NODE_HANDLE       → error ERR_IPC_UNEXPECTED_HANDLE, the fd is closed (an fd left
 //                                  over when no partial frame is buffered can never be claimed)
 //   NODE_HANDLE without an fd    → NODE_HANDLE_NACK sent, nothing delivered, no error
 //   peer closes mid-frame        → error ERR_IPC_TRUNCATED, then disconnect + close
-//   invalid UTF-8                → replaced by U+FFFD (as Node's StringDecoder)
-//   lone \uD800-\uDFFF escapes   → U+FFFD (JSON.stringify emits them; plain nlohmann rejects)
+//   invalid UTF-8                → one U+FFFD per maximal invalid subpart (as Node's
+//                                  StringDecoder: `E2 82` before a non-continuation byte is one)
+//   lone \uD800-\uDFFF escapes   → kept (WTF-8 in the std::string) and sent back as \udxxx, so
+//                                  echoing a message returns the same JS string
 //   read/write failures          → the libuv error (Error::from_uv, syscall "read"/"write")
 //
 // Disconnect: disconnect() waits for a pending handle ACK (queued sends go out after it) and for
@@ -55,6 +67,7 @@
 #include "uvcluster/detail/event.hpp"
 #include "uvcluster/error.hpp"
 #include "uvcluster/fd.hpp"
+#include "uvcluster/ipc/framing.hpp"
 
 namespace uvcluster::ipc {
 
@@ -78,6 +91,11 @@ struct ReceivedHandle {
   HandleType type = HandleType::native;
   Fd fd{};
   std::optional<std::string> key{};
+  // Set for a net.Socket that came with a server key: Node's sender counts the socket among its
+  // server's connections until every copy of this is released, and its server.close() /
+  // getConnections() wait for our answer (the NODE_SOCKET_* socket list, answered as Node's
+  // receiver does). Keep it (move it out with `fd`) for as long as you keep the socket open.
+  std::shared_ptr<const void> connection{};
 };
 
 struct SendOptions {
@@ -90,6 +108,8 @@ struct SendOptions {
 
 struct ChannelOptions {
   size_t max_frame_bytes = 64 * 1024 * 1024;  // a longer line: error ERR_IPC_FRAME_TOO_LARGE, close
+  // Deeper arrays/objects: error ERR_IPC_BAD_FRAME, the line is skipped (why 1000: framing.hpp).
+  size_t max_nesting_depth = kMaxNestingDepth;
 };
 
 class Channel {

@@ -1,13 +1,25 @@
 #pragma once
-// Node's 'json' IPC framing (docs/protocol.md §1.2), independent of libuv so it can be unit
-// tested and fuzzed.
+// Node's 'json' IPC framing (lib/internal/child_process/serialization.js; docs/protocol.md §1.2),
+// independent of libuv so it can be unit tested and fuzzed.
 //
 //   * A frame is one JSON text followed by '\n' (0x0A). 0x0A never occurs inside a UTF-8
 //     multi-byte sequence, so the reader splits raw bytes: a character split between two reads
 //     is simply completed by the next feed() (Node decodes with a StringDecoder to the same end).
 //   * A line that is not JSON (including an empty line) is a bad frame. Node throws an uncaught
 //     SyntaxError there; we report ERR_IPC_BAD_FRAME and skip the line.
-//   * Invalid UTF-8 inside a line is replaced by U+FFFD before parsing, as Node's decoder does.
+//   * Invalid UTF-8 inside a line is replaced before parsing as Node's StringDecoder does: one
+//     U+FFFD per maximal invalid subpart (`E2 82` then `"` is one U+FFFD, `FF` is one).
+//   * "\ud800"-style lone surrogate escapes (JSON.stringify emits them) are kept as WTF-8 inside
+//     the string and escaped back by encode_frame, so a message round-trips unchanged.
+//   * Arrays/objects nested deeper than the channel's max_nesting_depth (kMaxNestingDepth =
+//     1000 by default) make the line a bad frame, found with bounded work and stack. Node's
+//     JSON.parse takes any depth, but nlohmann's copy, compare and dump are recursive: measured,
+//     they need ~250 B of stack per level in a release build and ~5.5 KB in the -O0
+//     AddressSanitizer build (a 1,600-level value overflows its 8 MiB stack). 1000 levels keep
+//     every walk of a parsed message within 8 MiB in every build we ship or test. Node's sender
+//     (JSON.stringify, recursive) stops at ~4,170 levels on its default stack (node v20 x64):
+//     a Node message nested 1,001..4,170 levels deep is the one thing Node could receive and
+//     we refuse. A C++ peer that needs more can raise ChannelOptions::max_nesting_depth.
 //   * A line (complete, or still incomplete in the buffer) longer than max_frame_bytes makes the
 //     reader fail for good (ERR_IPC_FRAME_TOO_LARGE); the channel then closes.
 #include <cstddef>
@@ -43,14 +55,17 @@ class FrameReader {
   bool failed_ = false;
 };
 
-// Parses one line into a message: ERR_IPC_BAD_FRAME if it is not a JSON text. Never throws.
-Result<nlohmann::json> parse_frame(std::string_view line);
-// Encodes a message as Node's JSON.stringify would (compact; invalid UTF-8 in strings becomes
-// U+FFFD) plus the '\n'. Never throws.
+// Default deepest nesting of arrays/objects a frame may have ("[[]]" is 2); see above.
+inline constexpr size_t kMaxNestingDepth = 1000;
+
+// Parses one line into a message: ERR_IPC_BAD_FRAME if it is not a JSON text (as JSON.parse
+// sees it: no BOM, and a NUL byte is an error, not an end) or nests deeper than max_depth. Never throws; work is linear in the line and
+// stack is bounded by max_depth whatever the input.
+Result<nlohmann::json> parse_frame(std::string_view line, size_t max_depth = kMaxNestingDepth);
+// Encodes a message as Node's JSON.stringify would (compact; WTF-8 lone surrogates as \udxxx;
+// other invalid UTF-8 becomes U+FFFD) plus the '\n'. Never throws.
 std::string encode_frame(const nlohmann::json& message);
 // Node's isInternal: an object whose `cmd` is a string longer than 5 chars starting "NODE_".
 bool is_internal(const nlohmann::json& message);
-// Replaces invalid UTF-8 sequences by U+FFFD (returns the input unchanged when valid).
-std::string sanitize_utf8(std::string_view s);
 
 }  // namespace uvcluster::ipc
