@@ -11,6 +11,7 @@
 #include "http_client.hpp"
 #include "support.hpp"
 #include "uvcluster/cluster/primary.hpp"
+#include "uvcluster/cluster/sockets.hpp"
 
 using namespace uvcluster;
 using namespace uvcluster::cluster;
@@ -167,4 +168,54 @@ TEST(ClusterFaults, BrokenChannelIsReportedAndTheWorkerDisconnected) {
   }));
   EXPECT_EQ(served, 4);
   ASSERT_TRUE(c.stop());
+}
+
+// Issue 8 defect 3 / issue 11 item 4: a worker's listen failure is that worker's business. Node's
+// primary reports the errno to the worker (its server emits `error`), leaves it connected and
+// serving on its other server, and a retry once the port is free succeeds. Differential: the
+// same observables under Node's own primary (the oracle) and under cluster::Primary.
+TEST(ClusterFaults, ListenFailureLeavesTheWorkerAloneAndARetrySucceedsAsUnderNode) {
+  Json node = uvc_test::run_node_fixture("cluster_listen_retry_primary.js",
+                                         {uvc_test::fixture("cluster_listen_retry_worker.js")});
+  ASSERT_TRUE(node.is_object());
+
+  uvc_test::TestLoop loop;
+  auto blocker = bind_tcp({.address = "127.0.0.1", .port = 0});
+  ASSERT_TRUE(blocker.ok() && listen_fd(blocker->get(), 0).ok());
+  int busy = local_address(blocker->get())->port;
+  auto primary = Primary::create(loop, {.exec = uvc_test::fixture("cluster_listen_retry_worker.js"),
+                                        .args = {std::to_string(busy)}, .policy = Policy::rr});
+  Json ours = {{"events", Json::array()}, {"listening", 0}};
+  std::vector<std::string> listen_errors;
+  primary->on_listening([&](WorkerHandle&, const Address&) { ours["listening"] = ours["listening"].get<int>() + 1; });
+  primary->on_listen_error([&](WorkerHandle&, const Address&, const Error& e) { listen_errors.push_back(e.code); });
+  std::optional<ExitStatus> exit;
+  Json last;
+  auto w = primary->fork();
+  ASSERT_TRUE(w.ok());
+  (*w)->on_message([&](const Json& m) { last = m; });
+  (*w)->on_exit([&](const ExitStatus& s) { exit = s; });
+
+  ASSERT_TRUE(loop.run_until([&] { return last.is_object() && last.contains("listenError"); }));
+  ours["events"].push_back("listenError " + last["listenError"].get<std::string>());
+  ours["connectedAfterError"] = (*w)->is_connected();
+  auto flag = (*w)->exited_after_disconnect();
+  ours["flagAfterError"] = flag ? Json(*flag) : Json("undefined");
+  int main_port = last["mainPort"].get<int>();
+  ASSERT_TRUE(uvc_test::run_client(loop, [&] { ours["mainServes"] = uvc_test::http_body(uvc_test::http_get(main_port)); }));
+  blocker->reset();
+  (*w)->send("retry");
+  ASSERT_TRUE(loop.run_until([&] { return last.is_object() && last.contains("retried"); }));
+  ours["events"].push_back("retried");
+  ours["retriedOnBusyPort"] = last["retried"].get<int>() == busy;
+  ASSERT_TRUE(uvc_test::run_client(loop, [&] { ours["adminServes"] = uvc_test::http_body(uvc_test::http_get(busy)); }));
+  (*w)->disconnect();
+  ASSERT_TRUE(loop.run_until([&] { return exit.has_value(); }));
+  ours["exit"] = {{"code", exit->code ? Json(*exit->code) : Json(nullptr)},
+                  {"exitedAfterDisconnect", (*w)->exited_after_disconnect().value_or(false)}};
+
+  EXPECT_EQ(ours, node) << "ours: " << ours.dump() << "\nnode: " << node.dump();
+  EXPECT_EQ(listen_errors, std::vector<std::string>{"EADDRINUSE"});  // reported, nothing more
+  EXPECT_EQ(node["connectedAfterError"], true);
+  EXPECT_EQ(node["adminServes"], "admin\n");
 }

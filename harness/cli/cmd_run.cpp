@@ -186,6 +186,14 @@ class Runner {
       // The app cannot work: stop instead of restarting workers that will fail the same way.
       drain("listen-error", true);
     });
+    primary_->on_channel_error([this](WorkerHandle& w, const Error& e) {
+      // The primary disconnects the worker next; its exit is then handled like a crash.
+      auto j = who(w);
+      j["event"] = "error";
+      j["code"] = e.code;
+      j["message"] = e.message;
+      emit(j);
+    });
     primary_->on_disconnect([this](WorkerHandle& w) {
       auto j = who(w);
       j["event"] = "disconnect";
