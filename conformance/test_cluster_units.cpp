@@ -179,7 +179,7 @@ TEST(RoundRobinScheduler, AConnectionEveryoneRefusesIsClosedAfterItsBudget) {
   auto before = uvc_test::open_fds();
   {
     FakeWorkers f;
-    RoundRobinScheduler s(/*attempt_budget=*/4);
+    RoundRobinScheduler s(/*attempts_per_worker=*/2);  // 2 workers: 4 attempts
     s.add(1, f.sender(1));
     s.add(2, f.sender(2));
     s.push(conn());
@@ -199,6 +199,38 @@ TEST(RoundRobinScheduler, AConnectionEveryoneRefusesIsClosedAfterItsBudget) {
     f.answer(true);
   }
   EXPECT_EQ(uvc_test::open_fds(), before);
+}
+
+// A refusing worker rests (5 ms, doubling per refusal in a row) instead of being asked again at
+// IPC speed; an accept resets it.
+TEST(RoundRobinScheduler, RefusingWorkerRestsThenTakesWorkAgain) {
+  FakeWorkers f;
+  RoundRobinScheduler s;
+  uint64_t now = 0;
+  std::vector<uint64_t> rests;
+  s.set_clock([&] { return now; });
+  s.set_on_rest([&](uint64_t ms) { rests.push_back(ms); });
+  s.add(1, f.sender(1));
+  s.push(conn());
+  f.answer(false);
+  EXPECT_EQ(rests, std::vector<uint64_t>{5});
+  EXPECT_TRUE(f.sent.empty());  // resting: the connection waits
+  EXPECT_EQ(s.queued(), 1u);
+  now = 4;
+  s.wake();
+  EXPECT_TRUE(f.sent.empty());
+  now = 5;
+  s.wake();
+  ASSERT_EQ(f.sent.size(), 1u);
+  f.answer(false);
+  EXPECT_EQ(rests.back(), 10u);  // doubled
+  now = 100;
+  s.wake();
+  f.answer(true);
+  EXPECT_EQ(s.handed_out().at(1), 1u);
+  s.push(conn());
+  f.answer(false);
+  EXPECT_EQ(rests.back(), 5u);  // reset by the accept
 }
 
 // Issue 8 defect 2: every hand-off ends and frees the worker's slot — here by the timeout (a

@@ -9,7 +9,26 @@ namespace {
 constexpr size_t kRefusalLookahead = 16;
 }  // namespace
 
-RoundRobinScheduler::RoundRobinScheduler(int attempt_budget) : attempt_budget_(std::max(1, attempt_budget)) {}
+RoundRobinScheduler::RoundRobinScheduler(int attempts_per_worker)
+    : attempts_per_worker_(std::max(1, attempts_per_worker)) {}
+
+void RoundRobinScheduler::wake() {
+  uint64_t now = now_();
+  std::vector<int> rested;
+  uint64_t next = 0;
+  for (auto& [worker, m] : all_) {
+    if (m.rest_until == 0) continue;
+    if (m.rest_until <= now) rested.push_back(worker);
+    else if (next == 0 || m.rest_until < next) next = m.rest_until;
+  }
+  for (int worker : rested) {
+    if (auto it = all_.find(worker); it != all_.end()) {
+      it->second.rest_until = 0;
+      handoff(worker);
+    }
+  }
+  if (next != 0 && on_rest_) on_rest_(next - now);
+}
 
 size_t RoundRobinScheduler::in_flight() const {
   size_t n = orphans_.size();
@@ -93,6 +112,10 @@ void RoundRobinScheduler::handoff(int worker) {
     if (it == all_.end()) return;
     Member& m = it->second;
     if (m.in_flight || m.stalled) return;  // at most one hand-off in flight per worker
+    if (m.rest_until != 0) {
+      if (m.rest_until > now_()) return;  // wake() hands it work when the rest is over
+      m.rest_until = 0;
+    }
     auto conn = take_for(worker);
     if (!conn) {
       if (std::find(free_.begin(), free_.end(), worker) == free_.end()) free_.push_back(worker);
@@ -119,7 +142,8 @@ void RoundRobinScheduler::handoff(int worker) {
 }
 
 void RoundRobinScheduler::requeue(Conn conn, int failed_worker) {
-  if (++conn.attempts >= attempt_budget_) {
+  int budget = attempts_per_worker_ * static_cast<int>(std::max<size_t>(all_.size(), 1));
+  if (++conn.attempts >= budget) {
     ++counters_.dropped;  // closes it: the client sees the connection end, not a hang
     return;
   }
@@ -154,10 +178,18 @@ void RoundRobinScheduler::on_reply(int worker, uint64_t id, bool accepted) {
   m.in_flight.reset();
   if (accepted) {
     ++handed_out_[worker];
+    m.refusals_in_row = 0;
     conn.fd.reset();  // the worker has its own copy now
   } else {
     // Refused (at maxConnections, closing its server, or the fd never arrived): Node keeps the
-    // worker and redistributes; so do we, with the connection's attempt budget as the bound.
+    // worker and redistributes; so do we, with the connection's attempt budget as the bound,
+    // and the worker rests a moment so a full worker is not asked again at IPC speed.
+    int shift = std::min(m.refusals_in_row++, 16);
+    uint64_t rest = std::min(kRestBaseMs << shift, kRestMaxMs);
+    if (on_rest_) {  // only with someone to wake() us
+      m.rest_until = now_() + rest;
+      on_rest_(rest);
+    }
     requeue(std::move(conn), worker);
   }
   handoff(worker);
@@ -194,6 +226,18 @@ Status RoundRobinHandle::start(uv_loop_t* loop) {
     uint64_t now = uv_now(self->loop_);
     if (now >= self->timeout_ms_) self->sched_.expire(now - self->timeout_ms_);
   }, period, period);
+  if (int rc = uv_timer_init(loop, wake_.get()); rc != 0) return Error::from_uv(rc, "uv_timer_init");
+  wake_.mark_initialized();
+  wake_->data = this;
+  sched_.set_on_rest([this](uint64_t delay) {
+    if (!wake_.initialized()) return;  // closed
+    // One timer for every resting worker: keep the earliest deadline.
+    uint64_t due = uv_now(loop_) + delay;
+    if (uv_is_active(wake_.base()) && wake_due_ <= due) return;
+    wake_due_ = due;
+    uv_timer_start(wake_.get(), [](uv_timer_t* t) { static_cast<RoundRobinHandle*>(t->data)->sched_.wake(); },
+                   delay, 0);
+  });
   // Drain: the primary is the only acceptor of this socket, so there is no herd to avoid.
   auto a = Acceptor::start(loop, fd_.get(), {.policy = AcceptPolicy::drain},
                            [this](Fd conn) { sched_.push(std::move(conn)); });
@@ -206,6 +250,7 @@ void RoundRobinHandle::close() {
   if (acceptor_) closed_accept_ += acceptor_->counters();
   acceptor_.reset();
   sweep_.close();
+  wake_.close();
   fd_.reset();
   sched_.close_queue();
 }

@@ -7,10 +7,12 @@
 // Every hand-off ends, and frees the worker's one slot, in exactly one of these ways:
 //   accepted  → the primary closes its copy; the worker gets the next queued connection.
 //   refused   → (accepted:false, e.g. the worker is at server.maxConnections, or a NACK: the fd
-//               never arrived) the worker stays in the rotation, as in Node; the connection is
-//               requeued in front, preferably for another worker. Each connection has an attempt
-//               budget: after `attempt_budget` failed hand-offs it is closed, so it cannot
-//               ping-pong forever between workers that keep refusing.
+//               never arrived) the worker stays in the rotation, as in Node, but rests a moment
+//               (5 ms, doubling with each refusal in a row up to 200 ms; an accept resets it) so
+//               a full worker is not asked again at IPC speed. The connection is requeued in
+//               front, preferably for another worker. Each connection has an attempt budget
+//               (`attempts_per_worker` × the workers in the rotation): past it, it is closed, so
+//               it cannot ping-pong forever between workers that keep refusing.
 //   worker gone (exit, channel closed) → the connection is requeued (one attempt spent).
 //   timeout   → no answer within the timeout: the primary closes its copy (the worker still has
 //               its own and may serve it) and gives the worker nothing more until it answers.
@@ -48,8 +50,10 @@ class RoundRobinScheduler {
     uint64_t timed_out = 0;  // hand-offs ended by the timeout
   };
 
-  static constexpr int kDefaultAttemptBudget = 8;
-  explicit RoundRobinScheduler(int attempt_budget = kDefaultAttemptBudget);
+  static constexpr int kDefaultAttemptsPerWorker = 8;
+  static constexpr uint64_t kRestBaseMs = 5;
+  static constexpr uint64_t kRestMaxMs = 200;
+  explicit RoundRobinScheduler(int attempts_per_worker = kDefaultAttemptsPerWorker);
 
   void add(int worker, Sender send);  // then hands it a queued connection, if any
   // Drops a worker from the rotation. Returns true when no worker is left.
@@ -64,6 +68,10 @@ class RoundRobinScheduler {
   // Ends every hand-off sent at or before `sent_before` (a time from the clock) that has no answer.
   size_t expire(uint64_t sent_before);
   void set_clock(std::function<uint64_t()> now) { now_ = std::move(now); }
+  // Resting workers whose rest is over take work again. `on_rest(delay_ms)` asks the owner to
+  // call wake() after that delay (RoundRobinHandle arms a timer).
+  void wake();
+  void set_on_rest(std::function<void(uint64_t delay_ms)> fn) { on_rest_ = std::move(fn); }
 
   bool has(int worker) const { return all_.count(worker) != 0; }
   bool empty() const { return all_.empty(); }
@@ -93,6 +101,8 @@ class RoundRobinScheduler {
     Sender send;
     std::optional<InFlight> in_flight;
     uint64_t stalled = 0;  // id of a timed-out hand-off: no more until the worker answers it
+    int refusals_in_row = 0;
+    uint64_t rest_until = 0;  // no hand-off before this time (clock units: ms)
   };
   struct Orphan {  // in flight to a worker that left the rotation gracefully
     int worker;
@@ -104,8 +114,9 @@ class RoundRobinScheduler {
   void dispatch(int not_to = 0);  // hands the queue's front to a free worker (not `not_to`)
   std::optional<Conn> take_for(int worker);
 
-  int attempt_budget_;
+  int attempts_per_worker_;
   std::function<uint64_t()> now_ = [] { return uint64_t{0}; };
+  std::function<void(uint64_t)> on_rest_;
   std::map<uint64_t, Orphan> orphans_;  // by hand-off id
   std::map<int, Member> all_;
   std::list<int> free_;  // idle workers, oldest first
@@ -154,6 +165,8 @@ class RoundRobinHandle : public ServerHandle {
   std::unique_ptr<Acceptor> acceptor_;
   AcceptorCounters closed_accept_;
   detail::UvHandle<uv_timer_t> sweep_;
+  detail::UvHandle<uv_timer_t> wake_;  // ends a refusing worker's rest
+  uint64_t wake_due_ = 0;
   uint64_t timeout_ms_;
   RoundRobinScheduler sched_;
   SockName sockname_;
