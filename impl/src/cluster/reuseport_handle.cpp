@@ -37,15 +37,4 @@ Result<Fd> ReusePortHandle::socket_for(int worker) {
   return out;
 }
 
-void ReusePortHandle::add(int worker, AddReply reply) {
-  auto fd = socket_for(worker);
-  if (!fd.ok()) return reply(fd.error().errnum, {}, std::nullopt);
-  reply(0, {}, ipc::OutgoingHandle{ipc::HandleType::native, std::move(fd.value()), std::nullopt});
-}
-
-bool ReusePortHandle::remove(int worker, bool) {
-  workers_.erase(worker);
-  return workers_.empty();
-}
-
 }  // namespace uvcluster::cluster

@@ -32,6 +32,18 @@ Result<ServerQuery> parse_query(const Json& msg) {
   return q;
 }
 
+void SocketHandle::add(int worker, AddReply reply) {
+  auto fd = socket_for(worker);
+  if (!fd.ok()) return reply(fd.error().errnum, {}, std::nullopt);
+  reply(0, {}, ipc::OutgoingHandle{ipc::HandleType::native, std::move(fd.value()), std::nullopt});
+}
+
+bool SocketHandle::remove(int worker, bool) {
+  workers_.erase(worker);
+  if (workers_.empty()) on_last_removed();
+  return workers_.empty();
+}
+
 const std::vector<HandleKind>& handle_kinds() {
   static const std::vector<HandleKind> kinds = {
       {"round-robin", [](Policy p, const ServerQuery&) { return p == Policy::rr; }, &RoundRobinHandle::open_for},

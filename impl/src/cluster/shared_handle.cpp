@@ -27,16 +27,4 @@ Result<Fd> SharedHandle::socket_for(int worker) {
   return out;
 }
 
-void SharedHandle::add(int worker, AddReply reply) {
-  auto fd = socket_for(worker);
-  if (!fd.ok()) return reply(fd.error().errnum, {}, std::nullopt);
-  reply(0, {}, ipc::OutgoingHandle{ipc::HandleType::native, std::move(fd.value()), std::nullopt});
-}
-
-bool SharedHandle::remove(int worker, bool) {
-  workers_.erase(worker);
-  if (workers_.empty()) fd_.reset();
-  return workers_.empty();
-}
-
 }  // namespace uvcluster::cluster

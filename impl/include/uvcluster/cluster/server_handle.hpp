@@ -10,6 +10,7 @@
 #include <functional>
 #include <memory>
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -50,6 +51,21 @@ class ServerHandle {
 
   Json data = nullptr;  // the first worker's server data (TLS ticket keys), returned to all
   uint64_t serial = 0;  // tells a reply for this handle from one for a later handle of the key
+};
+
+// A handle that answers each worker's query with a listening socket of its own to accept on
+// (SharedHandle: a dup of one socket; ReusePortHandle: one SO_REUSEPORT socket each).
+class SocketHandle : public ServerHandle {
+ public:
+  // The socket for `worker` (recorded as a member), or the error for its listen.
+  virtual Result<Fd> socket_for(int worker) = 0;
+  void add(int worker, AddReply reply) override;
+  bool remove(int worker, bool gone) override;
+  bool has(int worker) const override { return workers_.count(worker) != 0; }
+
+ protected:
+  virtual void on_last_removed() {}
+  std::set<int> workers_;
 };
 
 // What a handle kind needs from the primary.
