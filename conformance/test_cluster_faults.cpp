@@ -37,9 +37,8 @@ struct Cluster {
   std::map<int, Json> counters;  // worker id -> its last counters
   std::vector<std::string> log;
 
-  Cluster(uvc_test::TestLoop& l, Policy policy, std::vector<std::string> args) : loop(l) {
-    primary = Primary::create(loop, {.exec = uvc_test::helper("cluster_http_worker"), .args = std::move(args),
-                                     .policy = policy});
+  Cluster(uvc_test::TestLoop& l, PrimarySettings settings) : loop(l) {
+    primary = Primary::create(loop, std::move(settings));
     primary->on_listening([this](WorkerHandle&, const Address& a) {
       ++listening;
       port = a.port;
@@ -71,6 +70,11 @@ struct Cluster {
   }
 };
 
+// C++ workers: the cluster_http_worker helper with these arguments.
+PrimarySettings cpp_workers(Policy policy, std::vector<std::string> args) {
+  return {.exec = uvc_test::helper("cluster_http_worker"), .args = std::move(args), .policy = policy};
+}
+
 uint64_t emfile_errors(const Json& c) {
   return c["accept_errors"].value(std::to_string(EMFILE), uint64_t{0});
 }
@@ -79,12 +83,20 @@ uint64_t emfile_errors(const Json& c) {
 
 // Issue 8 defect 2: a worker whose fd table is full NACKs the handed socket. The hand-off must
 // end (the connection goes to another worker, or is closed after its budget) so the worker's slot
-// frees; once the idle connections are gone the cluster serves again by itself.
-TEST(ClusterFaults, RrWorkersOutOfFdsNackAndTheClusterRecovers) {
+// frees; once the idle connections are gone the cluster serves again by itself. C++ workers
+// (RLIMIT_NOFILE set by the helper) and unmodified Node workers (under `ulimit -n`).
+class RrWorkersOutOfFds : public ::testing::TestWithParam<const char*> {};
+
+TEST_P(RrWorkersOutOfFds, TheyNackAndTheClusterRecovers) {
   uvc_test::warm_up_libuv();
-  constexpr int kIdle = 120;  // well past what two workers with 48 fds each can hold
+  constexpr int kIdle = 120;  // well past what two workers with 48 (C++) / 64 (Node) fds can hold
   uvc_test::TestLoop loop;
-  Cluster c(loop, Policy::rr, {"0", "127.0.0.1", "--nofile", "48"});
+  bool node = std::string(GetParam()) == "node";
+  PrimarySettings node_workers{.exec = "/bin/sh",
+                               .args = {"-c", "ulimit -n 64; exec " + uvc_test::node() + " " +
+                                                  uvc_test::fixture("cluster_http_worker.js") + " 0 127.0.0.1"},
+                               .policy = Policy::rr};
+  Cluster c(loop, node ? node_workers : cpp_workers(Policy::rr, {"0", "127.0.0.1", "--nofile", "48"}));
   for (int i = 0; i < 2; ++i) ASSERT_TRUE(c.primary->fork().ok());
   ASSERT_TRUE(loop.run_until([&] { return c.listening == 2; }));
   std::vector<Fd> idle;
@@ -112,13 +124,16 @@ TEST(ClusterFaults, RrWorkersOutOfFdsNackAndTheClusterRecovers) {
   ASSERT_TRUE(c.stop());
 }
 
+INSTANTIATE_TEST_SUITE_P(ClusterFaults, RrWorkersOutOfFds, ::testing::Values("cpp", "node"),
+                         [](const auto& info) { return std::string(info.param); });
+
 // Issue 8 defect 5: a C++ worker (shared socket, policy none) out of fds spun at 100% CPU on the
 // level-triggered listening socket. Now it pauses: at most one failed accept per retry period,
 // however many loop turns (here: counter round trips) pass. It serves again once fds are free.
 TEST(ClusterFaults, SharedWorkerOutOfFdsPausesInsteadOfSpinning) {
   uvc_test::warm_up_libuv();
   uvc_test::TestLoop loop;
-  Cluster c(loop, Policy::none, {"0", "127.0.0.1", "--nofile", "40"});
+  Cluster c(loop, cpp_workers(Policy::none, {"0", "127.0.0.1", "--nofile", "40"}));
   ASSERT_TRUE(c.primary->fork().ok());
   ASSERT_TRUE(loop.run_until([&] { return c.listening == 1; }));
   std::vector<Fd> idle;
@@ -151,7 +166,7 @@ TEST(ClusterFaults, SharedWorkerOutOfFdsPausesInsteadOfSpinning) {
 TEST(ClusterFaults, BrokenChannelIsReportedAndTheWorkerDisconnected) {
   uvc_test::warm_up_libuv();
   uvc_test::TestLoop loop;
-  Cluster c(loop, Policy::rr, {"0", "127.0.0.1"});
+  Cluster c(loop, cpp_workers(Policy::rr, {"0", "127.0.0.1"}));
   auto bad = c.primary->fork();
   auto good = c.primary->fork();
   ASSERT_TRUE(bad.ok() && good.ok());
