@@ -1,14 +1,16 @@
 #pragma once
 // The cluster primary (Node's lib/internal/cluster/primary.js): forks workers with
 // NODE_UNIQUE_ID, keeps the worker table, answers queryServer with a RoundRobinHandle or a
-// SharedHandle (or ReusePortHandle) behind one ServerHandle interface (server_handle.hpp), and
-// emits Node's events in Node's order (lib/internal/cluster/primary.js). Works with unmodified Node workers and
-// with C++ workers (cluster/worker.hpp).
+// SharedHandle, and emits Node's events in Node's order (docs/protocol.md §3, §4.2).
+// Works with unmodified Node workers and with C++ workers (cluster/worker.hpp).
+// The handles (RoundRobinHandle, SharedHandle, ReusePortHandle) sit behind one ServerHandle
+// interface (server_handle.hpp), as in Node.
 //
 // Faults, and what they lead to (beyond Node, which wedges or drops in several of these):
 //   * a worker refuses a connection (accepted:false, e.g. at server.maxConnections) or its fd
 //     never arrives (NODE_HANDLE_NACK: the worker is out of fds): the worker stays in the
-//     rotation and the connection goes to another worker; after 8 failed hand-offs it is closed.
+//     rotation but rests 5-200 ms, and the connection goes to another worker; after 8 failed
+//     hand-offs per worker in the rotation it is closed.
 //   * a worker exits or its channel closes: what was in flight to it is requeued.
 //   * a worker does not answer a hand-off within `handoff_timeout_ms`: the primary closes its
 //     copy (the worker may still serve its own) and gives it nothing more until it answers.

@@ -1,7 +1,7 @@
 #pragma once
 // Node's cluster wire protocol (lib/internal/cluster/utils.js): the NODE_CLUSTER envelope, the
 // per-process seq counter and ack correlation, and the server key the primary derives from a
-// queryServer.
+// queryServer. Reference: docs/protocol.md §3.2–§3.3.
 #include <cstdint>
 #include <functional>
 #include <nlohmann/json.hpp>
