@@ -9,6 +9,7 @@
 #include "support.hpp"
 #include "uvcluster/cluster/primary.hpp"
 #include "uvcluster/cluster/round_robin_handle.hpp"
+#include "uvcluster/cluster/reuseport_handle.hpp"
 #include "uvcluster/cluster/shared_handle.hpp"
 
 using namespace uvcluster;
@@ -72,12 +73,21 @@ struct FakeWorkers {
   };
   std::deque<Sent> sent;
   std::set<int> dead;
+  std::set<int> no_fds;  // sending to these fails for lack of resources
   RoundRobinScheduler::Sender sender(int id) {
     return [this, id](int conn, std::function<void(bool)> reply) {
-      if (dead.count(id)) return false;
+      if (dead.count(id)) return RoundRobinScheduler::SendResult::gone;
+      if (no_fds.count(id)) return RoundRobinScheduler::SendResult::failed;
       sent.push_back({id, conn, std::move(reply)});
-      return true;
+      return RoundRobinScheduler::SendResult::sent;
     };
+  }
+  // Answers the oldest hand-off.
+  Sent answer(bool accepted) {
+    Sent x = sent.front();
+    sent.pop_front();
+    x.reply(accepted);
+    return x;
   }
 };
 
@@ -135,8 +145,137 @@ TEST(RoundRobinScheduler, RefusedConnectionGoesToAnotherWorker) {
   ASSERT_EQ(f.sent.size(), 1u);
   EXPECT_EQ(f.sent[0].worker, 2);
   EXPECT_EQ(f.sent[0].conn, fd);  // the very same connection, not lost
-  EXPECT_FALSE(s.has(1));         // a refusing worker leaves the rotation (no ping-pong)
+  // Issue 8 defect 1: a refusal is not a death sentence — the worker stays in the rotation.
+  EXPECT_TRUE(s.has(1));
+  EXPECT_EQ(s.free_count(), 1u);
+  s.push(conn());
+  ASSERT_EQ(f.sent.size(), 2u);
+  EXPECT_EQ(f.sent[1].worker, 1);
 }
+
+// Issue 8 defect 1 (the permanent outage): workers at server.maxConnections each refuse once;
+// the cluster keeps serving afterwards instead of queueing every new connection forever.
+TEST(RoundRobinScheduler, EveryWorkerRefusingSometimesKeepsServing) {
+  FakeWorkers f;
+  RoundRobinScheduler s;
+  for (int w = 1; w <= 3; ++w) s.add(w, f.sender(w));
+  for (int i = 0; i < 3; ++i) s.push(conn());
+  ASSERT_EQ(f.sent.size(), 3u);
+  for (int i = 0; i < 3; ++i) f.answer(false);  // each worker refuses once
+  // Then they have room again: every connection is served, old and new.
+  for (int i = 0; i < 30; ++i) s.push(conn());
+  while (!f.sent.empty()) f.answer(true);
+  uint64_t served = 0;
+  for (auto& [w, n] : s.handed_out()) served += n;
+  EXPECT_EQ(served, 33u);
+  EXPECT_EQ(s.queued(), 0u);
+  EXPECT_EQ(s.free_count(), 3u);
+  EXPECT_EQ(s.counters().refused, 3u);
+  EXPECT_EQ(s.counters().dropped, 0u);
+}
+
+// ...and a connection cannot ping-pong forever: after the attempt budget it is closed.
+TEST(RoundRobinScheduler, AConnectionEveryoneRefusesIsClosedAfterItsBudget) {
+  auto before = uvc_test::open_fds();
+  {
+    FakeWorkers f;
+    RoundRobinScheduler s(/*attempts_per_worker=*/2);  // 2 workers: 4 attempts
+    s.add(1, f.sender(1));
+    s.add(2, f.sender(2));
+    s.push(conn());
+    int refusals = 0;
+    std::vector<int> to;
+    while (!f.sent.empty() && refusals < 100) {
+      to.push_back(f.answer(false).worker);
+      ++refusals;
+    }
+    EXPECT_EQ(refusals, 4);
+    EXPECT_EQ((std::vector<int>{1, 2, 1, 2}), to);  // requeued to the other worker each time
+    EXPECT_EQ(s.counters().dropped, 1u);
+    EXPECT_EQ(s.queued(), 0u);
+    EXPECT_EQ(s.free_count(), 2u);  // both still serve
+    s.push(conn());
+    ASSERT_EQ(f.sent.size(), 1u);
+    f.answer(true);
+  }
+  EXPECT_EQ(uvc_test::open_fds(), before);
+}
+
+// A refusing worker rests (5 ms, doubling per refusal in a row) instead of being asked again at
+// IPC speed; an accept resets it.
+TEST(RoundRobinScheduler, RefusingWorkerRestsThenTakesWorkAgain) {
+  FakeWorkers f;
+  RoundRobinScheduler s;
+  uint64_t now = 0;
+  std::vector<uint64_t> rests;
+  s.set_clock([&] { return now; });
+  s.set_on_rest([&](uint64_t ms) { rests.push_back(ms); });
+  s.add(1, f.sender(1));
+  s.push(conn());
+  f.answer(false);
+  EXPECT_EQ(rests, std::vector<uint64_t>{5});
+  EXPECT_TRUE(f.sent.empty());  // resting: the connection waits
+  EXPECT_EQ(s.queued(), 1u);
+  now = 4;
+  s.wake();
+  EXPECT_TRUE(f.sent.empty());
+  now = 5;
+  s.wake();
+  ASSERT_EQ(f.sent.size(), 1u);
+  f.answer(false);
+  EXPECT_EQ(rests.back(), 10u);  // doubled
+  now = 100;
+  s.wake();
+  f.answer(true);
+  EXPECT_EQ(s.handed_out().at(1), 1u);
+  s.push(conn());
+  f.answer(false);
+  EXPECT_EQ(rests.back(), 5u);  // reset by the accept
+}
+
+// Issue 8 defect 2: every hand-off ends and frees the worker's slot — here by the timeout (a
+// worker that never answers) and by a failed send (the primary had no fd for its copy).
+TEST(RoundRobinScheduler, UnansweredHandOffTimesOutAndFreesTheSlot) {
+  auto before = uvc_test::open_fds();
+  {
+    FakeWorkers f;
+    RoundRobinScheduler s;
+    uint64_t now = 0;
+    s.set_clock([&] { return now; });
+    s.add(1, f.sender(1));
+    s.add(2, f.sender(2));
+    s.push(conn());  // to 1, which never answers
+    now = 100;
+    s.push(conn());  // to 2
+    EXPECT_EQ(s.expire(50), 1u);  // only the hand-off sent at 0 is over the limit
+    EXPECT_EQ(s.in_flight(), 1u);
+    EXPECT_EQ(s.counters().timed_out, 1u);
+    // Worker 1 gets nothing while it stays silent; worker 2 serves.
+    auto silent = f.sent.front();
+    f.sent.pop_front();
+    s.push(conn());
+    s.push(conn());
+    while (!f.sent.empty()) EXPECT_EQ(f.answer(true).worker, 2);
+    EXPECT_EQ(s.handed_out().at(2), 3u);
+    // Its late answer brings it back into the rotation.
+    silent.reply(true);
+    EXPECT_EQ(s.handed_out().at(1), 1u);
+    EXPECT_EQ(s.free_count(), 2u);
+    // No fd for the primary's copy: that connection is shed, the worker stays and serves the next.
+    f.no_fds.insert(1);
+    f.no_fds.insert(2);
+    s.push(conn());
+    EXPECT_EQ(s.counters().dropped, 1u);
+    EXPECT_EQ(s.queued(), 0u);
+    EXPECT_EQ(s.free_count(), 2u);
+    f.no_fds.clear();
+    s.push(conn());
+    EXPECT_EQ(f.sent.size(), 1u);
+    f.answer(true);
+  }
+  EXPECT_EQ(uvc_test::open_fds(), before);
+}
+
 
 TEST(RoundRobinScheduler, DeadWorkerLosesNothingQueuedOrInFlight) {
   FakeWorkers f;
@@ -189,11 +328,11 @@ TEST(ClusterSockets, BindErrorsAreValuesAndListenZeroSharesAPort) {
   EXPECT_EQ(badport.error().code, "EINVAL");
 
   // reuseport: one socket per worker on one port, each listening.
-  SharedHandle rp({.address = "127.0.0.1", .port = 0}, /*per_worker_reuseport=*/true);
+  ReusePortHandle rp({.address = "127.0.0.1", .port = 0});
   ASSERT_EQ(rp.errnum(), 0);
-  int e1 = 0, e2 = 0;
-  Fd s1 = rp.add(1, e1), s2 = rp.add(2, e2);
-  ASSERT_TRUE(s1 && s2);
+  auto r1 = rp.socket_for(1), r2 = rp.socket_for(2);
+  ASSERT_TRUE(r1.ok() && r2.ok());
+  Fd s1 = std::move(r1.value()), s2 = std::move(r2.value());
   EXPECT_NE(s1.get(), s2.get());
   EXPECT_EQ(local_address(s1.get())->port, local_address(s2.get())->port);
   EXPECT_TRUE(listen_fd(s1.get(), 0).ok());

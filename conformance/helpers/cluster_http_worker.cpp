@@ -1,7 +1,9 @@
 // A C++ cluster worker (cluster::Worker): listen(PORT[, HOST]) and answer every HTTP request with
 // "worker <id> <pid>\n" and Connection: close. argv: port [host] [--accept one|drain]
-// [--exclusive] [--rotate N]. On exit it prints its counters to stderr as one JSON line (for the lab's herd
+// [--exclusive] [--rotate N] [--nofile N] (RLIMIT_NOFILE's soft limit, set once the channel is
+// open: the fault tests run a worker out of fds with it). On exit it prints its counters to stderr as one JSON line (for the lab's herd
 // metric). Runs under a C++ or a Node primary.
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <cstdio>
@@ -54,6 +56,7 @@ void on_readable(uv_poll_t* h, int status, int) {
 int main(int argc, char** argv) {
   cluster::ListenOptions opts;
   std::vector<std::string> positional;
+  int nofile = 0;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     if (a == "--accept" && i + 1 < argc) {
@@ -62,6 +65,8 @@ int main(int argc, char** argv) {
       opts.exclusive = true;
     } else if (a == "--rotate" && i + 1 < argc) {
       opts.exclusive_rotate = std::atoi(argv[++i]);
+    } else if (a == "--nofile" && i + 1 < argc) {
+      nofile = std::atoi(argv[++i]);
     } else {
       positional.push_back(a);
     }
@@ -74,6 +79,9 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "cluster_http_worker: not a cluster worker (NODE_UNIQUE_ID unset)\n");
     return 2;
   }
+  // Kept for the "garbage" message: raw bytes on the channel, as a faulty worker would write them.
+  const char* channel_fd = std::getenv("NODE_CHANNEL_FD");
+  int raw_channel = channel_fd ? std::atoi(channel_fd) : -1;
   uv_loop_t loop;
   uv_loop_init(&loop);
   int rc = 0;
@@ -84,6 +92,12 @@ int main(int argc, char** argv) {
       return 2;
     }
     auto& worker = *w.value();
+    if (nofile > 0) {
+      rlimit lim{};
+      ::getrlimit(RLIMIT_NOFILE, &lim);
+      lim.rlim_cur = static_cast<rlim_t>(nofile);
+      ::setrlimit(RLIMIT_NOFILE, &lim);
+    }
     std::string body = "worker " + std::to_string(worker.id()) + " " + std::to_string(::getpid()) + "\n";
     response = "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nConnection: close\r\nContent-Length: " +
                std::to_string(body.size()) + "\r\n\r\n" + body;
@@ -109,10 +123,21 @@ int main(int argc, char** argv) {
     worker.on_message([&](const nlohmann::json& m) {
       if (m == "disconnect") worker.disconnect();
       if (m == "crash") std::abort();
+      if (m == "garbage") {
+        // 7 bytes without a newline: they swallow the next frame (here a user message) into one
+        // line that is not JSON.
+        (void)!::write(raw_channel, "garbage", 7);
+        worker.send("after garbage");
+      }
       if (m == "counters") {  // the herd test reads them while the worker is still alive
         auto& k = worker.counters();
+        nlohmann::json errors = nlohmann::json::object();
+        for (auto& [err, n] : k.accept_errors) errors[std::to_string(err)] = n;
         worker.send({{"counters", {{"accepted", k.accepted}, {"accept_eagain", k.accept_eagain},
-                                   {"empty_wakeups", k.empty_wakeups}, {"rotations", k.rotations}}}});
+                                   {"empty_wakeups", k.empty_wakeups}, {"rotations", k.rotations},
+                                   {"wakeups", k.wakeups}, {"pauses", k.pauses}, {"resumes", k.resumes},
+                                   {"refused", k.refused}, {"open_connections", conns.size()},
+                                   {"accept_errors", errors}}}});
       }
     });
     uv_run(&loop, UV_RUN_DEFAULT);

@@ -244,6 +244,11 @@ void attach_printer(Supervisor& sup, Printer& out, const cluster::SupervisorOpti
     else if (!w->pid()) out.complain(e.message);
   });
   sup.on_output([&out](WorkerHandle&, cluster::OutputStream s, std::string_view line) { out.output(s, line); });
+  // A broken channel (bad or oversized frame, rejected handle): the primary disconnects the worker
+  // next, and its exit is handled like a crash.
+  sup.primary()->on_channel_error([=](WorkerHandle& w, const Error& e) {
+    print(w, "error", {{"code", e.code}, {"message", e.message}});
+  });
 }
 
 }  // namespace

@@ -1,8 +1,8 @@
 // hello-native: the lab's C++ worker. Answers every HTTP/1.1 request with "hello world\n",
 // keep-alive and pipelining handled by http_parser. Two layers:
 //   * HttpServer: serves connections that arrive as accepted sockets (uvcluster::Fd);
-//   * connection sources: Listener = our own accept loop on a listening fd driven by uv_poll,
-//     so the accept policy (one | drain) is explicit and EAGAINs are counted here.
+//   * connection sources: cluster::Acceptor on our own listening fd (the accept policy one | drain
+//     is explicit and EAGAINs are counted), or cluster::Worker (the primary's sockets).
 // Modes: --port P [--reuseport] binds 127.0.0.1:P; --fd N serves an inherited listening fd;
 // with NODE_UNIQUE_ID set (forked by `uvcluster run` or Node's cluster) --port P listens
 // through the primary (cluster::Worker) and connections arrive as accepted Fds.
@@ -16,7 +16,6 @@
 #include <fcntl.h>
 #include <http_parser.h>
 #include <netinet/in.h>
-#include <sys/epoll.h>
 #include <sys/socket.h>
 #include <unistd.h>
 #include <uv.h>
@@ -31,7 +30,7 @@
 #include <vector>
 
 #include "lab_stats.hpp"
-#include "uvcluster/cluster/exclusive_waiter.hpp"
+#include "uvcluster/cluster/acceptor.hpp"
 #include "uvcluster/cluster/sockets.hpp"
 #include "uvcluster/cluster/worker.hpp"
 #include "uvcluster/detail/uv_handle.hpp"
@@ -47,10 +46,12 @@ using uvcluster::detail::UvHandle;
 struct Stats {
   uint64_t connections = 0;  // connections served (accepted here or handed to us)
   uint64_t requests = 0;
+  uint64_t seq = 0;  // bumped on every publish, so the runner can wait for a fresh snapshot
+  // From the Acceptor (own socket) or the Worker (the primary's sockets) at publish time:
   uint64_t accept_calls = 0;
   uint64_t accept_eagain = 0;
   uint64_t wakeups = 0;  // listener readiness callbacks
-  uint64_t seq = 0;      // bumped on every publish, so the runner can wait for a fresh snapshot
+  uint64_t accept_errors = 0;
 };
 
 constexpr char kKeepAlive[] =
@@ -189,100 +190,12 @@ void Conn::close() {
   tcp_.close([s, self = this] { s->forget(self); });
 }
 
-enum class AcceptPolicy { one, drain };
-
-// --exclusive (thread mode) uses the cluster library's ExclusiveWaiter: a thread blocked in
-// epoll_wait() on a private EPOLLEXCLUSIVE set, because the kernel passes over a set that the loop
-// only polls through its own epoll (see exclusive_waiter.hpp). --exclusive-nested keeps that
-// broken nesting on purpose, to demonstrate the herd it leaves.
-using uvcluster::cluster::ExclusiveWaiter;
-
-enum class Exclusive { off, nested, thread };
-
-// Our own accept loop on a listening socket.
-class Listener {
- public:
-  Listener(uv_loop_t* loop, HttpServer& server, Fd fd, AcceptPolicy policy, Exclusive exclusive, int rotate)
-      : server_(server), fd_(std::move(fd)), policy_(policy), rotate_(rotate) {
-    if (exclusive == Exclusive::thread) {
-      auto w = ExclusiveWaiter::start(loop, fd_.get(), [this] { on_readable(); });
-      if (!w.ok()) {
-        std::fprintf(stderr, "hello-native: EPOLLEXCLUSIVE: %s\n", w.error().message.c_str());
-        return;
-      }
-      waiter_ = std::move(w.value());
-      ok_ = true;
-      return;
-    }
-    int polled = fd_.get();
-    if (exclusive == Exclusive::nested) {
-      epfd_ = Fd(::epoll_create1(EPOLL_CLOEXEC));
-      if (!epfd_ || !register_exclusive()) {
-        std::fprintf(stderr, "hello-native: EPOLLEXCLUSIVE: %s\n", std::strerror(errno));
-        return;
-      }
-      polled = epfd_.get();
-    }
-    if (uv_poll_init(loop, poll_.get(), polled) != 0) return;
-    poll_.mark_initialized();
-    poll_->data = this;
-    ok_ = uv_poll_start(poll_.get(), UV_READABLE, [](uv_poll_t* p, int status, int) {
-            if (status == 0) static_cast<Listener*>(p->data)->on_readable();
-          }) == 0;
-  }
-  bool ok() const { return ok_; }
-  void stop() {
-    poll_.close();
-    waiter_.reset();  // joins the thread, closes its async handle
-  }
-
- private:
-  bool register_exclusive() {
-    epoll_event ev{};
-    ev.events = EPOLLIN | EPOLLEXCLUSIVE;
-    ev.data.fd = fd_.get();
-    return ::epoll_ctl(epfd_.get(), EPOLL_CTL_ADD, fd_.get(), &ev) == 0;
-  }
-  void on_readable() {
-    Stats& st = server_.stats();
-    ++st.wakeups;
-    if (epfd_) {  // nested mode only
-      // Consume the inner readiness report; the listener itself is level-triggered.
-      epoll_event ev{};
-      (void)::epoll_wait(epfd_.get(), &ev, 1, 0);
-    }
-    for (;;) {
-      ++st.accept_calls;
-      int c = ::accept4(fd_.get(), nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
-      if (c < 0) {
-        if (errno == EAGAIN || errno == EWOULDBLOCK) ++st.accept_eagain;
-        break;
-      }
-      server_.add(Fd(c));
-      if (rotate_ > 0 && ++since_rotate_ >= rotate_) {
-        // nginx's ngx_reorder_accept_events(): re-adding moves us to the tail of the wait queue.
-        since_rotate_ = 0;
-        if (waiter_) {
-          (void)waiter_->rejoin();
-        } else if (epfd_) {
-          ::epoll_ctl(epfd_.get(), EPOLL_CTL_DEL, fd_.get(), nullptr);
-          register_exclusive();
-        }
-      }
-      if (policy_ == AcceptPolicy::one) break;
-    }
-  }
-
-  HttpServer& server_;
-  Fd fd_;
-  Fd epfd_;  // nested mode: the private set the loop polls
-  UvHandle<uv_poll_t> poll_;
-  std::unique_ptr<ExclusiveWaiter> waiter_;
-  AcceptPolicy policy_;
-  int rotate_;
-  int since_rotate_ = 0;
-  bool ok_ = false;
-};
+namespace cl = uvcluster::cluster;
+// Connection sources: with --port/--fd our own listening socket, accepted on by the cluster
+// library's Acceptor (policy one|drain; --exclusive: an ExclusiveWaiter thread blocked on a
+// private EPOLLEXCLUSIVE set, because the kernel passes over a set that the loop only polls
+// through its own epoll; --exclusive-nested keeps that broken nesting on purpose, to demonstrate
+// the herd it leaves). Out of fds, the Acceptor pauses instead of spinning.
 
 [[noreturn]] void usage_error(const char* msg) {
   std::fprintf(stderr, "hello-native: %s\n", msg);
@@ -297,7 +210,7 @@ nlohmann::json stats_json(const Stats& s, const std::string& policy, const std::
                    {"connections", s.connections}, {"requests", s.requests},
                    {"accept_calls", s.accept_calls}, {"accept_eagain", s.accept_eagain},
                    {"wakeups", s.wakeups},         {"accept_policy", policy},
-                   {"seq", s.seq}};
+                   {"accept_errors", s.accept_errors}, {"seq", s.seq}};
   if (!error.empty()) j["error"] = error;
   return j;
 }
@@ -310,7 +223,7 @@ struct App {
   Stats stats;
   std::string policy;
   HttpServer* server = nullptr;
-  Listener* listener = nullptr;                  // own accept loop (--port/--fd)
+  std::unique_ptr<cl::Acceptor> acceptor;        // own listening socket (--port/--fd)
   uvcluster::cluster::Worker* worker = nullptr;  // cluster-worker mode
   UvHandle<uv_signal_t> signals[3];
   bool stopping = false;
@@ -318,7 +231,18 @@ struct App {
   void publish(const std::string& error = "") {
     ++stats.seq;
     if (worker) {  // the cluster library accepts for us and counts the herd
-      stats.accept_eagain = worker->counters().accept_eagain;
+      const auto& k = worker->counters();
+      stats.accept_eagain = k.accept_eagain;
+      stats.accept_calls = k.accept_calls;
+      stats.wakeups = k.wakeups;
+      stats.accept_errors = 0;
+      for (auto& [err, n] : k.accept_errors) stats.accept_errors += n;
+    } else if (acceptor) {
+      const auto& k = acceptor->counters();
+      stats.accept_eagain = k.accept_eagain;
+      stats.accept_calls = k.accept_calls;
+      stats.wakeups = k.wakeups;
+      stats.accept_errors = k.errors_total();
     }
     uvcluster::lab::publish(stats_json(stats, policy, error));
   }
@@ -326,7 +250,7 @@ struct App {
     if (stopping) return;
     stopping = true;
     publish();
-    if (listener) listener->stop();
+    acceptor.reset();  // joins an exclusive waiter thread
     server->close_all();
     if (worker && worker->connected()) worker->disconnect();
     for (auto& h : signals) h.close();
@@ -346,8 +270,7 @@ struct App {
   }
 };
 
-int serve_cluster_worker(int port, AcceptPolicy policy, bool exclusive, App& app) {
-  namespace cl = uvcluster::cluster;
+int serve_cluster_worker(int port, cl::AcceptPolicy policy, bool exclusive, App& app) {
   uv_loop_t* loop = uv_default_loop();
   HttpServer server(loop, app.stats);
   app.server = &server;
@@ -363,7 +286,7 @@ int serve_cluster_worker(int port, AcceptPolicy policy, bool exclusive, App& app
     cl::ListenOptions lo;
     lo.host = "127.0.0.1";
     lo.port = port;
-    lo.accept_policy = policy == AcceptPolicy::one ? cl::AcceptPolicy::one : cl::AcceptPolicy::drain;
+    lo.accept_policy = policy;
     if (exclusive) lo.exclusive = true;  // otherwise the primary's policy decides
     worker.listen(
         lo,
@@ -412,7 +335,7 @@ int main(int argc, char** argv) {
     else usage_error(("unknown option " + a).c_str());
   }
   if (policy_name != "one" && policy_name != "drain") usage_error("--accept must be one or drain");
-  AcceptPolicy policy = policy_name == "one" ? AcceptPolicy::one : AcceptPolicy::drain;
+  cl::AcceptPolicy policy = policy_name == "one" ? cl::AcceptPolicy::one : cl::AcceptPolicy::drain;
   App app;
   app.policy = policy_name;
   // Forked by a cluster primary (uvcluster run, or Node's cluster): listen through it.
@@ -441,17 +364,23 @@ int main(int argc, char** argv) {
 
   uv_loop_t* loop = uv_default_loop();
   HttpServer server(loop, app.stats);
-  Exclusive mode = !exclusive ? Exclusive::off : nested ? Exclusive::nested : Exclusive::thread;
-  Listener listener(loop, server, std::move(lfd), policy, mode, rotate);
-  if (!listener.ok()) {
-    std::fprintf(stderr, "hello-native: cannot watch the listening socket\n");
+  cl::AcceptorOptions ao;
+  ao.policy = policy;
+  ao.wait = !exclusive ? cl::AcceptWait::poll : nested ? cl::AcceptWait::exclusive_nested : cl::AcceptWait::exclusive;
+  ao.rotate = rotate;
+  ao.max_batch = 1 << 20;  // drain means until EAGAIN here, as Debian's libuv 1.44 does
+  auto acceptor = cl::Acceptor::start(loop, lfd.get(), ao, [&server](Fd conn) { server.add(std::move(conn)); });
+  if (!acceptor.ok()) {
+    std::fprintf(stderr, "hello-native: cannot watch the listening socket: %s\n", acceptor.error().message.c_str());
     return 1;
   }
   app.server = &server;
-  app.listener = &listener;
+  app.acceptor = std::move(acceptor.value());
   app.watch_signals(loop);
   uvcluster::lab::mark_ready({{"pid", ::getpid()}, {"port", port}});
   uv_run(loop, UV_RUN_DEFAULT);
+  app.acceptor.reset();
+  uv_run(loop, UV_RUN_NOWAIT);  // its close callbacks
   uv_loop_close(loop);
   return 0;
 }

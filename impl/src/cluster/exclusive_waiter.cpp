@@ -70,9 +70,13 @@ Status ExclusiveWaiter::add_listener() {
 
 Status ExclusiveWaiter::rejoin() {
   // EPOLLEXCLUSIVE entries cannot be EPOLL_CTL_MOD'ed; re-adding puts us at the queue's tail.
-  ::epoll_ctl(epfd_.get(), EPOLL_CTL_DEL, listen_fd_, nullptr);
-  return add_listener();
+  leave();
+  return join();
 }
+
+void ExclusiveWaiter::leave() { ::epoll_ctl(epfd_.get(), EPOLL_CTL_DEL, listen_fd_, nullptr); }
+
+Status ExclusiveWaiter::join() { return add_listener(); }
 
 ExclusiveWaiter::~ExclusiveWaiter() {
   *alive_ = false;

@@ -3,8 +3,7 @@
 #include <cstdio>
 #include <cstdlib>
 
-#include "uvcluster/cluster/round_robin_handle.hpp"
-#include "uvcluster/cluster/shared_handle.hpp"
+#include "uvcluster/cluster/server_handle.hpp"
 #include "uvcluster/cluster/watchdog.hpp"
 #include "uvcluster/fork.hpp"
 #include "uvcluster/ipc/channel.hpp"
@@ -81,28 +80,6 @@ void WorkerHandle::disconnect() {
 
 bool WorkerHandle::kill(const std::string& signal) { return process_ && process_->kill(signal); }
 
-// One key's handle in the primary.
-struct Primary::Impl {
-  std::unique_ptr<RoundRobinHandle> rr;
-  std::unique_ptr<SharedHandle> shared;
-  Json data = nullptr;  // the first worker's server data (TLS ticket keys), returned to all
-  uint64_t serial = 0;
-  bool has(int id) const { return rr ? rr->scheduler().has(id) : shared && shared->has(id); }
-  // Node's handle.remove(worker): true when this was the last worker (the key is dropped).
-  bool remove(int id, bool gone) {
-    if (!has(id)) {
-      if (rr && gone) rr->scheduler().worker_gone(id);  // answers it still owed us: none coming
-      return false;
-    }
-    if (rr) {
-      if (!rr->scheduler().remove(id, gone)) return false;
-      rr->close();  // closes the queue and the listening socket
-      return true;
-    }
-    return shared->remove(id);
-  }
-};
-
 std::shared_ptr<Primary> Primary::create(uv_loop_t* loop, PrimarySettings settings) {
   raise_nofile_limit();
   return std::make_shared<Primary>(Key{}, loop, std::move(settings));
@@ -119,11 +96,11 @@ Primary::~Primary() {
   ticker_.close();
 }
 
-size_t Primary::queued_connections() const {
-  size_t n = 0;
-  for (auto& [k, h] : handles_)
-    if (h->rr) n += h->rr->scheduler().queued();
-  return n;
+PrimaryStats Primary::stats() const {
+  PrimaryStats st = retired_;
+  st.queued = st.in_flight = 0;  // "now" figures come from live handles only
+  for (auto& [key, h] : handles_) h->count(st);
+  return st;
 }
 
 Result<std::shared_ptr<WorkerHandle>> Primary::fork(const Env& extra) {
@@ -184,6 +161,9 @@ Result<std::shared_ptr<WorkerHandle>> Primary::fork(const Env& extra) {
     ch->on_disconnect([wp, w] {
       if (auto p = wp.lock()) p->worker_disconnect(*w);
     });
+    ch->on_error([wp, w](const Error& e) {
+      if (auto p = wp.lock()) p->on_channel_failure(*w, e);
+    });
   }
   w->process_->on_exit([wp, w](const ExitStatus& st) {
     auto p = wp.lock();
@@ -197,6 +177,7 @@ Result<std::shared_ptr<WorkerHandle>> Primary::fork(const Env& extra) {
     w->exited_after_disconnect_ = w->exited_after_disconnect_.value_or(false);
     w->state_ = WorkerHandle::State::dead;
     p->messenger_.drop_owner(w->id_);
+    w->on_nack_.clear();
     w->exit_.emit(st);
     p->exit_.emit(*w, st);
     p->remove_worker(*w);  // Node calls removeWorker again here; it may complete cluster.disconnect
@@ -243,147 +224,205 @@ void Primary::disconnect(std::function<void()> cb) {
     if (w->is_connected()) w->disconnect();
 }
 
-bool Primary::send_to(WorkerHandle& w, Json payload, Messenger::Reply cb,
-                      std::optional<ipc::OutgoingHandle> handle) {
-  if (!w.is_connected()) return false;  // Node's sendHelper: nothing sent, no callback kept
+std::optional<int64_t> Primary::send_to(WorkerHandle& w, Json payload, Messenger::Reply cb,
+                                        std::optional<ipc::OutgoingHandle> handle, std::function<void()> on_nack) {
+  if (!w.is_connected()) return std::nullopt;  // Node's sendHelper: nothing sent, no callback kept
   Json m = messenger_.wrap(std::move(payload), std::move(cb), w.id_);
+  int64_t seq = m["seq"].get<int64_t>();
   if (debug_) std::fprintf(stderr, "[primary] -> %d %s%s\n", w.id_, m.dump().c_str(), handle ? " +fd" : "");
+  // The channel sends handles one at a time, in order, so ACK/NACKs answer them in this order.
+  if (handle) w.on_nack_.push_back(std::move(on_nack));
   w.process_->channel()->send(m, std::move(handle));
-  return true;
+  return seq;
+}
+
+void Primary::on_handle_reply(WorkerHandle& w, bool acked) {
+  if (w.on_nack_.empty()) return;  // a stray ACK/NACK (the channel ignores it too)
+  auto on_nack = std::move(w.on_nack_.front());
+  w.on_nack_.pop_front();
+  if (!acked && on_nack) on_nack();
+}
+
+void Primary::on_channel_failure(WorkerHandle& w, const Error& e) {
+  ++retired_.channel_errors;
+  channel_error_.emit(w, e);
+  if (!w.is_connected()) return;  // the channel closed itself: `disconnect` is on its way
+  // A frame we could not read may have carried an answer (an ack, a NACK): whatever the worker
+  // owes us may never come. Close its channel now so it leaves the rotation (and, as a Node
+  // worker does on disconnect, exits) instead of being starved silently.
+  w.process_->channel()->destroy();
+  worker_disconnect(w);
+}
+
+const std::map<std::string, Primary::ActHandler, std::less<>>& Primary::acts() {
+  static const std::map<std::string, ActHandler, std::less<>> table = {
+      {"online", &Primary::act_online},
+      {"queryServer", &Primary::act_query_server},
+      {"listening", &Primary::act_listening},
+      {"exitedAfterDisconnect", &Primary::act_exited_after_disconnect},
+      {"close", &Primary::act_close},
+  };
+  return table;
 }
 
 void Primary::on_internal(const std::shared_ptr<WorkerHandle>& w, const Json& raw,
                           ipc::ReceivedHandle* h) {
-  const Json& msg = unwrap_handle_message(raw);
   if (debug_) std::fprintf(stderr, "[primary] <- %d %s%s\n", w->id_, raw.dump().c_str(), h ? " +fd" : "");
+  if (raw.is_object()) {
+    if (auto cmd = raw.find("cmd"); cmd != raw.end() && cmd->is_string()) {
+      if (*cmd == "NODE_HANDLE_ACK") return on_handle_reply(*w, true);
+      if (*cmd == "NODE_HANDLE_NACK") return on_handle_reply(*w, false);
+    }
+  }
+  const Json& msg = unwrap_handle_message(raw);
   if (!is_cluster_message(msg)) return;
   if (messenger_.take_reply(msg, h, w->id_)) return;
-  auto act_it = msg.find("act");
-  if (act_it == msg.end() || !act_it->is_string()) return;  // e.g. a bogus ack: ignored
-  const std::string& act = act_it->get_ref<const std::string&>();
-  if (act == "online") {
-    w->state_ = WorkerHandle::State::online;
-    w->online_.emit();
-    online_.emit(*w);
-  } else if (act == "queryServer") {
-    query_server(w, msg);
-  } else if (act == "listening") {
-    w->state_ = WorkerHandle::State::listening;
-    Address a;
-    if (auto it = msg.find("address"); it != msg.end() && it->is_string()) a.address = it->get<std::string>();
-    if (auto it = msg.find("port"); it != msg.end() && it->is_number_integer()) a.port = it->get<int>();
-    if (auto it = msg.find("addressType"); it != msg.end()) a.address_type = *it;
-    w->listening_.emit(a);
-    listening_.emit(*w, a);
-  } else if (act == "exitedAfterDisconnect") {
-    w->exited_after_disconnect_ = true;
-    Json reply = {{"ack", msg.contains("seq") ? msg["seq"] : Json()}};
-    send_to(*w, std::move(reply));
-  } else if (act == "close") {
-    auto k = msg.find("key");
-    if (k == msg.end() || !k->is_string()) return;
-    auto it = handles_.find(k->get<std::string>());
-    if (it != handles_.end() && it->second->remove(w->id_, /*gone=*/false)) handles_.erase(it);
-  }
+  auto act = msg.find("act");
+  if (act == msg.end() || !act->is_string()) return;  // e.g. a bogus ack: ignored
+  auto handler = acts().find(act->get_ref<const std::string&>());
+  if (handler != acts().end()) (this->*handler->second)(w, msg);
   // Unknown acts are ignored, as in Node.
 }
 
-void Primary::query_server(const std::shared_ptr<WorkerHandle>& w, const Json& msg) {
+void Primary::act_online(const std::shared_ptr<WorkerHandle>& w, const Json&) {
+  w->state_ = WorkerHandle::State::online;
+  w->online_.emit();
+  online_.emit(*w);
+}
+
+void Primary::act_listening(const std::shared_ptr<WorkerHandle>& w, const Json& msg) {
+  w->state_ = WorkerHandle::State::listening;
+  Address a;
+  if (auto it = msg.find("address"); it != msg.end() && it->is_string()) a.address = it->get<std::string>();
+  if (auto it = msg.find("port"); it != msg.end() && it->is_number_integer()) a.port = it->get<int>();
+  if (auto it = msg.find("addressType"); it != msg.end()) a.address_type = *it;
+  w->listening_.emit(a);
+  listening_.emit(*w, a);
+}
+
+void Primary::act_exited_after_disconnect(const std::shared_ptr<WorkerHandle>& w, const Json& msg) {
+  w->exited_after_disconnect_ = true;
+  send_to(*w, {{"ack", msg.contains("seq") ? msg["seq"] : Json()}});
+}
+
+void Primary::act_close(const std::shared_ptr<WorkerHandle>& w, const Json& msg) {
+  auto k = msg.find("key");
+  if (k == msg.end() || !k->is_string()) return;
+  auto it = handles_.find(k->get<std::string>());
+  if (it != handles_.end() && it->second->remove(w->id_, /*gone=*/false)) drop_handle(it);
+}
+
+void Primary::drop_handle(std::map<std::string, std::unique_ptr<ServerHandle>>::iterator it) {
+  PrimaryStats gone;
+  it->second->count(gone);
+  retired_.handoffs.accepted += gone.handoffs.accepted;
+  retired_.handoffs.refused += gone.handoffs.refused;
+  retired_.handoffs.requeued += gone.handoffs.requeued;
+  retired_.handoffs.dropped += gone.handoffs.dropped;
+  retired_.handoffs.timed_out += gone.handoffs.timed_out;
+  retired_.accept += gone.accept;
+  handles_.erase(it);
+}
+
+HandOffSender Primary::newconn_sender(int worker, const std::string& key, uint64_t serial) {
+  std::weak_ptr<Primary> wp = weak_from_this();
+  return [wp, worker, key, serial](int conn, HandOffReply reply) {
+    auto p = wp.lock();
+    if (!p) return HandOffSend::gone;
+    auto wit = p->workers_.find(worker);
+    if (wit == p->workers_.end() || !wit->second->is_connected()) return HandOffSend::gone;
+    WorkerHandle& w = *wit->second;
+    Fd copy = Fd::dup_of(conn);  // the primary keeps its own until the worker accepts
+    if (!copy) return HandOffSend::failed;
+    std::weak_ptr<WorkerHandle> ww = wit->second;
+    auto still_ours = [wp, key, serial] {
+      auto p2 = wp.lock();
+      if (!p2) return false;
+      auto hit = p2->handles_.find(key);
+      return hit != p2->handles_.end() && hit->second->serial == serial;
+    };
+    auto on_reply = [still_ours, ww, reply](const Json& r, ipc::ReceivedHandle*) {
+      if (!still_ours()) return;
+      bool accepted = r.value("accepted", Json(false)) == Json(true);
+      if (accepted)
+        if (auto w2 = ww.lock()) ++w2->connections_;
+      reply(accepted);
+    };
+    auto seq = std::make_shared<int64_t>(-1);
+    // NACK: the fd never reached the worker (out of fds), so no act reply will come either.
+    auto on_nack = [wp, still_ours, seq, worker, reply] {
+      auto p2 = wp.lock();
+      if (!p2) return;
+      p2->messenger_.drop(*seq, worker);
+      if (still_ours()) reply(false);
+    };
+    auto sent = p->send_to(w, {{"act", "newconn"}, {"key", key}}, on_reply,
+                           ipc::OutgoingHandle{ipc::HandleType::native, std::move(copy), std::nullopt}, on_nack);
+    if (!sent) return HandOffSend::gone;
+    *seq = *sent;
+    return HandOffSend::sent;
+  };
+}
+
+Result<ServerHandle*> Primary::handle_for(const ServerQuery& q) {
+  if (auto it = handles_.find(q.key); it != handles_.end()) return it->second.get();
+  ServerHandleContext ctx;
+  ctx.loop = loop_;
+  ctx.policy = policy_;
+  ctx.handoff_timeout_ms = settings_.handoff_timeout_ms;
+  uint64_t serial = ++handle_serial_;
+  ctx.newconn = [this, key = q.key, serial](int worker) { return newconn_sender(worker, key, serial); };
+  for (const HandleKind& kind : handle_kinds()) {
+    if (!kind.serves(policy_, q)) continue;
+    auto h = kind.open(ctx, q);
+    if (!h.ok()) return h.error();  // the key is not stored: a retry binds again
+    h.value()->serial = serial;
+    return handles_.emplace(q.key, std::move(h.value())).first->second.get();
+  }
+  return Error::from_uv(UV_ENOTSUP, "listen");
+}
+
+void Primary::act_query_server(const std::shared_ptr<WorkerHandle>& w, const Json& msg) {
   // Node drops a query from a worker that is already going away: its listen never completes.
   if (w->exited_after_disconnect_.value_or(false)) return;
-  std::string key = server_key(msg);
   Json ack = msg.contains("seq") ? msg["seq"] : Json();
-
-  Address where;
-  if (auto it = msg.find("address"); it != msg.end() && it->is_string()) where.address = it->get<std::string>();
-  if (auto it = msg.find("addressType"); it != msg.end()) where.address_type = *it;
-  auto port_it = msg.find("port");
-  bool port_ok = port_it != msg.end() && port_it->is_number_integer() &&
-                 port_it->get<int64_t>() >= 0 && port_it->get<int64_t>() <= 65535;
-  if (port_ok) where.port = port_it->get<int>();
-
-  auto fail = [&](int errnum) {
+  std::string key = server_key(msg);
+  auto fail = [&](const Address& where, int errnum) {
+    // Only this worker's listen fails (Node): the worker, its other servers and the cluster stay.
     send_to(*w, {{"errno", errnum}, {"key", key}, {"ack", ack}, {"data", nullptr}});
     listen_error_.emit(*w, where, Error::from_uv(errnum, "listen"));
   };
-  // Only TCP is handled here: unix pipes, UDP and listen({fd}) answer ENOTSUP rather than
-  // crashing the primary (Node would throw for a bad port inside the primary).
-  const Json& at = where.address_type;
-  bool tcp = at.is_number_integer() && (at.get<int>() == 4 || at.get<int>() == 6);
-  auto fd_it = msg.find("fd");
-  bool has_fd = fd_it != msg.end() && fd_it->is_number_integer() && fd_it->get<int>() >= 0;
-  if (!tcp || has_fd) return fail(UV_ENOTSUP);
-  if (!port_ok) return fail(UV_EINVAL);
-
-  BindSpec spec;
-  spec.address = where.address;
-  spec.port = where.port;
-  spec.address_type = at.get<int>();
-  if (auto f = msg.find("flags"); f != msg.end() && f->is_number_integer()) spec.ipv6_only = (f->get<int>() & 1) != 0;
-  int backlog = 511;
-  if (auto b = msg.find("backlog"); b != msg.end() && b->is_number_integer() && b->get<int>() > 0) backlog = b->get<int>();
-
-  auto it = handles_.find(key);
-  if (it == handles_.end()) {
-    auto impl = std::make_unique<Impl>();
-    impl->serial = ++handle_serial_;
-    if (policy_ == Policy::rr) {
-      auto rr = RoundRobinHandle::open(loop_, spec, backlog);
-      if (!rr.ok()) return fail(rr.error().errnum);  // key not stored: a retry binds again
-      impl->rr = std::move(rr.value());
-    } else {
-      impl->shared = std::make_unique<SharedHandle>(spec, policy_ == Policy::reuseport);
-      if (impl->shared->errnum() != 0) return fail(impl->shared->errnum());
-    }
-    it = handles_.emplace(key, std::move(impl)).first;
+  auto query = parse_query(msg);
+  if (!query.ok()) {
+    Address where;
+    if (auto it = msg.find("address"); it != msg.end() && it->is_string()) where.address = it->get<std::string>();
+    if (auto it = msg.find("port"); it != msg.end() && it->is_number_integer()) where.port = it->get<int>();
+    return fail(where, query.error().errnum);
   }
-  Impl& h = *it->second;
+  auto handle = handle_for(*query);
+  if (!handle.ok()) return fail(query->where, handle.error().errnum);
+  ServerHandle& h = *handle.value();
   if (h.data.is_null() && msg.contains("data")) h.data = msg["data"];
-
-  if (h.rr) {
-    Json reply = {{"errno", nullptr}, {"key", key}, {"ack", ack}, {"data", h.data},
-                  {"sockname", h.rr->sockname().to_json()}};
-    send_to(*w, std::move(reply));
-    std::weak_ptr<Primary> wp = weak_from_this();
-    std::weak_ptr<WorkerHandle> ww = w;
-    uint64_t serial = h.serial;
-    h.rr->scheduler().add(w->id_, [wp, ww, key, serial](int conn, std::function<void(bool)> reply) {
-      auto p = wp.lock();
-      auto wk = ww.lock();
-      if (!p || !wk) return false;
-      Fd copy = Fd::dup_of(conn);  // the primary keeps its own until the worker accepts
-      if (!copy) return false;
-      auto on_reply = [wp, ww, key, serial, reply](const Json& r, ipc::ReceivedHandle*) {
-        auto p2 = wp.lock();
-        if (!p2) return;
-        auto hit = p2->handles_.find(key);
-        if (hit == p2->handles_.end() || hit->second->serial != serial) return;
-        bool accepted = r.value("accepted", Json(false)) == Json(true);
-        if (accepted)
-          if (auto w2 = ww.lock()) ++w2->connections_;
-        reply(accepted);
-      };
-      return p->send_to(*wk, {{"act", "newconn"}, {"key", key}}, on_reply,
-                        ipc::OutgoingHandle{ipc::HandleType::native, std::move(copy), std::nullopt});
-    });
-  } else {
-    int err = 0;
-    Fd fd = h.shared->add(w->id_, err);
-    if (!fd) {
-      if (!h.shared->has(w->id_) && h.shared->remove(w->id_)) handles_.erase(it);
-      return fail(err);
+  std::weak_ptr<WorkerHandle> ww = w;
+  h.add(w->id_, [&](int errnum, Json fields, std::optional<ipc::OutgoingHandle> fd) {
+    if (errnum != 0) {
+      if (!h.has(w->id_)) {
+        auto it = handles_.find(key);
+        if (it != handles_.end() && it->second.get() == &h && h.remove(w->id_, true)) drop_handle(it);
+      }
+      return fail(query->where, errnum);
     }
-    send_to(*w, {{"errno", 0}, {"key", key}, {"ack", ack}, {"data", h.data}}, {},
-            ipc::OutgoingHandle{ipc::HandleType::native, std::move(fd), std::nullopt});
-  }
+    Json reply = {{"errno", fd ? Json(0) : Json(nullptr)}, {"key", key}, {"ack", ack}, {"data", h.data}};
+    for (auto& [k, v] : fields.items()) reply[k] = v;
+    send_to(*w, std::move(reply), {}, std::move(fd));
+  });
 }
 
 void Primary::remove_handles_for(WorkerHandle& w, bool gone) {
   for (auto it = handles_.begin(); it != handles_.end();) {
-    if (it->second->remove(w.id_, gone))
-      it = handles_.erase(it);
-    else
-      ++it;
+    auto next = std::next(it);
+    if (it->second->remove(w.id_, gone)) drop_handle(it);
+    it = next;
   }
 }
 

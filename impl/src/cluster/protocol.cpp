@@ -76,6 +76,10 @@ bool Messenger::take_reply(const Json& msg, ipc::ReceivedHandle* handle, int own
   return true;
 }
 
+void Messenger::drop(int64_t seq, int owner) {
+  if (auto it = callbacks_.find(seq); it != callbacks_.end() && it->second.owner == owner) callbacks_.erase(it);
+}
+
 void Messenger::drop_owner(int owner) {
   std::erase_if(callbacks_, [owner](const auto& kv) { return kv.second.owner == owner; });
 }

@@ -1,19 +1,47 @@
 #include "uvcluster/cluster/round_robin_handle.hpp"
 
 #include <algorithm>
-#include <cerrno>
 
 namespace uvcluster::cluster {
+
+namespace {
+// How far into the queue a worker looks for a connection it did not just fail.
+constexpr size_t kRefusalLookahead = 16;
+}  // namespace
+
+RoundRobinScheduler::RoundRobinScheduler(int attempts_per_worker)
+    : attempts_per_worker_(std::max(1, attempts_per_worker)) {}
+
+void RoundRobinScheduler::wake() {
+  uint64_t now = now_();
+  std::vector<int> rested;
+  uint64_t next = 0;
+  for (auto& [worker, m] : all_) {
+    if (m.rest_until == 0) continue;
+    if (m.rest_until <= now) rested.push_back(worker);
+    else if (next == 0 || m.rest_until < next) next = m.rest_until;
+  }
+  for (int worker : rested) {
+    if (auto it = all_.find(worker); it != all_.end()) {
+      it->second.rest_until = 0;
+      handoff(worker);
+    }
+  }
+  if (next != 0 && on_rest_) on_rest_(next - now);
+}
+
+size_t RoundRobinScheduler::in_flight() const {
+  size_t n = orphans_.size();
+  for (auto& [id, m] : all_) n += m.in_flight.has_value();
+  return n;
+}
 
 void RoundRobinScheduler::add(int worker, Sender send) {
   if (auto it = all_.find(worker); it != all_.end()) {
     it->second.send = std::move(send);  // a repeated query: keep what is in flight to it
     return;
   }
-  Member m;
-  m.send = std::move(send);
-  m.generation = next_generation_++;
-  all_[worker] = std::move(m);
+  all_[worker].send = std::move(send);
   handed_out_.try_emplace(worker, 0);
   handoff(worker);
 }
@@ -24,146 +52,252 @@ bool RoundRobinScheduler::remove(int worker, bool gone) {
     if (gone) worker_gone(worker);
     return all_.empty();
   }
-  std::optional<Fd> in_flight = std::move(it->second.in_flight);
-  uint64_t generation = it->second.generation;
+  std::optional<InFlight> in_flight = std::move(it->second.in_flight);
   all_.erase(it);
   free_.remove(worker);
-  if (in_flight && in_flight->valid()) {
-    orphans_.emplace(generation, Orphan{worker, std::move(*in_flight)});
+  if (in_flight) {
+    orphans_.emplace(in_flight->id, Orphan{worker, std::move(in_flight->conn)});
     if (gone) worker_gone(worker);
   }
   return all_.empty();
 }
 
 void RoundRobinScheduler::worker_gone(int worker) {
-  bool requeued = false;
+  std::vector<Conn> back;
   for (auto it = orphans_.begin(); it != orphans_.end();) {
     if (it->second.worker == worker) {
-      queue_.push_front(std::move(it->second.conn));
+      back.push_back(std::move(it->second.conn));
       it = orphans_.erase(it);
-      requeued = true;
     } else {
       ++it;
     }
   }
-  if (requeued && !free_.empty()) {
-    int next = free_.front();
-    free_.pop_front();
-    handoff(next);
-  }
+  for (auto& c : back) requeue(std::move(c), worker);
 }
 
 void RoundRobinScheduler::push(Fd conn) {
-  queue_.push_back(std::move(conn));
-  if (free_.empty()) return;
-  int worker = free_.front();
-  free_.pop_front();
+  queue_.push_back(Conn{std::move(conn)});
+  dispatch();
+}
+
+void RoundRobinScheduler::dispatch(int not_to) {
+  if (queue_.empty()) return;
+  auto it = std::find_if(free_.begin(), free_.end(), [not_to](int w) { return w != not_to; });
+  if (it == free_.end()) return;
+  int worker = *it;
+  free_.erase(it);
   handoff(worker);
 }
 
+std::optional<RoundRobinScheduler::Conn> RoundRobinScheduler::take_for(int worker) {
+  if (queue_.empty()) return std::nullopt;
+  // Prefer a connection this worker did not just refuse; past the lookahead, take the front
+  // anyway (the attempt budget still bounds it).
+  size_t limit = std::min(queue_.size(), kRefusalLookahead);
+  size_t pick = 0;
+  for (size_t i = 0; i < limit; ++i) {
+    if (queue_[i].refused_by != worker) {
+      pick = i;
+      break;
+    }
+  }
+  Conn c = std::move(queue_[pick]);
+  queue_.erase(queue_.begin() + static_cast<std::ptrdiff_t>(pick));
+  return c;
+}
+
 void RoundRobinScheduler::handoff(int worker) {
+  for (;;) {
+    auto it = all_.find(worker);
+    if (it == all_.end()) return;
+    Member& m = it->second;
+    if (m.in_flight || m.stalled) return;  // at most one hand-off in flight per worker
+    if (m.rest_until != 0) {
+      if (m.rest_until > now_()) return;  // wake() hands it work when the rest is over
+      m.rest_until = 0;
+    }
+    auto conn = take_for(worker);
+    if (!conn) {
+      if (std::find(free_.begin(), free_.end(), worker) == free_.end()) free_.push_back(worker);
+      return;
+    }
+    uint64_t id = next_id_++;
+    int raw = conn->fd.get();
+    m.in_flight = InFlight{id, std::move(*conn), now_()};
+    Sender send = m.send;  // the call may remove this worker (and its Member)
+    SendResult r = send(raw, [this, worker, id](bool accepted) { on_reply(worker, id, accepted); });
+    if (r == SendResult::sent) return;
+    if (r == SendResult::gone) {
+      // The worker's channel is gone: it leaves the rotation, the connection is requeued.
+      remove(worker, /*gone=*/true);
+      return;
+    }
+    // No resources to send it (the primary is out of fds): shed this connection, try the next.
+    if (auto again = all_.find(worker); again != all_.end() && again->second.in_flight &&
+                                        again->second.in_flight->id == id) {
+      again->second.in_flight.reset();
+      ++counters_.dropped;
+    }
+  }
+}
+
+void RoundRobinScheduler::requeue(Conn conn, int failed_worker) {
+  int budget = attempts_per_worker_ * static_cast<int>(std::max<size_t>(all_.size(), 1));
+  if (++conn.attempts >= budget) {
+    ++counters_.dropped;  // closes it: the client sees the connection end, not a hang
+    return;
+  }
+  ++counters_.requeued;
+  conn.refused_by = failed_worker;
+  queue_.push_front(std::move(conn));
+  dispatch(failed_worker);
+}
+
+void RoundRobinScheduler::on_reply(int worker, uint64_t id, bool accepted) {
+  if (accepted) ++counters_.accepted;
+  else ++counters_.refused;
+  if (auto o = orphans_.find(id); o != orphans_.end()) {
+    // The worker left the rotation while this was in flight; it still answered.
+    Conn conn = std::move(o->second.conn);
+    orphans_.erase(o);
+    if (accepted) ++handed_out_[worker];
+    else requeue(std::move(conn), worker);
+    return;
+  }
   auto it = all_.find(worker);
   if (it == all_.end()) return;
   Member& m = it->second;
-  if (m.in_flight) return;  // at most one newconn in flight per worker
-  if (queue_.empty()) {
-    if (std::find(free_.begin(), free_.end(), worker) == free_.end()) free_.push_back(worker);
-    return;
-  }
-  m.in_flight = std::move(queue_.front());
-  queue_.pop_front();
-  int raw = m.in_flight->get();
-  uint64_t gen = m.generation;
-  bool sent = m.send(raw, [this, worker, gen](bool accepted) { on_reply(worker, gen, accepted); });
-  if (!sent) {
-    // The worker's channel is gone: it leaves the rotation, the connection stays with us.
-    remove(worker, /*gone=*/true);
-  }
-}
-
-void RoundRobinScheduler::on_reply(int worker, uint64_t generation, bool accepted) {
-  if (auto o = orphans_.find(generation); o != orphans_.end()) {
-    // The worker left the rotation while this was in flight; it still answered.
-    Fd conn = std::move(o->second.conn);
-    orphans_.erase(o);
-    if (accepted) {
-      ++handed_out_[worker];
-    } else {
-      push(std::move(conn));
-    }
-    return;
-  }
-  auto it = all_.find(worker);
-  if (it == all_.end() || it->second.generation != generation || !it->second.in_flight) return;
-  Fd conn = std::move(*it->second.in_flight);
-  it->second.in_flight.reset();
-  if (accepted) {
-    ++handed_out_[worker];
-    conn.reset();  // the worker has its own copy now
+  if (m.stalled == id) {  // the answer to a timed-out hand-off: the worker is responsive again
+    m.stalled = 0;
+    if (accepted) ++handed_out_[worker];
     handoff(worker);
     return;
   }
-  // Refused (its server closed, a race Node also has): back to the queue for another worker.
-  // Unlike Node, a refusing worker leaves this key's rotation, so a worker that always refuses
-  // cannot ping-pong one connection forever; its `close` act usually follows anyway.
-  all_.erase(it);
-  free_.remove(worker);
-  push(std::move(conn));
+  if (!m.in_flight || m.in_flight->id != id) return;  // stale
+  Conn conn = std::move(m.in_flight->conn);
+  m.in_flight.reset();
+  if (accepted) {
+    ++handed_out_[worker];
+    m.refusals_in_row = 0;
+    conn.fd.reset();  // the worker has its own copy now
+  } else {
+    // Refused (at maxConnections, closing its server, or the fd never arrived): Node keeps the
+    // worker and redistributes; so do we, with the connection's attempt budget as the bound,
+    // and the worker rests a moment so a full worker is not asked again at IPC speed.
+    int shift = std::min(m.refusals_in_row++, 16);
+    uint64_t rest = std::min(kRestBaseMs << shift, kRestMaxMs);
+    if (on_rest_) {  // only with someone to wake() us
+      m.rest_until = now_() + rest;
+      on_rest_(rest);
+    }
+    requeue(std::move(conn), worker);
+  }
+  handoff(worker);
 }
 
-RoundRobinHandle::RoundRobinHandle(uv_loop_t* loop, Fd listening) : fd_(std::move(listening)) {
-  uv_timer_init(loop, backoff_.get());
-  backoff_.mark_initialized();
-  backoff_->data = this;
-  if (uv_poll_init(loop, poll_.get(), fd_.get()) == 0) {
-    poll_.mark_initialized();
-    poll_->data = this;
-    uv_poll_start(poll_.get(), UV_READABLE, on_readable);
+size_t RoundRobinScheduler::expire(uint64_t sent_before) {
+  size_t n = 0;
+  for (auto& [worker, m] : all_) {
+    if (!m.in_flight || m.in_flight->sent_at > sent_before) continue;
+    m.stalled = m.in_flight->id;
+    m.in_flight.reset();  // closes our copy: the worker may still serve its own
+    ++counters_.timed_out;
+    ++n;
   }
+  return n;
+}
+
+RoundRobinHandle::RoundRobinHandle(uv_loop_t* loop, Fd listening, uint64_t handoff_timeout_ms)
+    : loop_(loop), fd_(std::move(listening)), timeout_ms_(std::max<uint64_t>(handoff_timeout_ms, 1)) {
   if (auto n = local_address(fd_.get()); n.ok()) sockname_ = n.value();
+  sched_.set_clock([loop] { return uv_now(loop); });
 }
 
 RoundRobinHandle::~RoundRobinHandle() { close(); }
 
+Status RoundRobinHandle::start(uv_loop_t* loop) {
+  if (int rc = uv_timer_init(loop, sweep_.get()); rc != 0) return Error::from_uv(rc, "uv_timer_init");
+  sweep_.mark_initialized();
+  sweep_->data = this;
+  uv_unref(sweep_.base());  // the listening socket keeps the loop alive, not the sweep
+  uint64_t period = std::max<uint64_t>(timeout_ms_ / 4, 1);
+  uv_timer_start(sweep_.get(), [](uv_timer_t* t) {
+    auto* self = static_cast<RoundRobinHandle*>(t->data);
+    uint64_t now = uv_now(self->loop_);
+    if (now >= self->timeout_ms_) self->sched_.expire(now - self->timeout_ms_);
+  }, period, period);
+  if (int rc = uv_timer_init(loop, wake_.get()); rc != 0) return Error::from_uv(rc, "uv_timer_init");
+  wake_.mark_initialized();
+  wake_->data = this;
+  sched_.set_on_rest([this](uint64_t delay) {
+    if (!wake_.initialized()) return;  // closed
+    // One timer for every resting worker: keep the earliest deadline.
+    uint64_t due = uv_now(loop_) + delay;
+    if (uv_is_active(wake_.base()) && wake_due_ <= due) return;
+    wake_due_ = due;
+    uv_timer_start(wake_.get(), [](uv_timer_t* t) { static_cast<RoundRobinHandle*>(t->data)->sched_.wake(); },
+                   delay, 0);
+  });
+  // Drain: the primary is the only acceptor of this socket, so there is no herd to avoid.
+  auto a = Acceptor::start(loop, fd_.get(), {.policy = AcceptPolicy::drain},
+                           [this](Fd conn) { sched_.push(std::move(conn)); });
+  if (!a.ok()) return a.error();
+  acceptor_ = std::move(a.value());
+  return Ok{};
+}
+
 void RoundRobinHandle::close() {
-  backoff_.close();
-  poll_.close();
+  if (acceptor_) closed_accept_ += acceptor_->counters();
+  acceptor_.reset();
+  sweep_.close();
+  wake_.close();
   fd_.reset();
   sched_.close_queue();
 }
 
-Result<std::unique_ptr<RoundRobinHandle>> RoundRobinHandle::open(uv_loop_t* loop,
-                                                                 const BindSpec& spec,
-                                                                 int backlog) {
+Result<std::unique_ptr<RoundRobinHandle>> RoundRobinHandle::open(uv_loop_t* loop, const BindSpec& spec,
+                                                                 int backlog, uint64_t handoff_timeout_ms) {
   auto fd = bind_tcp(spec);
   if (!fd.ok()) return fd.error();
   if (auto st = listen_fd(fd->get(), backlog); !st.ok()) return st.error();
-  return std::make_unique<RoundRobinHandle>(loop, std::move(fd.value()));
+  auto h = std::make_unique<RoundRobinHandle>(loop, std::move(fd.value()), handoff_timeout_ms);
+  if (auto st = h->start(loop); !st.ok()) return st.error();
+  return h;
 }
 
-void RoundRobinHandle::on_readable(uv_poll_t* h, int status, int) {
-  auto* self = static_cast<RoundRobinHandle*>(h->data);
-  if (status < 0) return;
-  // Drain: a bounded batch per wake-up keeps one busy listener from starving the IPC pipes.
-  for (int i = 0; i < 256 && self->fd_.valid(); ++i) {
-    Fd conn = accept_connection(self->fd_.get());
-    if (!conn) {
-      if (errno == EAGAIN || errno == EWOULDBLOCK) return;
-      if (errno == EINTR || errno == ECONNABORTED) continue;
-      ++self->accept_errors_;  // EMFILE and friends: skipped, as Node's distribute does
-      if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
-        // Level-triggered: the pending connection would wake us again at once. Back off briefly
-        // instead of spinning (Node spins here).
-        uv_poll_stop(self->poll_.get());
-        uv_timer_start(self->backoff_.get(), [](uv_timer_t* t) {
-          auto* me = static_cast<RoundRobinHandle*>(t->data);
-          if (me->fd_.valid()) uv_poll_start(me->poll_.get(), UV_READABLE, on_readable);
-        }, 50, 0);
-      }
-      return;
-    }
-    self->sched_.push(std::move(conn));
+Result<std::unique_ptr<ServerHandle>> RoundRobinHandle::open_for(const ServerHandleContext& ctx,
+                                                                  const ServerQuery& q) {
+  auto h = open(ctx.loop, q.spec, q.backlog, ctx.handoff_timeout_ms);
+  if (!h.ok()) return h.error();
+  h.value()->newconn_ = ctx.newconn;
+  return std::unique_ptr<ServerHandle>(std::move(h.value()));
+}
+
+void RoundRobinHandle::add(int worker, AddReply reply) {
+  reply(0, {{"sockname", sockname_.to_json()}}, std::nullopt);
+  sched_.add(worker, newconn_(worker));
+}
+
+bool RoundRobinHandle::remove(int worker, bool gone) {
+  if (!sched_.has(worker)) {
+    if (gone) sched_.worker_gone(worker);  // answers it still owed us: none coming
+    return false;
   }
+  if (!sched_.remove(worker, gone)) return false;
+  close();  // closes the queue and the listening socket
+  return true;
+}
+
+void RoundRobinHandle::count(PrimaryStats& stats) const {
+  const auto& c = sched_.counters();
+  stats.handoffs.accepted += c.accepted;
+  stats.handoffs.refused += c.refused;
+  stats.handoffs.requeued += c.requeued;
+  stats.handoffs.dropped += c.dropped;
+  stats.handoffs.timed_out += c.timed_out;
+  stats.queued += sched_.queued();
+  stats.in_flight += sched_.in_flight();
+  stats.accept += accept_counters();
 }
 
 }  // namespace uvcluster::cluster

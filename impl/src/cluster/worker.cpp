@@ -3,9 +3,7 @@
 #include <cerrno>
 #include <cstdlib>
 
-#include "uvcluster/cluster/exclusive_waiter.hpp"
 #include "uvcluster/cluster/sockets.hpp"
-#include "uvcluster/detail/uv_handle.hpp"
 
 namespace uvcluster::cluster {
 
@@ -21,11 +19,8 @@ struct Server {
   bool rr = false;
   bool closed = false;
   Fd fd;       // shared socket (not rr)
-  detail::UvHandle<uv_poll_t> poll;         // shared: the loop polls `fd`
-  std::unique_ptr<ExclusiveWaiter> waiter;  // exclusive: a thread waits on `fd` instead
+  std::unique_ptr<Acceptor> acceptor;  // shared: accepts on `fd` (declared after it: goes first)
   std::function<void(Fd)> on_connection;
-  WorkerCounters* counters = nullptr;  // the owning Worker's
-  int since_rotate = 0;
 };
 
 }  // namespace
@@ -41,7 +36,9 @@ struct Worker::Impl : std::enable_shared_from_this<Impl> {
   std::map<std::string, int> index_counters;
   std::map<int, std::unique_ptr<Server>> servers;
   int next_server = 1;
-  WorkerCounters counters;
+  uint64_t rr_accepted = 0;
+  WorkerCounters counters;        // rr hand-offs; accept counters are summed in on demand
+  AcceptorCounters closed_servers;  // accept counters of servers already closed
   detail::Event<const Json&> message;
   detail::Event<> disconnected;
 
@@ -73,20 +70,42 @@ struct Worker::Impl : std::enable_shared_from_this<Impl> {
       }
       Fd conn = std::move(h->fd);
       make_nonblocking_cloexec(conn.get());
-      ++counters.accepted;
+      ++rr_accepted;
       s->on_connection(std::move(conn));
     } else if (*act == "disconnect") {
       do_disconnect(true);
     }
   }
 
+  // Stops accepting (the acceptor goes before the fd it watches); its counters are kept.
+  void stop_accepting(Server& s) {
+    s.closed = true;
+    if (s.acceptor) closed_servers += s.acceptor->counters();
+    s.acceptor.reset();
+    s.fd.reset();
+  }
+
   void close_server(Server& s) {
     if (s.closed) return;
-    s.closed = true;
-    s.poll.close();
-    s.waiter.reset();  // joins its thread; before fd, which it has registered
-    s.fd.reset();
+    stop_accepting(s);
     if (!s.key.empty()) send({{"act", "close"}, {"key", s.key}});
+  }
+
+  const WorkerCounters& snapshot() {
+    AcceptorCounters sum = closed_servers;
+    for (auto& [id, s] : servers)
+      if (s->acceptor) sum += s->acceptor->counters();
+    // rr connections are counted as they arrive; shared ones come from the acceptors.
+    counters.accepted = rr_accepted + sum.accepted;
+    counters.accept_eagain = sum.accept_eagain;
+    counters.empty_wakeups = sum.empty_wakeups;
+    counters.rotations = sum.rotations;
+    counters.wakeups = sum.wakeups;
+    counters.accept_calls = sum.accept_calls;
+    counters.pauses = sum.pauses;
+    counters.resumes = sum.resumes;
+    counters.accept_errors = sum.errors;
+    return counters;
   }
 
   void close_all() {
@@ -112,48 +131,10 @@ struct Worker::Impl : std::enable_shared_from_this<Impl> {
 
 };
 
-namespace {
-
-// The accept pass for a shared socket (policy `one` or `drain`), on the loop thread: from
-// uv_poll (shared) or from the ExclusiveWaiter (exclusive).
-void accept_pass(Server& s) {
-  if (s.closed) return;
-  bool drain = s.options.accept_policy == AcceptPolicy::drain;
-  for (int i = 0; i < 1024 && !s.closed; ++i) {
-    Fd conn = accept_connection(s.fd.get());
-    if (!conn) {
-      if (errno == EAGAIN || errno == EWOULDBLOCK) {
-        ++s.counters->accept_eagain;
-        if (i == 0) ++s.counters->empty_wakeups;
-      }
-      if (errno == EINTR || errno == ECONNABORTED) continue;
-      return;
-    }
-    ++s.counters->accepted;
-    if (s.waiter && s.options.exclusive_rotate > 0 && ++s.since_rotate >= s.options.exclusive_rotate) {
-      // Leave and rejoin the listener's exclusive wait queue: the next wake-up goes to a peer.
-      s.since_rotate = 0;
-      if (s.waiter->rejoin().ok()) ++s.counters->rotations;
-    }
-    s.on_connection(std::move(conn));
-    if (!drain) return;
-  }
-}
-
-void accept_ready(uv_poll_t* h, int status, int) {
-  if (status == 0) accept_pass(*static_cast<Server*>(h->data));
-}
-
-}  // namespace
-
 Worker::Worker(std::shared_ptr<Impl> impl) : impl_(std::move(impl)) {}
 Worker::~Worker() {
   if (impl_) {
-    for (auto& [id, s] : impl_->servers) {
-      s->poll.close();
-      s->waiter.reset();  // joins its thread before the Server (and its fd) goes
-    }
-    impl_->servers.clear();
+    impl_->servers.clear();  // each acceptor goes before the fd it watches
     impl_->channel.reset();
   }
 }
@@ -181,12 +162,7 @@ Result<std::unique_ptr<Worker>> Worker::start(uv_loop_t* loop) {
     auto i = wi.lock();
     if (!i) return;
     // Primary gone or disconnect finished: nothing more can be handed to us.
-    for (auto& [id, s] : i->servers) {
-      s->closed = true;
-      s->poll.close();
-      s->waiter.reset();
-      s->fd.reset();
-    }
+    for (auto& [id, s] : i->servers) i->stop_accepting(*s);
     i->disconnected.emit();
   });
   impl->send({{"act", "online"}});
@@ -197,7 +173,7 @@ int Worker::id() const { return impl_->id; }
 const std::string& Worker::state() const { return impl_->state; }
 bool Worker::exited_after_disconnect() const { return impl_->exited_after_disconnect; }
 bool Worker::connected() const { return impl_->channel && impl_->channel->connected(); }
-const WorkerCounters& Worker::counters() const { return impl_->counters; }
+const WorkerCounters& Worker::counters() const { return impl_->snapshot(); }
 ipc::Channel& Worker::channel() { return *impl_->channel; }
 bool Worker::send(const Json& message) { return impl_->channel && impl_->channel->send(message); }
 void Worker::on_message(std::function<void(const Json&)> fn) { impl_->message.add(std::move(fn)); }
@@ -274,20 +250,18 @@ int Worker::listen(ListenOptions options, std::function<void(Result<ListenAddres
       la.port = name->port;
       bool exclusive = s.options.exclusive.value_or(i->exclusive_default);
       la.mode = exclusive ? "exclusive" : "shared";
-      s.counters = &i->counters;
-      if (exclusive) {
-        Server* sp = &s;  // Server objects outlive their waiter (close_server / ~Worker reset it)
-        auto w = ExclusiveWaiter::start(i->loop, s.fd.get(), [sp] { accept_pass(*sp); });
-        if (!w.ok()) {
-          i->close_server(s);
-          return fail(w.error().errnum);
-        }
-        s.waiter = std::move(w.value());
-      } else if (uv_poll_init(i->loop, s.poll.get(), s.fd.get()) == 0) {
-        s.poll.mark_initialized();
-        s.poll->data = &s;
-        uv_poll_start(s.poll.get(), UV_READABLE, accept_ready);
+      AcceptorOptions ao;
+      ao.policy = s.options.accept_policy;
+      ao.wait = exclusive ? AcceptWait::exclusive : AcceptWait::poll;
+      ao.rotate = s.options.exclusive_rotate;
+      ao.max_batch = 1024;
+      Server* sp = &s;  // a Server outlives its acceptor (stop_accepting / ~Worker reset it first)
+      auto a = Acceptor::start(i->loop, s.fd.get(), ao, [sp](Fd conn) { sp->on_connection(std::move(conn)); });
+      if (!a.ok()) {
+        i->close_server(s);
+        return fail(a.error().errnum);
       }
+      s.acceptor = std::move(a.value());
     } else {
       Json err = reply.value("errno", Json());
       if (err.is_number_integer() && err.get<int>() != 0) {

@@ -41,6 +41,9 @@ class ExclusiveWaiter {
   // nginx's ngx_reorder_accept_events(): leave and rejoin the socket's exclusive wait queue, so
   // the next wake-up goes to a peer. Loop thread.
   Status rejoin();
+  // Stop / start waiting on the socket (the thread stays; an Acceptor out of fds pauses so).
+  void leave();
+  Status join();
 
   ExclusiveWaiter(Key, uv_loop_t* loop, int listen_fd, std::function<void()> on_ready);
 

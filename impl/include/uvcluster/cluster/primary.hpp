@@ -3,8 +3,28 @@
 // NODE_UNIQUE_ID, keeps the worker table, answers queryServer with a RoundRobinHandle or a
 // SharedHandle, and emits Node's events in Node's order (docs/protocol.md §3, §4.2).
 // Works with unmodified Node workers and with C++ workers (cluster/worker.hpp).
+// The handles (RoundRobinHandle, SharedHandle, ReusePortHandle) sit behind one ServerHandle
+// interface (server_handle.hpp), as in Node.
+//
+// Faults, and what they lead to (beyond Node, which wedges or drops in several of these):
+//   * a worker refuses a connection (accepted:false, e.g. at server.maxConnections) or its fd
+//     never arrives (NODE_HANDLE_NACK: the worker is out of fds): the worker stays in the
+//     rotation but rests 5-200 ms, and the connection goes to another worker; after 8 failed
+//     hand-offs per worker in the rotation it is closed.
+//   * a worker exits or its channel closes: what was in flight to it is requeued.
+//   * a worker does not answer a hand-off within `handoff_timeout_ms`: the primary closes its
+//     copy (the worker may still serve its own) and gives it nothing more until it answers.
+//   * the primary itself is out of fds: it stops accepting and retries every 100 ms (nginx);
+//     connections wait in the kernel's backlog meanwhile.
+//   * a worker's listen fails (EADDRINUSE...): that worker gets the errno (its server emits
+//     `error`, as in Node); the worker and the cluster are left alone, a later retry may succeed.
+//   * a worker's channel breaks (a line that is not JSON, an oversized frame, an fd without a
+//     NODE_HANDLE, a truncated frame): `channel_error` is emitted and the worker is disconnected
+//     at once (its channel closed), so it leaves the rotation instead of being starved; the owner
+//     decides whether to replace it.
 #include <uv.h>
 
+#include <deque>
 #include <functional>
 #include <map>
 #include <memory>
@@ -12,6 +32,7 @@
 #include <string>
 #include <vector>
 
+#include "uvcluster/cluster/acceptor.hpp"
 #include "uvcluster/cluster/protocol.hpp"
 #include "uvcluster/detail/event.hpp"
 #include "uvcluster/detail/ticker.hpp"
@@ -51,7 +72,37 @@ struct PrimarySettings {
   // SIGKILLs every worker and the processes they started (cluster/watchdog.hpp). Each worker
   // then leads its own process group, as with `detached`.
   bool workers_die_with_primary = true;
+  // rr: a hand-off without an answer for this long ends (see the fault list above).
+  uint64_t handoff_timeout_ms = 10000;
 };
+
+// Counters over the primary's life (rr hand-offs and the primary's own accepts).
+struct PrimaryStats {
+  struct HandOffs {
+    uint64_t accepted = 0;
+    uint64_t refused = 0;    // accepted:false or NACK
+    uint64_t requeued = 0;
+    uint64_t dropped = 0;    // closed: attempt budget spent, or no fd for the primary's copy
+    uint64_t timed_out = 0;
+  } handoffs;
+  AcceptorCounters accept;  // the rr listening sockets (pauses = out-of-fds pauses)
+  uint64_t queued = 0;      // connections waiting in the primary now
+  uint64_t in_flight = 0;   // hand-offs awaiting an answer now
+  uint64_t channel_errors = 0;
+};
+
+class ServerHandle;
+struct ServerQuery;
+
+// How the rr handle reaches a worker: the primary sends {act:"newconn"} with a copy of `conn`.
+enum class HandOffSend {
+  sent,    // `reply` will be called once (or the worker leaves)
+  gone,    // the worker's channel is closed: it leaves the rotation
+  failed,  // nothing sent for lack of resources (no fd for the copy): the connection is closed
+};
+using HandOffReply = std::function<void(bool accepted)>;
+using HandOffSender = std::function<HandOffSend(int conn, HandOffReply reply)>;
+
 
 class Primary;
 class Watchdog;
@@ -98,7 +149,9 @@ class WorkerHandle {
   State state_ = State::none;
   std::optional<bool> exited_after_disconnect_{};
   uint64_t connections_ = 0;
-  bool removed_ = false;
+  // One entry per handle-bearing message in flight on its channel, oldest first: what to do if
+  // the worker answers NODE_HANDLE_NACK (the fd did not arrive) instead of NODE_HANDLE_ACK.
+  std::deque<std::function<void()>> on_nack_;
   detail::Event<> online_;
   detail::Event<const Address&> listening_;
   detail::Event<const Json&> message_;
@@ -127,7 +180,7 @@ class Primary : public std::enable_shared_from_this<Primary> {
   const std::map<int, std::shared_ptr<WorkerHandle>>& workers() const { return workers_; }
   Policy policy() const { return policy_; }
   size_t handle_count() const { return handles_.size(); }
-  size_t queued_connections() const;
+  PrimaryStats stats() const;
 
   void on_setup(std::function<void()> fn) { setup_.add(std::move(fn)); }
   void on_fork(std::function<void(WorkerHandle&)> fn) { fork_.add(std::move(fn)); }
@@ -138,20 +191,36 @@ class Primary : public std::enable_shared_from_this<Primary> {
   void on_exit(std::function<void(WorkerHandle&, const ExitStatus&)> fn) { exit_.add(std::move(fn)); }
   // Beyond Node: a queryServer the primary could not satisfy (bind/listen error), so a CLI can
   // report "port in use" instead of restarting a worker that will fail again.
+  // The worker is left alone: its listen fails with this errno, as under Node.
   void on_listen_error(std::function<void(WorkerHandle&, const Address&, const Error&)> fn) { listen_error_.add(std::move(fn)); }
-
-  struct Impl;
+  // Beyond Node: a worker's channel failed (ERR_IPC_BAD_FRAME, ERR_IPC_FRAME_TOO_LARGE,
+  // ERR_IPC_UNEXPECTED_HANDLE, ERR_IPC_TRUNCATED, or an I/O error). The worker is disconnected
+  // right after this event (`disconnect` follows) unless its channel was already closed.
+  void on_channel_error(std::function<void(WorkerHandle&, const Error&)> fn) { channel_error_.add(std::move(fn)); }
 
  private:
   friend class WorkerHandle;
+  using ActHandler = void (Primary::*)(const std::shared_ptr<WorkerHandle>& w, const Json& msg);
+  static const std::map<std::string, ActHandler, std::less<>>& acts();
   void on_internal(const std::shared_ptr<WorkerHandle>& w, const Json& msg, ipc::ReceivedHandle* h);
-  void query_server(const std::shared_ptr<WorkerHandle>& w, const Json& msg);
+  void on_handle_reply(WorkerHandle& w, bool acked);
+  void on_channel_failure(WorkerHandle& w, const Error& e);
+  void act_online(const std::shared_ptr<WorkerHandle>& w, const Json& msg);
+  void act_query_server(const std::shared_ptr<WorkerHandle>& w, const Json& msg);
+  void act_listening(const std::shared_ptr<WorkerHandle>& w, const Json& msg);
+  void act_exited_after_disconnect(const std::shared_ptr<WorkerHandle>& w, const Json& msg);
+  void act_close(const std::shared_ptr<WorkerHandle>& w, const Json& msg);
+  Result<ServerHandle*> handle_for(const ServerQuery& q);
+  HandOffSender newconn_sender(int worker, const std::string& key, uint64_t serial);
+  void drop_handle(std::map<std::string, std::unique_ptr<ServerHandle>>::iterator it);
   // gone: the worker can no longer answer (exit, channel closed), so what it owed is requeued.
   void remove_handles_for(WorkerHandle& w, bool gone = true);
   void remove_worker(WorkerHandle& w);
   void worker_disconnect(WorkerHandle& w);
-  bool send_to(WorkerHandle& w, Json payload, Messenger::Reply cb = {},
-               std::optional<ipc::OutgoingHandle> handle = std::nullopt);
+  // The message's seq, or nullopt when the worker's channel is closed (nothing sent, `cb` dropped).
+  std::optional<int64_t> send_to(WorkerHandle& w, Json payload, Messenger::Reply cb = {},
+                                 std::optional<ipc::OutgoingHandle> handle = std::nullopt,
+                                 std::function<void()> on_nack = {});
 
   uv_loop_t* loop_;
   PrimarySettings settings_;
@@ -161,8 +230,9 @@ class Primary : public std::enable_shared_from_this<Primary> {
   Messenger messenger_;
   int next_id_ = 1;
   std::map<int, std::shared_ptr<WorkerHandle>> workers_;
-  std::map<std::string, std::unique_ptr<Impl>> handles_;
+  std::map<std::string, std::unique_ptr<ServerHandle>> handles_;
   uint64_t handle_serial_ = 0;
+  PrimaryStats retired_;  // counters of handles already closed
   std::vector<std::function<void()>> disconnect_cbs_;
   std::unique_ptr<Watchdog> watchdog_;  // started at the first fork when workers_die_with_primary
 
@@ -174,6 +244,7 @@ class Primary : public std::enable_shared_from_this<Primary> {
   detail::Event<WorkerHandle&> disconnect_;
   detail::Event<WorkerHandle&, const ExitStatus&> exit_;
   detail::Event<WorkerHandle&, const Address&, const Error&> listen_error_;
+  detail::Event<WorkerHandle&, const Error&> channel_error_;
 };
 
 }  // namespace uvcluster::cluster

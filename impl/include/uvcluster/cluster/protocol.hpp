@@ -43,8 +43,8 @@ class Messenger {
   // not a reply we wait for — then it goes to the act handler (Node: bogus acks fall through).
   bool take_reply(const Json& msg, ipc::ReceivedHandle* handle, int owner = 0);
   void drop_owner(int owner);
+  void drop(int64_t seq, int owner);  // a reply that cannot come any more (its message was lost)
   size_t pending() const { return callbacks_.size(); }
-  int64_t next_seq() const { return seq_; }
 
  private:
   struct Pending {

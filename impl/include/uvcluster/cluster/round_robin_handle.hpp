@@ -1,7 +1,22 @@
 #pragma once
 // Node's RoundRobinHandle (lib/internal/cluster/round_robin_handle.js): the primary accepts and
 // hands each connection to an idle worker. The scheduling part is transport-free (a Sender per
-// worker) so it can be tested with fakes; RoundRobinHandle adds the listening socket.
+// worker) so it can be tested with fakes; RoundRobinHandle adds the listening socket (accepted on
+// by cluster::Acceptor) and the hand-off timeout.
+//
+// Every hand-off ends, and frees the worker's one slot, in exactly one of these ways:
+//   accepted  → the primary closes its copy; the worker gets the next queued connection.
+//   refused   → (accepted:false, e.g. the worker is at server.maxConnections, or a NACK: the fd
+//               never arrived) the worker stays in the rotation, as in Node, but rests a moment
+//               (5 ms, doubling with each refusal in a row up to 200 ms; an accept resets it) so
+//               a full worker is not asked again at IPC speed. The connection is requeued in
+//               front, preferably for another worker. Each connection has an attempt budget
+//               (`attempts_per_worker` × the workers in the rotation): past it, it is closed, so
+//               it cannot ping-pong forever between workers that keep refusing.
+//   worker gone (exit, channel closed) → the connection is requeued (one attempt spent).
+//   timeout   → no answer within the timeout: the primary closes its copy (the worker still has
+//               its own and may serve it) and gives the worker nothing more until it answers.
+//   send failed (the primary is out of fds for its copy) → that connection is closed.
 #include <uv.h>
 
 #include <cstdint>
@@ -9,8 +24,11 @@
 #include <functional>
 #include <list>
 #include <map>
+#include <memory>
 #include <optional>
 
+#include "uvcluster/cluster/acceptor.hpp"
+#include "uvcluster/cluster/server_handle.hpp"
 #include "uvcluster/cluster/sockets.hpp"
 #include "uvcluster/detail/uv_handle.hpp"
 #include "uvcluster/fd.hpp"
@@ -19,77 +37,139 @@ namespace uvcluster::cluster {
 
 class RoundRobinScheduler {
  public:
-  // Hands `conn` (the primary keeps ownership of its copy) to a worker; `reply(accepted)` must be
-  // called once the worker answered. Returns false if it could not be sent (channel closed).
-  using Sender = std::function<bool(int conn, std::function<void(bool accepted)> reply)>;
+  using SendResult = HandOffSend;
+  using Reply = HandOffReply;
+  // Hands `conn` (the primary keeps ownership of its copy) to a worker.
+  using Sender = HandOffSender;
+
+  struct Counters {
+    uint64_t accepted = 0;   // accepted:true
+    uint64_t refused = 0;    // accepted:false or NACK
+    uint64_t requeued = 0;   // connections put back for another attempt
+    uint64_t dropped = 0;    // closed: attempt budget spent, or no fd to send it
+    uint64_t timed_out = 0;  // hand-offs ended by the timeout
+  };
+
+  static constexpr int kDefaultAttemptsPerWorker = 8;
+  static constexpr uint64_t kRestBaseMs = 5;
+  static constexpr uint64_t kRestMaxMs = 200;
+  explicit RoundRobinScheduler(int attempts_per_worker = kDefaultAttemptsPerWorker);
 
   void add(int worker, Sender send);  // then hands it a queued connection, if any
   // Drops a worker from the rotation. Returns true when no worker is left.
   // `gone`: the worker can no longer answer (exited, channel closed) — beyond Node, a connection
-  // in flight to it goes back to the front of the queue instead of being lost. Otherwise (a
-  // graceful disconnect, a `close` act) the worker may still accept it, so its reply is awaited:
+  // in flight to it goes back to the queue instead of being lost. Otherwise (a graceful
+  // disconnect, a `close` act) the worker may still accept it, so its reply is awaited:
   // accepted → closed here, refused → queued for another worker.
   bool remove(int worker, bool gone = true);
   // The worker has gone for good: connections still awaiting its reply are queued again.
   void worker_gone(int worker);
   void push(Fd conn);  // a freshly accepted connection (Node's distribute)
+  // Ends every hand-off sent at or before `sent_before` (a time from the clock) that has no answer.
+  size_t expire(uint64_t sent_before);
+  void set_clock(std::function<uint64_t()> now) { now_ = std::move(now); }
+  // Resting workers whose rest is over take work again. `on_rest(delay_ms)` asks the owner to
+  // call wake() after that delay (RoundRobinHandle arms a timer).
+  void wake();
+  void set_on_rest(std::function<void(uint64_t delay_ms)> fn) { on_rest_ = std::move(fn); }
+
   bool has(int worker) const { return all_.count(worker) != 0; }
   bool empty() const { return all_.empty(); }
   size_t queued() const { return queue_.size(); }
   size_t free_count() const { return free_.size(); }
+  size_t in_flight() const;
   // Connections each worker accepted (accepted:true replies).
   const std::map<int, uint64_t>& handed_out() const { return handed_out_; }
+  const Counters& counters() const { return counters_; }
   void close_queue() {
     queue_.clear();
     orphans_.clear();
   }
 
  private:
+  struct Conn {
+    Fd fd;
+    int attempts = 0;     // failed hand-offs so far
+    int refused_by = 0;   // the last worker that failed it (0: none)
+  };
+  struct InFlight {
+    uint64_t id;
+    Conn conn;
+    uint64_t sent_at;
+  };
   struct Member {
     Sender send;
-    std::optional<Fd> in_flight;
-    uint64_t generation = 0;  // guards replies that arrive after remove()+add()
+    std::optional<InFlight> in_flight;
+    uint64_t stalled = 0;  // id of a timed-out hand-off: no more until the worker answers it
+    int refusals_in_row = 0;
+    uint64_t rest_until = 0;  // no hand-off before this time (clock units: ms)
+  };
+  struct Orphan {  // in flight to a worker that left the rotation gracefully
+    int worker;
+    Conn conn;
   };
   void handoff(int worker);
-  void on_reply(int worker, uint64_t generation, bool accepted);
+  void on_reply(int worker, uint64_t id, bool accepted);
+  void requeue(Conn conn, int failed_worker);
+  void dispatch(int not_to = 0);  // hands the queue's front to a free worker (not `not_to`)
+  std::optional<Conn> take_for(int worker);
 
-  struct Orphan {
-    int worker;
-    Fd conn;
-  };
-  std::map<uint64_t, Orphan> orphans_;  // by generation: in flight to a worker that left
+  int attempts_per_worker_;
+  std::function<uint64_t()> now_ = [] { return uint64_t{0}; };
+  std::function<void(uint64_t)> on_rest_;
+  std::map<uint64_t, Orphan> orphans_;  // by hand-off id
   std::map<int, Member> all_;
   std::list<int> free_;  // idle workers, oldest first
-  std::deque<Fd> queue_;
+  std::deque<Conn> queue_;
   std::map<int, uint64_t> handed_out_;
-  uint64_t next_generation_ = 1;
+  Counters counters_;
+  uint64_t next_id_ = 1;
 };
 
-// The listening socket + scheduler. Accepts until EAGAIN on each wake-up (primary side: it is
-// the only acceptor, so draining costs no herd); a failed accept is skipped (Node ≥ 18).
-class RoundRobinHandle {
+// The listening socket + scheduler. Accepts until EAGAIN on each wake-up (the primary is the
+// only acceptor, so draining costs no herd); out of fds it pauses (Acceptor). A sweep timer ends
+// hand-offs that got no answer within `handoff_timeout_ms`.
+class RoundRobinHandle : public ServerHandle {
  public:
-  RoundRobinHandle(uv_loop_t* loop, Fd listening);
-  ~RoundRobinHandle();
+  static constexpr uint64_t kDefaultHandoffTimeoutMs = 10000;
+  RoundRobinHandle(uv_loop_t* loop, Fd listening, uint64_t handoff_timeout_ms);
+  ~RoundRobinHandle() override;
   RoundRobinHandle(const RoundRobinHandle&) = delete;
   RoundRobinHandle& operator=(const RoundRobinHandle&) = delete;
 
   // Binds + listens (errors as values), then starts accepting.
-  static Result<std::unique_ptr<RoundRobinHandle>> open(uv_loop_t* loop, const BindSpec& spec,
-                                                        int backlog);
+  static Result<std::unique_ptr<RoundRobinHandle>> open(uv_loop_t* loop, const BindSpec& spec, int backlog,
+                                                        uint64_t handoff_timeout_ms = kDefaultHandoffTimeoutMs);
   RoundRobinScheduler& scheduler() { return sched_; }
   const SockName& sockname() const { return sockname_; }
-  uint64_t accept_errors() const { return accept_errors_; }
+  // Accept counters of the listening socket, kept after close().
+  AcceptorCounters accept_counters() const {
+    AcceptorCounters c = closed_accept_;
+    if (acceptor_) c += acceptor_->counters();
+    return c;
+  }
   void close();
 
+  // ServerHandle: the reply carries the sockname (Node's); connections follow as `newconn`.
+  static Result<std::unique_ptr<ServerHandle>> open_for(const ServerHandleContext& ctx, const ServerQuery& q);
+  void add(int worker, AddReply reply) override;
+  bool remove(int worker, bool gone) override;
+  bool has(int worker) const override { return sched_.has(worker); }
+  void count(PrimaryStats& stats) const override;
+
  private:
-  static void on_readable(uv_poll_t* h, int status, int events);
+  Status start(uv_loop_t* loop);
+  std::function<HandOffSender(int worker)> newconn_;
+  uv_loop_t* loop_;
   Fd fd_;
-  detail::UvHandle<uv_poll_t> poll_;
-  detail::UvHandle<uv_timer_t> backoff_;  // resumes accepting after EMFILE
+  std::unique_ptr<Acceptor> acceptor_;
+  AcceptorCounters closed_accept_;
+  detail::UvHandle<uv_timer_t> sweep_;
+  detail::UvHandle<uv_timer_t> wake_;  // ends a refusing worker's rest
+  uint64_t wake_due_ = 0;
+  uint64_t timeout_ms_;
   RoundRobinScheduler sched_;
   SockName sockname_;
-  uint64_t accept_errors_ = 0;
 };
 
 }  // namespace uvcluster::cluster

@@ -12,6 +12,8 @@
 // socket it was sent, driven by uv_poll; policy `one` or `drain`), or `exclusive` (the shared
 // socket sits in a private epoll set with EPOLLIN|EPOLLEXCLUSIVE; a waiter thread blocks on that
 // set and hands each wake-up to the loop thread, which accepts — see exclusive_waiter.hpp).
+// Shared sockets are accepted on by cluster::Acceptor (acceptor.hpp): out of fds, the worker
+// stops watching the socket and retries on a timer instead of spinning.
 #include <uv.h>
 
 #include <cstdint>
@@ -21,6 +23,7 @@
 #include <optional>
 #include <string>
 
+#include "uvcluster/cluster/acceptor.hpp"
 #include "uvcluster/cluster/protocol.hpp"
 #include "uvcluster/detail/event.hpp"
 #include "uvcluster/error.hpp"
@@ -32,11 +35,6 @@ namespace uvcluster::cluster {
 // NODE_UNIQUE_ID present (even empty) → this process is a cluster worker (Node's rule).
 bool is_worker();
 bool is_primary();
-
-enum class AcceptPolicy {
-  one,    // one accept per wake-up (libuv ≥ 1.45, the one inside Node 20)
-  drain,  // accept until EAGAIN (Debian's libuv 1.44)
-};
 
 struct ListenOptions {
   std::optional<std::string> host{};  // numeric IP; nullopt = Node's listen(port) (address null)
@@ -66,6 +64,12 @@ struct WorkerCounters {
   uint64_t empty_wakeups = 0;  // wake-ups whose first accept got EAGAIN: the herd's lower bound
   uint64_t refused = 0;        // rr newconn answered accepted:false
   uint64_t rotations = 0;      // exclusive_rotate re-registrations
+  // Shared sockets, summed over this worker's servers (see AcceptorCounters).
+  uint64_t wakeups = 0;
+  uint64_t accept_calls = 0;
+  uint64_t pauses = 0;   // out of fds: the socket was left unwatched for a while
+  uint64_t resumes = 0;
+  std::map<int, uint64_t> accept_errors;  // failed accepts by errno (EMFILE = 24)
 };
 
 class Worker {
@@ -93,7 +97,8 @@ class Worker {
   // Worker-initiated graceful disconnect (cluster.worker.disconnect()): closes servers, tells the
   // primary exitedAfterDisconnect, waits for its ack, then disconnects the channel.
   void disconnect();
-  // cluster.worker.destroy(): as disconnect, then `on_exit_request` (Node calls process.exit(0)).
+  // cluster.worker.destroy(): as disconnect() with state "destroying". Node then calls
+  // process.exit(0); a C++ worker ends when its loop has nothing left (or exits itself).
   void destroy();
 
   bool send(const Json& message);

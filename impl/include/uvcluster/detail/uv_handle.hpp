@@ -62,10 +62,4 @@ class UvHandle {
   std::unique_ptr<Holder> h_;
 };
 
-// The owner of the handle (or whatever was stored in handle->data) from a libuv callback.
-template <class Owner, class H>
-Owner* owner_of(H* handle) {
-  return static_cast<Owner*>(handle->data);
-}
-
 }  // namespace uvcluster::detail

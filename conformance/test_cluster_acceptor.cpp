@@ -1,0 +1,145 @@
+// cluster::Acceptor, the one accept loop: policies, counters, and the out-of-fds pause (nginx's
+// answer to EMFILE) that replaces a busy spin on the level-triggered listening socket.
+#include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <fcntl.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <vector>
+
+#include "support.hpp"
+#include "uvcluster/cluster/acceptor.hpp"
+#include "uvcluster/cluster/sockets.hpp"
+
+using namespace uvcluster;
+using namespace uvcluster::cluster;
+
+namespace {
+
+struct Listening {
+  Fd fd;
+  int port = 0;
+};
+
+Listening listen_loopback() {
+  auto fd = bind_tcp({.address = "127.0.0.1", .port = 0});
+  EXPECT_TRUE(fd.ok());
+  EXPECT_TRUE(listen_fd(fd->get(), 64).ok());
+  int port = local_address(fd->get())->port;
+  return {std::move(fd.value()), port};
+}
+
+Fd tcp_socket() { return Fd(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0)); }
+
+bool connect_loopback(int fd, int port) {
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(static_cast<uint16_t>(port));
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  return ::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0;
+}
+
+// Lowers RLIMIT_NOFILE to just above the highest open fd and fills every free slot, so the next
+// accept() fails with EMFILE; the destructor frees the slots and restores the limit.
+struct FdTableFull {
+  rlimit saved{};
+  std::vector<Fd> filler;
+  FdTableFull() {
+    ::getrlimit(RLIMIT_NOFILE, &saved);
+    int highest = 0;
+    for (int fd : uvc_test::open_fds()) highest = std::max(highest, fd);
+    rlimit low = saved;
+    low.rlim_cur = static_cast<rlim_t>(highest + 8);
+    ::setrlimit(RLIMIT_NOFILE, &low);
+    for (;;) {
+      Fd f(::fcntl(0, F_DUPFD_CLOEXEC, 0));
+      if (!f) break;
+      filler.push_back(std::move(f));
+    }
+  }
+  ~FdTableFull() {
+    filler.clear();
+    ::setrlimit(RLIMIT_NOFILE, &saved);
+  }
+};
+
+}  // namespace
+
+TEST(ClusterAcceptor, PolicyOneAcceptsOnePerWakeUpDrainAcceptsAll) {
+  for (AcceptPolicy policy : {AcceptPolicy::one, AcceptPolicy::drain}) {
+    uvc_test::TestLoop loop;
+    Listening l = listen_loopback();
+    std::vector<Fd> got;
+    auto acc = Acceptor::start(loop, l.fd.get(), {.policy = policy}, [&](Fd c) { got.push_back(std::move(c)); });
+    ASSERT_TRUE(acc.ok());
+    std::vector<Fd> clients;
+    for (int i = 0; i < 4; ++i) {
+      clients.push_back(tcp_socket());
+      ASSERT_TRUE(connect_loopback(clients.back().get(), l.port));
+    }
+    ASSERT_TRUE(loop.run_until([&] { return got.size() == 4; }));
+    const AcceptorCounters& c = (*acc)->counters();
+    EXPECT_EQ(c.accepted, 4u);
+    if (policy == AcceptPolicy::one) {
+      EXPECT_EQ(c.accept_eagain, 0u);  // never asks past the one connection it was woken for
+      EXPECT_GE(c.wakeups, 4u);
+    } else {
+      EXPECT_EQ(c.accept_eagain, c.wakeups);  // every batch ends in EAGAIN
+    }
+    EXPECT_EQ(c.errors_total(), 0u);
+  }
+}
+
+// Issue 8 defect 5: a C++ worker out of fds spun at 100% CPU, because the accept pass returned on
+// EMFILE while the pending connection kept the level-triggered socket readable. Each loop turn
+// below would wake the acceptor and fail one more accept; paused, it fails once per retry.
+TEST(ClusterAcceptor, OutOfFdsPausesInsteadOfSpinningAndRecoversByItself) {
+  uvc_test::TestLoop loop;
+  Listening l = listen_loopback();
+  std::vector<Fd> got;
+  auto acc = Acceptor::start(loop, l.fd.get(), {.policy = AcceptPolicy::drain, .retry_ms = 50},
+                             [&](Fd c) { got.push_back(std::move(c)); });
+  ASSERT_TRUE(acc.ok());
+  std::vector<Fd> clients;
+  for (int i = 0; i < 3; ++i) clients.push_back(tcp_socket());
+  {
+    FdTableFull full;
+    ASSERT_FALSE(full.filler.empty());
+    for (auto& c : clients) ASSERT_TRUE(connect_loopback(c.get(), l.port));  // needs no new fd
+    for (int turn = 0; turn < 50; ++turn) uv_run(loop, UV_RUN_NOWAIT);
+    const AcceptorCounters& c = (*acc)->counters();
+    uint64_t emfile = c.errors.count(EMFILE) ? c.errors.at(EMFILE) : 0;
+    EXPECT_GE(emfile, 1u);
+    EXPECT_EQ(got.size(), 0u);
+    // One failed accept per watch period: the first, then one after each retry — never a spin.
+    EXPECT_LE(emfile, c.resumes + 1) << "accept retried " << emfile << " times in 50 loop turns";
+    EXPECT_LE(c.wakeups, c.resumes + 1);
+    EXPECT_GE(c.pauses, 1u);
+  }
+  // Fds are back: the retry timer resumes watching and the backlog is served.
+  ASSERT_TRUE(loop.run_until([&] { return got.size() == 3; }));
+  EXPECT_FALSE((*acc)->paused());
+}
+
+TEST(ClusterAcceptor, ConnectionHandlerMayDestroyTheAcceptor) {
+  uvc_test::TestLoop loop;
+  Listening l = listen_loopback();
+  std::unique_ptr<Acceptor> acc;
+  int got = 0;
+  auto a = Acceptor::start(loop, l.fd.get(), {.policy = AcceptPolicy::drain}, [&](Fd) {
+    ++got;
+    acc.reset();
+  });
+  ASSERT_TRUE(a.ok());
+  acc = std::move(a.value());
+  std::vector<Fd> clients;
+  for (int i = 0; i < 3; ++i) {
+    clients.push_back(tcp_socket());
+    ASSERT_TRUE(connect_loopback(clients.back().get(), l.port));
+  }
+  ASSERT_TRUE(loop.run_until([&] { return got == 1; }));
+  uv_run(loop, UV_RUN_NOWAIT);
+  EXPECT_EQ(got, 1);
+}

@@ -1,0 +1,88 @@
+#pragma once
+// The primary's handle for one server key, Node's `handle` in lib/internal/cluster/primary.js:
+// RoundRobinHandle (the primary accepts and hands connections out), SharedHandle (every worker
+// gets the bound socket and accepts itself) and ReusePortHandle (one SO_REUSEPORT socket per
+// worker) implement it. The primary only calls add/remove; a new kind of handle (pipe, UDP) is a
+// new file plus one line in handle_kinds() (server_handle.cpp).
+#include <uv.h>
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "uvcluster/cluster/primary.hpp"
+#include "uvcluster/cluster/sockets.hpp"
+#include "uvcluster/error.hpp"
+#include "uvcluster/ipc/channel.hpp"
+
+namespace uvcluster::cluster {
+
+struct PrimaryStats;
+
+
+// A parsed queryServer (Node's message fields, checked).
+struct ServerQuery {
+  std::string key;
+  Address where;
+  BindSpec spec;
+  int backlog = 511;
+};
+// Node's primary would throw on a malformed query; we answer the worker with this errno instead.
+Result<ServerQuery> parse_query(const Json& msg);
+
+class ServerHandle {
+ public:
+  // errnum 0 = success; `fields` go into the queryServer reply (e.g. rr's sockname); `handle` is
+  // sent with it (a shared socket). Node's handle.add(worker, send).
+  using AddReply = std::function<void(int errnum, Json fields, std::optional<ipc::OutgoingHandle> handle)>;
+
+  virtual ~ServerHandle() = default;
+  virtual void add(int worker, AddReply reply) = 0;
+  // Node's handle.remove(worker). `gone`: the worker can no longer answer (exit, channel closed).
+  // True when no worker is left: the primary then drops the key (and the handle closes).
+  virtual bool remove(int worker, bool gone) = 0;
+  virtual bool has(int worker) const = 0;
+  // Adds this handle's hand-off and accept counters (rr only).
+  virtual void count(PrimaryStats&) const {}
+
+  Json data = nullptr;  // the first worker's server data (TLS ticket keys), returned to all
+  uint64_t serial = 0;  // tells a reply for this handle from one for a later handle of the key
+};
+
+// A handle that answers each worker's query with a listening socket of its own to accept on
+// (SharedHandle: a dup of one socket; ReusePortHandle: one SO_REUSEPORT socket each).
+class SocketHandle : public ServerHandle {
+ public:
+  // The socket for `worker` (recorded as a member), or the error for its listen.
+  virtual Result<Fd> socket_for(int worker) = 0;
+  void add(int worker, AddReply reply) override;
+  bool remove(int worker, bool gone) override;
+  bool has(int worker) const override { return workers_.count(worker) != 0; }
+
+ protected:
+  virtual void on_last_removed() {}
+  std::set<int> workers_;
+};
+
+// What a handle kind needs from the primary.
+struct ServerHandleContext {
+  uv_loop_t* loop = nullptr;
+  Policy policy = Policy::rr;
+  uint64_t handoff_timeout_ms = 10000;
+  // rr: how a connection reaches `worker` ({act:"newconn"} + the fd, with the primary's seq/ack).
+  std::function<HandOffSender(int worker)> newconn{};
+};
+
+struct HandleKind {
+  const char* name;
+  bool (*serves)(Policy policy, const ServerQuery& query);
+  Result<std::unique_ptr<ServerHandle>> (*open)(const ServerHandleContext& ctx, const ServerQuery& query);
+};
+// The first kind whose `serves` is true makes the handle for a new key.
+const std::vector<HandleKind>& handle_kinds();
+
+}  // namespace uvcluster::cluster
