@@ -84,6 +84,7 @@ int main(int argc, char** argv) {
       return 2;
     }
     auto& worker = *w.value();
+    std::string listen_mode;  // "rr" | "shared" | "exclusive": which accept path the library chose
     std::string body = "worker " + std::to_string(worker.id()) + " " + std::to_string(::getpid()) + "\n";
     response = "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nConnection: close\r\nContent-Length: " +
                std::to_string(body.size()) + "\r\n\r\n" + body;
@@ -94,7 +95,9 @@ int main(int argc, char** argv) {
             std::fprintf(stderr, "worker %d: %s\n", worker.id(), r.error().code.c_str());
             rc = 3;
             worker.destroy();
+            return;
           }
+          listen_mode = r->mode;
         },
         [&](Fd conn) {
           auto c = std::make_unique<Conn>();
@@ -112,7 +115,7 @@ int main(int argc, char** argv) {
       if (m == "counters") {  // the herd test reads them while the worker is still alive
         auto& k = worker.counters();
         worker.send({{"counters", {{"accepted", k.accepted}, {"accept_eagain", k.accept_eagain},
-                                   {"empty_wakeups", k.empty_wakeups}, {"rotations", k.rotations}}}});
+                                   {"empty_wakeups", k.empty_wakeups}, {"rotations", k.rotations}, {"mode", listen_mode}}}});
       }
     });
     uv_run(&loop, UV_RUN_DEFAULT);
