@@ -21,6 +21,8 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "scripts"))
+import strict_json  # noqa: E402
 PROFILES = {  # Google Benchmark min time (s), Node twin seconds, RR handoff wrk seconds
     "quick": (0.2, 0.3, 2),
     "default": (0.5, 1.0, 3),
@@ -152,14 +154,14 @@ def main():
                   "kernel": platform.release(), "cores": os.cpu_count(),
                   "node": subprocess.run(["/usr/bin/node", "--version"], capture_output=True, text=True).stdout.strip(),
                   "benchmarks": rows}
-        with open(os.path.join(ROOT, "results", "micro.json"), "w") as f:
-            json.dump(record, f, indent=1)
+        strict_json.write(os.path.join(ROOT, "results", "micro.json"), record)
         print("wrote results/micro.json")
     if not args.skip_micro:
         # Cluster RR handoff: C++/Node primaries and workers under a Connection: close load.
         print("\ncluster RR handoff (bench/bench_cluster.py) ...", flush=True)
         status |= subprocess.call([sys.executable, os.path.join(ROOT, "bench", "bench_cluster.py"),
                                    "--build", build, "--duration", str(PROFILES[args.profile][2]),
+                                   "--profile", args.profile,
                                    "--json", os.path.join(ROOT, "results", "cluster.json")])
     driver = os.path.join(ROOT, "scripts", "lab", "driver.py")
     if not args.skip_lab and os.path.exists(driver):
