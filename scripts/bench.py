@@ -10,6 +10,8 @@ time per operation from this same run (absolute times drift on a shared machine;
 what we track).
 Results: results/micro.json; then the cluster RR handoff benchmark (results/cluster.json); then
 scripts/lab/driver.py runs the strategy lab (results/latest.json, results/REPORT.md).
+Every run appends its tracked metrics to results/history.jsonl (scripts/history.py).
+All results files are strict JSON (scripts/strict_json.py, schemas in results/schema/).
 """
 import argparse
 import json
@@ -22,6 +24,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
+import history  # noqa: E402
 import strict_json  # noqa: E402
 PROFILES = {  # Google Benchmark min time (s), Node twin seconds, RR handoff wrk seconds
     "quick": (0.2, 0.3, 2),
@@ -166,6 +169,10 @@ def main():
     driver = os.path.join(ROOT, "scripts", "lab", "driver.py")
     if not args.skip_lab and os.path.exists(driver):
         status |= subprocess.call([sys.executable, driver, "--build", build, "--profile", args.profile])
+    ran_lab = not args.skip_lab and os.path.exists(driver)
+    history.append(history.from_bench(os.path.join(ROOT, "results"), args.profile,
+                                      micro=not args.skip_micro, lab=ran_lab))
+    print("appended the tracked metrics to results/history.jsonl (scripts/history.py plots them)")
     print(f"make bench: done in {time.time() - started:.0f} s")
     return status
 
