@@ -3,7 +3,10 @@
 
 Each side is built on its own: a revision is exported with `git archive` into
 .bench-compare/src-<sha12>/ (NEW=worktree uses this checkout as it is, uncommitted changes
-included) and built with CMake (RelWithDebInfo, ccache) into .bench-compare/build-<sha12|worktree>/.
+included) and built with CMake (RelWithDebInfo, ccache) into .bench-compare/build-<sha12>/
+(the worktree side reuses ./build when that is a plain RelWithDebInfo build, as after
+`make test`; otherwise .bench-compare/build-worktree/). `git archive` rather than `git worktree
+add`: same isolation, and nothing is registered in the repository's metadata.
 The measuring harness (bench/bench_cluster.py, scripts/lab/cell.py, Node twins) is this
 checkout's for both sides, so only the binaries differ. Then the benchmark set runs as A/B pairs
 in interleaved ABBA order (round 0: A B, round 1: B A, ...), so a slow minute on the shared
@@ -12,6 +15,7 @@ machine hurts both sides alike. k samples per side: --samples, or sized to --bud
 Benchmark set (--set, comma-separated):
   ipc  bench_ipc BM_IpcPingPong (plain message round trip, µs) and BM_IpcHandlePassing
        (round trip carrying a TCP handle over sendmsg, µs)
+  ipc-handle  only BM_IpcHandlePassing (each bench_ipc benchmark runs for 2 s)
   rr   bench/bench_cluster.py, C++ primary + 2 C++ workers, Connection: close: connections/s
        and the primary's CPU ms per 1,000 connections
   lab  scripts/lab/cell.py, 2 workers, close load: rr and reuseport (native app) req/s, and
@@ -31,7 +35,6 @@ when the 1/2 distinction matters.)
 """
 import argparse
 import os
-import platform
 import re
 import shutil
 import subprocess
@@ -55,7 +58,7 @@ TARGETS = ["uvcluster_cli", "bench_ipc", "hello_native", "lab_proxy", "helper_cl
 PROFILES = {
     "default": {"set": "ipc,rr,lab", "duration": 3, "samples": None, "budget": 600, "max_s": None},
     "ci": {"set": "ipc,rr,lab", "duration": 2, "samples": 8, "budget": 480, "max_s": 690},
-    "short": {"set": "ipc,rr", "duration": 1, "samples": 8, "budget": 150, "max_s": None},
+    "short": {"set": "ipc-handle,rr", "duration": 1, "samples": 8, "budget": 150, "max_s": None},
 }
 LAB_CELLS = [("rr", "native", True), ("reuseport", "native", True), ("node-rr", "node", False)]
 
@@ -103,11 +106,24 @@ def source_dir(side):
     return src
 
 
+def plain_release_build(path):
+    """True for a RelWithDebInfo build folder without sanitizers (what each side is built as)."""
+    try:
+        with open(os.path.join(path, "CMakeCache.txt")) as f:
+            cache = f.read()
+    except OSError:
+        return False
+    return ("CMAKE_BUILD_TYPE:STRING=RelWithDebInfo\n" in cache
+            and re.search(r"^UVCLUSTER_SANITIZE:STRING=$", cache, re.M) is not None)
+
+
 def build(side, log):
     """Configures and builds a side; returns its build folder. Usage when it does not build."""
     src = source_dir(side)
     key = "worktree" if side["spec"] == "worktree" else side["rev"][:12]
     out = os.path.join(CACHE, f"build-{key}")
+    if side["spec"] == "worktree" and plain_release_build(os.path.join(ROOT, "build")):
+        out = os.path.join(ROOT, "build")  # `make test` just built it with the same settings
     # ccache: identical sources in different folders hit the same cache entries.
     env = dict(os.environ, CCACHE_BASEDIR=src, CCACHE_NOHASHDIR="true")
     steps = [["cmake", "-S", src, "-B", out, "-DCMAKE_BUILD_TYPE=RelWithDebInfo"],
@@ -135,9 +151,9 @@ def run_json_lines(cmd, env, timeout):
     return p.returncode, docs, p.stderr
 
 
-def unit_ipc(build_dir, env, duration):
+def unit_ipc(build_dir, env, duration, pattern="BM_Ipc(PingPong|HandlePassing)/"):
     exe = os.path.join(build_dir, "bench", "bench_ipc")
-    p = subprocess.run([exe, "--benchmark_format=json", "--benchmark_filter=BM_Ipc(PingPong|HandlePassing)/"],
+    p = subprocess.run([exe, "--benchmark_format=json", f"--benchmark_filter={pattern}"],
                        env=env, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
     if p.returncode != 0:
         return {}
@@ -181,7 +197,8 @@ def unit_lab(build_dir, env, duration):
     return out
 
 
-UNITS = {"ipc": unit_ipc, "rr": unit_rr, "lab": unit_lab}
+UNITS = {"ipc": unit_ipc, "rr": unit_rr, "lab": unit_lab,
+         "ipc-handle": lambda b, e, d: unit_ipc(b, e, d, "BM_IpcHandlePassing/")}
 # name -> (unit label, better, tracked)
 METRICS = {
     "ipc_pingpong_us": ("µs/round trip", "lower", True),
@@ -197,6 +214,8 @@ def unit_metrics(units):
     for u in units:
         if u == "ipc":
             names += ["ipc_pingpong_us", "ipc_handle_pingpong_us"]
+        elif u == "ipc-handle":
+            names += ["ipc_handle_pingpong_us"]
         elif u == "rr":
             names += ["rr_conn_per_s", "rr_primary_cpu_ms_per_1k"]
         elif u == "lab":
@@ -330,16 +349,6 @@ def box_plot(result, path):
     return path
 
 
-def environment():
-    try:
-        load1 = os.getloadavg()[0]
-    except OSError:
-        load1 = None
-    node = subprocess.run(["node", "--version"], capture_output=True, text=True).stdout.strip()
-    return {"kernel": platform.release(), "cores": os.cpu_count(), "loadavg_1m": load1,
-            "node": node, "host": platform.node()}
-
-
 # ------------------------------------------------------------------ main
 
 def parse_args(argv):
@@ -439,7 +448,7 @@ def main(argv=None):
         "schema": 1, "kind": "bench-ci" if a.ci else "bench-compare",
         "base": strip(base), "new": strip(new),
         "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "profile": a.profile,
-        "env": environment(), "order": order, "samples_per_side": rounds,
+        "env": history.environment(), "order": order, "samples_per_side": rounds,
         "wall_s": round(time.monotonic() - started, 1),
         "settings": {"alpha": a.alpha, "min_effect": a.min_effect, "correction": "holm",
                      "ci": "percentile bootstrap of the median ratio, 4000 resamples",

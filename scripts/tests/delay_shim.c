@@ -2,7 +2,8 @@
  * LD_PRELOAD shim that busy-waits a fixed number of microseconds before chosen libc socket calls,
  * so a side runs slower without a change to the library.
  *   UVC_DELAY_US     microseconds to add per call (default 0: the shim does nothing)
- *   UVC_DELAY_CALLS  comma-separated subset of sendmsg,accept4,writev (default sendmsg)
+ *   UVC_DELAY_CALLS  comma-separated subset of sendmsg,accept4,writev (default sendmsg); an entry
+ *                    may carry its own delay, e.g. "sendmsg:3,accept4:12" (µs)
  * sendmsg carries every fd the RR primary hands to a worker and every IPC message with a handle;
  * accept4 is every accepted connection. A busy wait, not a sleep: a sleep's wake-up latency on a
  * loaded machine would add noise, a spin adds the same CPU time every call. */
@@ -14,32 +15,35 @@
 #include <sys/uio.h>
 #include <time.h>
 
-enum { kSendmsg = 1, kAccept4 = 2, kWritev = 4 };
+enum { kSendmsg, kAccept4, kWritev, kCalls };
+static const char* const kNames[kCalls] = {"sendmsg", "accept4", "writev"};
 
-static long delay_ns = -1;
-static int delayed_calls = 0;
+static int configured = 0;
+static long delay_ns[kCalls];
 
 static void configure(void) {
-  if (delay_ns >= 0) return;
+  if (configured) return;
+  configured = 1;
   const char* us = getenv("UVC_DELAY_US");
   const char* calls = getenv("UVC_DELAY_CALLS");
+  long fallback_ns = us ? atol(us) * 1000L : 0;
   if (!calls || !*calls) calls = "sendmsg";
-  int mask = 0;
-  if (strstr(calls, "sendmsg")) mask |= kSendmsg;
-  if (strstr(calls, "accept4")) mask |= kAccept4;
-  if (strstr(calls, "writev")) mask |= kWritev;
-  delayed_calls = mask;
-  delay_ns = us ? atol(us) * 1000L : 0;
+  for (int c = 0; c < kCalls; ++c) {
+    const char* at = strstr(calls, kNames[c]);
+    if (!at) continue;
+    at += strlen(kNames[c]);
+    delay_ns[c] = *at == ':' ? atol(at + 1) * 1000L : fallback_ns;
+  }
 }
 
 static void spin(int call) {
   configure();
-  if (delay_ns <= 0 || !(delayed_calls & call)) return;
+  if (delay_ns[call] <= 0) return;
   struct timespec start, now;
   clock_gettime(CLOCK_MONOTONIC, &start);
   do {
     clock_gettime(CLOCK_MONOTONIC, &now);
-  } while ((now.tv_sec - start.tv_sec) * 1000000000L + (now.tv_nsec - start.tv_nsec) < delay_ns);
+  } while ((now.tv_sec - start.tv_sec) * 1000000000L + (now.tv_nsec - start.tv_nsec) < delay_ns[call]);
 }
 
 ssize_t sendmsg(int fd, const struct msghdr* msg, int flags) {
