@@ -417,6 +417,9 @@ def main(argv=None):
     with open(log_path, "w") as log:
         try:
             for label, side in (("A", base), ("B", new)):
+                if label == "B" and new["spec"] != "worktree" and new["rev"] == base["rev"]:
+                    new["build"] = base["build"]  # an A/A run: one build serves both sides
+                    continue
                 progress.show(f"bench-compare: building {label} = {side['spec']} ({side['rev'][:12]}) ...")
                 build(side, log)
         except (Usage, subprocess.CalledProcessError) as e:
