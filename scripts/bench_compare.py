@@ -342,7 +342,7 @@ def box_plot(result, path):
     ax.set_ylabel("sample / median of old")
     ax.set_title(f"old {result['base']['rev'][:10]} (blue) vs new {result['new']['rev'][:10]}"
                  f"{' +dirty' if result['new'].get('dirty') else ''} (orange), "
-                 f"{result['samples_per_side']} samples each")
+                 f"{result['samples_per_side']} samples each", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -8,12 +8,13 @@ aa:      R against itself (one build, both sides): every flag is a false alarm.
 planted: R against itself with the NEW side under LD_PRELOAD=build/lib/libuvc_delay_shim.so
          (UVC_DELAY_CALLS=--delay), which busy-waits before the named calls: a regression
          made without touching the library.
-Each run is a full `scripts/bench_compare.py --no-history` (JSON in results/compare/proof-<kind>/).
+Each run is a full `scripts/bench_compare.py --no-history` (JSON in results/compare/proof-aa/ or
+proof-planted-<delay>/).
 The tally re-reads each run's Holm-adjusted p-values and median ratios at two settings:
   CI gate   p_holm < 0.01 and >= 10 % worse on a gated metric (what fails `make bench-ci`)
   compare   p_holm < 0.05 and >= 5 % worse (the `make bench-compare` default verdict)
 plus "any star" (some metric with p_holm < 0.05, either direction). The summary is printed
-and written to results/compare/proof-<kind>.md.
+and written beside that folder as <folder>.md.
 """
 import argparse
 import glob
@@ -83,7 +84,8 @@ def main(argv=None):
     ap.add_argument("--shim", default=os.path.join(ROOT, "build", "lib", "libuvc_delay_shim.so"))
     ap.add_argument("--tally-only", action="store_true", help="only summarise the runs already there")
     a = ap.parse_args(argv)
-    out = os.path.join(ROOT, "results", "compare", f"proof-{a.kind}")
+    name = f"proof-{a.kind}" + (f"-{a.delay.replace(':', '').replace(',', '-')}" if a.kind == "planted" else "")
+    out = os.path.join(ROOT, "results", "compare", name)
     os.makedirs(out, exist_ok=True)
     if not a.tally_only:
         cmd = [sys.executable, os.path.join(HERE, "bench_compare.py"), "--base", a.rev, "--new", a.rev,
@@ -106,7 +108,7 @@ def main(argv=None):
     summary = tally(a.kind, files)
     cmdline = f"scripts/prove_detector.py {a.kind} --runs {a.runs} --rev {a.rev} --profile {a.profile}" + (
         f" --delay {a.delay}" if a.kind == "planted" else "")
-    with open(os.path.join(ROOT, "results", "compare", f"proof-{a.kind}.md"), "w") as f:
+    with open(out + ".md", "w") as f:
         f.write(f"`{cmdline}`\n\n{summary}\n")
     print(summary)
     return 0
