@@ -29,11 +29,12 @@ a markdown table (printed, and .md beside the JSON) in the style of Node's bench
 a box plot (.png), and one line appended to results/history.jsonl.
 
 Exit status: 0 nothing gated regressed, 1 a gated metric regressed, 2 bad usage (unknown
-revision, unknown set, missing baseline file) or a side that does not build.
+revision, unknown set, missing baseline file) , a side that does not build, or an internal error (never 1).
 (`make` turns any non-zero status of a recipe into its own status 2; call this script directly
 when the 1/2 distinction matters.)
 """
 import argparse
+import fcntl
 import os
 import re
 import shutil
@@ -126,14 +127,20 @@ def build(side, log):
         out = os.path.join(ROOT, "build")  # `make test` just built it with the same settings
     # ccache: identical sources in different folders hit the same cache entries.
     env = dict(os.environ, CCACHE_BASEDIR=src, CCACHE_NOHASHDIR="true")
-    steps = [["cmake", "-S", src, "-B", out, "-DCMAKE_BUILD_TYPE=RelWithDebInfo"],
-             ["cmake", "--build", out, "-j", str(os.cpu_count() or 2), "--target", *TARGETS]]
+    steps = [["cmake", "--build", out, "-j", str(os.cpu_count() or 2), "--target", *TARGETS]]
+    if not os.path.exists(os.path.join(out, "CMakeCache.txt")):  # configure once; builds re-check
+        steps.insert(0, ["cmake", "-S", src, "-B", out, "-DCMAKE_BUILD_TYPE=RelWithDebInfo"])
+    # One builder per folder: a second bench-compare must not relink binaries another is running.
+    lock = open(out.rstrip("/") + ".lock", "w")
+    fcntl.flock(lock, fcntl.LOCK_EX)
     for cmd in steps:
         p = subprocess.run(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
         if p.returncode != 0 and "--target" in cmd:  # an older tree names its targets otherwise
             p = subprocess.run(cmd[:cmd.index("--target")], env=env, stdout=log, stderr=subprocess.STDOUT)
         if p.returncode != 0:
             raise Usage(f"{side['spec']} ({side['rev'][:12]}) does not build; see {log.name}")
+    fcntl.flock(lock, fcntl.LOCK_UN)
+    lock.close()
     side["build"] = out
     return out
 
@@ -274,7 +281,12 @@ def measure(sides, units, duration, samples, budget, max_s, started, min_k, prog
                 left = f", ~{fmt_s(per_step * (total_steps - steps_done))} left" if per_step else ""
                 progress.show(f"bench-compare: round {r + 1}/{k or '?'} {u:3} {label}  "
                               f"[{steps_done + 1}/{total_steps}] elapsed {fmt_s(elapsed)}{left}")
-                for name, v in UNITS[u](side["build"], side["env"], duration).items():
+                try:
+                    measured = UNITS[u](side["build"], side["env"], duration)
+                except (OSError, ValueError, KeyError, subprocess.TimeoutExpired) as e:
+                    measured = {}  # a lost sample, not a verdict: the metric just has fewer
+                    progress.show(f"bench-compare: {u} {label} sample lost: {e}")
+                for name, v in measured.items():
                     data[name][label].append(v)
                 steps_done += 1
         round_s = time.monotonic() - t0
@@ -481,4 +493,8 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except Exception as e:  # never let a crash read as exit 1 ("regressed")
+        print(f"bench-compare: internal error: {e!r}", file=sys.stderr)
+        sys.exit(EXIT_USAGE)
