@@ -34,7 +34,8 @@ import strict_json  # noqa: E402
 HISTORY = os.path.join(ROOT, "results", "history.jsonl")
 MIN_SEG = 3
 # The tracked metrics (bench_compare.METRICS with tracked=True) and how `make bench` reports them.
-TRACKED = ["ipc_pingpong_us", "ipc_handle_pingpong_us", "rr_conn_per_s", "rr_primary_cpu_ms_per_1k",
+TRACKED = ["ipc_pingpong_us", "ipc_handle_pingpong_us", "ipc_pingpong_cpu_us", "ipc_handle_pingpong_cpu_us",
+           "rr_conn_per_s", "rr_primary_cpu_ms_per_1k",
            "lab_rr_close_2w_rps", "lab_reuseport_close_2w_rps"]
 MICRO = {"BM_IpcPingPong": "ipc_pingpong_us", "BM_IpcHandlePassing": "ipc_handle_pingpong_us"}
 

@@ -29,7 +29,7 @@ sys.path.insert(0, HERE)
 import ab_stats  # noqa: E402
 import strict_json  # noqa: E402
 
-TARGETS = ["rr_conn_per_s", "ipc_handle_pingpong_us"]
+TARGETS = ["rr_conn_per_s", "ipc_handle_pingpong_us", "rr_primary_cpu_ms_per_1k", "ipc_handle_pingpong_cpu_us"]
 
 
 def flagged(m, alpha, min_effect):
