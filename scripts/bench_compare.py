@@ -131,7 +131,8 @@ def build(side, log):
     if not os.path.exists(os.path.join(out, "CMakeCache.txt")):  # configure once; builds re-check
         steps.insert(0, ["cmake", "-S", src, "-B", out, "-DCMAKE_BUILD_TYPE=RelWithDebInfo"])
     # One builder per folder: a second bench-compare must not relink binaries another is running.
-    lock = open(out.rstrip("/") + ".lock", "w")
+    lock = open(os.path.join(CACHE, ("checkout-" if out.startswith(ROOT + "/build") else "")
+                             + os.path.basename(out) + ".lock"), "w")
     fcntl.flock(lock, fcntl.LOCK_EX)
     for cmd in steps:
         p = subprocess.run(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
