@@ -3,7 +3,7 @@ BUILD   ?= build
 JOBS    ?= $(shell nproc)
 PROFILE ?= default
 
-.PHONY: all deps build test test-asan bench chaos clean
+.PHONY: all deps build test test-asan test-soak bench bench-compare bench-ci chaos clean
 
 all: build
 
@@ -32,6 +32,23 @@ bench: build
 # results/chaos/latest.json + results/CHAOS.md (PROFILE=quick|default|full).
 chaos: build
 	/usr/bin/python3 scripts/chaos/chaos.py --build $(BUILD) --profile $(PROFILE)
+
+# A/B regression check (scripts/bench_compare.py): BASE=<rev> [NEW=<rev>|worktree] [SET=ipc,rr,lab]
+# [SAMPLES=k] [CPROFILE=default|ci|short]. Exit 0 / 1 (regression) / 2 (bad usage); make reports
+# any non-zero as 2, call the script directly when the distinction matters.
+bench-compare: deps
+	@test -n "$(BASE)" || { echo "usage: make bench-compare BASE=<rev> [NEW=<rev>|worktree] [SET=ipc,rr,lab] [SAMPLES=k] [CPROFILE=default|ci|short]" >&2; exit 2; }
+	/usr/bin/python3 scripts/bench_compare.py --base "$(BASE)" --new "$(or $(NEW),worktree)" \
+	  $(if $(SET),--set $(SET)) $(if $(SAMPLES),--samples $(SAMPLES)) $(if $(CPROFILE),--profile $(CPROFILE))
+
+# The CI gate: this checkout against the revision in results/ci-baseline, bounded (< 12 min).
+bench-ci: deps
+	/usr/bin/python3 scripts/bench_compare.py --ci
+
+# N full `ctest -j2` runs beside a CPU hog; stops at the first failure.
+N ?= 20
+test-soak: build
+	bash scripts/soak.sh $(N) $(BUILD)
 
 clean:
 	rm -rf $(BUILD) build-asan

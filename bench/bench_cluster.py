@@ -4,13 +4,16 @@ per 1,000 connections, and RR fairness (Jain) — C++ primary + C++ workers, Nod
 workers, C++ primary + Node workers (and the other mixes). Loopback only.
 
 usage: bench/bench_cluster.py [--build build] [--duration 5] [--workers 2] [--connections 50]
-                              [--fairness-workers 4] [--json out.json]
+                              [--fairness-workers 4] [--cases NAME,...] [--json out.json]
+Every record and the --json file are strict JSON (scripts/strict_json.py).
 """
 import argparse, json, os, re, signal, subprocess, sys, time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, 'scripts', 'lab'))
 from procfs import cpu_seconds  # noqa: E402  (/proc/PID/stat utime+stime, shared with the lab)
+sys.path.insert(0, os.path.join(ROOT, 'scripts'))
+import strict_json  # noqa: E402
 
 
 def start(cmd, n):
@@ -30,7 +33,7 @@ def start(cmd, n):
 
 
 def wrk(port, duration, conns):
-    out = subprocess.run(['wrk', '-t2', f'-c{conns}', f'-d{duration}s', '-H', 'Connection: close',
+    out = subprocess.run(['wrk', '-t2', f'-c{conns}', f'-d{duration:g}s', '-H', 'Connection: close',
                           f'http://127.0.0.1:{port}/'], capture_output=True, text=True).stdout
     reqs = int(re.search(r'(\d+) requests in', out).group(1))
     rps = float(re.search(r'Requests/sec:\s+([\d.]+)', out).group(1))
@@ -71,10 +74,12 @@ def run_case(name, cmd, n, args):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument('--build', default=os.path.join(ROOT, 'build'))
-    ap.add_argument('--duration', type=int, default=5)
+    ap.add_argument('--duration', type=float, default=5)
     ap.add_argument('--workers', type=int, default=2)
     ap.add_argument('--connections', type=int, default=50)
     ap.add_argument('--fairness-workers', type=int, default=4)
+    ap.add_argument('--profile', default='custom', help='recorded in env: the make bench profile')
+    ap.add_argument('--cases', help='comma-separated case names to run (default: all)')
     ap.add_argument('--json')
     args = ap.parse_args()
     cli = os.path.join(args.build, 'bin', 'uvcluster')
@@ -91,24 +96,29 @@ def main():
          [cli, 'run', '-i', str(args.fairness_workers), '--policy', 'rr', '--json', '--', cpp_worker, '0', '127.0.0.1'],
          args.fairness_workers),
     ]
-    env = {'kernel': os.uname().release, 'cores': os.cpu_count(),
+    env = {'profile': args.profile, 'kernel': os.uname().release, 'cores': os.cpu_count(),
            'node': subprocess.run(['node', '--version'], capture_output=True, text=True).stdout.strip(),
            'duration_s': args.duration, 'wrk_connections': args.connections}
+    if args.cases:
+        wanted = args.cases.split(',')
+        unknown = set(wanted) - {c[0] for c in cases}
+        if unknown:
+            ap.error(f"unknown case(s): {', '.join(sorted(unknown))}")
+        cases = [c for c in cases if c[0] in wanted]
     results = []
     for name, cmd, k in cases:
         rec = run_case(name, cmd, k, args)
         results.append(rec)
-        print(json.dumps(rec), flush=True)
+        print(strict_json.dumps(rec), flush=True)
     by = {r['case']: r for r in results}
-    cpp, node = by['cpp-primary+node-workers'], by['node-primary+node-workers']
+    cpp, node = by.get('cpp-primary+node-workers', {}), by.get('node-primary+node-workers', {})
     summary = {'env': env, 'results': results}
-    if cpp['primary_cpu_s_per_1k_conn'] and node['primary_cpu_s_per_1k_conn']:
+    if cpp.get('primary_cpu_s_per_1k_conn') and node.get('primary_cpu_s_per_1k_conn'):
         summary['cpu_ratio_cpp_vs_node_primary_same_workers'] = round(
             cpp['primary_cpu_s_per_1k_conn'] / node['primary_cpu_s_per_1k_conn'], 3)
-    print(json.dumps({k: v for k, v in summary.items() if k != 'results'}), flush=True)
+    print(strict_json.dumps({k: v for k, v in summary.items() if k != 'results'}), flush=True)
     if args.json:
-        with open(args.json, 'w') as f:
-            json.dump(summary, f, indent=1)
+        strict_json.write(args.json, summary)
 
 
 if __name__ == '__main__':

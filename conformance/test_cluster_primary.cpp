@@ -156,9 +156,14 @@ INSTANTIATE_TEST_SUITE_P(Policies, PrimaryWithCppWorkers,
                          ::testing::Values(Policy::rr, Policy::none, Policy::reuseport, Policy::exclusive),
                          [](const auto& info) { return std::string(policy_name(info.param)); });
 
-// (Named ClusterHerd so `ctest -R Cluster` runs it.) No thundering herd under `exclusive`: with serial connections (each answered before the next)
-// EPOLLEXCLUSIVE wakes one worker per connection, so almost no wake-up finds the queue empty.
-// Under `none` every worker wakes (counted, not asserted). Behaviour, not timing: no sleeps.
+// (Named ClusterHerd so `ctest -R Cluster` runs it.) The herd mechanism, not its rate: under
+// `exclusive` every worker waits on the listener through its EPOLLEXCLUSIVE waiter thread (mode
+// "exclusive"), every connection is accepted exactly once, and a worker with --rotate N leaves
+// and rejoins the wait queue after exactly every N accepts. How many wake-ups find the queue
+// empty is NOT asserted: epoll(7) promises "one or more" waiters woken, and a waiter busy on its
+// loop thread lets the kernel wake the next one, so the count moves with machine load (it once
+// failed a "<= 10%" bound as 7 of 60). That rate is measured by the lab (herd.inside) and
+// recorded here as a test property only. Under `none` the workers poll the socket ("shared").
 struct HerdCase {
   Policy policy;
   int workers;
@@ -195,19 +200,18 @@ TEST_P(CppWorkerHerd, ExclusiveWakesOneWorkerPerConnection) {
     EXPECT_EQ(failures, 0);
     for (auto& [id, w] : primary->workers()) w->send("counters");
     ASSERT_TRUE(loop.run_until([&] { return static_cast<int>(counters.size()) == hc.workers; }));
-    uint64_t accepted = 0, empty = 0, rotations = 0;
+    uint64_t accepted = 0, empty = 0;
+    const std::string expected_mode = hc.policy == Policy::exclusive ? "exclusive" : "shared";
     for (auto& [id, c] : counters) {
-      accepted += c.value("accepted", uint64_t{0});
+      const uint64_t mine = c.value("accepted", uint64_t{0});
+      accepted += mine;
       empty += c.value("empty_wakeups", uint64_t{0});
-      rotations += c.value("rotations", uint64_t{0});
+      EXPECT_EQ(c.value("mode", std::string()), expected_mode) << "worker " << id;
+      // Rotation is counted per accept, not per wake-up: exactly floor(accepted / N) rejoins.
+      const uint64_t rotations_expected = hc.rotate > 0 ? mine / static_cast<uint64_t>(hc.rotate) : 0;
+      EXPECT_EQ(c.value("rotations", uint64_t{0}), rotations_expected) << "worker " << id;
     }
     EXPECT_EQ(accepted, static_cast<uint64_t>(kRequests));
-    if (hc.policy == Policy::exclusive) {
-      EXPECT_LE(empty, static_cast<uint64_t>(kRequests / 10)) << "herd: empty wake-ups under exclusive";
-      if (hc.rotate > 0) {
-        EXPECT_GE(rotations, static_cast<uint64_t>(kRequests / hc.rotate / 2));
-      }
-    }
     RecordProperty("empty_wakeups", static_cast<int>(empty));
     bool disconnected = false;
     primary->disconnect([&] { disconnected = true; });

@@ -11,6 +11,8 @@ what we track).
 Results: results/micro.json; then the cluster RR handoff benchmark (results/cluster.json); then
 scripts/lab/driver.py runs the strategy lab (results/latest.json, results/REPORT.md); then the
 fault lab, scripts/chaos/chaos.py (results/chaos/latest.json, results/CHAOS.md).
+Every run appends its tracked metrics to results/history.jsonl (scripts/history.py).
+All results files are strict JSON (scripts/strict_json.py, schemas in results/schema/).
 """
 import argparse
 import json
@@ -22,6 +24,9 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "scripts"))
+import history  # noqa: E402
+import strict_json  # noqa: E402
 PROFILES = {  # Google Benchmark min time (s), Node twin seconds, RR handoff wrk seconds
     "quick": (0.2, 0.3, 2),
     "default": (0.5, 1.0, 3),
@@ -154,18 +159,22 @@ def main():
                   "kernel": platform.release(), "cores": os.cpu_count(),
                   "node": subprocess.run(["/usr/bin/node", "--version"], capture_output=True, text=True).stdout.strip(),
                   "benchmarks": rows}
-        with open(os.path.join(ROOT, "results", "micro.json"), "w") as f:
-            json.dump(record, f, indent=1)
+        strict_json.write(os.path.join(ROOT, "results", "micro.json"), record)
         print("wrote results/micro.json")
     if not args.skip_micro:
         # Cluster RR handoff: C++/Node primaries and workers under a Connection: close load.
         print("\ncluster RR handoff (bench/bench_cluster.py) ...", flush=True)
         status |= subprocess.call([sys.executable, os.path.join(ROOT, "bench", "bench_cluster.py"),
                                    "--build", build, "--duration", str(PROFILES[args.profile][2]),
+                                   "--profile", args.profile,
                                    "--json", os.path.join(ROOT, "results", "cluster.json")])
     driver = os.path.join(ROOT, "scripts", "lab", "driver.py")
     if not args.skip_lab and os.path.exists(driver):
         status |= subprocess.call([sys.executable, driver, "--build", build, "--profile", args.profile])
+    ran_lab = not args.skip_lab and os.path.exists(driver)
+    history.append(history.from_bench(os.path.join(ROOT, "results"), args.profile,
+                                      micro=not args.skip_micro, lab=ran_lab))
+    print("appended the tracked metrics to results/history.jsonl (scripts/history.py plots them)")
     # Fault lab (scripts/chaos/, `make chaos`): results/chaos/latest.json, results/CHAOS.md and
     # a section linking it at the end of results/REPORT.md.
     chaos = os.path.join(ROOT, "scripts", "chaos", "chaos.py")

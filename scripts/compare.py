@@ -1,6 +1,11 @@
 #!/usr/bin/python3
-"""Compares results/latest.json (lab records) against results/baseline.json with tolerances.
+"""Compares results/latest.json (lab records) against the baseline of the same profile with
+tolerances: results/baseline.json for the default profile, results/baseline-<profile>.json for
+the others. A run and a baseline of different profiles are not compared: one line says so and
+the exit status is 2 (a quick run is not a regression of a default one).
 Exit 1 when something regressed, 0 otherwise (also when there is no baseline: nothing to compare).
+This is a single-run sanity check with wide tolerances; statistically sound A/B comparison is
+`make bench-compare` (scripts/bench_compare.py).
 Throughput and CPU are compared as same-run ratios to node-rr (absolute numbers drift on a
 shared 2-core machine); counts (fds per connection, herd, fairness) directly.
 
@@ -44,6 +49,22 @@ def ref_ratio(idx, r, path):
     return None if v is None or not rv else v / rv
 
 
+def baseline_path(results_dir, profile):
+    """The baseline a run of `profile` is compared with."""
+    name = "baseline.json" if profile == "default" else f"baseline-{profile}.json"
+    return os.path.join(results_dir, name)
+
+
+def profile_mismatch(latest, baseline):
+    """One line explaining why these two runs are not comparable, or None."""
+    lp, bp = latest.get("profile"), baseline.get("profile")
+    if lp == bp:
+        return None
+    return (f"compare: refused: the run is profile {lp!r} but the baseline is profile {bp!r}; "
+            f"compare runs of one profile (make bench PROFILE={bp}, or record a {lp!r} baseline "
+            f"with scripts/compare.py --update-baseline)")
+
+
 def compare(latest, baseline):
     """Returns a list of regression messages (empty = fine)."""
     li = {key(r): r for r in latest["records"] if report.ok(r)}
@@ -75,17 +96,26 @@ def main(argv=None):
     root = os.path.dirname(HERE)
     ap = argparse.ArgumentParser(description="lab regression check")
     ap.add_argument("--latest", default=os.path.join(root, "results", "latest.json"))
-    ap.add_argument("--baseline", default=os.path.join(root, "results", "baseline.json"))
-    ap.add_argument("--update-baseline", action="store_true")
+    ap.add_argument("--baseline", help="default: the baseline of the latest run's profile")
+    ap.add_argument("--update-baseline", action="store_true",
+                    help="copy --latest to the baseline of its profile")
     a = ap.parse_args(argv)
+    latest = json.load(open(a.latest))
+    baseline = a.baseline or baseline_path(os.path.dirname(os.path.abspath(a.latest)),
+                                           latest.get("profile", "default"))
     if a.update_baseline:
-        shutil.copyfile(a.latest, a.baseline)
-        print(f"compare: baseline updated from {a.latest}")
+        shutil.copyfile(a.latest, baseline)
+        print(f"compare: baseline updated from {a.latest} ({baseline})")
         return 0
-    if not os.path.exists(a.baseline):
-        print(f"compare: no baseline at {a.baseline}; nothing to compare")
+    if not os.path.exists(baseline):
+        print(f"compare: no baseline at {baseline}; nothing to compare")
         return 0
-    problems = compare(json.load(open(a.latest)), json.load(open(a.baseline)))
+    base = json.load(open(baseline))
+    refused = profile_mismatch(latest, base)
+    if refused:
+        print(refused)
+        return 2
+    problems = compare(latest, base)
     for p in problems:
         print(f"REGRESSION {p}")
     print(f"compare: {len(problems)} regression(s)")

@@ -6,7 +6,7 @@ packages=(
   build-essential cmake pkg-config ccache
   libuv1-dev nlohmann-json3-dev libgtest-dev libgmock-dev libbenchmark-dev libhttp-parser-dev
   nodejs wrk nginx-light strace
-  python3-pytest python3-matplotlib
+  python3-pytest python3-matplotlib python3-numpy python3-scipy python3-jsonschema
   clang libclang-rt-14-dev
 )
 missing=()

@@ -98,6 +98,7 @@ int main(int argc, char** argv) {
       lim.rlim_cur = static_cast<rlim_t>(nofile);
       ::setrlimit(RLIMIT_NOFILE, &lim);
     }
+    std::string listen_mode;  // "rr" | "shared" | "exclusive": which accept path the library chose
     std::string body = "worker " + std::to_string(worker.id()) + " " + std::to_string(::getpid()) + "\n";
     response = "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nConnection: close\r\nContent-Length: " +
                std::to_string(body.size()) + "\r\n\r\n" + body;
@@ -108,7 +109,9 @@ int main(int argc, char** argv) {
             std::fprintf(stderr, "worker %d: %s\n", worker.id(), r.error().code.c_str());
             rc = 3;
             worker.destroy();
+            return;
           }
+          listen_mode = r->mode;
         },
         [&](Fd conn) {
           auto c = std::make_unique<Conn>();
@@ -137,7 +140,7 @@ int main(int argc, char** argv) {
                                    {"empty_wakeups", k.empty_wakeups}, {"rotations", k.rotations},
                                    {"wakeups", k.wakeups}, {"pauses", k.pauses}, {"resumes", k.resumes},
                                    {"refused", k.refused}, {"open_connections", conns.size()},
-                                   {"accept_errors", errors}}}});
+                                   {"accept_errors", errors}, {"mode", listen_mode}}}});
       }
     });
     uv_run(&loop, UV_RUN_DEFAULT);

@@ -340,10 +340,9 @@ def main(argv=None):
     # still stops every process this cell started.
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     rec = run_cell(a)
-    if a.json:
-        print(json.dumps(rec))
-    else:
-        print(json.dumps(rec, indent=2))
+    sys.path.insert(0, os.path.join(SRC, "scripts"))
+    import strict_json  # scripts/strict_json.py: non-finite -> null + reason, allow_nan=False
+    print(strict_json.dumps(rec) if a.json else strict_json.dumps(rec, indent=2))
     return 1 if rec.get("error") or rec.get("processes", {}).get("orphans") else 0
 
 

@@ -136,9 +136,9 @@ def run_matrix(build, profile, out_dir, log=sys.stderr):
            "wall_s": time.monotonic() - t0, "env": env, "records": records}
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, "latest.json")
-    with open(path + ".tmp", "w") as f:
-        json.dump(doc, f, indent=1)
-    os.replace(path + ".tmp", path)
+    sys.path.insert(0, os.path.dirname(HERE))
+    import strict_json  # scripts/strict_json.py: non-finite -> null + reason, allow_nan=False
+    strict_json.write(path, doc)
     return doc
 
 
@@ -163,12 +163,14 @@ def main(argv=None):
     print(summary)
     print(f"lab: {len(doc['records'])} records in {fmt_s(doc['wall_s'])}; "
           f"{os.path.join(a.out, 'REPORT.md')}")
-    baseline = os.path.join(a.out, "baseline.json")
-    if os.path.exists(baseline):  # informative here; scripts/compare.py is the CI gate
-        sys.path.insert(0, os.path.dirname(HERE))
-        import compare
-        problems = compare.compare(doc, json.load(open(baseline)))
-        print(f"lab: vs baseline: {len(problems)} regression(s)" +
+    sys.path.insert(0, os.path.dirname(HERE))
+    import compare
+    baseline = compare.baseline_path(a.out, a.profile)
+    if os.path.exists(baseline):  # informative only; make bench-ci is the statistical gate
+        base = json.load(open(baseline))
+        refused = compare.profile_mismatch(doc, base)
+        problems = [] if refused else compare.compare(doc, base)
+        print(refused or f"lab: vs baseline: {len(problems)} regression(s)" +
               "".join(f"\n  {p}" for p in problems[:20]))
     orphans = [r for r in doc["records"] if r.get("processes", {}).get("orphans")]
     if orphans:

@@ -15,7 +15,8 @@ def jain(xs):
 
 
 def max_min(xs):
-    """Largest over smallest share; inf when some worker got nothing while another got some."""
+    """Largest over smallest share; inf when some worker got nothing while another got some
+    (fairness() writes that as null with a reason: results are strict JSON)."""
     if not xs or max(xs) == 0:
         return None
     lo = min(xs)
@@ -28,7 +29,12 @@ def top_share(xs):
 
 
 def fairness(xs):
-    return {"per_worker": list(xs), "jain": jain(xs), "max_min": max_min(xs), "top_share": top_share(xs)}
+    mm = max_min(xs)
+    out = {"per_worker": list(xs), "jain": jain(xs), "max_min": mm, "top_share": top_share(xs)}
+    if mm is not None and math.isinf(mm):
+        out["max_min"] = None
+        out["max_min_reason"] = "a worker served nothing while another served some (unbounded)"
+    return out
 
 
 def percentile(values, q):
