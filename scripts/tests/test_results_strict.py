@@ -23,6 +23,8 @@ def schema_for(path):
     name = os.path.basename(rel)
     if rel.startswith("schema" + os.sep):
         return None
+    if rel.startswith("chaos" + os.sep):
+        return "chaos"
     if rel.startswith("compare" + os.sep):
         return "compare"
     if name == "history.jsonl":
