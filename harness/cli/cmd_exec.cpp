@@ -69,11 +69,7 @@ bool parse_count(const char* s, int64_t* out) {
 // Returns an error message, or "" when the arguments are good.
 std::string parse(int argc, char** argv, ExecArgs& a) {
   int i = 1;
-  auto value = [&](const char* flag) -> const char* {
-    if (i + 1 >= argc) return nullptr;
-    (void)flag;
-    return argv[++i];
-  };
+  auto value = [&]() -> const char* { return i + 1 < argc ? argv[++i] : nullptr; };
   for (; i < argc; ++i) {
     std::string f = argv[i];
     const char* v = nullptr;
@@ -81,28 +77,28 @@ std::string parse(int argc, char** argv, ExecArgs& a) {
     if (f == "--shell") a.shell = true;
     else if (f == "--sync") a.sync = true;
     else if (f == "--max-buffer") {
-      if (!(v = value("--max-buffer"))) return "--max-buffer needs a value";
+      if (!(v = value())) return "--max-buffer needs a value";
       int64_t n;
       if (!std::strcmp(v, "Infinity")) a.options.max_buffer = kUnlimited;
       else if (parse_count(v, &n)) a.options.max_buffer = static_cast<size_t>(n);
       else return std::string("--max-buffer must be a non-negative integer or Infinity, got '") + v + "'";
     } else if (f == "--timeout") {
-      if (!(v = value("--timeout"))) return "--timeout needs a value";
+      if (!(v = value())) return "--timeout needs a value";
       if (!parse_count(v, &a.options.timeout_ms)) return std::string("--timeout must be a non-negative integer, got '") + v + "'";
     } else if (f == "--kill-signal") {
-      if (!(v = value("--kill-signal"))) return "--kill-signal needs a value";
+      if (!(v = value())) return "--kill-signal needs a value";
       if (!signal_number(v)) return std::string("unknown signal '") + v + "'";
       a.options.kill_signal = v;
     } else if (f == "--encoding") {
-      if (!(v = value("--encoding"))) return "--encoding needs a value";
+      if (!(v = value())) return "--encoding needs a value";
       if (!std::strcmp(v, "utf8")) a.options.encoding = Encoding::utf8;
       else if (!std::strcmp(v, "buffer")) a.options.encoding = Encoding::buffer;
       else return std::string("--encoding must be utf8 or buffer, got '") + v + "'";
     } else if (f == "--cwd") {
-      if (!(v = value("--cwd"))) return "--cwd needs a value";
+      if (!(v = value())) return "--cwd needs a value";
       a.options.cwd = v;
     } else if (f == "--env") {
-      if (!(v = value("--env"))) return "--env needs K=V";
+      if (!(v = value())) return "--env needs K=V";
       const char* eq = std::strchr(v, '=');
       if (!eq || eq == v) return std::string("--env needs K=V, got '") + v + "'";
       if (!a.options.env) a.options.env = Env{};

@@ -32,7 +32,9 @@ import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "lab"))
 import analysis  # noqa: E402
+from procfs import fd_count  # noqa: E402  (shared with the strategy lab)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 HERE = os.path.join(ROOT, "scripts", "chaos")
@@ -94,13 +96,6 @@ def descendants(root):
             found[p] = table[p]
         frontier = nxt
     return found
-
-
-def fd_count(pid):
-    try:
-        return len(os.listdir(f"/proc/{pid}/fd"))
-    except OSError:
-        return None
 
 
 def rss_kb(pid):
