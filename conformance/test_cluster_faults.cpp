@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
+#include <signal.h>
 
 #include <atomic>
 #include <map>
@@ -276,4 +277,46 @@ TEST(ClusterFaults, NodeWorkersAtMaxConnectionsRefuseAndTheClusterKeepsServing) 
   bool done = false;
   primary->disconnect([&] { done = true; });
   ASSERT_TRUE(loop.run_until([&] { return done && exited == 2; }));
+}
+
+// Issue 8 defect 7: under reuseport each worker has its own accept queue; when a worker dies the
+// connections queued on its socket were reset. With net.ipv4.tcp_migrate_req on (the primary
+// turns it on: reuseport_migrate_queues), the kernel moves them to the other worker's socket.
+// A stopped worker holds some of 40 requests in its queue (the hash spreads them), then dies:
+// every request is still answered.
+TEST(ClusterFaults, ReusePortKilledWorkersQueuedConnectionsAreServedByTheOthers) {
+  uvc_test::warm_up_libuv();
+  if (!enable_reuseport_migration().ok()) GTEST_SKIP() << "net.ipv4.tcp_migrate_req cannot be turned on here";
+  uvc_test::TestLoop loop;
+  Cluster c(loop, cpp_workers(Policy::reuseport, {"0", "127.0.0.1"}));
+  ASSERT_TRUE(c.primary->fork().ok());
+  ASSERT_TRUE(c.primary->fork().ok());
+  ASSERT_TRUE(loop.run_until([&] { return c.listening == 2; }));
+  auto victim = c.primary->workers().begin()->second;
+  ASSERT_TRUE(victim->pid());
+  int pid = *victim->pid();
+  ASSERT_EQ(::kill(pid, SIGSTOP), 0);
+  const std::string request = "GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+  std::vector<Fd> clients;
+  for (int i = 0; i < 40; ++i) {
+    clients.push_back(connect_loopback(c.port));
+    ASSERT_TRUE(clients.back());
+    ASSERT_EQ(::send(clients.back().get(), request.data(), request.size(), MSG_NOSIGNAL),
+              static_cast<ssize_t>(request.size()));
+  }
+  ASSERT_EQ(::kill(pid, SIGKILL), 0);
+  ASSERT_TRUE(loop.run_until([&] { return c.exited == 1; }));
+  int answered = 0;
+  ASSERT_TRUE(uvc_test::run_client(loop, [&] {
+    for (auto& fd : clients) {
+      timeval tv{30, 0};
+      ::setsockopt(fd.get(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+      std::string got;
+      char buf[512];
+      for (ssize_t n; (n = ::recv(fd.get(), buf, sizeof buf, 0)) > 0;) got.append(buf, static_cast<size_t>(n));
+      answered += got.rfind("HTTP/1.1 200", 0) == 0;
+    }
+  }));
+  EXPECT_EQ(answered, 40);
+  ASSERT_TRUE(c.stop());
 }

@@ -34,7 +34,9 @@ options:
   --policy P              rr | none | reuseport | exclusive (default: $NODE_CLUSTER_SCHED_POLICY or rr)
                             rr         primary accepts, hands each connection to an idle worker
                             none       every worker accepts on one shared socket (Node's SCHED_NONE)
-                            reuseport  one SO_REUSEPORT socket per worker (kernel balancing)
+                            reuseport  one SO_REUSEPORT socket per worker (kernel balancing);
+                                       as root it turns on net.ipv4.tcp_migrate_req so a dying
+                                       worker's queued connections move to the others
                             exclusive  shared socket, C++ workers wait with EPOLLEXCLUSIVE
                                        (Node workers behave as with none)
   --restart on-crash|never  restart workers that exit without being asked to (default on-crash;

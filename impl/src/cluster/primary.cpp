@@ -370,6 +370,7 @@ Result<ServerHandle*> Primary::handle_for(const ServerQuery& q) {
   ctx.loop = loop_;
   ctx.policy = policy_;
   ctx.handoff_timeout_ms = settings_.handoff_timeout_ms;
+  ctx.reuseport_migrate_queues = settings_.reuseport_migrate_queues;
   uint64_t serial = ++handle_serial_;
   ctx.newconn = [this, key = q.key, serial](int worker) { return newconn_sender(worker, key, serial); };
   for (const HandleKind& kind : handle_kinds()) {

@@ -15,7 +15,9 @@ ReusePortHandle::ReusePortHandle(const BindSpec& spec) : spec_(spec) {
   }
 }
 
-Result<std::unique_ptr<ServerHandle>> ReusePortHandle::open_for(const ServerHandleContext&, const ServerQuery& q) {
+Result<std::unique_ptr<ServerHandle>> ReusePortHandle::open_for(const ServerHandleContext& ctx, const ServerQuery& q) {
+  // Best effort: without it (not root, old kernel) a killed worker's queue is lost, as before.
+  if (ctx.reuseport_migrate_queues) (void)enable_reuseport_migration();
   auto h = std::make_unique<ReusePortHandle>(q.spec);
   if (h->errnum() != 0) return Error::from_uv(h->errnum(), "bind");
   return std::unique_ptr<ServerHandle>(std::move(h));

@@ -106,6 +106,22 @@ void make_nonblocking_cloexec(int fd) {
   ::fcntl(fd, F_SETFD, FD_CLOEXEC);
 }
 
+Status enable_reuseport_migration() {
+  constexpr const char* kSysctl = "/proc/sys/net/ipv4/tcp_migrate_req";
+  Fd fd(::open(kSysctl, O_RDWR | O_CLOEXEC));
+  if (!fd) {
+    int err = errno;
+    Fd ro(::open(kSysctl, O_RDONLY | O_CLOEXEC));  // not ours to change, but maybe already on
+    char c = 0;
+    if (ro && ::pread(ro.get(), &c, 1, 0) == 1 && c == '1') return Ok{};
+    return Error::from_uv(-err, "open", kSysctl);
+  }
+  char c = 0;
+  if (::pread(fd.get(), &c, 1, 0) == 1 && c == '1') return Ok{};
+  if (::pwrite(fd.get(), "1\n", 2, 0) != 2) return Error::from_uv(-errno, "write", kSysctl);
+  return Ok{};
+}
+
 void raise_nofile_limit() {
   rlimit lim{};
   if (::getrlimit(RLIMIT_NOFILE, &lim) == 0 && lim.rlim_cur < lim.rlim_max) {

@@ -74,6 +74,10 @@ struct PrimarySettings {
   bool workers_die_with_primary = true;
   // rr: a hand-off without an answer for this long ends (see the fault list above).
   uint64_t handoff_timeout_ms = 10000;
+  // reuseport: turn on net.ipv4.tcp_migrate_req (sockets.hpp) so a dying worker's queued
+  // connections move to the other workers instead of being reset. It is a setting of the whole
+  // network namespace and needs root; without it a killed worker's queue is lost.
+  bool reuseport_migrate_queues = true;
 };
 
 // Counters over the primary's life (rr hand-offs and the primary's own accepts).

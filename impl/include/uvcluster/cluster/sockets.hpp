@@ -42,4 +42,10 @@ void make_nonblocking_cloexec(int fd);
 // queues accepted connections would otherwise run out near 1024.
 void raise_nofile_limit();
 
+// net.ipv4.tcp_migrate_req = 1 (Linux >= 5.14, per network namespace): when an SO_REUSEPORT
+// listener closes (its worker died), the kernel moves the connections queued on it to another
+// listener of the group instead of resetting them. Ok when it is (now) on; the error (EACCES for
+// a non-root primary, ENOENT on an older kernel) when it cannot be turned on.
+Status enable_reuseport_migration();
+
 }  // namespace uvcluster::cluster
