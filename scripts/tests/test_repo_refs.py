@@ -4,7 +4,8 @@ import os
 import subprocess
 
 SRC = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-OUTSIDE = ("node-protocol.md", "perf-anchors", "../shared/", "shared/reference/")
+# Spelled in pieces so that this file does not itself name the notes it forbids.
+OUTSIDE = ("node-" + "protocol.md", "perf-" + "anchors", "../" + "shared/", "shared/" + "reference/")
 
 
 def test_no_reference_to_files_outside_the_repository():
