@@ -135,7 +135,7 @@ int main(int argc, char** argv) {
       if (m == "counters") {  // the herd test reads them while the worker is still alive
         auto& k = worker.counters();
         nlohmann::json errors = nlohmann::json::object();
-        for (auto& [err, n] : k.accept_errors) errors[std::to_string(err)] = n;
+        for (auto& [err, n] : k.errors) errors[std::to_string(err)] = n;
         worker.send({{"counters", {{"accepted", k.accepted}, {"accept_eagain", k.accept_eagain},
                                    {"empty_wakeups", k.empty_wakeups}, {"rotations", k.rotations},
                                    {"wakeups", k.wakeups}, {"pauses", k.pauses}, {"resumes", k.resumes},

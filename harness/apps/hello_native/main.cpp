@@ -230,15 +230,9 @@ struct App {
 
   void publish(const std::string& error = "") {
     ++stats.seq;
-    if (worker) {  // the cluster library accepts for us and counts the herd
-      const auto& k = worker->counters();
-      stats.accept_eagain = k.accept_eagain;
-      stats.accept_calls = k.accept_calls;
-      stats.wakeups = k.wakeups;
-      stats.accept_errors = 0;
-      for (auto& [err, n] : k.accept_errors) stats.accept_errors += n;
-    } else if (acceptor) {
-      const auto& k = acceptor->counters();
+    // Under the cluster library its worker accepts for us and counts the herd; else our acceptor.
+    if (worker || acceptor) {
+      const uvcluster::cluster::AcceptorCounters& k = worker ? worker->counters() : acceptor->counters();
       stats.accept_eagain = k.accept_eagain;
       stats.accept_calls = k.accept_calls;
       stats.wakeups = k.wakeups;

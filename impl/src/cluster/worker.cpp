@@ -96,15 +96,8 @@ struct Worker::Impl : std::enable_shared_from_this<Impl> {
     for (auto& [id, s] : servers)
       if (s->acceptor) sum += s->acceptor->counters();
     // rr connections are counted as they arrive; shared ones come from the acceptors.
-    counters.accepted = rr_accepted + sum.accepted;
-    counters.accept_eagain = sum.accept_eagain;
-    counters.empty_wakeups = sum.empty_wakeups;
-    counters.rotations = sum.rotations;
-    counters.wakeups = sum.wakeups;
-    counters.accept_calls = sum.accept_calls;
-    counters.pauses = sum.pauses;
-    counters.resumes = sum.resumes;
-    counters.accept_errors = sum.errors;
+    static_cast<AcceptorCounters&>(counters) = sum;
+    counters.accepted += rr_accepted;
     return counters;
   }
 

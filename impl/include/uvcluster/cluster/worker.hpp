@@ -56,20 +56,10 @@ struct ListenAddress {
   std::string mode;  // "rr" | "shared" | "exclusive"
 };
 
-struct WorkerCounters {
-  uint64_t accepted = 0;       // connections delivered to on_connection
-  // accept() calls on a shared socket that failed with EAGAIN — what perf's
-  // `syscalls:sys_exit_accept4 --filter 'ret == -11'` counts. Under `drain` every batch ends in one.
-  uint64_t accept_eagain = 0;
-  uint64_t empty_wakeups = 0;  // wake-ups whose first accept got EAGAIN: the herd's lower bound
-  uint64_t refused = 0;        // rr newconn answered accepted:false
-  uint64_t rotations = 0;      // exclusive_rotate re-registrations
-  // Shared sockets, summed over this worker's servers (see AcceptorCounters).
-  uint64_t wakeups = 0;
-  uint64_t accept_calls = 0;
-  uint64_t pauses = 0;   // out of fds: the socket was left unwatched for a while
-  uint64_t resumes = 0;
-  std::map<int, uint64_t> accept_errors;  // failed accepts by errno (EMFILE = 24)
+// The accept counters of this worker's shared sockets, summed over its servers (AcceptorCounters:
+// `errors` = failed accepts by errno, EMFILE = 24), plus rr hand-offs: `accepted` counts both.
+struct WorkerCounters : AcceptorCounters {
+  uint64_t refused = 0;  // rr newconn answered accepted:false
 };
 
 class Worker {
