@@ -52,7 +52,7 @@ void attach(Primary& p, Trace& t) {
   });
   p.on_disconnect([&](WorkerHandle& w) {
     t.events[w.id()].push_back("disconnect");
-    t.state_at_disconnect[w.id()] = WorkerHandle::state_name(w.state());
+    t.state_at_disconnect[w.id()] = to_string(w.state());
   });
   p.on_exit([&](WorkerHandle& w, const ExitStatus&) {
     t.events[w.id()].push_back("exit");

@@ -11,6 +11,7 @@
 #include "uvcluster/cluster/round_robin_handle.hpp"
 #include "uvcluster/cluster/reuseport_handle.hpp"
 #include "uvcluster/cluster/shared_handle.hpp"
+#include "uvcluster/cluster/worker.hpp"
 
 using namespace uvcluster;
 using namespace uvcluster::cluster;
@@ -60,6 +61,25 @@ TEST(ClusterProtocol, PolicyNames) {
   EXPECT_EQ(parse_policy("reuseport"), Policy::reuseport);
   EXPECT_EQ(parse_policy("exclusive"), Policy::exclusive);
   EXPECT_FALSE(parse_policy("RR"));
+}
+
+// The states and listen modes are enums; their spellings are what Node (and the CLI's and the
+// lab's JSON) print, so every enumerator is pinned here.
+TEST(ClusterProtocol, StateAndModeNamesAreNodes) {
+  using PS = WorkerHandle::State;
+  EXPECT_STREQ(to_string(PS::none), "none");
+  EXPECT_STREQ(to_string(PS::online), "online");
+  EXPECT_STREQ(to_string(PS::listening), "listening");
+  EXPECT_STREQ(to_string(PS::disconnected), "disconnected");
+  EXPECT_STREQ(to_string(PS::dead), "dead");
+  using WS = Worker::State;
+  EXPECT_STREQ(to_string(WS::online), "online");
+  EXPECT_STREQ(to_string(WS::listening), "listening");
+  EXPECT_STREQ(to_string(WS::disconnecting), "disconnecting");
+  EXPECT_STREQ(to_string(WS::destroying), "destroying");
+  EXPECT_STREQ(to_string(ListenMode::rr), "rr");
+  EXPECT_STREQ(to_string(ListenMode::shared), "shared");
+  EXPECT_STREQ(to_string(ListenMode::exclusive), "exclusive");
 }
 
 namespace {

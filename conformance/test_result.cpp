@@ -6,8 +6,11 @@
 #include <memory>
 #include <string>
 
+#include "uvcluster/cluster/acceptor.hpp"
 #include "uvcluster/cluster/exclusive_waiter.hpp"
 #include "uvcluster/cluster/primary.hpp"
+#include "uvcluster/cluster/supervisor.hpp"
+#include "uvcluster/cluster/watchdog.hpp"
 #include "uvcluster/error.hpp"
 #include "uvcluster/process.hpp"
 #include "uvcluster/sync.hpp"
@@ -89,5 +92,17 @@ static_assert(!brace_key_constructible<uvcluster::cluster::Primary, uv_loop_t*,
                                        uvcluster::cluster::PrimarySettings>);
 static_assert(!brace_key_constructible<uvcluster::cluster::ExclusiveWaiter, uv_loop_t*, int,
                                        std::function<void()>>);
+static_assert(!brace_key_constructible<uvcluster::cluster::Acceptor, uv_loop_t*, int,
+                                       uvcluster::cluster::AcceptorOptions,
+                                       uvcluster::cluster::Acceptor::OnConnection>);
+static_assert(!brace_key_constructible<uvcluster::cluster::Supervisor, uv_loop_t*,
+                                       uvcluster::cluster::SupervisorOptions>);
+static_assert(!brace_key_constructible<uvcluster::cluster::Watchdog, uv_loop_t*, std::string>);
+// ...and the concept does see a constructor whose first parameter `{}` can build.
+struct OpenKeyed {
+  struct Key {};
+  OpenKeyed(Key, int) {}
+};
+static_assert(brace_key_constructible<OpenKeyed, int>);
 
 }  // namespace

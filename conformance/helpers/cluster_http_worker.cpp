@@ -111,7 +111,7 @@ int main(int argc, char** argv) {
             worker.destroy();
             return;
           }
-          listen_mode = r->mode;
+          listen_mode = cluster::to_string(r->mode);
         },
         [&](Fd conn) {
           auto c = std::make_unique<Conn>();

@@ -294,7 +294,7 @@ int serve_cluster_worker(int port, cl::AcceptPolicy policy, bool exclusive, App&
             worker.destroy();
             return;
           }
-          uvcluster::lab::mark_ready({{"pid", ::getpid()}, {"port", port}, {"mode", r.value().mode}});
+          uvcluster::lab::mark_ready({{"pid", ::getpid()}, {"port", port}, {"mode", cl::to_string(r.value().mode)}});
         },
         [&](Fd conn) { server.add(std::move(conn)); });
     worker.on_disconnect([&] { app.stop(); });

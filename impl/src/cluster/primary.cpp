@@ -43,7 +43,8 @@ nlohmann::json Address::to_json() const {
           {"port", port}};
 }
 
-const char* WorkerHandle::state_name(State s) {
+const char* to_string(WorkerHandle::State s) {
+  using State = WorkerHandle::State;
   switch (s) {
     case State::none: return "none";
     case State::online: return "online";

@@ -10,6 +10,25 @@ namespace uvcluster::cluster {
 bool is_worker() { return std::getenv("NODE_UNIQUE_ID") != nullptr; }
 bool is_primary() { return !is_worker(); }
 
+const char* to_string(ListenMode m) {
+  switch (m) {
+    case ListenMode::rr: return "rr";
+    case ListenMode::shared: return "shared";
+    case ListenMode::exclusive: return "exclusive";
+  }
+  return "rr";
+}
+
+const char* to_string(Worker::State s) {
+  switch (s) {
+    case Worker::State::online: return "online";
+    case Worker::State::listening: return "listening";
+    case Worker::State::disconnecting: return "disconnecting";
+    case Worker::State::destroying: return "destroying";
+  }
+  return "online";
+}
+
 namespace {
 
 struct Server {
@@ -29,7 +48,7 @@ struct Worker::Impl : std::enable_shared_from_this<Impl> {
   uv_loop_t* loop = nullptr;
   std::unique_ptr<ipc::Channel> channel;
   int id = 0;
-  std::string state = "online";
+  Worker::State state = Worker::State::online;
   bool exited_after_disconnect = false;
   bool exclusive_default = false;
   Messenger messenger;
@@ -163,7 +182,7 @@ Result<std::unique_ptr<Worker>> Worker::start(uv_loop_t* loop) {
 }
 
 int Worker::id() const { return impl_->id; }
-const std::string& Worker::state() const { return impl_->state; }
+Worker::State Worker::state() const { return impl_->state; }
 bool Worker::exited_after_disconnect() const { return impl_->exited_after_disconnect; }
 bool Worker::connected() const { return impl_->channel && impl_->channel->connected(); }
 const WorkerCounters& Worker::counters() const { return impl_->snapshot(); }
@@ -178,12 +197,13 @@ void Worker::close_server(int server_id) {
 }
 
 void Worker::disconnect() {
-  if (impl_->state != "disconnecting" && impl_->state != "destroying") impl_->state = "disconnecting";
+  if (impl_->state != State::disconnecting && impl_->state != State::destroying)
+    impl_->state = State::disconnecting;
   impl_->do_disconnect(false);
 }
 
 void Worker::destroy() {
-  impl_->state = "destroying";
+  impl_->state = State::destroying;
   impl_->do_disconnect(false);
 }
 
@@ -242,7 +262,7 @@ int Worker::listen(ListenOptions options, std::function<void(Result<ListenAddres
       la.address = name->address;
       la.port = name->port;
       bool exclusive = s.options.exclusive.value_or(i->exclusive_default);
-      la.mode = exclusive ? "exclusive" : "shared";
+      la.mode = exclusive ? ListenMode::exclusive : ListenMode::shared;
       AcceptorOptions ao;
       ao.policy = s.options.accept_policy;
       ao.wait = exclusive ? AcceptWait::exclusive : AcceptWait::poll;
@@ -263,7 +283,7 @@ int Worker::listen(ListenOptions options, std::function<void(Result<ListenAddres
         return fail(err.get<int>());
       }
       s.rr = true;
-      la.mode = "rr";
+      la.mode = ListenMode::rr;
       Json sn = reply.value("sockname", Json());
       if (sn.is_object()) {
         la.address = sn.value("address", std::string());
@@ -279,7 +299,7 @@ int Worker::listen(ListenOptions options, std::function<void(Result<ListenAddres
     listening["act"] = "listening";
     listening["port"] = la.port;
     i->send(listening);
-    i->state = "listening";
+    i->state = Worker::State::listening;
     on_listening(la);
   });
   if (!sent) {

@@ -114,8 +114,8 @@ class Watchdog;
 // The primary's view of one worker (Node's cluster Worker in the primary).
 class WorkerHandle {
  public:
+  // Node's worker.state in the primary (to_string spells it).
   enum class State { none, online, listening, disconnected, dead };
-  static const char* state_name(State s);
 
   int id() const { return id_; }
   ChildProcess* process() const { return process_.get(); }
@@ -163,6 +163,8 @@ class WorkerHandle {
   detail::Event<const ExitStatus&> exit_;
   detail::Event<const Error&> error_;
 };
+
+const char* to_string(WorkerHandle::State s);  // "none" | "online" | "listening" | "disconnected" | "dead"
 
 class Primary : public std::enable_shared_from_this<Primary> {
   struct Key {

@@ -48,12 +48,17 @@ struct ListenOptions {
   int exclusive_rotate = 0;
 };
 
+// How a server's connections reach this worker: handed over by the primary (rr), accepted here
+// on the shared socket (shared), or accepted here through an EPOLLEXCLUSIVE wait (exclusive).
+enum class ListenMode { rr, shared, exclusive };
+const char* to_string(ListenMode m);  // "rr" | "shared" | "exclusive"
+
 // What listen() reports: the address actually bound.
 struct ListenAddress {
   std::string address;
   int port = 0;
   int address_type = 4;
-  std::string mode;  // "rr" | "shared" | "exclusive"
+  ListenMode mode = ListenMode::rr;
 };
 
 // The accept counters of this worker's shared sockets, summed over its servers (AcceptorCounters:
@@ -71,9 +76,11 @@ class Worker {
   Worker(const Worker&) = delete;
   Worker& operator=(const Worker&) = delete;
 
+  // The worker's own state, as Node's cluster.worker.state spells it (to_string).
+  enum class State { online, listening, disconnecting, destroying };
+
   int id() const;
-  // State in the worker: "online", "listening", "disconnecting", "destroying".
-  const std::string& state() const;
+  State state() const;
   bool exited_after_disconnect() const;
   bool connected() const;
 
@@ -107,5 +114,7 @@ class Worker {
  private:
   std::shared_ptr<Impl> impl_;
 };
+
+const char* to_string(Worker::State s);  // "online" | "listening" | "disconnecting" | "destroying"
 
 }  // namespace uvcluster::cluster
