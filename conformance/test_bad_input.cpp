@@ -26,16 +26,16 @@ TEST(BadInput, ValidationErrorsAreReturnedNotThrown) {
     EXPECT_EQ(code_of(std::string("/bin/e\0cho", 10), {}), "ERR_INVALID_ARG_VALUE");
     EXPECT_EQ(code_of("/bin/echo", {std::string("a\0b", 3)}), "ERR_INVALID_ARG_VALUE");
     SpawnOptions neg;
-    neg.timeout_ms = -1;
+    neg.process.timeout_ms = -1;
     EXPECT_EQ(code_of("/bin/true", {}, neg), "ERR_OUT_OF_RANGE");
     SpawnOptions sig;
-    sig.kill_signal = "SIGNOPE";
+    sig.process.kill_signal = "SIGNOPE";
     EXPECT_EQ(code_of("/bin/true", {}, sig), "ERR_UNKNOWN_SIGNAL");
     SpawnOptions two_ipc;
     two_ipc.stdio = {Stdio::pipe(), Stdio::pipe(), Stdio::pipe(), Stdio::ipc(), Stdio::ipc()};
     EXPECT_EQ(code_of("/bin/true", {}, two_ipc), "ERR_IPC_ONE_PIPE");
     SpawnOptions env;
-    env.env = Env{{"K", std::string("v\0x", 3)}};
+    env.process.env = Env{{"K", std::string("v\0x", 3)}};
     EXPECT_EQ(code_of("/bin/true", {}, env), "ERR_INVALID_ARG_VALUE");
 
     ForkOptions no_ipc;
@@ -45,16 +45,21 @@ TEST(BadInput, ValidationErrorsAreReturnedNotThrown) {
     EXPECT_EQ(f.error().code, "ERR_CHILD_PROCESS_IPC_REQUIRED");
 
     ExecOptions eo;
-    eo.timeout_ms = -5;
+    eo.process.timeout_ms = -5;
     bool called = false;
     auto e = exec(loop, "true", eo, [&](ExecResult) { called = true; });
     ASSERT_FALSE(e.ok());
     EXPECT_EQ(e.error().code, "ERR_OUT_OF_RANGE");
     SpawnSyncOptions so;
-    so.kill_signal = "NOPE";
+    so.process.kill_signal = "NOPE";
     auto s = spawn_sync("/bin/true", {}, so);
     ASSERT_FALSE(s.ok());
     EXPECT_EQ(s.error().code, "ERR_UNKNOWN_SIGNAL");
+    SpawnSyncOptions sync_neg;  // Node's spawnSync validates its timeout too
+    sync_neg.process.timeout_ms = -1;
+    auto sn = spawn_sync("/bin/true", {}, sync_neg);
+    ASSERT_FALSE(sn.ok());
+    EXPECT_EQ(sn.error().code, "ERR_OUT_OF_RANGE");
     loop.run();
     EXPECT_FALSE(called) << "a rejected exec never calls back";
   }
@@ -65,7 +70,7 @@ TEST(BadInput, MissingCwdAndExecutableCallBackOnceWithEnoent) {
   TestLoop loop;
   int calls = 0;
   ExecOptions o;
-  o.cwd = "/no/such/dir";
+  o.process.cwd = "/no/such/dir";
   exec_file(loop, "/bin/true", {}, o, [&](ExecResult r) {
     ++calls;
     ASSERT_TRUE(r.error);

@@ -11,7 +11,7 @@ namespace {
 
 uvcluster::SpawnSyncResult run_sh(const std::string& script) {
   uvcluster::SpawnSyncOptions o;
-  o.timeout_ms = 60000;
+  o.process.timeout_ms = 60000;
   auto r = uvcluster::spawn_sync("/bin/sh", {"-c", script}, o).value();
   EXPECT_FALSE(r.error) << r.error->message;
   return r;

@@ -21,7 +21,7 @@ TEST(ClusterSharing, NaiveForkEachWorkerBindsSecondGetsEaddrinuse) {
   env["PATH"] = "/usr/bin:/bin";
   std::vector<Json> got;
   auto start = [&](int port) {
-    auto c = fork(loop, uvc_test::fixture("naive_bind_worker.js"), {std::to_string(port)}, {.env = env});
+    auto c = fork(loop, uvc_test::fixture("naive_bind_worker.js"), {std::to_string(port)}, {.process = {.env = env}});
     EXPECT_TRUE(c.ok());
     (*c)->channel()->on_message([&](const Json& m, ipc::ReceivedHandle*) { got.push_back(m); });
     return c.value();

@@ -61,7 +61,7 @@ TEST(Hygiene, ExecAndSyncLeaveNothingBehind) {
   }
   for (int i = 0; i < 50; ++i) {
     SpawnSyncOptions so;
-    so.timeout_ms = i % 10 == 0 ? 50 : 0;
+    so.process.timeout_ms = i % 10 == 0 ? 50 : 0;
     ASSERT_TRUE(spawn_sync(i % 10 == 0 ? "/bin/sleep" : "/bin/true", {i % 10 == 0 ? "5" : ""}, so).ok());
   }
   EXPECT_EQ(uvc_test::open_fds(), before);

@@ -97,7 +97,7 @@ struct PrimaryRun {
     std::random_device rd;
     marker = "UVC_ORPHAN_TEST=" + std::to_string(rd()) + std::to_string(rd());
     SpawnOptions so;
-    so.env = environment_plus("UVC_ORPHAN_TEST", marker.substr(marker.find('=') + 1));
+    so.process.env = environment_plus("UVC_ORPHAN_TEST", marker.substr(marker.find('=') + 1));
     auto c = spawn(loop, program, args, std::move(so));
     EXPECT_TRUE(c.ok());
     primary = c.value();
@@ -252,8 +252,8 @@ TEST(OrphansLibrary, PrimaryDefaultTakesItsWorkersAlongWhenKilled) {
 std::shared_ptr<ChildProcess> sleeper(uv_loop_t* loop, const std::string& token = {}) {
   SpawnOptions so;
   so.stdio = {Stdio::ignore(), Stdio::ignore(), Stdio::ignore()};
-  so.detached = true;
-  if (!token.empty()) so.env = environment_plus(cluster::Watchdog::kTokenVar, token);
+  so.process.detached = true;
+  if (!token.empty()) so.process.env = environment_plus(cluster::Watchdog::kTokenVar, token);
   return spawn(loop, "/bin/sleep", {"60"}, so).value();
 }
 
@@ -312,7 +312,7 @@ TEST(Watchdog, AWorkerStillBeforeItsExecIsWaitedFor) {
   auto wd = std::move(cluster::Watchdog::start().value());
   wd->spawning();
   SpawnOptions so;
-  so.detached = true;
+  so.process.detached = true;
   so.stdio = {Stdio::ignore(), Stdio::ignore(), Stdio::ignore()};
   std::string late_exec = "sleep 0.1; exec env " + std::string(cluster::Watchdog::kTokenVar) + "=" + wd->token() + " sleep 60";
   auto worker = spawn(loop, "/bin/sh", {"-c", late_exec}, so).value();
@@ -327,7 +327,7 @@ TEST(Watchdog, AReapedWorkersGroupIsKilledWhileItHasMembers) {
   Ticker poll(loop, 5);
   auto wd = std::move(cluster::Watchdog::start().value());
   SpawnOptions so;
-  so.detached = true;
+  so.process.detached = true;
   so.stdio = {Stdio::ignore(), Stdio::pipe(), Stdio::ignore()};
   wd->spawning();
   auto worker = spawn(loop, "/bin/sh", {"-c", "sleep 60 & echo $!"}, so).value();

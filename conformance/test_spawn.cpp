@@ -76,7 +76,7 @@ TEST(Spawn, MissingExecutableIsErrorWithNodeShapeAndNoSpawnEvent) {
 
 TEST(Spawn, MissingCwdIsAnErrorEvent) {
   SpawnOptions so;
-  so.cwd = "/no/such/dir";
+  so.process.cwd = "/no/such/dir";
   expect_same_as_node("missing_cwd", observe("/bin/true", {}, so));
 }
 
@@ -96,9 +96,9 @@ TEST(Spawn, ExitCodeAndBothStreams) {
 
 TEST(Spawn, TimeoutKillsWithKillSignal) {
   SpawnOptions so;
-  so.timeout_ms = 100;
+  so.process.timeout_ms = 100;
   expect_same_as_node("timeout", observe("/bin/sleep", {"10"}, so));
-  so.kill_signal = "SIGKILL";
+  so.process.kill_signal = "SIGKILL";
   expect_same_as_node("timeout_sigkill", observe("/bin/sleep", {"10"}, so));
 }
 
@@ -143,7 +143,7 @@ TEST(Spawn, KillReportsDeliveryAndUnknownSignal) {
 TEST(Spawn, ShellOptionJoinsWords) {
   TestLoop loop;
   SpawnOptions so;
-  so.shell = true;
+  so.process.shell = true;
   auto child = spawn(loop, "echo", {"$((6*7))", "'a  b'"}, so).value();
   EXPECT_EQ(child->spawnfile(), "/bin/sh");
   EXPECT_EQ(child->spawnargs(), (std::vector<std::string>{"/bin/sh", "-c", "echo $((6*7)) 'a  b'"}));
@@ -160,8 +160,8 @@ TEST(Spawn, EnvArgv0AndInheritedFdSlot) {
   int p[2];
   ASSERT_EQ(pipe2(p, O_CLOEXEC), 0);
   SpawnOptions so;
-  so.env = Env{{"ONLY", "this"}};
-  so.argv0 = "custom-name";
+  so.process.env = Env{{"ONLY", "this"}};
+  so.process.argv0 = "custom-name";
   so.stdio = {Stdio::ignore(), Stdio::from_fd(p[1]), Stdio::inherit()};
   auto child = spawn(loop, "/bin/sh", {"-c", "echo \"$0 $ONLY $(env | wc -l)\""}, so).value();
   EXPECT_EQ(child->stdout_pipe(), nullptr);

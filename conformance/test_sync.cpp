@@ -52,8 +52,8 @@ TEST(SpawnSync, NeverStartedHasNullOutputAndSpawnSyncError) {
 
 TEST(SpawnSync, TimeoutIsEtimedoutAfterTheChildReallyExited) {
   SpawnSyncOptions so;
-  so.timeout_ms = 100;
-  so.kill_signal = "SIGKILL";
+  so.process.timeout_ms = 100;
+  so.process.kill_signal = "SIGKILL";
   auto r = spawn_sync("/bin/sleep", {"10"}, so);
   ASSERT_TRUE(r.ok());
   ASSERT_TRUE(r->error.has_value());

@@ -84,11 +84,11 @@ std::string parse(int argc, char** argv, ExecArgs& a) {
       else return std::string("--max-buffer must be a non-negative integer or Infinity, got '") + v + "'";
     } else if (f == "--timeout") {
       if (!(v = value())) return "--timeout needs a value";
-      if (!parse_count(v, &a.options.timeout_ms)) return std::string("--timeout must be a non-negative integer, got '") + v + "'";
+      if (!parse_count(v, &a.options.process.timeout_ms)) return std::string("--timeout must be a non-negative integer, got '") + v + "'";
     } else if (f == "--kill-signal") {
       if (!(v = value())) return "--kill-signal needs a value";
       if (!signal_number(v)) return std::string("unknown signal '") + v + "'";
-      a.options.kill_signal = v;
+      a.options.process.kill_signal = v;
     } else if (f == "--encoding") {
       if (!(v = value())) return "--encoding needs a value";
       if (!std::strcmp(v, "utf8")) a.options.encoding = Encoding::utf8;
@@ -96,13 +96,13 @@ std::string parse(int argc, char** argv, ExecArgs& a) {
       else return std::string("--encoding must be utf8 or buffer, got '") + v + "'";
     } else if (f == "--cwd") {
       if (!(v = value())) return "--cwd needs a value";
-      a.options.cwd = v;
+      a.options.process.cwd = v;
     } else if (f == "--env") {
       if (!(v = value())) return "--env needs K=V";
       const char* eq = std::strchr(v, '=');
       if (!eq || eq == v) return std::string("--env needs K=V, got '") + v + "'";
-      if (!a.options.env) a.options.env = Env{};
-      (*a.options.env)[std::string(v, eq)] = eq + 1;
+      if (!a.options.process.env) a.options.process.env = Env{};
+      (*a.options.process.env)[std::string(v, eq)] = eq + 1;
     } else {
       return "unknown option '" + f + "'";
     }
@@ -204,10 +204,7 @@ int run_exec(int argc, char** argv) {
   OJson record;
   if (a.sync) {
     SpawnSyncOptions so;
-    so.cwd = a.options.cwd;
-    so.env = a.options.env;
-    so.timeout_ms = a.options.timeout_ms;
-    so.kill_signal = a.options.kill_signal;
+    so.process = a.options.process;
     so.encoding = a.options.encoding;
     // Sync: 0 means unlimited, as in Node.
     so.max_buffer = a.options.max_buffer == kUnlimited ? 0 : a.options.max_buffer;

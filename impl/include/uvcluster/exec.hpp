@@ -22,21 +22,14 @@ constexpr size_t kDefaultMaxBuffer = 1024 * 1024;
 constexpr size_t kUnlimited = std::numeric_limits<size_t>::max();  // Node's maxBuffer: Infinity
 
 struct ExecOptions {
-  std::optional<std::string> cwd{};
-  std::optional<Env> env{};
-  std::optional<std::string> argv0{};
+  // exec_file: shell false by default. exec(): always a shell (true = /bin/sh, or the given path).
+  ProcessOptions process{};
   Encoding encoding = Encoding::utf8;
-  int64_t timeout_ms = 0;
   // Per stream. Output past it is cut at exactly max_buffer bytes (utf8: at the last whole
   // character at or below the cap, so a multi-byte character is never split), the child is
-  // killed with kill_signal, and the error is ERR_CHILD_PROCESS_STDIO_MAXBUFFER. 0: any output
-  // is too much. kUnlimited: no limit.
+  // killed with process.kill_signal, and the error is ERR_CHILD_PROCESS_STDIO_MAXBUFFER. 0: any
+  // output is too much. kUnlimited: no limit.
   size_t max_buffer = kDefaultMaxBuffer;
-  std::string kill_signal = "SIGTERM";
-  // exec_file: false by default. exec(): always a shell (true = /bin/sh, or the given path).
-  std::variant<bool, std::string> shell = false;
-  std::optional<uint32_t> uid{};
-  std::optional<uint32_t> gid{};
 };
 
 // Node's error passed to exec's callback.

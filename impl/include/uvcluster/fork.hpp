@@ -13,19 +13,13 @@
 namespace uvcluster {
 
 struct ForkOptions {
-  std::optional<std::string> cwd{};
-  std::optional<Env> env{};
+  ProcessOptions process{};  // `shell` is ignored, as by Node's fork
   // The program that runs `module`: default `node` (resolved on PATH at fork time) for .js/.mjs/.cjs modules;
   // otherwise the module is executed directly (a C++ child that calls ipc::parent_channel()).
   std::optional<std::string> exec_path{};
   std::vector<std::string> exec_argv{};  // arguments for exec_path before the module
   bool silent = false;                   // stdio pipes instead of inherit
   std::optional<std::vector<Stdio>> stdio{};  // must contain exactly one Stdio::ipc()
-  bool detached = false;
-  std::optional<uint32_t> uid{};
-  std::optional<uint32_t> gid{};
-  int64_t timeout_ms = 0;
-  std::string kill_signal = "SIGTERM";
 };
 
 // The child's channel is `child->channel()`. Errors as spawn(); a stdio without an ipc slot is

@@ -39,18 +39,26 @@ struct Stdio {
 
 using Env = std::map<std::string, std::string>;
 
-struct SpawnOptions {
+// How a child is started, shared by every way of starting one (spawn, exec, the sync forms,
+// fork): each of their option structs embeds one as `process`.
+struct ProcessOptions {
   std::optional<std::string> cwd{};
   std::optional<Env> env{};            // nullopt: the parent's environment
   std::optional<std::string> argv0{};  // argv[0] seen by the child; default: file
-  std::vector<Stdio> stdio = {Stdio::pipe(), Stdio::pipe(), Stdio::pipe()};
-  bool detached = false;
   // false: run file directly. true: /bin/sh -c "<file args...>". A string: that shell.
+  // exec()/exec_sync() always use a shell; fork() never does (Node ignores it there).
   std::variant<bool, std::string> shell = false;
   std::optional<uint32_t> uid{};
   std::optional<uint32_t> gid{};
-  int64_t timeout_ms = 0;           // > 0: kill with kill_signal when it expires
+  bool detached = false;               // own session and process group (setsid)
+  // > 0: kill with kill_signal when it expires (exec: Node's execFile timer; sync: then ETIMEDOUT).
+  int64_t timeout_ms = 0;
   std::string kill_signal = "SIGTERM";
+};
+
+struct SpawnOptions {
+  ProcessOptions process{};
+  std::vector<Stdio> stdio = {Stdio::pipe(), Stdio::pipe(), Stdio::pipe()};
 };
 
 // Exit status as Node reports it: exactly one of code/signal is set once the child has exited.

@@ -14,16 +14,9 @@
 namespace uvcluster {
 
 struct SpawnSyncOptions {
-  std::optional<std::string> cwd{};
-  std::optional<Env> env{};
-  std::optional<std::string> argv0{};
+  ProcessOptions process{};  // timeout_ms > 0: kill with kill_signal, error ETIMEDOUT
   std::optional<std::string> input{};  // written to stdin, then stdin is closed
   std::vector<Stdio> stdio = {Stdio::pipe(), Stdio::pipe(), Stdio::pipe()};
-  std::variant<bool, std::string> shell = false;
-  std::optional<uint32_t> uid{};
-  std::optional<uint32_t> gid{};
-  int64_t timeout_ms = 0;              // > 0: kill with kill_signal, error ETIMEDOUT
-  std::string kill_signal = "SIGTERM";
   // Summed over all output pipes; whole read chunks are kept (Node's sync semantics).
   // Going over kills the child; error ENOBUFS. 0: no limit.
   size_t max_buffer = kDefaultMaxBuffer;

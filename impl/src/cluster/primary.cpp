@@ -118,13 +118,13 @@ Result<std::shared_ptr<WorkerHandle>> Primary::fork(const Env& extra) {
   env["UVCLUSTER_SCHED_POLICY"] = policy_name(policy_);
 
   ForkOptions fo;
-  fo.cwd = settings_.cwd;
-  fo.env = std::move(env);
+  fo.process.cwd = settings_.cwd;
+  fo.process.env = std::move(env);
   fo.exec_path = settings_.exec_path;
   fo.exec_argv = settings_.exec_argv;
   fo.silent = settings_.silent;
   fo.stdio = settings_.stdio;
-  fo.detached = settings_.detached;
+  fo.process.detached = settings_.detached;
   // Workers never outlive the primary (watchdog.hpp): own process group, token, registration.
   if (settings_.workers_die_with_primary) {
     if (!watchdog_) {
@@ -132,8 +132,8 @@ Result<std::shared_ptr<WorkerHandle>> Primary::fork(const Env& extra) {
       if (!started.ok()) return started.error();
       watchdog_ = std::move(started.value());
     }
-    (*fo.env)[Watchdog::kTokenVar] = watchdog_->token();
-    fo.detached = true;
+    (*fo.process.env)[Watchdog::kTokenVar] = watchdog_->token();
+    fo.process.detached = true;
     watchdog_->spawning();
   }
   auto child = uvcluster::fork(loop_, settings_.exec, settings_.args, std::move(fo));

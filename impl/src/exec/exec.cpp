@@ -7,7 +7,7 @@
 // pipes open is answered when the timer fires, with what was read by then and killed = true.
 #include "uvcluster/exec.hpp"
 
-#include "uvcluster/detail/spawn_options.hpp"
+#include "../process/untimed.hpp"
 #include "uvcluster/detail/utf8.hpp"
 #include "uvcluster/detail/uv_handle.hpp"
 
@@ -32,7 +32,7 @@ struct ExecRun : std::enable_shared_from_this<ExecRun> {
     timeout->data = this;
     return uv_timer_start(
         timeout.get(), [](uv_timer_t* t) { static_cast<ExecRun*>(t->data)->kill_child(); },
-        static_cast<uint64_t>(options.timeout_ms), 0);
+        static_cast<uint64_t>(options.process.timeout_ms), 0);
   }
 
   void on_chunk(int index, std::string_view chunk) {
@@ -66,7 +66,7 @@ struct ExecRun : std::enable_shared_from_this<ExecRun> {
     killed = true;
     if (auto* r = c->stdout_pipe()) r->destroy();
     if (auto* r = c->stderr_pipe()) r->destroy();
-    c->kill(options.kill_signal);
+    c->kill(options.process.kill_signal);
   }
 
   void finish(const std::optional<ExitStatus>& status, bool child_killed) {
@@ -107,18 +107,18 @@ Result<std::shared_ptr<ChildProcess>> exec_file(uv_loop_t* loop, std::string fil
   run->cmd = file;
   for (const auto& a : args) run->cmd += " " + a;
 
-  if (options.timeout_ms < 0) return detail::timeout_out_of_range(options.timeout_ms);
-  SpawnOptions so = detail::common_spawn_options(options);
-  auto spawned = spawn(loop, std::move(file), std::move(args), std::move(so));
+  auto process = detail::untimed(options.process);  // the timer is ours (see the top)
+  if (!process) return process.error();
+  auto spawned = spawn(loop, std::move(file), std::move(args), {.process = std::move(*process)});
   if (!spawned) return spawned.error();
 
   run->options = std::move(options);
   run->callback = std::move(callback);
   auto child = spawned.value();
   run->child = child;
-  if (run->options.timeout_ms > 0 && child->pid()) {
+  if (run->options.process.timeout_ms > 0 && child->pid()) {
     if (int rc = run->start_timeout(loop); rc < 0) {
-      child->kill(run->options.kill_signal);  // cannot honour the timeout: do not run unbounded
+      child->kill(run->options.process.kill_signal);  // cannot honour the timeout: do not run unbounded
       run->error = ExecError{Error::from_uv(rc, "uv_timer_start"), std::nullopt, {}};
     }
   }
@@ -143,8 +143,8 @@ Result<std::shared_ptr<ChildProcess>> exec_file(uv_loop_t* loop, std::string fil
 
 Result<std::shared_ptr<ChildProcess>> exec(uv_loop_t* loop, std::string command, ExecOptions options,
                                            ExecCallback callback) {
-  if (!std::holds_alternative<std::string>(options.shell) || std::get<std::string>(options.shell).empty())
-    options.shell = true;
+  auto& shell = options.process.shell;
+  if (!std::holds_alternative<std::string>(shell) || std::get<std::string>(shell).empty()) shell = true;
   return exec_file(loop, std::move(command), {}, std::move(options), std::move(callback));
 }
 

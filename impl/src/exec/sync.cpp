@@ -4,7 +4,7 @@
 
 #include <unistd.h>
 
-#include "uvcluster/detail/spawn_options.hpp"
+#include "../process/untimed.hpp"
 #include "uvcluster/detail/utf8.hpp"
 
 namespace uvcluster {
@@ -36,8 +36,9 @@ Error sync_error(int status, const std::string& file, const std::vector<std::str
 
 Result<SpawnSyncResult> spawn_sync(std::string file, std::vector<std::string> args,
                                    SpawnSyncOptions options) {
-  SpawnOptions so = detail::common_spawn_options(options);  // timeout is ours: it becomes ETIMEDOUT
-  so.stdio = options.stdio;
+  auto process = detail::untimed(options.process);  // the timer is ours: it ends in ETIMEDOUT
+  if (!process) return process.error();
+  const SpawnOptions so{.process = std::move(*process), .stdio = options.stdio};
 
   SpawnSyncResult result;
   PrivateLoop loop;
@@ -60,7 +61,7 @@ Result<SpawnSyncResult> spawn_sync(std::string file, std::vector<std::string> ar
       for (size_t i = 1; i < options.stdio.size(); ++i)
         if (Readable* r = child->readable(i)) r->destroy();
       if (Writable* in = child->stdin_pipe()) in->destroy();
-      child->kill(options.kill_signal);
+      child->kill(options.process.kill_signal);
     };
     for (size_t i = 1; i < options.stdio.size(); ++i) {
       Readable* r = child->readable(i);
@@ -77,13 +78,13 @@ Result<SpawnSyncResult> spawn_sync(std::string file, std::vector<std::string> ar
       in->end();
     }
     detail::UvHandle<uv_timer_t> timer;
-    if (options.timeout_ms > 0) {
+    if (options.process.timeout_ms > 0) {
       uv_timer_init(loop.get(), timer.get());
       timer.mark_initialized();
       timer->data = &fail_and_kill;
       uv_timer_start(timer.get(), [](uv_timer_t* t) {
         (*static_cast<decltype(fail_and_kill)*>(t->data))(UV_ETIMEDOUT);
-      }, static_cast<uint64_t>(options.timeout_ms), 0);
+      }, static_cast<uint64_t>(options.process.timeout_ms), 0);
     }
     bool started = true;
     child->on_error([&](const Error& e) {
@@ -150,8 +151,8 @@ bool default_stdio(const SpawnSyncOptions& o) {
 }  // namespace
 
 Result<std::string, ExecSyncError> exec_sync(std::string command, SpawnSyncOptions options) {
-  if (!std::holds_alternative<std::string>(options.shell) || std::get<std::string>(options.shell).empty())
-    options.shell = true;
+  auto& shell = options.process.shell;
+  if (!std::holds_alternative<std::string>(shell) || std::get<std::string>(shell).empty()) shell = true;
   bool stdio_default = default_stdio(options);
   std::string cmd = command;
   return check_exec_sync(spawn_sync(std::move(command), {}, std::move(options)), stdio_default, cmd);
@@ -160,7 +161,7 @@ Result<std::string, ExecSyncError> exec_sync(std::string command, SpawnSyncOptio
 Result<std::string, ExecSyncError> exec_file_sync(std::string file, std::vector<std::string> args,
                                                   SpawnSyncOptions options) {
   bool stdio_default = default_stdio(options);
-  std::string cmd = options.argv0.value_or(file);
+  std::string cmd = options.process.argv0.value_or(file);
   for (const auto& a : args) cmd += " " + a;
   return check_exec_sync(spawn_sync(std::move(file), std::move(args), std::move(options)),
                          stdio_default, cmd);

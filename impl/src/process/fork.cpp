@@ -35,13 +35,8 @@ std::string default_node() {
 Result<std::shared_ptr<ChildProcess>> fork(uv_loop_t* loop, std::string module,
                                            std::vector<std::string> args, ForkOptions options) {
   SpawnOptions so;
-  so.cwd = std::move(options.cwd);
-  so.env = std::move(options.env);
-  so.detached = options.detached;
-  so.uid = options.uid;
-  so.gid = options.gid;
-  so.timeout_ms = options.timeout_ms;
-  so.kill_signal = std::move(options.kill_signal);
+  so.process = std::move(options.process);
+  so.process.shell = false;  // Node's fork sets options.shell = false
   if (options.stdio) {
     if (std::none_of(options.stdio->begin(), options.stdio->end(),
                      [](const Stdio& s) { return s.kind == Stdio::Kind::ipc; }))

@@ -6,7 +6,7 @@
 #include <algorithm>
 #include <mutex>
 
-#include "uvcluster/detail/spawn_options.hpp"
+#include "untimed.hpp"
 #include "uvcluster/ipc/channel.hpp"
 #include "uvcluster/process.hpp"
 #include "uvcluster/signals.hpp"
@@ -26,6 +26,13 @@ Error invalid_arg(const std::string& name, const std::string& value) {
 
 bool has_nul(const std::string& s) { return s.find('\0') != std::string::npos; }
 
+// Node's ERR_OUT_OF_RANGE for a negative `timeout`.
+Error timeout_out_of_range(int64_t timeout_ms) {
+  return Error::make("ERR_OUT_OF_RANGE",
+                     "The value of \"timeout\" is out of range. It must be an unsigned integer. "
+                     "Received " + std::to_string(timeout_ms));
+}
+
 // A child writing to a closed pipe must not kill the parent: ignore SIGPIPE unless the
 // application installed its own handler (Node does the same at startup).
 void ignore_sigpipe_once() {
@@ -39,7 +46,8 @@ void ignore_sigpipe_once() {
 }
 
 std::optional<Error> validate(const std::string& file, const std::vector<std::string>& args,
-                              const SpawnOptions& o) {
+                              const SpawnOptions& options) {
+  const ProcessOptions& o = options.process;
   if (file.empty())
     return Error::make("ERR_INVALID_ARG_VALUE", "The argument 'file' cannot be empty. Received ''");
   if (has_nul(file)) return invalid_arg("file", file);
@@ -54,20 +62,20 @@ std::optional<Error> validate(const std::string& file, const std::vector<std::st
       if (has_nul(k) || has_nul(v)) return invalid_arg("options.env['" + k + "']", v);
     }
   }
-  if (o.timeout_ms < 0) return detail::timeout_out_of_range(o.timeout_ms);
+  if (o.timeout_ms < 0) return timeout_out_of_range(o.timeout_ms);
   if (!signal_number(o.kill_signal))
     return Error::make("ERR_UNKNOWN_SIGNAL", "Unknown signal: " + o.kill_signal);
-  if (std::count_if(o.stdio.begin(), o.stdio.end(),
+  if (std::count_if(options.stdio.begin(), options.stdio.end(),
                     [](const Stdio& s) { return s.kind == Stdio::Kind::ipc; }) > 1)
     return Error::make("ERR_IPC_ONE_PIPE", "Child process can have only one IPC pipe");
-  for (const auto& s : o.stdio)
+  for (const auto& s : options.stdio)
     if (s.kind == Stdio::Kind::fd && s.fd < 0)
       return Error::make("ERR_INVALID_ARG_VALUE", "stdio fd must be a non-negative integer");
   return std::nullopt;
 }
 
 // Node's normalizeSpawnArguments for the shell option: one command line through `sh -c`.
-void apply_shell(std::string& file, std::vector<std::string>& args, const SpawnOptions& o) {
+void apply_shell(std::string& file, std::vector<std::string>& args, const ProcessOptions& o) {
   const std::string* shell_path = std::get_if<std::string>(&o.shell);
   bool use_shell = shell_path ? !shell_path->empty() : std::get<bool>(o.shell);
   if (!use_shell) return;
@@ -96,6 +104,12 @@ std::vector<char*> c_strings(std::vector<std::string>& v) {
 
 }  // namespace
 
+Result<ProcessOptions> detail::untimed(ProcessOptions process) {
+  if (process.timeout_ms < 0) return timeout_out_of_range(process.timeout_ms);
+  process.timeout_ms = 0;
+  return process;
+}
+
 ChildProcess::ChildProcess(Key, uv_loop_t* loop) : loop_(loop), ticker_(loop) {}
 
 ChildProcess::~ChildProcess() { ticker_.close(); }
@@ -108,15 +122,16 @@ Result<std::shared_ptr<ChildProcess>> spawn(uv_loop_t* loop, std::string file,
                                             std::vector<std::string> args, SpawnOptions options) {
   if (auto err = validate(file, args, options)) return *err;
   ignore_sigpipe_once();
-  apply_shell(file, args, options);
+  const ProcessOptions& po = options.process;
+  apply_shell(file, args, po);
 
   auto child = std::make_shared<ChildProcess>(ChildProcess::Key{}, loop);
   child->file_ = file;
-  child->argv_ = {options.argv0.value_or(file)};
+  child->argv_ = {po.argv0.value_or(file)};
   child->argv_.insert(child->argv_.end(), args.begin(), args.end());
-  child->kill_signal_ = options.kill_signal;
+  child->kill_signal_ = po.kill_signal;
 
-  std::vector<std::string> env = env_entries(options.env);
+  std::vector<std::string> env = env_entries(po.env);
   std::vector<uv_stdio_container_t> stdio(options.stdio.size());
   child->readables_.resize(options.stdio.size());
   for (size_t i = 0; i < options.stdio.size(); ++i) {
@@ -164,17 +179,17 @@ Result<std::shared_ptr<ChildProcess>> spawn(uv_loop_t* loop, std::string file,
   uvo.file = file.c_str();
   uvo.args = argv_c.data();
   uvo.env = env_c.data();
-  uvo.cwd = options.cwd ? options.cwd->c_str() : nullptr;
+  uvo.cwd = po.cwd ? po.cwd->c_str() : nullptr;
   uvo.stdio_count = static_cast<int>(stdio.size());
   uvo.stdio = stdio.data();
-  if (options.detached) uvo.flags |= UV_PROCESS_DETACHED;
-  if (options.uid) {
+  if (po.detached) uvo.flags |= UV_PROCESS_DETACHED;
+  if (po.uid) {
     uvo.flags |= UV_PROCESS_SETUID;
-    uvo.uid = *options.uid;
+    uvo.uid = *po.uid;
   }
-  if (options.gid) {
+  if (po.gid) {
     uvo.flags |= UV_PROCESS_SETGID;
-    uvo.gid = *options.gid;
+    uvo.gid = *po.gid;
   }
   uvo.exit_cb = [](uv_process_t* p, int64_t status, int term_signal) {
     static_cast<ChildProcess*>(p->data)->on_process_exit(status, term_signal);
@@ -188,7 +203,7 @@ Result<std::shared_ptr<ChildProcess>> spawn(uv_loop_t* loop, std::string file,
     child->failed(rc);
   } else {
     child->pid_ = child->process_->pid;
-    if (options.timeout_ms > 0) {
+    if (po.timeout_ms > 0) {
       uv_timer_init(loop, child->timeout_.get());
       child->timeout_.mark_initialized();
       child->timeout_->data = child.get();
@@ -198,7 +213,7 @@ Result<std::shared_ptr<ChildProcess>> spawn(uv_loop_t* loop, std::string file,
             auto* self = static_cast<ChildProcess*>(t->data);
             self->kill(self->kill_signal_);
           },
-          static_cast<uint64_t>(options.timeout_ms), 0);
+          static_cast<uint64_t>(po.timeout_ms), 0);
     }
     child->started();
   }
