@@ -4,6 +4,7 @@
 #include <string>
 #include <vector>
 
+#include "ipc/channel_owner.hpp"  // impl/src: white-box
 #include "support.hpp"
 #include "uvcluster/fork.hpp"
 #include "uvcluster/ipc/channel.hpp"
@@ -80,7 +81,7 @@ TEST(IpcNodeChild, InvalidUtf8DecodedAsNodeDecodesIt) {
   std::string wire;
   for (auto& l : lines) wire += l + "\n";
   uv_buf_t buf = uv_buf_init(wire.data(), static_cast<unsigned>(wire.size()));
-  ASSERT_EQ(uv_try_write(reinterpret_cast<uv_stream_t*>(c.ch().pipe()), &buf, 1),
+  ASSERT_EQ(uv_try_write(reinterpret_cast<uv_stream_t*>(ipc::ChannelOwner::pipe(c.ch())), &buf, 1),
             static_cast<int>(wire.size()));
   ASSERT_TRUE(c.wait_messages(lines.size()));
   for (size_t i = 0; i < lines.size(); ++i) {

@@ -14,6 +14,7 @@
 #include <thread>
 #include <vector>
 
+#include "ipc/channel_owner.hpp"  // impl/src: white-box
 #include "support.hpp"
 #include "uvcluster/detail/uv_handle.hpp"
 #include "uvcluster/ipc/channel.hpp"
@@ -79,9 +80,10 @@ struct Pair {
   Pair(uvc_test::TestLoop& l, ipc::ChannelOptions o = {}) : loop(l) {
     int sv[2];
     EXPECT_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
-    ch = std::make_unique<ipc::Channel>(loop.get(), o);
-    EXPECT_EQ(ch->init(), 0);
-    EXPECT_EQ(uv_pipe_open(ch->pipe(), sv[0]), 0);
+    auto made = ipc::ChannelOwner::make(loop.get(), o);  // the owner's side, as spawn() has it
+    EXPECT_TRUE(made.ok());
+    ch = std::move(*made);
+    EXPECT_EQ(uv_pipe_open(ipc::ChannelOwner::pipe(*ch), sv[0]), 0);
     ch->on_message([this](const Json& m, ipc::ReceivedHandle* h) {
       messages.push_back(m);
       handle_types.push_back(h ? std::optional(h->type) : std::nullopt);
@@ -91,7 +93,7 @@ struct Pair {
     ch->on_error([this](const Error& e) { errors.push_back(e.code); });
     ch->on_disconnect([this] { disconnected = true; });
     ch->on_close([this] { closed = true; });
-    ch->start();
+    ipc::ChannelOwner::start(*ch);
     peer = sv[1];
     uv_pipe_init(loop.get(), reader.get(), 0);
     reader.mark_initialized();

@@ -14,7 +14,7 @@
 #include <string>
 
 #include "json_fast.hpp"  // impl/src/ipc
-#include "uvcluster/detail/utf8.hpp"
+#include "core/utf8.hpp"
 #include "uvcluster/ipc/framing.hpp"
 
 namespace {

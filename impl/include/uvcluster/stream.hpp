@@ -14,12 +14,18 @@
 
 namespace uvcluster {
 
-// Reads until EOF. Reading starts when the owner calls start(); data with no listener is dropped.
+namespace detail { struct StreamOwner; }  // the process that owns the pipes (impl/src)
+
+// Reads until EOF. Reading starts once the child has spawned; data with no listener is dropped.
 // Events: data(bytes), end() at EOF, error(Error), close() once the pipe is closed (after end,
 // error or destroy()).
 class Readable {
+  struct Key {
+    explicit Key() = default;
+  };
+
  public:
-  explicit Readable(uv_loop_t* loop);
+  explicit Readable(Key) {}  // made by the ChildProcess that owns it
   Readable(const Readable&) = delete;
   Readable& operator=(const Readable&) = delete;
   ~Readable();
@@ -35,11 +41,11 @@ class Readable {
   bool closed() const { return closed_; }
   bool ended() const { return ended_; }
 
-  // Owner's side: the pipe (initialized by the constructor) to hand to uv_spawn, then start().
-  uv_pipe_t* pipe() { return pipe_.get(); }
-  void start();
-
  private:
+  friend struct detail::StreamOwner;
+  Status init(uv_loop_t* loop);
+  void start();
+  void read();  // uv_read_start; a failure is an error event, then close
   static void on_alloc(uv_handle_t*, size_t, uv_buf_t*);
   static void on_read(uv_stream_t*, ssize_t, const uv_buf_t*);
   void finish();
@@ -57,9 +63,13 @@ class Readable {
 // Writes queued in order. write() returns Node's backpressure hint: false once more than
 // `high_water_mark` bytes are queued in libuv; `drain` fires when the queue empties again.
 class Writable {
+  struct Key {
+    explicit Key() = default;
+  };
+
  public:
   static constexpr size_t kHighWaterMark = 16 * 1024;
-  explicit Writable(uv_loop_t* loop);
+  explicit Writable(Key) {}  // made by the ChildProcess that owns it
   Writable(const Writable&) = delete;
   Writable& operator=(const Writable&) = delete;
   ~Writable();
@@ -74,9 +84,9 @@ class Writable {
   void on_error(std::function<void(const Error&)> fn) { error_.add(std::move(fn)); }
   void on_close(std::function<void()> fn) { close_.add(std::move(fn)); }
 
-  uv_pipe_t* pipe() { return pipe_.get(); }
-
  private:
+  friend struct detail::StreamOwner;
+  Status init(uv_loop_t* loop);
   struct WriteReq;
   void close_now();
   detail::UvHandle<uv_pipe_t> pipe_;

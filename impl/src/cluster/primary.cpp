@@ -3,6 +3,7 @@
 #include <cstdio>
 #include <cstdlib>
 
+#include "ipc/channel_owner.hpp"
 #include "uvcluster/cluster/server_handle.hpp"
 #include "uvcluster/cluster/watchdog.hpp"
 #include "uvcluster/fork.hpp"
@@ -251,7 +252,7 @@ void Primary::on_channel_failure(WorkerHandle& w, const Error& e) {
   // A frame we could not read may have carried an answer (an ack, a NACK): whatever the worker
   // owes us may never come. Close its channel now so it leaves the rotation (and, as a Node
   // worker does on disconnect, exits) instead of being starved silently.
-  w.process_->channel()->destroy();
+  ipc::ChannelOwner::destroy(*w.process_->channel());
   worker_disconnect(w);
 }
 

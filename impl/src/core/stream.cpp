@@ -4,10 +4,11 @@ namespace uvcluster {
 
 // ---- Readable ---------------------------------------------------------------------------------
 
-Readable::Readable(uv_loop_t* loop) {
-  uv_pipe_init(loop, pipe_.get(), 0);
+Status Readable::init(uv_loop_t* loop) {
+  if (int rc = uv_pipe_init(loop, pipe_.get(), 0); rc < 0) return Error::from_uv(rc, "pipe");
   pipe_.mark_initialized();
   pipe_->data = this;
+  return Ok{};
 }
 
 Readable::~Readable() { *alive_ = false; }
@@ -15,7 +16,15 @@ Readable::~Readable() { *alive_ = false; }
 void Readable::start() {
   if (started_ || closed_ || !pipe_.initialized()) return;
   started_ = true;
-  if (!paused_) uv_read_start(pipe_.stream(), on_alloc, on_read);
+  if (!paused_) read();
+}
+
+void Readable::read() {
+  if (int rc = uv_read_start(pipe_.stream(), on_alloc, on_read); rc < 0) {
+    auto alive = alive_;
+    error_.emit(Error::from_uv(rc, "read"));
+    if (*alive) finish();
+  }
 }
 
 void Readable::pause() {
@@ -25,7 +34,7 @@ void Readable::pause() {
 
 void Readable::resume() {
   paused_ = false;
-  if (started_ && pipe_.initialized() && !ended_) uv_read_start(pipe_.stream(), on_alloc, on_read);
+  if (started_ && pipe_.initialized() && !ended_) read();
 }
 
 void Readable::destroy() { finish(); }
@@ -73,10 +82,11 @@ struct Writable::WriteReq {
   std::shared_ptr<bool> alive;
 };
 
-Writable::Writable(uv_loop_t* loop) {
-  uv_pipe_init(loop, pipe_.get(), 0);
+Status Writable::init(uv_loop_t* loop) {
+  if (int rc = uv_pipe_init(loop, pipe_.get(), 0); rc < 0) return Error::from_uv(rc, "pipe");
   pipe_.mark_initialized();
   pipe_->data = this;
+  return Ok{};
 }
 
 Writable::~Writable() { *alive_ = false; }

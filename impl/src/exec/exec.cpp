@@ -7,8 +7,8 @@
 // pipes open is answered when the timer fires, with what was read by then and killed = true.
 #include "uvcluster/exec.hpp"
 
-#include "../process/untimed.hpp"
-#include "uvcluster/detail/utf8.hpp"
+#include "core/utf8.hpp"
+#include "process/untimed.hpp"
 #include "uvcluster/detail/uv_handle.hpp"
 
 namespace uvcluster {

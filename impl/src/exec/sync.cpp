@@ -4,8 +4,8 @@
 
 #include <unistd.h>
 
-#include "../process/untimed.hpp"
-#include "uvcluster/detail/utf8.hpp"
+#include "core/utf8.hpp"
+#include "process/untimed.hpp"
 
 namespace uvcluster {
 namespace {

@@ -485,7 +485,7 @@ struct Channel::Impl : std::enable_shared_from_this<Channel::Impl> {
   }
 };
 
-Channel::Channel(uv_loop_t* loop, ChannelOptions options)
+Channel::Channel(Key, uv_loop_t* loop, ChannelOptions options)
     : impl_(std::make_shared<Impl>(loop, options)) {}
 
 Channel::~Channel() {
@@ -505,14 +505,14 @@ Channel::~Channel() {
   i.ticker.close();
 }
 
-int Channel::init() {
-  int rc = uv_pipe_init(impl_->loop, impl_->pipe.get(), 1);
-  if (rc < 0) return rc;
+Status Channel::init() {
+  if (int rc = uv_pipe_init(impl_->loop, impl_->pipe.get(), 1); rc < 0)
+    return Error::from_uv(rc, "pipe");
   impl_->pipe.mark_initialized();
   impl_->pipe->data = impl_.get();
   impl_->state = Impl::State::open;
   impl_->connected = true;
-  return 0;
+  return Ok{};
 }
 
 uv_pipe_t* Channel::pipe() { return impl_->pipe.get(); }

@@ -3,7 +3,7 @@
 #include <cstring>
 
 #include "json_fast.hpp"
-#include "uvcluster/detail/utf8.hpp"
+#include "core/utf8.hpp"
 
 namespace uvcluster::ipc {
 

@@ -5,7 +5,7 @@
 #include <cstring>
 #include <locale.h>
 
-#include "uvcluster/detail/utf8.hpp"
+#include "core/utf8.hpp"
 
 namespace uvcluster::ipc::detail_json {
 namespace {

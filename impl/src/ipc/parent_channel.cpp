@@ -5,7 +5,7 @@
 #include <cstdlib>
 #include <string>
 
-#include "uvcluster/ipc/channel.hpp"
+#include "ipc/channel_owner.hpp"
 
 namespace uvcluster::ipc {
 
@@ -30,12 +30,12 @@ Result<std::unique_ptr<Channel>> parent_channel(uv_loop_t* loop, ChannelOptions 
     return Error::make("ERR_IPC_NO_CHANNEL", "NODE_CHANNEL_FD " + fd_text + " is not open");
   ::fcntl(static_cast<int>(fd), F_SETFD, flags | FD_CLOEXEC);
 
-  auto channel = std::make_unique<Channel>(loop, options);
-  if (int rc = channel->init(); rc < 0) return Error::from_uv(rc, "pipe");
-  if (int rc = uv_pipe_open(channel->pipe(), static_cast<int>(fd)); rc < 0)
+  auto channel = ChannelOwner::make(loop, options);
+  if (!channel) return channel.error();
+  if (int rc = uv_pipe_open(ChannelOwner::pipe(**channel), static_cast<int>(fd)); rc < 0)
     return Error::from_uv(rc, "uv_pipe_open");
-  channel->set_ref_by_listeners(true);
-  channel->start();
+  (*channel)->set_ref_by_listeners(true);
+  ChannelOwner::start(**channel);
   return channel;
 }
 

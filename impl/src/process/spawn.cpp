@@ -6,8 +6,9 @@
 #include <algorithm>
 #include <mutex>
 
-#include "untimed.hpp"
-#include "uvcluster/ipc/channel.hpp"
+#include "core/stream_owner.hpp"
+#include "ipc/channel_owner.hpp"
+#include "process/untimed.hpp"
 #include "uvcluster/process.hpp"
 #include "uvcluster/signals.hpp"
 
@@ -140,13 +141,17 @@ Result<std::shared_ptr<ChildProcess>> spawn(uv_loop_t* loop, std::string file,
     switch (s.kind) {
       case Stdio::Kind::pipe:
         if (i == 0) {
-          child->stdin_ = std::make_unique<Writable>(loop);
+          auto in = detail::StreamOwner::make<Writable>(loop);
+          if (!in) return in.error();
+          child->stdin_ = std::move(*in);
           c.flags = static_cast<uv_stdio_flags>(UV_CREATE_PIPE | UV_READABLE_PIPE);
-          c.data.stream = reinterpret_cast<uv_stream_t*>(child->stdin_->pipe());
+          c.data.stream = detail::StreamOwner::stream(*child->stdin_);
         } else {
-          child->readables_[i] = std::make_unique<Readable>(loop);
+          auto out = detail::StreamOwner::make<Readable>(loop);
+          if (!out) return out.error();
+          child->readables_[i] = std::move(*out);
           c.flags = static_cast<uv_stdio_flags>(UV_CREATE_PIPE | UV_WRITABLE_PIPE);
-          c.data.stream = reinterpret_cast<uv_stream_t*>(child->readables_[i]->pipe());
+          c.data.stream = detail::StreamOwner::stream(*child->readables_[i]);
         }
         break;
       case Stdio::Kind::inherit:
@@ -160,15 +165,17 @@ Result<std::shared_ptr<ChildProcess>> spawn(uv_loop_t* loop, std::string file,
         c.flags = UV_INHERIT_FD;
         c.data.fd = s.fd;
         break;
-      case Stdio::Kind::ipc:
-        child->channel_ = std::make_unique<ipc::Channel>(loop);
-        if (int rc = child->channel_->init(); rc < 0) return Error::from_uv(rc, "pipe");
+      case Stdio::Kind::ipc: {
+        auto channel = ipc::ChannelOwner::make(loop);
+        if (!channel) return channel.error();
+        child->channel_ = std::move(*channel);
         c.flags = static_cast<uv_stdio_flags>(UV_CREATE_PIPE | UV_READABLE_PIPE | UV_WRITABLE_PIPE);
-        c.data.stream = reinterpret_cast<uv_stream_t*>(child->channel_->pipe());
+        c.data.stream = reinterpret_cast<uv_stream_t*>(ipc::ChannelOwner::pipe(*child->channel_));
         // Node appends these after the user's env; the child finds its end of the channel here.
         env.push_back("NODE_CHANNEL_FD=" + std::to_string(i));
         env.push_back("NODE_CHANNEL_SERIALIZATION_MODE=json");
         break;
+      }
     }
   }
 
@@ -235,8 +242,8 @@ void ChildProcess::started() {
   ticker_.defer([this] {
     spawn_.emit();
     for (auto& r : readables_)
-      if (r) r->start();
-    if (channel_) channel_->start();
+      if (r) detail::StreamOwner::start(*r);
+    if (channel_) ipc::ChannelOwner::start(*channel_);
   });
 }
 
@@ -259,7 +266,7 @@ void ChildProcess::failed(int status) {
     if (channel_) {
       ++pending_closes_;
       channel_->on_close([this] { maybe_close(); });
-      channel_->destroy();
+      ipc::ChannelOwner::destroy(*channel_);
     }
     maybe_close();
   });

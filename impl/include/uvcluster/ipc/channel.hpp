@@ -10,8 +10,9 @@
 //     fd attached (SCM_RIGHTS); the receiver answers NODE_HANDLE_ACK (or NODE_HANDLE_NACK when no
 //     fd arrived). One handle is in flight per channel; later sends queue behind it, in order.
 //
-// Lifetime: owned by the ChildProcess (parent side) or by the caller (child side, from
-// parent_channel()). Events are delivered on the loop, never from inside send()/disconnect().
+// Lifetime: owned by the ChildProcess (parent side: child->channel()) or by the caller (child
+// side, from parent_channel()). Events are delivered on the loop, never from inside
+// send()/disconnect().
 //
 // Socket list (Node's SocketListReceive): for each server key we received net.Sockets with, we
 // answer {"cmd":"NODE_SOCKET_GET_COUNT","key"} with {"cmd":"NODE_SOCKET_COUNT","key","count"}
@@ -71,6 +72,8 @@
 
 namespace uvcluster::ipc {
 
+struct ChannelOwner;  // spawn() and parent_channel(): they open the pipe (impl/src)
+
 using Json = nlohmann::json;
 
 // What a passed handle is, as Node names it in NODE_HANDLE's `type`.
@@ -113,8 +116,12 @@ struct ChannelOptions {
 };
 
 class Channel {
+  struct Key {
+    explicit Key() = default;
+  };
+
  public:
-  explicit Channel(uv_loop_t* loop, ChannelOptions options = {});
+  Channel(Key, uv_loop_t* loop, ChannelOptions options);  // made by spawn() / parent_channel()
   ~Channel();
   Channel(const Channel&) = delete;
   Channel& operator=(const Channel&) = delete;
@@ -149,16 +156,15 @@ class Channel {
   void on_error(std::function<void(const Error&)> fn);
   void on_close(std::function<void()> fn);
 
-  // Owner side (spawn/parent_channel): the pipe to hand to uv_spawn or open an fd on, then
-  // start() reading. destroy() closes at once without waiting.
-  int init();
+  struct Impl;
+
+ private:
+  friend struct ChannelOwner;
+  Status init();
   uv_pipe_t* pipe();
   void start();
   void destroy();
 
-  struct Impl;
-
- private:
   std::shared_ptr<Impl> impl_;
 };
 
