@@ -10,8 +10,9 @@ round per case under `strace -c` (one strace per process, attached by pid) for s
 connection, primary and workers. Medians over the rounds; ratios are within this run.
 
 usage: bench/rr_limits.py [--build build] [--rounds 3] [--duration 3] [--strace-duration 2]
-                          [--connections 50] [--cases a,b] [--json out.json]
-Output: one JSON line per measurement, a table, and --json (strict JSON, results/rr_limits.json).
+                          [--connections 50] [--cases a,b] [--json out.json] [--report-md REPORT.md]
+Output: one JSON line per measurement, a table, and --json (strict JSON, results/rr_limits.json);
+--report-md (re)writes the table as a section of make bench's results/REPORT.md.
 """
 import argparse
 import json
@@ -242,6 +243,31 @@ def table(summary, goal_rows):
     return "\n".join(lines)
 
 
+SECTION_BEGIN = "<!-- rr-limits: begin (bench/rr_limits.py) -->"
+SECTION_END = "<!-- rr-limits: end -->"
+
+
+def link_in(report_md, doc):
+    """(Re)writes this benchmark's section at the end of REPORT.md, between its markers."""
+    if not os.path.exists(report_md):
+        return False
+    text = open(report_md).read()
+    if SECTION_BEGIN in text:
+        head, rest = text.split(SECTION_BEGIN, 1)
+        tail = rest.split(SECTION_END, 1)[1] if SECTION_END in rest else ""
+        text = head.rstrip("\n") + "\n" + tail.lstrip("\n")
+    env = doc["env"]
+    lines = ["", SECTION_BEGIN, "## RR hand-off against its physical limit (bench/rr_limits.py)", "",
+             f"{env['workers']} hello-native workers (raw-*: the bare C pair bench/limits/raw_rr.c), wrk "
+             f"`Connection: close` with {env['wrk_connections']} connections, {env['rounds']} interleaved "
+             f"rounds of {env['duration_s']} s (medians), syscalls from one {env['strace_duration_s']} s round "
+             f"under `strace -c` per process; load average {env['loadavg']:.1f} when it ended (a loaded "
+             "machine: compare the ratios, all from this run).", "", doc["table_md"], SECTION_END, ""]
+    with open(report_md, "w") as f:
+        f.write(text.rstrip("\n") + "\n" + "\n".join(lines))
+    return True
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--build", default=os.path.join(ROOT, "build"))
@@ -251,6 +277,7 @@ def main(argv=None):
     ap.add_argument("--connections", type=int, default=50)
     ap.add_argument("--cases", help="comma-separated subset of the cases")
     ap.add_argument("--json")
+    ap.add_argument("--report-md", help="add the table as a section of this REPORT.md (if it exists)")
     a = ap.parse_args(argv)
     build = os.path.abspath(a.build)
     all_cases = cases(build)
@@ -289,6 +316,8 @@ def main(argv=None):
            "summary": summary, "goals": goal_rows, "rounds": rounds, "table_md": text}
     if a.json:
         strict_json.write(a.json, doc)
+    if a.report_md and link_in(a.report_md, doc):
+        print(f"rr limits: section written in {a.report_md}")
     return 0
 
 
