@@ -30,6 +30,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "scripts", "lab"))
 from procfs import alive, cpu_seconds  # noqa: E402
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
+import md_section  # noqa: E402
 import strict_json  # noqa: E402
 
 WORKERS = 2
@@ -249,23 +250,14 @@ SECTION_END = "<!-- rr-limits: end -->"
 
 def link_in(report_md, doc):
     """(Re)writes this benchmark's section at the end of REPORT.md, between its markers."""
-    if not os.path.exists(report_md):
-        return False
-    text = open(report_md).read()
-    if SECTION_BEGIN in text:
-        head, rest = text.split(SECTION_BEGIN, 1)
-        tail = rest.split(SECTION_END, 1)[1] if SECTION_END in rest else ""
-        text = head.rstrip("\n") + "\n" + tail.lstrip("\n")
     env = doc["env"]
-    lines = ["", SECTION_BEGIN, "## RR hand-off against its physical limit (bench/rr_limits.py)", "",
+    lines = ["## RR hand-off against its physical limit (bench/rr_limits.py)", "",
              f"{env['workers']} hello-native workers (raw-*: the bare C pair bench/limits/raw_rr.c), wrk "
              f"`Connection: close` with {env['wrk_connections']} connections, {env['rounds']} interleaved "
              f"rounds of {env['duration_s']} s (medians), syscalls from one {env['strace_duration_s']} s round "
              f"under `strace -c` per process; load average {env['loadavg']:.1f} when it ended (a loaded "
-             "machine: compare the ratios, all from this run).", "", doc["table_md"], SECTION_END, ""]
-    with open(report_md, "w") as f:
-        f.write(text.rstrip("\n") + "\n" + "\n".join(lines))
-    return True
+             "machine: compare the ratios, all from this run).", "", doc["table_md"]]
+    return md_section.rewrite(report_md, SECTION_BEGIN, SECTION_END, lines)
 
 
 def main(argv=None):
