@@ -131,6 +131,34 @@ TEST(RoundRobinScheduler, OneInFlightPerWorkerFreeListInOrder) {
   EXPECT_EQ(uvc_test::open_fds(), before);
 }
 
+// --rr-window K: up to K hand-offs in flight per worker, still handed out in rotation; an answer
+// frees one slot, which takes the next queued connection.
+TEST(RoundRobinScheduler, WindowKeepsUpToKInFlightPerWorkerInRotation) {
+  auto before = uvc_test::open_fds();
+  {
+    FakeWorkers f;
+    RoundRobinScheduler s;
+    s.set_window(3);
+    s.add(1, f.sender(1));
+    s.add(2, f.sender(2));
+    for (int i = 0; i < 8; ++i) s.push(conn());
+    ASSERT_EQ(f.sent.size(), 6u);  // three each; two wait in the primary
+    for (size_t i = 0; i < 6; ++i) EXPECT_EQ(f.sent[i].worker, i % 2 == 0 ? 1 : 2) << i;
+    EXPECT_EQ(s.queued(), 2u);
+    EXPECT_EQ(s.in_flight(), 6u);
+    EXPECT_EQ(f.answer(true).worker, 1);  // one slot of worker 1 frees: the next goes there
+    ASSERT_EQ(f.sent.size(), 6u);
+    EXPECT_EQ(f.sent.back().worker, 1);
+    while (!f.sent.empty()) f.answer(true);
+    EXPECT_EQ(s.queued(), 0u);
+    EXPECT_EQ(s.in_flight(), 0u);
+    EXPECT_EQ(s.free_count(), 2u);
+    EXPECT_EQ(s.handed_out().at(1), 4u);
+    EXPECT_EQ(s.handed_out().at(2), 4u);
+  }
+  EXPECT_EQ(uvc_test::open_fds(), before);
+}
+
 TEST(RoundRobinScheduler, RefusedConnectionGoesToAnotherWorker) {
   FakeWorkers f;
   RoundRobinScheduler s;

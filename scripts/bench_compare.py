@@ -53,6 +53,7 @@ EXIT_OK, EXIT_REGRESSED, EXIT_USAGE = 0, 1, 2
 CACHE = os.path.join(ROOT, ".bench-compare")
 CI_BASELINE = os.path.join(ROOT, "results", "ci-baseline")
 TARGETS = ["uvcluster_cli", "bench_ipc", "hello_native", "lab_proxy", "helper_cluster_http_worker"]
+OPTIONAL_TARGETS = ["raw_rr"]  # built when the revision has them (the rr-vs-bare metrics need raw_rr)
 
 # Profiles: which units, wrk seconds per rr/lab sample, default k (None = sized to the budget)
 # and the budget (s) the sizing aims at; max_s is a hard stop for the whole run, builds included.
@@ -140,6 +141,8 @@ def build(side, log):
             p = subprocess.run(cmd[:cmd.index("--target")], env=env, stdout=log, stderr=subprocess.STDOUT)
         if p.returncode != 0:
             raise Usage(f"{side['spec']} ({side['rev'][:12]}) does not build; see {log.name}")
+    for target in OPTIONAL_TARGETS:  # an older revision without it: its metrics are just missing
+        subprocess.run(["cmake", "--build", out, "--target", target], env=env, stdout=log, stderr=subprocess.STDOUT)
     fcntl.flock(lock, fcntl.LOCK_UN)
     lock.close()
     side["build"] = out
@@ -189,6 +192,26 @@ def unit_rr(build_dir, env, duration):
     out = {"rr_conn_per_s": rec["connections_per_s"]}
     if rec.get("primary_cpu_s_per_1k_conn") is not None:
         out["rr_primary_cpu_ms_per_1k"] = rec["primary_cpu_s_per_1k_conn"] * 1000.0
+    out.update(unit_rr_limits(build_dir, env, duration))
+    return out
+
+
+def unit_rr_limits(build_dir, env, duration):
+    """The rr hand-off's CPU per connection as a multiple of the bare pair's (bench/rr_limits.py,
+    raw-k1 and rr back to back in one sample: the ratio cancels most of the machine's load)."""
+    script = os.path.join(ROOT, "bench", "rr_limits.py")
+    if not os.path.exists(os.path.join(build_dir, "bench", "limits", "raw_rr")) or not os.path.exists(script):
+        return {}  # a base revision from before the bare pair
+    cmd = [sys.executable, script, "--build", build_dir, "--cases", "raw-k1,rr", "--rounds", "1",
+           "--duration", str(duration), "--strace-duration", "0"]
+    rc, docs, _ = run_json_lines(cmd, env, timeout=2 * duration + 120)
+    by = {d.get("case"): d for d in docs if d.get("round") == 0 and "error" not in d}
+    bare, rr = by.get("raw-k1", {}), by.get("rr", {})
+    out = {}
+    for metric, key in (("rr_primary_cpu_vs_bare", "primary_cpu_us_per_conn"),
+                        ("rr_workers_cpu_vs_bare", "workers_cpu_us_per_conn")):
+        if rc == 0 and bare.get(key) and rr.get(key) is not None:
+            out[metric] = rr[key] / bare[key]
     return out
 
 
@@ -218,6 +241,9 @@ METRICS = {
     "ipc_handle_pingpong_cpu_us": ("CPU µs/round trip", "lower", True),
     "rr_conn_per_s": ("conn/s", "higher", True),
     "rr_primary_cpu_ms_per_1k": ("CPU ms/1k conn", "lower", True),
+    # issue 13 §1: the hand-off's CPU per connection over the bare pair's, primary and workers.
+    "rr_primary_cpu_vs_bare": ("× bare primary", "lower", True),
+    "rr_workers_cpu_vs_bare": ("× bare workers", "lower", True),
     **{f"lab_{s}_close_2w_rps": ("req/s", "higher", tracked) for s, _, tracked in LAB_CELLS},
 }
 
@@ -231,7 +257,8 @@ def unit_metrics(units):
         elif u == "ipc-handle":
             names += ["ipc_handle_pingpong_us", "ipc_handle_pingpong_cpu_us"]
         elif u == "rr":
-            names += ["rr_conn_per_s", "rr_primary_cpu_ms_per_1k"]
+            names += ["rr_conn_per_s", "rr_primary_cpu_ms_per_1k", "rr_primary_cpu_vs_bare",
+                      "rr_workers_cpu_vs_bare"]
         elif u == "lab":
             names += [f"lab_{s}_close_2w_rps" for s, _, _ in LAB_CELLS]
     return names

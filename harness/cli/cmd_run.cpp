@@ -39,6 +39,8 @@ options:
                                        worker's queued connections move to the others
                             exclusive  shared socket, C++ workers wait with EPOLLEXCLUSIVE
                                        (Node workers behave as with none)
+  --rr-window K           rr: up to K connections in flight to each worker, sent without waiting
+                          for its answer to the previous ones (default 1, Node's; 1..1024)
   --restart on-crash|never  restart workers that exit without being asked to (default on-crash;
                           backoff 100 ms doubling to 10 s, reset only after --min-uptime)
   --min-uptime MS         a worker that ran at least MS before it crashed resets the backoff (1000)
@@ -287,6 +289,9 @@ int run_run(int argc, char** argv) {
       auto p = v ? cluster::parse_policy(v) : std::nullopt;
       if (!p) return usage_error("--policy must be rr, none, reuseport or exclusive");
       opt.primary.policy = p;
+    } else if (a == "--rr-window") {
+      if (!parse_int(value(), n) || n < 1 || n > 1024) return usage_error("--rr-window needs a count (1..1024)");
+      opt.primary.rr_window = static_cast<int>(n);
     } else if (a == "--restart") {
       const char* v = value();
       if (v && !std::strcmp(v, "on-crash")) opt.restart = true;

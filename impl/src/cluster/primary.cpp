@@ -225,14 +225,17 @@ void Primary::disconnect(std::function<void()> cb) {
 }
 
 std::optional<int64_t> Primary::send_to(WorkerHandle& w, Json payload, Messenger::Reply cb,
-                                        std::optional<ipc::OutgoingHandle> handle, std::function<void()> on_nack) {
+                                        std::optional<ipc::OutgoingHandle> handle, std::function<void()> on_nack,
+                                        bool pipelined) {
   if (!w.is_connected()) return std::nullopt;  // Node's sendHelper: nothing sent, no callback kept
   Json m = messenger_.wrap(std::move(payload), std::move(cb), w.id_);
   int64_t seq = m["seq"].get<int64_t>();
   if (debug_) std::fprintf(stderr, "[primary] -> %d %s%s\n", w.id_, m.dump().c_str(), handle ? " +fd" : "");
   // The channel sends handles one at a time, in order, so ACK/NACKs answer them in this order.
   if (handle) w.on_nack_.push_back(std::move(on_nack));
-  w.process_->channel()->send(m, std::move(handle));
+  ipc::SendOptions options;
+  options.pipelined = pipelined;
+  w.process_->channel()->send(m, std::move(handle), std::move(options));
   return seq;
 }
 
@@ -332,8 +335,6 @@ HandOffSender Primary::newconn_sender(int worker, const std::string& key, uint64
     auto wit = p->workers_.find(worker);
     if (wit == p->workers_.end() || !wit->second->is_connected()) return HandOffSend::gone;
     WorkerHandle& w = *wit->second;
-    Fd copy = Fd::dup_of(conn);  // the primary keeps its own until the worker accepts
-    if (!copy) return HandOffSend::failed;
     std::weak_ptr<WorkerHandle> ww = wit->second;
     auto still_ours = [wp, key, serial] {
       auto p2 = wp.lock();
@@ -356,8 +357,11 @@ HandOffSender Primary::newconn_sender(int worker, const std::string& key, uint64
       p2->messenger_.drop(*seq, worker);
       if (still_ours()) reply(false);
     };
-    auto sent = p->send_to(w, {{"act", "newconn"}, {"key", key}}, on_reply,
-                           ipc::OutgoingHandle{ipc::HandleType::native, std::move(copy), std::nullopt}, on_nack);
+    // The scheduler keeps `conn` until the worker answers, so the channel borrows it: it goes out
+    // as is, duplicated only if it has to wait in the channel's queue.
+    ipc::OutgoingHandle handle{ipc::HandleType::native, Fd{}, std::nullopt, conn};
+    auto sent = p->send_to(w, {{"act", "newconn"}, {"key", key}}, on_reply, std::move(handle), on_nack,
+                           p->settings_.rr_window > 1);
     if (!sent) return HandOffSend::gone;
     *seq = *sent;
     return HandOffSend::sent;
@@ -370,6 +374,7 @@ Result<ServerHandle*> Primary::handle_for(const ServerQuery& q) {
   ctx.loop = loop_;
   ctx.policy = policy_;
   ctx.handoff_timeout_ms = settings_.handoff_timeout_ms;
+  ctx.rr_window = settings_.rr_window;
   ctx.reuseport_migrate_queues = settings_.reuseport_migrate_queues;
   uint64_t serial = ++handle_serial_;
   ctx.newconn = [this, key = q.key, serial](int worker) { return newconn_sender(worker, key, serial); };

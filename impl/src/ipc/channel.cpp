@@ -1,7 +1,10 @@
 // ipc::Channel: Node's json IPC channel over a libuv IPC pipe (see channel.hpp for behaviour).
 #include "uvcluster/ipc/channel.hpp"
 
+#include <sys/socket.h>
+
 #include <cerrno>
+#include <cstring>
 #include <deque>
 #include <map>
 #include <utility>
@@ -20,6 +23,8 @@ constexpr size_t kHighWaterMark = 65536 * 2;  // Node: writeQueueSize < 131072
 constexpr int kMaxHandleRetransmissions = 3;  // Node's MAX_HANDLE_RETRANSMISSIONS
 constexpr size_t kReadBuffer = 64 * 1024;
 const std::string kAckFrame = "{\"cmd\":\"NODE_HANDLE_ACK\"}\n";
+// The ACK as it arrives (without the newline): recognised without a JSON parse.
+constexpr std::string_view kAckLine = "{\"cmd\":\"NODE_HANDLE_ACK\"}";
 const std::string kNackFrame = "{\"cmd\":\"NODE_HANDLE_NACK\"}\n";
 
 Error channel_closed() { return Error::make("ERR_IPC_CHANNEL_CLOSED", "Channel closed"); }
@@ -44,7 +49,7 @@ struct Channel::Impl : std::enable_shared_from_this<Channel::Impl> {
   struct InFlight {
     std::string frame;
     HandleType type = HandleType::native;
-    Fd fd;
+    Fd fd;  // kept for a re-send (or owned by us until the ACK); empty for a borrowed native fd
     SendOptions options;
     int retransmissions = 0;
   };
@@ -85,11 +90,12 @@ struct Channel::Impl : std::enable_shared_from_this<Channel::Impl> {
   bool disconnect_when_drained = false;
   bool emit_disconnect_on_close = true;
   bool write_in_flight = false;                 // one uv_write at a time; the rest waits here
+  bool corked = false;  // a read is being handled: frames written meanwhile leave together after it
   std::deque<std::unique_ptr<WriteReq>> outq;   // (plain frames are appended to the last one)
   size_t outq_bytes = 0;
 
-  bool waiting_ack = false;
-  std::optional<InFlight> in_flight;
+  std::deque<InFlight> unacked;  // handles sent, oldest first: ACK/NACKs answer them in order
+  size_t blocking = 0;           // entries of `unacked` that hold later sends back (not pipelined)
   std::deque<Queued> queue;
   std::deque<Fd> received_fds;
   std::deque<Buffered> backlog;
@@ -140,6 +146,17 @@ struct Channel::Impl : std::enable_shared_from_this<Channel::Impl> {
       if (done) fail_later(std::move(done), channel_closed());
       return UV_EPIPE;
     }
+    if (fd >= 0) {
+      ssize_t sent = send_direct(frame, fd);
+      if (sent == static_cast<ssize_t>(frame.size())) {
+        if (done) defer([done = std::move(done)](Impl&) { done(nullptr); });
+        return 0;
+      }
+      if (sent > 0) {  // the fd went with the first byte; the rest follows as plain bytes
+        frame.erase(0, static_cast<size_t>(sent));
+        fd = -1;
+      }
+    }
     if (fd < 0 && !outq.empty() && !outq.back()->fd && outq.back()->data.size() < kCoalesceMax) {
       outq_bytes += frame.size();
       outq.back()->data += frame;
@@ -158,10 +175,39 @@ struct Channel::Impl : std::enable_shared_from_this<Channel::Impl> {
         return rc;
       }
     }
-    if (!write_in_flight && outq.empty()) return submit(std::move(w));
+    if (!write_in_flight && outq.empty() && !corked) return submit(std::move(w));
     outq_bytes += w->data.size();
     outq.push_back(std::move(w));
     return 0;
+  }
+
+  // The hand-off's hot path: with nothing queued, the frame and `fd` leave in one sendmsg on the
+  // channel's own socket: no duplicate of the fd, no libuv handle made to carry it. Returns the
+  // bytes sent (the fd travels with the first), or -1 when the queued path must take the frame
+  // (something is queued, EAGAIN, or an error that path then reports as usual).
+  ssize_t send_direct(const std::string& frame, int fd) {
+    if (write_in_flight || !outq.empty() || uv_stream_get_write_queue_size(pipe.stream()) != 0) return -1;
+    uv_os_fd_t sock = -1;
+    if (uv_fileno(pipe.base(), &sock) != 0) return -1;
+    union {
+      cmsghdr align;
+      char space[CMSG_SPACE(sizeof(int))];
+    } control{};
+    iovec iov{const_cast<char*>(frame.data()), frame.size()};
+    msghdr msg{};
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.space;
+    msg.msg_controllen = sizeof control.space;
+    cmsghdr* c = CMSG_FIRSTHDR(&msg);
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_RIGHTS;
+    c->cmsg_len = CMSG_LEN(sizeof(int));
+    std::memcpy(CMSG_DATA(c), &fd, sizeof(int));
+    ssize_t n;
+    do n = ::sendmsg(sock, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
+    while (n < 0 && errno == EINTR);
+    return n;
   }
 
   void report_failure(WriteReq& w, int rc) {
@@ -227,14 +273,23 @@ struct Channel::Impl : std::enable_shared_from_this<Channel::Impl> {
     });
   }
 
+  static bool resendable(HandleType type, const SendOptions& o) { return type == HandleType::socket && !o.keep_open; }
+
   bool send_now(Queued q) {
     const std::string* cmd = cmd_of(q.message);
     bool is_ack = cmd && (*cmd == "NODE_HANDLE_ACK" || *cmd == "NODE_HANDLE_NACK");
-    if (waiting_ack && !is_ack) {
+    if (blocking > 0 && !is_ack) {
+      if (q.handle && q.handle->borrowed >= 0) {  // the caller's fd: waiting needs our own copy
+        q.handle->fd = Fd::dup_of(std::exchange(q.handle->borrowed, -1));
+        if (!q.handle->fd) {
+          if (q.done) fail_later(std::move(q.done), Error::from_uv(uv_translate_sys_error(errno), "write"));
+          return false;
+        }
+      }
       queue.push_back(std::move(q));
       return queue.size() == 1;
     }
-    if (q.handle && q.handle->fd.valid()) {
+    if (q.handle && (q.handle->fd.valid() || q.handle->borrowed >= 0)) {
       // Built by hand to keep Node's key order: cmd, type, msg, key.
       std::string frame = "{\"cmd\":\"NODE_HANDLE\",\"type\":\"";
       frame += handle_type_name(q.handle->type);
@@ -246,11 +301,14 @@ struct Channel::Impl : std::enable_shared_from_this<Channel::Impl> {
         detail_json::fast_dump(Json(*q.handle->key), frame);
       }
       frame += "}\n";
-      if (write(frame, q.handle->fd.get(), std::move(q.done)) < 0)
+      int raw = q.handle->fd.valid() ? q.handle->fd.get() : q.handle->borrowed;
+      if (write(frame, raw, std::move(q.done)) < 0)
         return false;  // q.handle's fd closes here
-      in_flight = InFlight{std::move(frame), q.handle->type, std::move(q.handle->fd),
-                           std::move(q.options), 0};
-      waiting_ack = true;
+      Fd kept = std::move(q.handle->fd);
+      if (!kept && resendable(q.handle->type, q.options)) kept = Fd::dup_of(raw);  // a NACK re-sends it
+      bool pipelined = q.options.pipelined && !resendable(q.handle->type, q.options);
+      if (!pipelined) ++blocking;
+      unacked.push_back(InFlight{std::move(frame), q.handle->type, std::move(kept), std::move(q.options), 0});
     } else {
       if (write(encode_frame(q.message), -1, std::move(q.done)) < 0) return false;
     }
@@ -258,29 +316,30 @@ struct Channel::Impl : std::enable_shared_from_this<Channel::Impl> {
   }
 
   void on_handle_reply(bool ack) {
-    if (!waiting_ack) return;  // stray ACK/NACK
-    if (in_flight) {
-      bool retransmittable = in_flight->type == HandleType::socket && !in_flight->options.keep_open;
-      if (!ack && retransmittable && in_flight->retransmissions < kMaxHandleRetransmissions) {
-        // Node re-sends the already wrapped message as a double-wrapped net.Native (verified
-        // against node v20, see channel.hpp); we re-send the original frame, which any receiver
-        // (Node or us) handles like the first attempt and ACKs once.
-        ++in_flight->retransmissions;
-        if (write(in_flight->frame, in_flight->fd.get(), {}, true) == 0) return;  // still waiting
-      }
-      if (!ack && retransmittable)
-        error_ev.emit(Error::make("ERR_IPC_HANDLE_NOT_RECEIVED",
-                                  "Handle did not reach the receiving process correctly"));
-      auto acked = std::move(in_flight->options.on_acked);
-      bool keep_open = in_flight->options.keep_open;
-      in_flight.reset();  // our duplicate of the fd closes only now
-      if (!keep_open && acked) acked();
+    if (unacked.empty()) return;  // stray ACK/NACK
+    InFlight& f = unacked.front();
+    bool retransmittable = resendable(f.type, f.options);
+    if (!ack && retransmittable && f.retransmissions < kMaxHandleRetransmissions) {
+      // Node re-sends the already wrapped message as a double-wrapped net.Native (verified
+      // against node v20, see channel.hpp); we re-send the original frame, which any receiver
+      // (Node or us) handles like the first attempt and ACKs once.
+      ++f.retransmissions;
+      if (write(f.frame, f.fd.get(), {}, true) == 0) return;  // still waiting
     }
-    waiting_ack = false;
+    if (!ack && retransmittable)
+      error_ev.emit(Error::make("ERR_IPC_HANDLE_NOT_RECEIVED",
+                                "Handle did not reach the receiving process correctly"));
+    if (unacked.empty()) return;  // a listener tore the channel down
+    InFlight done = std::move(unacked.front());
+    unacked.pop_front();  // our copy of the fd, if we kept one, closes with `done`
+    bool was_blocking = !(done.options.pipelined && !retransmittable);
+    if (was_blocking) --blocking;
+    if (!done.options.keep_open && done.options.on_acked) done.options.on_acked();
+    if (blocking > 0) return;
     auto items = std::move(queue);
     queue.clear();
     for (auto& item : items) send_now(std::move(item));
-    if (disconnect_after_ack && !waiting_ack) {
+    if (disconnect_after_ack && unacked.empty()) {
       disconnect_after_ack = false;
       disconnect_when_drained = true;
       maybe_finish_disconnect();
@@ -312,12 +371,15 @@ struct Channel::Impl : std::enable_shared_from_this<Channel::Impl> {
     }
     while (state == State::open && uv_pipe_pending_count(pipe.get()) > 0) {
       int err = 0;
-      Fd fd = detail_handles::accept_pending(loop, pipe.get(), &err);
+      Fd fd = detail_handles::take_pending(loop, pipe.get(), &err);
       if (fd) received_fds.push_back(std::move(fd));
       else error_ev.emit(Error::from_uv(err, "accept"));
     }
+    corked = true;  // an ACK and the reply it triggers leave in one write
     bool ok = reader.feed(rbuf.data(), static_cast<size_t>(nread),
                           [this](std::string_view line) { on_line(line); });
+    corked = false;
+    pump();
     if (state != State::open) return;
     if (!ok) {
       error_ev.emit(Error::make("ERR_IPC_FRAME_TOO_LARGE",
@@ -339,6 +401,12 @@ struct Channel::Impl : std::enable_shared_from_this<Channel::Impl> {
 
   void on_line(std::string_view line) {
     if (state != State::open) return;
+    if (line == kAckLine) {  // every hand-off's answer: no parse
+      static const Json ack_message = {{"cmd", "NODE_HANDLE_ACK"}};
+      on_handle_reply(true);
+      if (state == State::open) internal_ev.emit(ack_message, nullptr);
+      return;
+    }
     auto parsed = parse_frame(line, options.max_nesting_depth);
     if (!parsed) {
       error_ev.emit(parsed.error());
@@ -463,8 +531,8 @@ struct Channel::Impl : std::enable_shared_from_this<Channel::Impl> {
     connected = false;
     emit_disconnect_on_close = emit_disconnect;
     received_fds.clear();
-    in_flight.reset();
-    waiting_ack = false;
+    unacked.clear();
+    blocking = 0;
     auto items = std::move(queue);
     queue.clear();
     for (auto& q : items)
@@ -495,7 +563,7 @@ Channel::~Channel() {
   i.disconnect_ev.clear();
   i.error_ev.clear();
   i.close_ev.clear();
-  i.in_flight.reset();
+  i.unacked.clear();
   i.queue.clear();
   i.outq.clear();
   i.received_fds.clear();
@@ -555,7 +623,7 @@ Status Channel::disconnect() {
   if (i.state != Impl::State::open || !i.connected)
     return Error::make("ERR_IPC_DISCONNECTED", "IPC channel is already disconnected");
   i.connected = false;
-  if (i.waiting_ack) {
+  if (!i.unacked.empty()) {
     i.disconnect_after_ack = true;
   } else {
     i.disconnect_when_drained = true;

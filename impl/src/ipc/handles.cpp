@@ -1,9 +1,5 @@
 #include "handles.hpp"
 
-#include <fcntl.h>
-
-#include <cerrno>
-
 namespace uvcluster::ipc {
 
 const char* handle_type_name(HandleType t) {
@@ -37,46 +33,20 @@ int make_send_stream(uv_loop_t* loop, Fd dup, SendStream& out) {
   return 0;
 }
 
-namespace {
-template <class H>
-Fd accept_into(uv_pipe_t* ipc_pipe, uvcluster::detail::UvHandle<H>& tmp, int* err) {
-  int rc = uv_accept(reinterpret_cast<uv_stream_t*>(ipc_pipe), tmp.stream());
-  if (rc < 0) {
-    *err = rc;
-    return Fd();
-  }
-  uv_os_fd_t raw = -1;
-  rc = uv_fileno(tmp.base(), &raw);
-  if (rc < 0) {
-    *err = rc;
-    return Fd();
-  }
-  Fd fd = Fd::dup_of(raw);
-  if (!fd) *err = uv_translate_sys_error(errno);
-  return fd;  // tmp (and libuv's copy of the fd) is closed by its owner
-}
-}  // namespace
-
-Fd accept_pending(uv_loop_t* loop, uv_pipe_t* ipc_pipe, int* err) {
+Fd take_pending(uv_loop_t* loop, uv_pipe_t* ipc_pipe, int* err) {
   *err = 0;
-  uv_handle_type type = uv_pipe_pending_type(ipc_pipe);
-  if (type == UV_TCP) {
-    uvcluster::detail::UvHandle<uv_tcp_t> tmp;
-    if ((*err = uv_tcp_init(loop, tmp.get())) < 0) return Fd();
-    tmp.mark_initialized();
-    return accept_into(ipc_pipe, tmp, err);
-  }
-  if (type == UV_UDP) {
-    uvcluster::detail::UvHandle<uv_udp_t> tmp;
-    if ((*err = uv_udp_init(loop, tmp.get())) < 0) return Fd();
-    tmp.mark_initialized();
-    return accept_into(ipc_pipe, tmp, err);
-  }
-  // UV_NAMED_PIPE and anything else (libuv reports e.g. regular files as unknown).
-  uvcluster::detail::UvHandle<uv_pipe_t> tmp;
-  if ((*err = uv_pipe_init(loop, tmp.get(), 0)) < 0) return Fd();
+  // Whatever its type, the descriptor is accepted into a TCP handle: uv_accept only records it
+  // there, whereas uv_pipe_pending_type would probe it (ioctl, fstat, getsockname, getsockopt).
+  uvcluster::detail::UvHandle<uv_tcp_t> tmp;
+  if ((*err = uv_tcp_init(loop, tmp.get())) < 0) return Fd();
   tmp.mark_initialized();
-  return accept_into(ipc_pipe, tmp, err);
+  if ((*err = uv_accept(reinterpret_cast<uv_stream_t*>(ipc_pipe), tmp.stream())) < 0) return Fd();
+  // Take the descriptor out of the handle (libuv received it close-on-exec, MSG_CMSG_CLOEXEC):
+  // closing the handle then neither closes it nor asks epoll to forget an fd it never watched,
+  // and no duplicate is needed.
+  Fd fd(tmp->io_watcher.fd);
+  tmp->io_watcher.fd = -1;
+  return fd;
 }
 
 }  // namespace detail_handles

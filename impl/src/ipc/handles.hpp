@@ -20,9 +20,9 @@ struct SendStream {
 // libuv codes.
 int make_send_stream(uv_loop_t* loop, Fd fd, SendStream& out);
 
-// Accepts one pending handle from `ipc_pipe` and returns a close-on-exec fd for it (invalid Fd
-// with *err set on failure). The libuv-side copy is closed.
-Fd accept_pending(uv_loop_t* loop, uv_pipe_t* ipc_pipe, int* err);
+// Takes one pending descriptor from `ipc_pipe` (close-on-exec, without probing its type; an
+// invalid Fd with *err set on failure).
+Fd take_pending(uv_loop_t* loop, uv_pipe_t* ipc_pipe, int* err);
 
 bool parse_handle_type(const std::string& name, HandleType* out);
 

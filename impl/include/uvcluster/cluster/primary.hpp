@@ -74,6 +74,10 @@ struct PrimarySettings {
   bool workers_die_with_primary = true;
   // rr: a hand-off without an answer for this long ends (see the fault list above).
   uint64_t handoff_timeout_ms = 10000;
+  // rr: hand-offs in flight per worker at most (Node: 1). Above 1 the primary sends the next
+  // connection without waiting for the worker's answer to the previous ones (`uvcluster run
+  // --rr-window K`): fewer round trips, a little less even spread over short bursts.
+  int rr_window = 1;
   // reuseport: turn on net.ipv4.tcp_migrate_req (sockets.hpp) so a dying worker's queued
   // connections move to the other workers instead of being reset. It is a setting of the whole
   // network namespace and needs root; without it a killed worker's queue is lost.
@@ -224,7 +228,7 @@ class Primary : public std::enable_shared_from_this<Primary> {
   // The message's seq, or nullopt when the worker's channel is closed (nothing sent, `cb` dropped).
   std::optional<int64_t> send_to(WorkerHandle& w, Json payload, Messenger::Reply cb = {},
                                  std::optional<ipc::OutgoingHandle> handle = std::nullopt,
-                                 std::function<void()> on_nack = {});
+                                 std::function<void()> on_nack = {}, bool pipelined = false);
 
   uv_loop_t* loop_;
   PrimarySettings settings_;

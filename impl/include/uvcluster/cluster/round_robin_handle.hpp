@@ -4,7 +4,8 @@
 // worker) so it can be tested with fakes; RoundRobinHandle adds the listening socket (accepted on
 // by cluster::Acceptor) and the hand-off timeout.
 //
-// Every hand-off ends, and frees the worker's one slot, in exactly one of these ways:
+// Each worker has `window` hand-off slots (Node: 1; `uvcluster run --rr-window K`). Every hand-off
+// ends, and frees its slot, in exactly one of these ways:
 //   accepted  → the primary closes its copy; the worker gets the next queued connection.
 //   refused   → (accepted:false, e.g. the worker is at server.maxConnections, or a NACK: the fd
 //               never arrived) the worker stays in the rotation, as in Node, but rests a moment
@@ -19,6 +20,7 @@
 //   send failed (the primary is out of fds for its copy) → that connection is closed.
 #include <uv.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <deque>
 #include <functional>
@@ -54,6 +56,8 @@ class RoundRobinScheduler {
   static constexpr uint64_t kRestBaseMs = 5;
   static constexpr uint64_t kRestMaxMs = 200;
   explicit RoundRobinScheduler(int attempts_per_worker = kDefaultAttemptsPerWorker);
+  // Hand-offs in flight per worker at most (>= 1; Node's is 1).
+  void set_window(int window) { window_ = std::max(1, window); }
 
   void add(int worker, Sender send);  // then hands it a queued connection, if any
   // Drops a worker from the rotation. Returns true when no worker is left.
@@ -99,8 +103,8 @@ class RoundRobinScheduler {
   };
   struct Member {
     Sender send;
-    std::optional<InFlight> in_flight;
-    uint64_t stalled = 0;  // id of a timed-out hand-off: no more until the worker answers it
+    std::deque<InFlight> in_flight;  // oldest first, at most window_
+    uint64_t stalled = 0;  // id of the oldest timed-out hand-off: no more until the worker answers it
     int refusals_in_row = 0;
     uint64_t rest_until = 0;  // no hand-off before this time (clock units: ms)
   };
@@ -115,6 +119,7 @@ class RoundRobinScheduler {
   std::optional<Conn> take_for(int worker);
 
   int attempts_per_worker_;
+  int window_ = 1;
   std::function<uint64_t()> now_ = [] { return uint64_t{0}; };
   std::function<void(uint64_t)> on_rest_;
   std::map<uint64_t, Orphan> orphans_;  // by hand-off id
@@ -126,8 +131,8 @@ class RoundRobinScheduler {
   uint64_t next_id_ = 1;
 };
 
-// The listening socket + scheduler. Accepts until EAGAIN on each wake-up (the primary is the
-// only acceptor, so draining costs no herd); out of fds it pauses (Acceptor). A sweep timer ends
+// The listening socket + scheduler. Accepts one connection per wake-up (no accept known to fail
+// with EAGAIN); out of fds it pauses (Acceptor). A sweep timer ends
 // hand-offs that got no answer within `handoff_timeout_ms`.
 class RoundRobinHandle : public ServerHandle {
  public:

@@ -73,6 +73,7 @@ struct ServerHandleContext {
   uv_loop_t* loop = nullptr;
   Policy policy = Policy::rr;
   uint64_t handoff_timeout_ms = 10000;
+  int rr_window = 1;  // rr: hand-offs in flight per worker
   bool reuseport_migrate_queues = true;
   // rr: how a connection reaches `worker` ({act:"newconn"} + the fd, with the primary's seq/ack).
   std::function<HandOffSender(int worker)> newconn{};

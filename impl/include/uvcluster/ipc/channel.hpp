@@ -8,7 +8,8 @@
 //     they go to on_internal_message, never to on_message.
 //   * Handles travel as {"cmd":"NODE_HANDLE","type":...,"msg":<user message>[,"key":...]} with the
 //     fd attached (SCM_RIGHTS); the receiver answers NODE_HANDLE_ACK (or NODE_HANDLE_NACK when no
-//     fd arrived). One handle is in flight per channel; later sends queue behind it, in order.
+//     fd arrived). One handle is in flight per channel; later sends queue behind it, in order
+//     (SendOptions::pipelined handles excepted: a hand-off window).
 //
 // Lifetime: owned by the ChildProcess (parent side) or by the caller (child side, from
 // parent_channel()). Events are delivered on the loop, never from inside send()/disconnect().
@@ -27,8 +28,10 @@
 // ReceivedHandle; NODE_HANDLE_ACK/NACK also reach on_internal_message. User messages that arrive
 // before any on_message listener are kept and replayed (Node's kPendingMessages).
 //
-// Sending: a handle frame is one uv_write2 carrying a close-on-exec duplicate of the fd; the
-// channel keeps its own fd until the ACK. On NACK a net.Socket sent without keep_open is re-sent
+// Sending: when nothing is queued, a handle frame and its fd go out in one sendmsg on the
+// channel's socket (no duplicate, no libuv handle); otherwise it waits in the queue as a
+// close-on-exec duplicate written by uv_write2. An owned fd is kept until the ACK. Frames written
+// while a read is being handled (an ACK and the reply it triggers) leave in one write. On NACK a net.Socket sent without keep_open is re-sent
 // up to 3 times (Node's MAX_HANDLE_RETRANSMISSIONS), then given up with error
 // ERR_IPC_HANDLE_NOT_RECEIVED (Node: SentHandleNotReceivedWarning); other types just release
 // the queue. Deliberate difference, verified against node v20: Node re-sends the already
@@ -83,6 +86,9 @@ struct OutgoingHandle {
   HandleType type = HandleType::native;
   Fd fd{};
   std::optional<std::string> key{};  // net.Socket accepted by a server: the server's key
+  // Instead of `fd`: the caller's own descriptor, which it keeps. Sent as is when the frame can
+  // go out at once (no duplicate); duplicated only if the frame has to wait in a queue.
+  int borrowed = -1;
 };
 
 // A handle received with a message. A listener that wants it moves `fd` out; otherwise the
@@ -104,6 +110,10 @@ struct SendOptions {
   // close the original (Node closes the socket after ACK).
   bool keep_open = false;
   std::function<void()> on_acked{};
+  // A hand-off window: this handle does not wait for the ACK of the handles sent before it (nor
+  // does anything wait for its own). ACK/NACKs answer handles in the order they were sent. For
+  // net.Native handles, which are never re-sent.
+  bool pipelined = false;
 };
 
 struct ChannelOptions {
