@@ -1,5 +1,6 @@
 #include "uvcluster/cluster/primary.hpp"
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 
@@ -232,10 +233,27 @@ std::optional<int64_t> Primary::send_to(WorkerHandle& w, Json payload, Messenger
   int64_t seq = m["seq"].get<int64_t>();
   if (debug_) std::fprintf(stderr, "[primary] -> %d %s%s\n", w.id_, m.dump().c_str(), handle ? " +fd" : "");
   // The channel sends handles one at a time, in order, so ACK/NACKs answer them in this order.
-  if (handle) w.on_nack_.push_back(std::move(on_nack));
+  std::function<void(const Error*)> done;
+  if (handle) {
+    auto slot = std::make_shared<std::function<void()>>(std::move(on_nack));
+    w.on_nack_.push_back(slot);
+    // A handle that could not leave because we are out of fds (the channel had to duplicate it
+    // to queue it) never reached the worker: that is a NACK, not a broken channel.
+    done = [wp = weak_from_this(), id = w.id_, slot](const Error* e) {
+      auto p = wp.lock();
+      if (!e || !p) return;
+      auto it = p->workers_.find(id);
+      if (it == p->workers_.end()) return;
+      WorkerHandle& wh = *it->second;
+      if (e->errnum != UV_EMFILE && e->errnum != UV_ENFILE) return p->on_channel_failure(wh, *e);
+      auto& q = wh.on_nack_;
+      if (auto pos = std::find(q.begin(), q.end(), slot); pos != q.end()) q.erase(pos);
+      if (*slot) (*slot)();
+    };
+  }
   ipc::SendOptions options;
   options.pipelined = pipelined;
-  w.process_->channel()->send(m, std::move(handle), std::move(options));
+  w.process_->channel()->send(m, std::move(handle), std::move(options), std::move(done));
   return seq;
 }
 
@@ -243,7 +261,7 @@ void Primary::on_handle_reply(WorkerHandle& w, bool acked) {
   if (w.on_nack_.empty()) return;  // a stray ACK/NACK (the channel ignores it too)
   auto on_nack = std::move(w.on_nack_.front());
   w.on_nack_.pop_front();
-  if (!acked && on_nack) on_nack();
+  if (!acked && *on_nack) (*on_nack)();
 }
 
 void Primary::on_channel_failure(WorkerHandle& w, const Error& e) {

@@ -159,7 +159,7 @@ class WorkerHandle {
   uint64_t connections_ = 0;
   // One entry per handle-bearing message in flight on its channel, oldest first: what to do if
   // the worker answers NODE_HANDLE_NACK (the fd did not arrive) instead of NODE_HANDLE_ACK.
-  std::deque<std::function<void()>> on_nack_;
+  std::deque<std::shared_ptr<std::function<void()>>> on_nack_;  // per handle in flight, oldest first
   detail::Event<> online_;
   detail::Event<const Address&> listening_;
   detail::Event<const Json&> message_;
