@@ -432,7 +432,8 @@ TEST(ClusterCli, ListenFailureOfAServingClusterDoesNotDrainIt) {
   EXPECT_EQ(cli.drain(loop), std::optional<int>(0)) << cli.err;
 }
 
-// 64 KiB lines from four workers through the primary's one stderr: every line arrives whole.
+// 64 KiB lines from four workers through the primary's one stderr: every line arrives whole,
+// behind its own worker's prefix.
 TEST(ClusterCli, WorkerOutputLinesAreNeverTorn) {
   constexpr int kWorkers = 4, kLines = 40, kSize = 65536;
   uvc_test::TestLoop loop;
@@ -449,8 +450,11 @@ TEST(ClusterCli, WorkerOutputLinesAreNeverTorn) {
   for (size_t nl; (nl = cli.err.find('\n', start)) != std::string::npos; start = nl + 1) {
     std::string_view line(cli.err.data() + start, nl - start);
     if (line.size() < 1000) continue;  // not one of the big lines
-    bool same = line.find_first_not_of(line[0]) == std::string_view::npos;
-    if (line.size() == size_t(kSize) && same) ++whole[line[0]];
+    size_t bar = line.find(" | ");
+    std::string_view text = bar == std::string_view::npos ? line : line.substr(bar + 3);
+    bool same = !text.empty() && text.find_first_not_of(text[0]) == std::string_view::npos;
+    std::string prefix = std::to_string(text.empty() ? 0 : text[0] - 'a') + "|supervised_worker | ";
+    if (text.size() == size_t(kSize) && same && line.substr(0, bar + 3) == prefix) ++whole[text[0]];
     else ++torn;
   }
   EXPECT_EQ(torn, 0);
@@ -518,7 +522,8 @@ TEST(ClusterCli, StatusLineIsClearedBeforeWorkerOutput) {
   auto r = uvc_test::run_capture({"/usr/bin/script", "-qfec", cmd, "/dev/null"});
   ASSERT_NE(r.out.find("[uvcluster rr]"), std::string::npos) << "no status line was drawn: " << r.out;
   size_t ticks = 0;
-  for (size_t p = 0; (p = r.out.find("tick ", p)) != std::string::npos; p += 5, ++ticks) {
+  const std::string tick = "0|supervised_worker | tick ";
+  for (size_t p = 0; (p = r.out.find(tick, p)) != std::string::npos; p += tick.size(), ++ticks) {
     std::string before = r.out.substr(p >= 3 ? p - 3 : 0, std::min<size_t>(p, 3));
     EXPECT_TRUE(before.empty() || before == "\033[K" || before.back() == '\n')
         << "tick glued to: " << Json(r.out.substr(p > 80 ? p - 80 : 0, 80)).dump();
