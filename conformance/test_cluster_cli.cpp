@@ -6,6 +6,11 @@
 #include <sys/socket.h>
 
 #include <atomic>
+#include <filesystem>
+#include <fstream>
+#include <regex>
+#include <set>
+#include <sstream>
 #include <thread>
 
 #include "http_client.hpp"
@@ -459,6 +464,189 @@ TEST(ClusterCli, WorkerOutputLinesAreNeverTorn) {
   }
   EXPECT_EQ(torn, 0);
   for (char c : {'a', 'b', 'c', 'd'}) EXPECT_EQ(whole[c], kLines) << c;
+}
+
+namespace {
+
+// A fresh directory for a test's files, removed with what is in it.
+struct TempDir {
+  std::string path;
+  TempDir() {
+    char tmpl[] = "/tmp/uvc-ops-XXXXXX";
+    path = ::mkdtemp(tmpl) ? tmpl : "";
+    EXPECT_FALSE(path.empty());
+  }
+  ~TempDir() { std::filesystem::remove_all(path); }
+  std::string file(const std::string& name) const { return path + "/" + name; }
+  std::string write(const std::string& name, const std::string& text) const {
+    std::ofstream(file(name)) << text;
+    return file(name);
+  }
+};
+
+std::string read_file(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+std::vector<std::string> lines_of(const std::string& text) {
+  std::vector<std::string> lines;
+  std::istringstream in(text);
+  for (std::string l; std::getline(in, l);) lines.push_back(l);
+  return lines;
+}
+
+}  // namespace
+
+// --log/--error-log: each stream in its file, every line whole behind its prefix and timestamp;
+// the error log rotates by size and keeps --log-files old files; --json's stdout stays events only.
+TEST(ClusterCli, LogFilesArePrefixedTimestampedAndRotatedBySize) {
+  constexpr int kLines = 30, kSize = 1000, kMax = 4096;
+  TempDir dir;
+  std::string out = dir.file("out.log"), err = dir.file("err.log");
+  uvc_test::TestLoop loop;
+  Cli cli(loop, supervised({"-i", "2", "--name", "web", "--time", "--log", out, "--error-log", err,
+                            "--log-max-size", "4K", "--log-files", "2", "--json"},
+                           {"env", "NODE_APP_INSTANCE", "lines", std::to_string(kLines), std::to_string(kSize)}));
+  ASSERT_TRUE(loop.run_until([&] { return cli.count("listening") == 2; }, 60000));
+  EXPECT_EQ(cli.drain(loop), std::optional<int>(0)) << cli.err;
+  for (auto& e : cli.events) EXPECT_FALSE(e.is_discarded()) << "a worker line on --json's stdout";
+  EXPECT_EQ(cli.out_buf, "");
+  EXPECT_EQ(cli.err.find("env NODE_APP_INSTANCE"), std::string::npos) << "stdout lines belong in " << out;
+  EXPECT_EQ(cli.err.find("aaaa"), std::string::npos) << "stderr lines belong in " << err;
+
+  const std::regex line_re(R"(([01])\|web \| \d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z: (.*))");
+  std::smatch m;
+  std::set<std::string> instances;
+  for (auto& l : lines_of(read_file(out))) {
+    ASSERT_TRUE(std::regex_match(l, m, line_re)) << l;
+    EXPECT_EQ(m[2].str(), "env NODE_APP_INSTANCE=" + m[1].str());
+    instances.insert(m[1]);
+  }
+  EXPECT_EQ(instances, (std::set<std::string>{"0", "1"}));
+  // 60 lines of ~1040 bytes: err.log, err.log.1 and err.log.2 each hold the last whole lines.
+  int kept = 0;
+  for (const std::string& f : {err, err + ".1", err + ".2"}) {
+    std::string text = read_file(f);
+    EXPECT_GT(text.size(), 0u) << f;
+    EXPECT_LE(text.size(), size_t(kMax)) << f;
+    for (auto& l : lines_of(text)) {
+      ASSERT_TRUE(std::regex_match(l, m, line_re)) << f << ": " << l.substr(0, 80);
+      std::string letters = m[2];
+      char letter = char('a' + std::stoi(m[1]));
+      EXPECT_EQ(letters, std::string(kSize, letter)) << f << ": torn or misattributed";
+      ++kept;
+    }
+  }
+  EXPECT_GE(kept, 6);
+  EXPECT_FALSE(std::filesystem::exists(err + ".3"));
+}
+
+// --raw drops the prefix; a log file that cannot be opened is a one-line error, exit 2.
+TEST(ClusterCli, RawOutputHasNoPrefixAndAnUnopenableLogIsExit2) {
+  uvc_test::TestLoop loop;
+  Cli cli(loop, supervised({"-i", "1", "--raw", "--json"}, {"env", "NODE_APP_INSTANCE"}));
+  ASSERT_TRUE(loop.run_until([&] { return cli.count("listening") == 1 && count_of(cli.err, "\n") >= 1; }));
+  EXPECT_EQ(cli.err.rfind("env NODE_APP_INSTANCE=0\n", 0), 0u) << cli.err;
+  EXPECT_EQ(cli.drain(loop), std::optional<int>(0));
+  auto r = uvc_test::run_capture({uvc_test::cli(), "run", "--log", "/nonexistent/dir/out.log", "--", "x.js"});
+  EXPECT_EQ(r.status, 2);
+  EXPECT_EQ(r.err, "uvcluster run: cannot open log file: open /nonexistent/dir/out.log ENOENT\n") << r.err;
+}
+
+// --config app.json: the file's options, script and args, env then the chosen env set; a flag on
+// the command line overrides the file.
+TEST(ClusterCli, ConfigFileGivesOptionsEnvSetsAndTheCommandLineOverridesIt) {
+  TempDir dir;
+  Json conf = {{"name", "api"}, {"script", uvc_test::fixture("supervised_worker.js")},
+               {"args", {"0", "127.0.0.1", "env", "NODE_APP_INSTANCE,GREETING,MODE"}}, {"instances", 2},
+               {"policy", "rr"}, {"kill_timeout", 3000}, {"wait_ready", false},
+               {"env", {{"GREETING", "hello"}, {"MODE", "dev"}}}, {"env_production", {{"MODE", "prod"}}}};
+  std::string path = dir.write("app.json", conf.dump());
+  {
+    uvc_test::TestLoop loop;
+    Cli cli(loop, {"--config", path, "--env-set", "production", "--json"});
+    ASSERT_TRUE(loop.run_until([&] { return cli.count("listening") == 2 && count_of(cli.err, "\n") >= 6; }));
+    EXPECT_EQ(count_of(cli.err, "|api | env MODE=prod\n"), 2u) << cli.err;
+    EXPECT_EQ(count_of(cli.err, "|api | env GREETING=hello\n"), 2u) << cli.err;
+    EXPECT_EQ(count_of(cli.err, "1|api | env NODE_APP_INSTANCE=1\n"), 1u) << cli.err;
+    EXPECT_EQ(cli.drain(loop), std::optional<int>(0)) << cli.err;
+  }
+  uvc_test::TestLoop loop;
+  Cli cli(loop, {"--config", path, "-i", "1", "--env", "MODE=cli", "--name", "x", "--json"});
+  ASSERT_TRUE(loop.run_until([&] { return cli.count("listening") == 1 && count_of(cli.err, "\n") >= 3; }));
+  EXPECT_EQ(cli.count("fork"), 1);
+  EXPECT_NE(cli.err.find("0|x | env MODE=cli\n"), std::string::npos) << cli.err;
+  EXPECT_EQ(cli.drain(loop), std::optional<int>(0)) << cli.err;
+}
+
+// A PM2 ecosystem.config.js is read through node; the fields we do not support are named in one
+// warning line.
+TEST(ClusterCli, Pm2EcosystemFileRunsAndUnsupportedFieldsAreOneWarning) {
+  TempDir dir;
+  std::string out = dir.file("api-out.log");
+  std::string eco = dir.write("ecosystem.config.js", R"(module.exports = {
+  apps: [{
+    name: 'api',
+    script: ')" + uvc_test::fixture("supervised_worker.js") + R"(',
+    args: '0 127.0.0.1 env MODE,NODE_APP_INSTANCE ready',
+    instances: 2,
+    exec_mode: 'cluster',
+    wait_ready: true,
+    listen_timeout: '20s',
+    kill_timeout: 3000,
+    out_file: ')" + out + R"(',
+    watch: true,
+    cron_restart: '0 0 * * *',
+    env: { MODE: 'dev' },
+    env_production: { MODE: 'prod' },
+  }],
+};
+)");
+  uvc_test::TestLoop loop;
+  Cli cli(loop, {"--config", eco, "--env-set", "production", "--json"});
+  ASSERT_TRUE(loop.run_until([&] { return cli.count("ready") == 2; }, 60000)) << cli.err;
+  EXPECT_EQ(cli.drain(loop), std::optional<int>(0)) << cli.err;
+  EXPECT_EQ(count_of(cli.err, "uvcluster run: warning: " + eco +
+                                  ": ignoring fields uvcluster does not support: cron_restart, watch\n"),
+            1u)
+      << cli.err;
+  std::string log = read_file(out);
+  EXPECT_EQ(count_of(log, "|api | env MODE=prod\n"), 2u) << log;
+}
+
+// Bad config files: one line naming the file and what is wrong, exit 2, nothing started.
+TEST(ClusterCli, BadConfigFilesAreOneLineErrorsAndExit2) {
+  TempDir dir;
+  std::string script = uvc_test::fixture("supervised_worker.js");
+  struct Case {
+    std::string name, text, env_set, expect;
+  };
+  std::vector<Case> cases = {
+      {"broken.json", "{\"instances\": 2,", "", "not valid JSON"},
+      {"list.json", "[1, 2]", "", "\"apps\" must be a list of apps"},
+      {"policy.json", R"({"policy": "fastest", "script": "x.js"})", "", "key \"policy\": --policy must be"},
+      {"unknown.json", R"({"bogus_key": 1, "script": "x.js"})", "", "key \"bogus_key\": unknown option '--bogus-key'"},
+      {"nested.json", R"({"instances": {"n": 2}})", "", "\"instances\" must be a string, number or boolean"},
+      {"noset.json", R"({"script": "x.js", "env": {}})", "staging", "no \"env_staging\" for --env-set staging"},
+      {"two.config.js", "module.exports = {apps: [{script: 'a.js'}, {script: 'b.js'}]};", "",
+       "defines 2 apps; uvcluster run runs one"},
+      {"syntax.config.js", "module.exports = {apps: [{script: 'a.js',}}", "", "node could not load it: SyntaxError"},
+      {"missing.json", "", "", "cannot read it"},
+  };
+  for (auto& c : cases) {
+    std::string path = c.name == "missing.json" ? dir.file(c.name) : dir.write(c.name, c.text);
+    std::vector<std::string> argv = {uvc_test::cli(), "run", "--config", path};
+    if (!c.env_set.empty()) argv.insert(argv.end(), {"--env-set", c.env_set});
+    auto r = uvc_test::run_capture(argv);
+    EXPECT_EQ(r.status, 2) << c.name << ": " << r.err;
+    std::string first = r.err.substr(0, r.err.find('\n'));
+    EXPECT_EQ(first.rfind("uvcluster run: " + path + ": ", 0), 0u) << c.name << ": " << first;
+    EXPECT_NE(first.find(c.expect), std::string::npos) << c.name << ": " << first;
+    EXPECT_EQ(r.err.find("\"event\":\"fork\""), std::string::npos) << c.name;
+  }
 }
 
 // NODE_APP_INSTANCE is the slot: a restarted worker gets its predecessor's number.
