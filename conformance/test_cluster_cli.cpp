@@ -97,7 +97,9 @@ TEST(ClusterCli, UsageErrorsAreOneLinePlusHelpAndExit2) {
   for (std::vector<std::string> args : std::vector<std::vector<std::string>>{
            {"run"}, {"run", "--policy", "fast", "--", "x.js"}, {"run", "-i", "0", "--", "x.js"},
            {"run", "--bogus"}, {"run", "--", "node"}, {"run", "--kill-signal", "SIGNOPE", "--", "x.js"},
-           {"run", "--env", "NOEQUALS", "--", "x.js"}, {"run", "--kill-timeout", "-1", "--", "x.js"}}) {
+           {"run", "--env", "NOEQUALS", "--", "x.js"}, {"run", "--kill-timeout", "-1", "--", "x.js"},
+           {"run", "--log-max-size", "10X", "--", "x.js"}, {"run", "--log-files", "-1", "--", "x.js"},
+           {"run", "--env-set", "production", "--", "x.js"}, {"run", "--log"}}) {
     args.insert(args.begin(), uvc_test::cli());
     auto r = uvc_test::run_capture(args);
     EXPECT_EQ(r.status, 2) << r.err;
@@ -108,7 +110,9 @@ TEST(ClusterCli, UsageErrorsAreOneLinePlusHelpAndExit2) {
   EXPECT_EQ(help.status, 0);
   for (const char* word : {"--policy", "reuseport", "exclusive", "--restart", "--grace", "--json", "SIGHUP",
                            "--kill-signal", "--kill-timeout", "--min-uptime", "--max-restarts",
-                           "--restart-window", "--wait-ready", "--listen-timeout", "--instance-var", "--env"})
+                           "--restart-window", "--wait-ready", "--listen-timeout", "--instance-var", "--env",
+                           "sticky", "--name", "--raw", "--time", "--log", "--error-log", "--log-max-size",
+                           "--log-files", "--config", "--env-set"})
     EXPECT_NE(help.out.find(word), std::string::npos) << word;
 }
 

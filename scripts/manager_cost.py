@@ -28,6 +28,7 @@ import chaos  # noqa: E402
 import strict_json  # noqa: E402
 from load import run_wrk  # noqa: E402
 from procfs import cpu_seconds  # noqa: E402
+from report_section import replace_section  # noqa: E402
 
 MANAGERS = ["uvc-rr", "node-cluster", "pm2"]
 # rounds, wrk seconds per measurement, workers, wrk connections
@@ -123,23 +124,13 @@ def table(doc):
 
 def link_in(report_md, doc):
     """(Re)writes this section at the end of make bench's REPORT.md, between markers."""
-    if not os.path.exists(report_md):
-        return False
-    text = open(report_md).read()
-    if SECTION_BEGIN in text:
-        head, rest = text.split(SECTION_BEGIN, 1)
-        tail = rest.split(SECTION_END, 1)[1] if SECTION_END in rest else ""
-        text = head.rstrip("\n") + "\n" + tail.lstrip("\n")
     e = doc["env"]
-    L = ["", SECTION_BEGIN, "## Manager cost (scripts/manager_cost.py)", "",
+    L = ["## Manager cost (scripts/manager_cost.py)", "",
          f"The process manager alone (primary + non-worker helpers), {e['workers']} workers of "
          f"scripts/chaos/app.js, wrk `Connection: close` with {e['connections']} connections for "
          f"{e['seconds']} s per round, {e['rounds']} interleaved rounds (medians), loadavg "
          f"{e['loadavg_1m']:.1f} at the start, code `{e.get('git')}`. Ratios < 1: uvcluster costs less.", ""]
-    L += table(doc) + [SECTION_END, ""]
-    with open(report_md, "w") as f:
-        f.write(text.rstrip("\n") + "\n" + "\n".join(L))
-    return True
+    return replace_section(report_md, SECTION_BEGIN, SECTION_END, L + table(doc))
 
 
 def main(argv=None):
