@@ -561,11 +561,12 @@ TEST(ClusterCli, RawOutputHasNoPrefixAndAnUnopenableLogIsExit2) {
   EXPECT_EQ(r.err, "uvcluster run: cannot open log file: open /nonexistent/dir/out.log ENOENT\n") << r.err;
 }
 
-// --config app.json: the file's options, script and args, env then the chosen env set; a flag on
-// the command line overrides the file.
+// --config app.json: the file's options, script (relative: beside the file) and args, env then
+// the chosen env set; a flag on the command line overrides the file.
 TEST(ClusterCli, ConfigFileGivesOptionsEnvSetsAndTheCommandLineOverridesIt) {
   TempDir dir;
-  Json conf = {{"name", "api"}, {"script", uvc_test::fixture("supervised_worker.js")},
+  dir.write("server.js", read_file(uvc_test::fixture("supervised_worker.js")));
+  Json conf = {{"name", "api"}, {"script", "server.js"},
                {"args", {"0", "127.0.0.1", "env", "NODE_APP_INSTANCE,GREETING,MODE"}}, {"instances", 2},
                {"policy", "rr"}, {"kill_timeout", 3000}, {"wait_ready", false},
                {"env", {{"GREETING", "hello"}, {"MODE", "dev"}}}, {"env_production", {{"MODE", "prod"}}}};

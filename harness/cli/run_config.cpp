@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cctype>
+#include <filesystem>
 #include <fstream>
 #include <map>
 #include <nlohmann/json.hpp>
@@ -194,6 +195,11 @@ Result<RunConfig, std::string> read_run_config(const std::string& path, const st
   }
   auto rc = to_arguments(conf, env_set);
   if (!rc.ok()) return fail(rc.error());
+  // As PM2 does, a relative script is found beside the file (the shell's directory may differ).
+  if (conf.contains("script") && !rc->command.empty() && rc->command[0][0] != '/') {
+    auto beside = std::filesystem::path(path).parent_path() / rc->command[0];
+    if (std::filesystem::exists(beside)) rc->command[0] = beside.string();
+  }
   rc->unsupported = std::move(unsupported);
   return rc;
 }
