@@ -28,7 +28,7 @@ import chaos  # noqa: E402
 import strict_json  # noqa: E402
 from load import run_wrk  # noqa: E402
 from procfs import cpu_seconds  # noqa: E402
-from report_section import replace_section  # noqa: E402
+from md_section import rewrite  # noqa: E402
 
 MANAGERS = ["uvc-rr", "node-cluster", "pm2"]
 # rounds, wrk seconds per measurement, workers, wrk connections
@@ -130,7 +130,7 @@ def link_in(report_md, doc):
          f"scripts/chaos/app.js, wrk `Connection: close` with {e['connections']} connections for "
          f"{e['seconds']} s per round, {e['rounds']} interleaved rounds (medians), loadavg "
          f"{e['loadavg_1m']:.1f} at the start, code `{e.get('git')}`. Ratios < 1: uvcluster costs less.", ""]
-    return replace_section(report_md, SECTION_BEGIN, SECTION_END, L + table(doc))
+    return rewrite(report_md, SECTION_BEGIN, SECTION_END, L + table(doc))
 
 
 def main(argv=None):

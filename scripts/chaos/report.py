@@ -11,9 +11,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import analysis  # noqa: E402
-from report_section import replace_section  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 REFERENCE = "node-cluster"
@@ -186,9 +184,17 @@ SECTION_END = "<!-- /fault lab -->"
 
 
 def link_in(report_md, doc, md_path):
-    """(Re)writes the fault lab's short section at the end of make bench's REPORT.md."""
+    """(Re)writes the fault lab's short section at the end of make bench's REPORT.md (between
+    markers, so the lab's own report and this one can be rewritten independently)."""
+    if not os.path.exists(report_md):
+        return False
+    text = open(report_md).read()
+    if SECTION_BEGIN in text:
+        head, rest = text.split(SECTION_BEGIN, 1)
+        tail = rest.split(SECTION_END, 1)[1] if SECTION_END in rest else ""
+        text = head.rstrip("\n") + "\n" + tail.lstrip("\n")
     rel = os.path.relpath(md_path, os.path.dirname(os.path.abspath(report_md)))
-    L = ["## Fault lab (`make chaos`)", "",
+    L = ["", SECTION_BEGIN, "## Fault lab (`make chaos`)", "",
          f"{len(doc['faults'])} faults × {len(doc['managers'])} managers, profile "
          f"`{doc['profile']}`, code `{doc.get('environment', {}).get('git')}`: tables and plots "
          f"per fault in [{rel}]({rel}). Goal figures:", "",
@@ -197,7 +203,10 @@ def link_in(report_md, doc, md_path):
     for m, g in goals(doc).items():
         L.append(f"| {m} | {len(g['permanent_outages'])} | {len(g['worse_than_node'])} "
                  f"| {len(g['primary_not_within_1pct'])} | {len(g['primary_died'])} |")
-    return replace_section(report_md, SECTION_BEGIN, SECTION_END, L)
+    L += [SECTION_END, ""]
+    with open(report_md, "w") as f:
+        f.write(text.rstrip("\n") + "\n" + "\n".join(L))
+    return True
 
 
 def main():
