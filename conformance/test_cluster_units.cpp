@@ -4,6 +4,8 @@
 #include <sys/socket.h>
 
 #include <deque>
+#include <map>
+#include <set>
 
 #include "http_client.hpp"
 #include "support.hpp"
@@ -59,6 +61,8 @@ TEST(ClusterProtocol, PolicyNames) {
   EXPECT_EQ(parse_policy("none"), Policy::none);
   EXPECT_EQ(parse_policy("reuseport"), Policy::reuseport);
   EXPECT_EQ(parse_policy("exclusive"), Policy::exclusive);
+  EXPECT_EQ(parse_policy("sticky"), Policy::sticky);
+  EXPECT_STREQ(policy_name(Policy::sticky), "sticky");
   EXPECT_FALSE(parse_policy("RR"));
 }
 
@@ -157,6 +161,42 @@ TEST(RoundRobinScheduler, WindowKeepsUpToKInFlightPerWorkerInRotation) {
     EXPECT_EQ(s.handed_out().at(2), 4u);
   }
   EXPECT_EQ(uvc_test::open_fds(), before);
+}
+
+// Pick::sticky: a key's connections go to one worker; while it is busy they wait for it even with
+// other workers idle; a worker joining takes no pinned key; a leaving worker's keys move.
+TEST(RoundRobinScheduler, StickyKeepsAKeyOnItsWorkerWaitsWhileBusyRemapsWhenItLeaves) {
+  FakeWorkers f;
+  RoundRobinScheduler s(RoundRobinScheduler::kDefaultAttemptsPerWorker, RoundRobinScheduler::Pick::sticky);
+  for (int w : {1, 2, 3}) s.add(w, f.sender(w));
+  std::map<uint64_t, int> placed;
+  std::set<int> used;
+  for (uint64_t key = 1; key <= 300; ++key) used.insert(placed[key * 7919] = s.worker_for(key * 7919));
+  EXPECT_EQ(used, (std::set<int>{1, 2, 3})) << "the hash spreads keys over every worker";
+  const uint64_t key = 7919;
+  const int home = placed[key];
+  s.push(conn(), key);
+  s.push(conn(), key);
+  ASSERT_EQ(f.sent.size(), 1u);
+  EXPECT_EQ(f.sent[0].worker, home);
+  EXPECT_EQ(s.queued(), 1u) << "the second waits for its busy worker";
+  EXPECT_EQ(s.free_count(), 2u) << "although two workers are idle";
+  f.answer(true);
+  ASSERT_EQ(f.sent.size(), 1u);
+  EXPECT_EQ(f.sent[0].worker, home);
+  f.answer(true);
+  s.add(4, f.sender(4));
+  for (auto& [k, w] : placed) EXPECT_EQ(s.worker_for(k), w) << "a new worker takes no pinned client";
+  s.push(conn(), key);
+  ASSERT_EQ(f.sent.size(), 1u);
+  s.remove(home, /*gone=*/true);  // in flight to it: requeued, now for another worker
+  ASSERT_EQ(f.sent.size(), 2u);
+  EXPECT_NE(f.sent[1].worker, home);
+  EXPECT_EQ(s.worker_for(key), f.sent[1].worker);
+  for (auto& [k, w] : placed) {
+    if (w == home) continue;
+    EXPECT_EQ(s.worker_for(k), w) << "only the leaver's clients move";
+  }
 }
 
 TEST(RoundRobinScheduler, RefusedConnectionGoesToAnotherWorker) {

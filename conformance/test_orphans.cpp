@@ -114,7 +114,9 @@ struct PrimaryRun {
       std::istringstream lines(err.substr(parsed, err.rfind('\n') + 1 - parsed));
       for (std::string line; std::getline(lines, line);) {
         int worker = 0, child = 0;
-        if (std::sscanf(line.c_str(), "grandchild %d %d", &worker, &child) == 2) grandchildren.push_back(child);
+        size_t at = line.find("grandchild ");  // behind the CLI's "<instance>|<name> | " prefix
+        if (at != std::string::npos && std::sscanf(line.c_str() + at, "grandchild %d %d", &worker, &child) == 2)
+          grandchildren.push_back(child);
       }
     });
     primary->on_exit([this](const ExitStatus&) { exited = true; });

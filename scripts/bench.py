@@ -11,7 +11,9 @@ what we track).
 Results: results/micro.json; then the cluster RR handoff benchmark (results/cluster.json); then
 scripts/lab/driver.py runs the strategy lab (results/latest.json, results/REPORT.md); then
 bench/rr_limits.py, the RR hand-off beside its bare limit (results/rr_limits.json, a section of
-results/REPORT.md); then the fault lab, scripts/chaos/chaos.py (results/chaos/latest.json, results/CHAOS.md).
+results/REPORT.md); scripts/manager_cost.py, the manager's own RSS and CPU per 1,000 requests for
+uvcluster run, Node's cluster and PM2 (results/managers.json, a section of REPORT.md); then the
+fault lab, scripts/chaos/chaos.py (results/chaos/latest.json, results/CHAOS.md).
 Every run appends its tracked metrics to results/history.jsonl (scripts/history.py).
 All results files are strict JSON (scripts/strict_json.py, schemas in results/schema/).
 """
@@ -184,6 +186,12 @@ def main():
                                    "--strace-duration", str(strace_s),
                                    "--json", os.path.join(ROOT, "results", "rr_limits.json"),
                                    "--report-md", os.path.join(ROOT, "results", "REPORT.md")])
+    if ran_lab:
+        # The manager alone (uvcluster run vs Node's cluster vs PM2): results/managers.json and a
+        # section of REPORT.md (written by the lab just now).
+        print("\nmanager cost (scripts/manager_cost.py) ...", flush=True)
+        status |= subprocess.call([sys.executable, os.path.join(ROOT, "scripts", "manager_cost.py"),
+                                   "--build", build, "--profile", args.profile])
     history.append(history.from_bench(os.path.join(ROOT, "results"), args.profile,
                                       micro=not args.skip_micro, lab=ran_lab))
     print("appended the tracked metrics to results/history.jsonl (scripts/history.py plots them)")

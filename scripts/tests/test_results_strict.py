@@ -37,6 +37,8 @@ def schema_for(path):
         return "cluster"
     if name == "rr_limits.json":
         return "rr_limits"
+    if name == "managers.json":
+        return "managers"
     raise AssertionError(f"{rel}: a results file without a schema; add one to results/schema/")
 
 

@@ -16,6 +16,7 @@ namespace uvcluster::cluster {
 const char* policy_name(Policy p) {
   switch (p) {
     case Policy::rr: return "rr";
+    case Policy::sticky: return "sticky";
     case Policy::none: return "none";
     case Policy::reuseport: return "reuseport";
     case Policy::exclusive: return "exclusive";
@@ -25,6 +26,7 @@ const char* policy_name(Policy p) {
 
 std::optional<Policy> parse_policy(std::string_view s) {
   if (s == "rr") return Policy::rr;
+  if (s == "sticky") return Policy::sticky;
   if (s == "none") return Policy::none;
   if (s == "reuseport") return Policy::reuseport;
   if (s == "exclusive") return Policy::exclusive;

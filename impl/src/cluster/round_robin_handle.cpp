@@ -1,5 +1,8 @@
 #include "uvcluster/cluster/round_robin_handle.hpp"
 
+#include <netinet/in.h>
+#include <sys/socket.h>
+
 #include <algorithm>
 
 namespace uvcluster::cluster {
@@ -7,10 +10,52 @@ namespace uvcluster::cluster {
 namespace {
 // How far into the queue a worker looks for a connection it did not just fail.
 constexpr size_t kRefusalLookahead = 16;
+
+uint64_t mix(uint64_t x) {  // splitmix64's finalizer
+  x ^= x >> 30;
+  x *= 0xbf58476d1ce4e5b9ULL;
+  x ^= x >> 27;
+  x *= 0x94d049bb133111ebULL;
+  return x ^ (x >> 31);
+}
+
+// The client's address without its port (FNV-1a): every connection of one client, one key.
+uint64_t peer_key(int fd) {
+  sockaddr_storage ss{};
+  socklen_t len = sizeof ss;
+  if (::getpeername(fd, reinterpret_cast<sockaddr*>(&ss), &len) != 0) return 0;
+  const unsigned char* bytes = nullptr;
+  size_t n = 0;
+  if (ss.ss_family == AF_INET) {
+    bytes = reinterpret_cast<const unsigned char*>(&reinterpret_cast<sockaddr_in*>(&ss)->sin_addr);
+    n = 4;
+  } else if (ss.ss_family == AF_INET6) {
+    bytes = reinterpret_cast<const unsigned char*>(&reinterpret_cast<sockaddr_in6*>(&ss)->sin6_addr);
+    n = 16;
+  }
+  uint64_t h = 0xcbf29ce484222325ULL;
+  for (size_t i = 0; i < n; ++i) h = (h ^ bytes[i]) * 0x100000001b3ULL;
+  return h;
+}
 }  // namespace
 
-RoundRobinScheduler::RoundRobinScheduler(int attempts_per_worker)
-    : attempts_per_worker_(std::max(1, attempts_per_worker)) {}
+RoundRobinScheduler::RoundRobinScheduler(int attempts_per_worker, Pick pick)
+    : attempts_per_worker_(std::max(1, attempts_per_worker)), pick_(pick) {}
+
+int RoundRobinScheduler::worker_for(uint64_t key) {
+  if (auto it = pins_.find(key); it != pins_.end() && all_.count(it->second)) return it->second;
+  // Rendezvous hashing: the worker with the highest score for this key.
+  int best = 0;
+  uint64_t best_score = 0;
+  for (auto& [worker, m] : all_) {
+    uint64_t score = mix(key ^ mix(static_cast<uint64_t>(worker)));
+    if (best == 0 || score > best_score) best = worker, best_score = score;
+  }
+  if (best == 0) return 0;
+  if (pins_.size() >= kMaxPins) pins_.clear();
+  pins_[key] = best;
+  return best;
+}
 
 void RoundRobinScheduler::wake() {
   uint64_t now = now_();
@@ -57,6 +102,10 @@ bool RoundRobinScheduler::remove(int worker, bool gone) {
   free_.remove(worker);
   for (auto& f : in_flight) orphans_.emplace(f.id, Orphan{worker, std::move(f.conn)});
   if (!in_flight.empty() && gone) worker_gone(worker);
+  if (pick_ == Pick::sticky) {
+    std::erase_if(pins_, [worker](const auto& pin) { return pin.second == worker; });
+    dispatch();  // its waiting clients now belong to other workers
+  }
   return all_.empty();
 }
 
@@ -73,13 +122,23 @@ void RoundRobinScheduler::worker_gone(int worker) {
   for (auto& c : back) requeue(std::move(c), worker);
 }
 
-void RoundRobinScheduler::push(Fd conn) {
-  queue_.push_back(Conn{std::move(conn)});
+void RoundRobinScheduler::push(Fd conn, uint64_t key) {
+  queue_.push_back(Conn{std::move(conn), 0, 0, key});
   dispatch();
 }
 
 void RoundRobinScheduler::dispatch(int not_to) {
   if (queue_.empty()) return;
+  if (pick_ == Pick::sticky) {
+    // Connections wait for their own worker: offer the queue to every idle worker.
+    std::vector<int> idle(free_.begin(), free_.end());
+    for (int worker : idle) {
+      if (queue_.empty()) return;
+      free_.remove(worker);
+      handoff(worker);
+    }
+    return;
+  }
   auto it = std::find_if(free_.begin(), free_.end(), [not_to](int w) { return w != not_to; });
   if (it == free_.end()) return;
   int worker = *it;
@@ -89,6 +148,15 @@ void RoundRobinScheduler::dispatch(int not_to) {
 
 std::optional<RoundRobinScheduler::Conn> RoundRobinScheduler::take_for(int worker) {
   if (queue_.empty()) return std::nullopt;
+  if (pick_ == Pick::sticky) {
+    for (auto it = queue_.begin(); it != queue_.end(); ++it) {
+      if (worker_for(it->key) != worker) continue;
+      Conn c = std::move(*it);
+      queue_.erase(it);
+      return c;
+    }
+    return std::nullopt;
+  }
   // Prefer a connection this worker did not just refuse; past the lookahead, take the front
   // anyway (the attempt budget still bounds it).
   size_t limit = std::min(queue_.size(), kRefusalLookahead);
@@ -212,8 +280,12 @@ size_t RoundRobinScheduler::expire(uint64_t sent_before) {
   return n;
 }
 
-RoundRobinHandle::RoundRobinHandle(uv_loop_t* loop, Fd listening, uint64_t handoff_timeout_ms)
-    : loop_(loop), fd_(std::move(listening)), timeout_ms_(std::max<uint64_t>(handoff_timeout_ms, 1)) {
+RoundRobinHandle::RoundRobinHandle(uv_loop_t* loop, Fd listening, uint64_t handoff_timeout_ms,
+                                   RoundRobinScheduler::Pick pick)
+    : loop_(loop),
+      fd_(std::move(listening)),
+      timeout_ms_(std::max<uint64_t>(handoff_timeout_ms, 1)),
+      sched_(RoundRobinScheduler::kDefaultAttemptsPerWorker, pick) {
   if (auto n = local_address(fd_.get()); n.ok()) sockname_ = n.value();
   sched_.set_clock([loop] { return uv_now(loop); });
 }
@@ -246,8 +318,10 @@ Status RoundRobinHandle::start(uv_loop_t* loop) {
   // One accept per readiness report: draining until EAGAIN cost a failed accept4 on almost every
   // wake-up (0.9 per connection under load); the level-triggered socket reports again at the
   // loop's next turn while connections are pending, and that epoll_wait is paid anyway.
-  auto a = Acceptor::start(loop, fd_.get(), {.policy = AcceptPolicy::one},
-                           [this](Fd conn) { sched_.push(std::move(conn)); });
+  auto a = Acceptor::start(loop, fd_.get(), {.policy = AcceptPolicy::one}, [this](Fd conn) {
+    uint64_t key = sched_.pick() == RoundRobinScheduler::Pick::sticky ? peer_key(conn.get()) : 0;
+    sched_.push(std::move(conn), key);
+  });
   if (!a.ok()) return a.error();
   acceptor_ = std::move(a.value());
   return Ok{};
@@ -263,18 +337,20 @@ void RoundRobinHandle::close() {
 }
 
 Result<std::unique_ptr<RoundRobinHandle>> RoundRobinHandle::open(uv_loop_t* loop, const BindSpec& spec,
-                                                                 int backlog, uint64_t handoff_timeout_ms) {
+                                                                 int backlog, uint64_t handoff_timeout_ms,
+                                                                 RoundRobinScheduler::Pick pick) {
   auto fd = bind_tcp(spec);
   if (!fd.ok()) return fd.error();
   if (auto st = listen_fd(fd->get(), backlog); !st.ok()) return st.error();
-  auto h = std::make_unique<RoundRobinHandle>(loop, std::move(fd.value()), handoff_timeout_ms);
+  auto h = std::make_unique<RoundRobinHandle>(loop, std::move(fd.value()), handoff_timeout_ms, pick);
   if (auto st = h->start(loop); !st.ok()) return st.error();
   return h;
 }
 
 Result<std::unique_ptr<ServerHandle>> RoundRobinHandle::open_for(const ServerHandleContext& ctx,
                                                                   const ServerQuery& q) {
-  auto h = open(ctx.loop, q.spec, q.backlog, ctx.handoff_timeout_ms);
+  auto pick = ctx.policy == Policy::sticky ? RoundRobinScheduler::Pick::sticky : RoundRobinScheduler::Pick::idle_worker;
+  auto h = open(ctx.loop, q.spec, q.backlog, ctx.handoff_timeout_ms, pick);
   if (!h.ok()) return h.error();
   h.value()->newconn_ = ctx.newconn;
   h.value()->sched_.set_window(ctx.rr_window);

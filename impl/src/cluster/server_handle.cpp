@@ -47,6 +47,7 @@ bool SocketHandle::remove(int worker, bool) {
 const std::vector<HandleKind>& handle_kinds() {
   static const std::vector<HandleKind> kinds = {
       {"round-robin", [](Policy p, const ServerQuery&) { return p == Policy::rr; }, &RoundRobinHandle::open_for},
+      {"sticky", [](Policy p, const ServerQuery&) { return p == Policy::sticky; }, &RoundRobinHandle::open_for},
       {"reuseport", [](Policy p, const ServerQuery&) { return p == Policy::reuseport; }, &ReusePortHandle::open_for},
       {"shared", [](Policy, const ServerQuery&) { return true; }, &SharedHandle::open_for},
   };

@@ -214,11 +214,11 @@ Result<std::shared_ptr<WorkerHandle>> Supervisor::fork_one(int instance) {
     s->drain("spawn-error", true);
     s->maybe_finish();
   });
-  if (opt_.relay_output) relay(*w);
+  if (opt_.relay_output) relay(*w, instance);
   return w;
 }
 
-void Supervisor::relay(WorkerHandle& w) {
+void Supervisor::relay(WorkerHandle& w, int instance) {
   auto* proc = w.process();
   if (!proc) return;
   std::weak_ptr<Supervisor> ws = weak_from_this();
@@ -228,10 +228,10 @@ void Supervisor::relay(WorkerHandle& w) {
                               std::pair{OutputStream::err, proc->stderr_pipe()}}) {
     if (!pipe) continue;
     auto splitter = std::make_shared<LineSplitter>(opt_.max_line_bytes);
-    auto deliver = [ws, ww, stream](std::string_view line) {
+    auto deliver = [ws, ww, stream, instance](std::string_view line) {
       auto s = ws.lock();
       auto w = ww.lock();
-      if (s && w) s->output_.emit(*w, stream, line);
+      if (s && w) s->deliver(*w, instance, stream, line);
     };
     pipe->on_data([splitter, deliver](std::string_view d) { splitter->feed(d, deliver); });
     pipe->on_end([splitter, deliver] { splitter->finish(deliver); });
@@ -243,6 +243,17 @@ void Supervisor::relay(WorkerHandle& w) {
     s->relaying_.erase(id);
     if (s->finished_ && s->relaying_.empty()) s->handles_->linger.stop();
   });
+}
+
+void Supervisor::deliver(WorkerHandle& w, int instance, OutputStream stream, std::string_view line) {
+  std::string formatted;
+  if (opt_.line_format) {
+    formatted = format_line(*opt_.line_format, instance, line);
+    line = formatted;
+  }
+  auto& file = stream == OutputStream::out ? opt_.out_file : opt_.err_file;
+  if (file && file->write(line).ok()) return;
+  output_.emit(w, stream, line);
 }
 
 void Supervisor::start_worker(Slot& slot) {

@@ -43,11 +43,12 @@ namespace uvcluster::cluster {
 
 // rr and none are Node's SCHED_RR / SCHED_NONE. reuseport and exclusive are ours: reuseport binds
 // one SO_REUSEPORT socket per worker; exclusive is `none` for the primary, and C++ workers
-// register the shared socket with EPOLLEXCLUSIVE (they learn it from UVCLUSTER_SCHED_POLICY).
-enum class Policy { rr, none, reuseport, exclusive };
+// register the shared socket with EPOLLEXCLUSIVE (they learn it from UVCLUSTER_SCHED_POLICY);
+// sticky is rr that sends every connection of one client address to the same worker.
+enum class Policy { rr, none, reuseport, exclusive, sticky };
 const char* policy_name(Policy p);
 std::optional<Policy> parse_policy(std::string_view s);
-// NODE_CLUSTER_SCHED_POLICY: "rr" | "none" (and our two); anything else → rr (Node on Linux).
+// NODE_CLUSTER_SCHED_POLICY: "rr" | "none" (and our three); anything else → rr (Node on Linux).
 Policy policy_from_env();
 
 // What `listening` reports: Node's {addressType, address, port, fd}.

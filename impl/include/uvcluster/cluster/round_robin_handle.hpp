@@ -18,6 +18,14 @@
 //   timeout   → no answer within the timeout: the primary closes its copy (the worker still has
 //               its own and may serve it) and gives the worker nothing more until it answers.
 //   send failed (the primary is out of fds for its copy) → that connection is closed.
+//
+// Sticky scheduling (Policy::sticky, beyond Node): each connection carries a key (a hash of the
+// client's address) and goes only to that key's worker, chosen by rendezvous hashing among the
+// workers in the rotation and then pinned, so a client keeps its worker while that worker is in
+// the rotation — a worker joining later takes no one's clients — and is remapped when it leaves.
+// A busy (or resting) worker's connections wait for it in the queue; they do not go elsewhere.
+// The pins are bounded (kMaxPins): when full they are forgotten, and clients are placed afresh
+// by the hash, which only moves those whose pinned worker joined after others.
 #include <uv.h>
 
 #include <algorithm>
@@ -28,6 +36,7 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <unordered_map>
 
 #include "uvcluster/cluster/acceptor.hpp"
 #include "uvcluster/cluster/server_handle.hpp"
@@ -55,7 +64,9 @@ class RoundRobinScheduler {
   static constexpr int kDefaultAttemptsPerWorker = 8;
   static constexpr uint64_t kRestBaseMs = 5;
   static constexpr uint64_t kRestMaxMs = 200;
-  explicit RoundRobinScheduler(int attempts_per_worker = kDefaultAttemptsPerWorker);
+  static constexpr size_t kMaxPins = 1 << 16;
+  enum class Pick { idle_worker, sticky };
+  explicit RoundRobinScheduler(int attempts_per_worker = kDefaultAttemptsPerWorker, Pick pick = Pick::idle_worker);
   // Hand-offs in flight per worker at most (>= 1; Node's is 1).
   void set_window(int window) { window_ = std::max(1, window); }
 
@@ -68,7 +79,11 @@ class RoundRobinScheduler {
   bool remove(int worker, bool gone = true);
   // The worker has gone for good: connections still awaiting its reply are queued again.
   void worker_gone(int worker);
-  void push(Fd conn);  // a freshly accepted connection (Node's distribute)
+  // A freshly accepted connection (Node's distribute); `key` places it under Pick::sticky.
+  void push(Fd conn, uint64_t key = 0);
+  // Pick::sticky: the worker `key` goes to now (pinning it), or 0 with no worker in the rotation.
+  int worker_for(uint64_t key);
+  Pick pick() const { return pick_; }
   // Ends every hand-off sent at or before `sent_before` (a time from the clock) that has no answer.
   size_t expire(uint64_t sent_before);
   void set_clock(std::function<uint64_t()> now) { now_ = std::move(now); }
@@ -95,6 +110,7 @@ class RoundRobinScheduler {
     Fd fd;
     int attempts = 0;     // failed hand-offs so far
     int refused_by = 0;   // the last worker that failed it (0: none)
+    uint64_t key = 0;     // Pick::sticky: the client's address hash
   };
   struct InFlight {
     uint64_t id;
@@ -120,6 +136,8 @@ class RoundRobinScheduler {
 
   int attempts_per_worker_;
   int window_ = 1;
+  Pick pick_;
+  std::unordered_map<uint64_t, int> pins_;  // Pick::sticky: key -> worker
   std::function<uint64_t()> now_ = [] { return uint64_t{0}; };
   std::function<void(uint64_t)> on_rest_;
   std::map<uint64_t, Orphan> orphans_;  // by hand-off id
@@ -137,14 +155,16 @@ class RoundRobinScheduler {
 class RoundRobinHandle : public ServerHandle {
  public:
   static constexpr uint64_t kDefaultHandoffTimeoutMs = 10000;
-  RoundRobinHandle(uv_loop_t* loop, Fd listening, uint64_t handoff_timeout_ms);
+  RoundRobinHandle(uv_loop_t* loop, Fd listening, uint64_t handoff_timeout_ms,
+                   RoundRobinScheduler::Pick pick = RoundRobinScheduler::Pick::idle_worker);
   ~RoundRobinHandle() override;
   RoundRobinHandle(const RoundRobinHandle&) = delete;
   RoundRobinHandle& operator=(const RoundRobinHandle&) = delete;
 
   // Binds + listens (errors as values), then starts accepting.
-  static Result<std::unique_ptr<RoundRobinHandle>> open(uv_loop_t* loop, const BindSpec& spec, int backlog,
-                                                        uint64_t handoff_timeout_ms = kDefaultHandoffTimeoutMs);
+  static Result<std::unique_ptr<RoundRobinHandle>> open(
+      uv_loop_t* loop, const BindSpec& spec, int backlog, uint64_t handoff_timeout_ms = kDefaultHandoffTimeoutMs,
+      RoundRobinScheduler::Pick pick = RoundRobinScheduler::Pick::idle_worker);
   RoundRobinScheduler& scheduler() { return sched_; }
   const SockName& sockname() const { return sockname_; }
   // Accept counters of the listening socket, kept after close().
@@ -156,6 +176,7 @@ class RoundRobinHandle : public ServerHandle {
   void close();
 
   // ServerHandle: the reply carries the sockname (Node's); connections follow as `newconn`.
+  // Policy::sticky picks RoundRobinScheduler::Pick::sticky.
   static Result<std::unique_ptr<ServerHandle>> open_for(const ServerHandleContext& ctx, const ServerQuery& q);
   void add(int worker, AddReply reply) override;
   bool remove(int worker, bool gone) override;

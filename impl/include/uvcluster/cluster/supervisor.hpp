@@ -36,6 +36,7 @@
 #include <string_view>
 #include <vector>
 
+#include "uvcluster/cluster/output_log.hpp"
 #include "uvcluster/cluster/primary.hpp"
 #include "uvcluster/detail/event.hpp"
 #include "uvcluster/error.hpp"
@@ -61,6 +62,12 @@ struct SupervisorOptions {
   // never interleaved mid-line); overrides primary.stdio.
   bool relay_output = false;
   size_t max_line_bytes = 1 << 20;       // a longer line is delivered in pieces of this size
+  // relay_output: how lines are formatted (instance prefix, timestamp; see output_log.hpp) and
+  // where they go: a stream with a file is written there, the others reach on_output. A line the
+  // file cannot take (disk full) reaches on_output rather than being lost.
+  std::optional<LineFormat> line_format{};  // nullopt: lines exactly as the worker wrote them
+  std::shared_ptr<RotatingFile> out_file{};
+  std::shared_ptr<RotatingFile> err_file{};
   // SIGTERM/SIGINT drain (a second one SIGKILLs what is left), SIGHUP reloads.
   bool handle_signals = false;
 };
@@ -157,7 +164,8 @@ class Supervisor : public std::enable_shared_from_this<Supervisor> {
   // worker: null when no worker could be forked. A spawn failure (ENOENT) drains: the command
   // cannot run at all.
   void on_error(std::function<void(WorkerHandle*, const Error&)> fn) { error_.add(std::move(fn)); }
-  // relay_output: one whole line (with its '\n'; the last piece of a stream may lack it).
+  // relay_output: one whole line (with its '\n'; unformatted, the last piece of a stream may
+  // lack it), formatted by line_format; lines written to a file do not come here.
   void on_output(std::function<void(WorkerHandle&, OutputStream, std::string_view)> fn) { output_.add(std::move(fn)); }
   void on_done(std::function<void(const SupervisorResult&)> fn) { done_.add(std::move(fn)); }
 
@@ -170,7 +178,8 @@ class Supervisor : public std::enable_shared_from_this<Supervisor> {
   void finish();
   void attach();
   void install_signals();
-  void relay(WorkerHandle& w);
+  void relay(WorkerHandle& w, int instance);
+  void deliver(WorkerHandle& w, int instance, OutputStream stream, std::string_view line);
   Slot* slot_of(int instance);
   Tracked* tracked(int id);
   void mark_up(WorkerHandle& w);
