@@ -14,6 +14,9 @@
 #include <vector>
 
 #include "commands.hpp"
+#include "uvcluster/cluster/control_server.hpp"
+#include "uvcluster/cluster/metrics.hpp"
+#include "uvcluster/cluster/process_usage.hpp"
 #include "uvcluster/cluster/supervisor.hpp"
 #include "uvcluster/detail/uv_handle.hpp"
 #include "uvcluster/signals.hpp"
@@ -54,9 +57,18 @@ options:
   --listen-timeout MS     kill a worker that is not up MS after it started (default 0: no limit)
   --instance-var NAME     the variable holding the worker's instance 0..N-1 (default NODE_APP_INSTANCE)
   --env K=V               add K=V to the workers' environment (repeatable)
+  --name NAME             control the cluster from any shell through the unix socket
+                          $UVCLUSTER_HOME/NAME.sock (default ~/.uvcluster/NAME.sock, mode 0600):
+                          uvcluster status|reload|scale|stop|metrics NAME; a live cluster of the
+                          same name is an error (exit 1), a stale socket is replaced
+  --max-memory-restart SIZE  reload a worker (its replacement is up first) whose RSS is above
+                          SIZE in 2 samples in a row, 1 s apart; SIZE in bytes or with K, M, G
+  --metrics-port PORT     serve Prometheus metrics on http://127.0.0.1:PORT/metrics (0: a free
+                          port, shown by the `metrics` event)
   --json                  one JSON event per line on stdout (fork, online, listening, ready,
                           disconnect, exit, restart, errored, reload, reload-queued, reload-done,
-                          reload-failed, drain, kill, startup-timeout, error, stats); worker stdout
+                          reload-failed, drain, kill, startup-timeout, error, memory-restart,
+                          control, metrics, stats); worker stdout
                           goes to stderr
   -h, --help              this text
 
@@ -230,6 +242,9 @@ void attach_printer(Supervisor& sup, Printer& out, const cluster::SupervisorOpti
   sup.on_reload_queued([&out] { out.emit({{"event", "reload-queued"}}); });
   sup.on_reload_done([&out] { out.emit({{"event", "reload-done"}}); });
   sup.on_reload_failed([&out](int id) { out.emit({{"event", "reload-failed"}, {"id", id}}); });
+  sup.on_memory_limit([=, limit = opt.max_memory_bytes](WorkerHandle& w, int instance, uint64_t rss) {
+    print(w, "memory-restart", {{"instance", instance}, {"rss_bytes", rss}, {"limit_bytes", limit}});
+  });
   sup.on_drain([&out, grace = opt.grace_ms](const std::string& reason, size_t n) {
     out.emit({{"event", "drain"}, {"reason", reason}, {"workers", n}, {"grace_ms", grace}});
   });
@@ -261,6 +276,8 @@ int run_run(int argc, char** argv) {
   opt.relay_output = true;
   opt.handle_signals = true;
   bool json = false;
+  std::string name;
+  std::optional<int> metrics_port;
   std::vector<std::string> command;
   int i = 1;
   for (; i < argc; ++i) {
@@ -323,6 +340,18 @@ int run_run(int argc, char** argv) {
       const char* eq = v ? std::strchr(v, '=') : nullptr;
       if (!eq || eq == v) return usage_error("--env needs K=V");
       opt.env[std::string(v, eq)] = eq + 1;
+    } else if (a == "--name") {
+      const char* v = value();
+      if (!v || !cluster::valid_cluster_name(v)) return usage_error("--name needs 1-64 of letters, digits, '.', '_', '-'");
+      name = v;
+    } else if (a == "--max-memory-restart") {
+      const char* v = value();
+      auto size = v ? cluster::parse_size(v) : std::nullopt;
+      if (!size) return usage_error("--max-memory-restart needs a size (bytes, or with K, M, G)");
+      opt.max_memory_bytes = *size;
+    } else if (a == "--metrics-port") {
+      if (!parse_int(value(), n) || n > 65535) return usage_error("--metrics-port needs a port (0..65535)");
+      metrics_port = static_cast<int>(n);
     } else if (a == "--json") {
       json = true;
     } else {
@@ -383,7 +412,14 @@ int run_run(int argc, char** argv) {
       status_timer.close();
       if (out.json()) out.emit(stats_json(r.stats));
     });
-    sup->start();
+    auto plane = start_control_plane(&loop, sup, name, metrics_port);
+    if (!plane.ok()) {
+      out.complain(plane.error().message);
+    } else {
+      if (plane->control) out.emit({{"event", "control"}, {"name", name}, {"path", plane->control->path()}});
+      if (plane->metrics) out.emit({{"event", "metrics"}, {"port", plane->metrics->port()}});
+      sup->start();
+    }
     uv_run(&loop, UV_RUN_DEFAULT);
   }
   uv_run(&loop, UV_RUN_NOWAIT);
