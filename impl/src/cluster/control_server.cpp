@@ -298,10 +298,15 @@ Result<Json> control_request(const std::string& path, const Json& request, int t
   auto fd = connect_unix(path);
   if (!fd.ok()) return fd.error();
   std::string out = line_of(request);
+  std::optional<Error> write_error;
   for (std::string_view rest = out; !rest.empty();) {
     ssize_t n = ::send(fd->get(), rest.data(), rest.size(), MSG_NOSIGNAL);
     if (n < 0 && errno == EINTR) continue;
-    if (n < 0) return Error::from_uv(-errno, "write", path);
+    if (n < 0) {
+      // The server may have answered (a refusal) and closed before reading: read that answer.
+      write_error = Error::from_uv(-errno, "write", path);
+      break;
+    }
     rest.remove_prefix(static_cast<size_t>(n));
   }
   std::string in;
@@ -313,9 +318,9 @@ Result<Json> control_request(const std::string& path, const Json& request, int t
     if (ready == 0) return Error::from_uv(UV_ETIMEDOUT, "read", path);
     ssize_t n = ::read(fd->get(), buf, sizeof buf);
     if (n < 0 && errno == EINTR) continue;
-    if (n < 0) return Error::from_uv(-errno, "read", path);
+    if (n < 0) return write_error ? *write_error : Error::from_uv(-errno, "read", path);
     if (n == 0 || in.size() + static_cast<size_t>(n) > kMaxReplyBytes)
-      return Error::make("EPROTO", "no reply from " + path);
+      return write_error ? *write_error : Error::make("EPROTO", "no reply from " + path);
     in.append(buf, static_cast<size_t>(n));
   }
   Json reply = Json::parse(in.substr(0, in.find('\n')), nullptr, false);
