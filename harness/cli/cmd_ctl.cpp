@@ -5,6 +5,7 @@
 #include <CLI/CLI.hpp>
 #include <algorithm>
 #include <cstdio>
+#include <functional>
 #include <iostream>
 #include <nlohmann/json.hpp>
 #include <string>
@@ -207,15 +208,25 @@ int run_status(int argc, char** argv) {
   return kDone;
 }
 
-int run_reload(int argc, char** argv) {
-  auto app = make_app(kReload);
+namespace {
+// A command whose only argument is NAME: one request, then `done` prints the reply.
+int named_command(const Spec& spec, int argc, char** argv, const Json& request, int timeout_ms,
+                  const std::function<void(const std::string& name, const Json& reply)>& done) {
+  auto app = make_app(spec);
   std::string name;
   app->add_option("NAME", name, "the cluster")->required()->check(cluster_name());
-  if (auto exit = parse(*app, kReload, argc, argv)) return *exit;
+  if (auto exit = parse(*app, spec, argc, argv)) return *exit;
   Json reply;
-  if (auto failed = ask(kReload, name, {{"cmd", "reload"}}, -1, reply)) return *failed;
-  std::printf("%s: reloaded\n", name.c_str());
+  if (auto failed = ask(spec, name, request, timeout_ms, reply)) return *failed;
+  done(name, reply);
   return kDone;
+}
+}  // namespace
+
+int run_reload(int argc, char** argv) {
+  return named_command(kReload, argc, argv, {{"cmd", "reload"}}, -1, [](const std::string& name, const Json&) {
+    std::printf("%s: reloaded\n", name.c_str());
+  });
 }
 
 int run_scale(int argc, char** argv) {
@@ -232,25 +243,14 @@ int run_scale(int argc, char** argv) {
 }
 
 int run_stop(int argc, char** argv) {
-  auto app = make_app(kStop);
-  std::string name;
-  app->add_option("NAME", name, "the cluster")->required()->check(cluster_name());
-  if (auto exit = parse(*app, kStop, argc, argv)) return *exit;
-  Json reply;
-  if (auto failed = ask(kStop, name, {{"cmd", "stop"}}, -1, reply)) return *failed;
-  std::printf("%s: stopped (exit code %d)\n", name.c_str(), reply.value("exit_code", -1));
-  return kDone;
+  return named_command(kStop, argc, argv, {{"cmd", "stop"}}, -1, [](const std::string& name, const Json& reply) {
+    std::printf("%s: stopped (exit code %d)\n", name.c_str(), reply.value("exit_code", -1));
+  });
 }
 
 int run_metrics(int argc, char** argv) {
-  auto app = make_app(kMetrics);
-  std::string name;
-  app->add_option("NAME", name, "the cluster")->required()->check(cluster_name());
-  if (auto exit = parse(*app, kMetrics, argc, argv)) return *exit;
-  Json reply;
-  if (auto failed = ask(kMetrics, name, {{"cmd", "metrics"}}, kQuickTimeoutMs, reply)) return *failed;
-  std::fputs(reply.value("text", "").c_str(), stdout);
-  return kDone;
+  return named_command(kMetrics, argc, argv, {{"cmd", "metrics"}}, kQuickTimeoutMs,
+                       [](const std::string&, const Json& reply) { std::fputs(reply.value("text", "").c_str(), stdout); });
 }
 
 namespace {
