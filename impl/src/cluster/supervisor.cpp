@@ -131,7 +131,7 @@ void Supervisor::start() {
   attach();
   if (opt_.handle_signals) install_signals();
   scale(opt_.instances);
-  if (opt_.max_memory_bytes > 0)
+  if (opt_.max_memory_bytes > 0 && opt_.memory_check_ms > 0)
     handles_->memory.start(static_cast<uint64_t>(opt_.memory_check_ms), [this] { check_memory(); });
 }
 
