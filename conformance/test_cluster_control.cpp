@@ -12,12 +12,14 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <map>
 
 #include "cli_run.hpp"
 #include "http_client.hpp"
 #include "support.hpp"
 #include "uvcluster/cluster/control_server.hpp"
 #include "uvcluster/cluster/process_usage.hpp"
+#include "uvcluster/cluster/supervisor.hpp"
 #include "uvcluster/fd.hpp"
 
 using namespace uvcluster;
@@ -47,26 +49,37 @@ std::vector<int> forked_pids(const CliRun& c) {
   return pids;
 }
 
-// Sends raw bytes to a control socket and returns the reply line (blocking; run it on a thread).
-std::string raw_request(const std::string& path, const std::string& bytes) {
+// A blocking connection to a control socket (a reply is awaited at most 30 s); invalid on failure.
+Fd connect_to(const std::string& path) {
   Fd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
   sockaddr_un addr{};
   addr.sun_family = AF_UNIX;
   std::strncpy(addr.sun_path, path.c_str(), sizeof addr.sun_path - 1);
-  if (::connect(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) return "connect failed";
+  if (::connect(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) return Fd();
   timeval tv{30, 0};
   ::setsockopt(fd.get(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  return fd;
+}
+
+std::string read_reply(int fd) {
+  std::string reply;
+  char buf[4096];
+  for (ssize_t n; reply.find('\n') == std::string::npos && (n = ::read(fd, buf, sizeof buf)) > 0;)
+    reply.append(buf, static_cast<size_t>(n));
+  return reply.substr(0, reply.find('\n'));
+}
+
+// Sends raw bytes to a control socket and returns the reply line (blocking; run it on a thread).
+std::string raw_request(const std::string& path, const std::string& bytes) {
+  Fd fd = connect_to(path);
+  if (!fd) return "connect failed";
   // The server may answer (and close) before it has read everything: a failed send is fine.
   for (size_t off = 0; off < bytes.size();) {
     ssize_t n = ::send(fd.get(), bytes.data() + off, bytes.size() - off, MSG_NOSIGNAL);
     if (n <= 0) break;
     off += static_cast<size_t>(n);
   }
-  std::string reply;
-  char buf[4096];
-  for (ssize_t n; reply.find('\n') == std::string::npos && (n = ::read(fd.get(), buf, sizeof buf)) > 0;)
-    reply.append(buf, static_cast<size_t>(n));
-  return reply.substr(0, reply.find('\n'));
+  return read_reply(fd.get());
 }
 
 std::string error_code(const std::string& reply_line) {
@@ -422,4 +435,30 @@ TEST_F(Control, MetricsAreValidPrometheusTextWithWorkersConnectionsAndLatency) {
   ASSERT_FALSE(via_socket.is_discarded());
   EXPECT_EQ(samples(via_socket, "uvcluster_worker_connections_total").size(), 2u);
   EXPECT_EQ(cli.drain(loop), std::optional<int>(0)) << cli.err;
+}
+
+// The server's other bounds, on the library directly (short limits): a client that sends
+// nothing is answered `timeout`, one over the connection limit `busy`; a request still works.
+TEST_F(Control, SilentAndSurplusClientsAreCutOff) {
+  uvc_test::TestLoop loop;
+  auto sup = cluster::Supervisor::create(loop, {.primary = {.exec = "/bin/true"}});  // never started
+  auto server = cluster::ControlServer::start(
+      loop, sup, {.name = "lib", .directory = home_, .request_timeout_ms = 3000, .max_clients = 2});
+  ASSERT_TRUE(server.ok()) << server.error().message;
+  std::string path = socket_path("lib");
+  std::vector<std::string> replies;
+  ASSERT_TRUE(uvc_test::run_client(loop, [&] {
+    std::vector<Fd> clients;  // all three connected long before the first timeout
+    for (int i = 0; i < 3; ++i) clients.push_back(connect_to(path));
+    for (auto& c : clients) replies.push_back(c ? read_reply(c.get()) : "connect failed");
+  }));
+  std::map<std::string, int> codes;
+  for (auto& r : replies) ++codes[error_code(r)];
+  EXPECT_EQ(codes["timeout"], 2) << replies[0] << replies[1] << replies[2];
+  EXPECT_EQ(codes["busy"], 1);
+  std::string status;
+  ASSERT_TRUE(uvc_test::run_client(loop, [&] { status = raw_request(path, "{\"cmd\":\"status\"}\n"); }));
+  EXPECT_EQ(Json::parse(status)["status"]["name"], "lib") << status;
+  (*server)->close();
+  EXPECT_EQ(mode_of(path), 0u);
 }
