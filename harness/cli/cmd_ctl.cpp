@@ -40,7 +40,8 @@ exit codes:
   1  the cluster refused or failed the operation (a reload whose new worker died, a scale
      while it stops, an error reply)
   2  usage error
-  3  no such cluster, or not reachable (no socket, its process is gone, no reply in 10 s)
+  3  no such cluster, or not reachable (no socket, its process is gone, or no reply in 10 s
+     to status, metrics or scale; reload and stop wait for their end)
   4  not allowed (the cluster belongs to another user)
 )";
 
