@@ -131,7 +131,7 @@ TEST(ControlUnits, SizesNamesAndProcessUsage) {
   for (const char* bad : {"", "0", "M", "12Q", "-5M", "1.5G", "99999999999G"})
     EXPECT_FALSE(cluster::parse_size(bad)) << bad;
   for (const char* good : {"web", "api-2", "a.b_c", "X"}) EXPECT_TRUE(cluster::valid_cluster_name(good)) << good;
-  for (const char* bad : {"", ".hidden", "../x", "a/b", "sp ace", std::string(65, 'a').c_str()})
+  for (const std::string& bad : std::vector<std::string>{"", ".hidden", "../x", "a/b", "sp ace", std::string(65, 'a')})
     EXPECT_FALSE(cluster::valid_cluster_name(bad)) << bad;
   auto self = cluster::process_usage(static_cast<int>(::getpid()));
   ASSERT_TRUE(self.ok());
