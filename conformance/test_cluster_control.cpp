@@ -133,6 +133,16 @@ TEST(ControlUnits, SizesNamesAndProcessUsage) {
   for (const char* good : {"web", "api-2", "a.b_c", "X"}) EXPECT_TRUE(cluster::valid_cluster_name(good)) << good;
   for (const std::string& bad : std::vector<std::string>{"", ".hidden", "../x", "a/b", "sp ace", std::string(65, 'a')})
     EXPECT_FALSE(cluster::valid_cluster_name(bad)) << bad;
+  // The socket directory: $UVCLUSTER_HOME, else ~/.uvcluster.
+  std::string home = std::getenv("HOME") ? std::getenv("HOME") : "";
+  ::unsetenv("UVCLUSTER_HOME");
+  ::setenv("HOME", "/home/someone", 1);
+  EXPECT_EQ(cluster::control_directory(), "/home/someone/.uvcluster");
+  ::setenv("UVCLUSTER_HOME", "/run/uvc", 1);
+  EXPECT_EQ(cluster::control_directory(), "/run/uvc");
+  EXPECT_EQ(cluster::control_socket_path("/run/uvc", "web"), "/run/uvc/web.sock");
+  ::unsetenv("UVCLUSTER_HOME");
+  ::setenv("HOME", home.c_str(), 1);
   auto self = cluster::process_usage(static_cast<int>(::getpid()));
   ASSERT_TRUE(self.ok());
   EXPECT_GT(self->rss_bytes, 1u << 20);
