@@ -14,6 +14,7 @@
 #include <sstream>
 #include <thread>
 
+#include "cli_run.hpp"
 #include "http_client.hpp"
 #include "support.hpp"
 #include "uvcluster/cluster/sockets.hpp"
@@ -24,57 +25,7 @@ using Json = nlohmann::json;
 
 namespace {
 
-// The CLI as a child of the test loop; its stdout is parsed as JSON lines.
-struct Cli {
-  std::shared_ptr<ChildProcess> child;
-  std::vector<Json> events;
-  std::string out_buf, err;
-  std::optional<ExitStatus> exit;
-  bool closed = false;
-
-  Cli(uv_loop_t* loop, std::vector<std::string> args) {
-    args.insert(args.begin(), "run");
-    auto c = spawn(loop, uvc_test::cli(), args, {});
-    EXPECT_TRUE(c.ok());
-    child = c.value();
-    child->stdout_pipe()->on_data([this](std::string_view d) {
-      out_buf.append(d);
-      for (size_t nl; (nl = out_buf.find('\n')) != std::string::npos;) {
-        std::string line = out_buf.substr(0, nl);
-        out_buf.erase(0, nl + 1);
-        events.push_back(Json::parse(line, nullptr, false));
-      }
-    });
-    child->stderr_pipe()->on_data([this](std::string_view d) { err.append(d); });
-    child->on_exit([this](const ExitStatus& s) { exit = s; });
-    child->on_close([this](const ExitStatus&) { closed = true; });
-  }
-  int count(const std::string& ev) const {
-    int n = 0;
-    for (auto& e : events) n += e.value("event", "") == ev;
-    return n;
-  }
-  const Json* last(const std::string& ev) const {
-    for (auto it = events.rbegin(); it != events.rend(); ++it)
-      if (it->value("event", "") == ev) return &*it;
-    return nullptr;
-  }
-  int port() const {
-    auto* l = last("listening");
-    return l ? l->value("port", 0) : 0;
-  }
-  // SIGTERM, then the exit code once the CLI has closed (nullopt: it did not end in time).
-  std::optional<int> drain(uvc_test::TestLoop& loop) {
-    child->kill("SIGTERM");
-    if (!loop.run_until([&] { return closed; }, 60000)) return std::nullopt;
-    return exit->code;
-  }
-  size_t index_of(const std::string& ev, int id) const {
-    for (size_t i = 0; i < events.size(); ++i)
-      if (events[i].value("event", "") == ev && events[i].value("id", -1) == id) return i;
-    return SIZE_MAX;
-  }
-};
+using Cli = uvc_test::CliRun;
 
 bool pid_alive(int pid) { return ::kill(pid, 0) == 0; }
 

@@ -15,6 +15,9 @@
 
 #include "commands.hpp"
 #include "run_config.hpp"
+#include "uvcluster/cluster/control_server.hpp"
+#include "uvcluster/cluster/metrics.hpp"
+#include "uvcluster/cluster/process_usage.hpp"
 #include "uvcluster/cluster/supervisor.hpp"
 #include "uvcluster/detail/uv_handle.hpp"
 #include "uvcluster/signals.hpp"
@@ -62,7 +65,15 @@ options:
   --listen-timeout MS     kill a worker that is not up MS after it started (default 0: no limit)
   --instance-var NAME     the variable holding the worker's instance 0..N-1 (default NODE_APP_INSTANCE)
   --env K=V               add K=V to the workers' environment (repeatable)
-  --name NAME             the app's name in log prefixes (default: the script's name without .js)
+  --name NAME             the app's name: in log prefixes (default: the script's name without .js)
+                          and, given, for control from any shell through the unix socket
+                          $UVCLUSTER_HOME/NAME.sock (default ~/.uvcluster/NAME.sock, mode 0600):
+                          uvcluster status|reload|scale|stop|metrics NAME; a live cluster of the
+                          same name is an error (exit 1), a stale socket is replaced
+  --max-memory-restart SIZE  reload a worker (its replacement is up first) whose RSS is above
+                          SIZE in 2 samples in a row, 1 s apart; SIZE in bytes or with K, M, G
+  --metrics-port PORT     serve Prometheus metrics on http://127.0.0.1:PORT/metrics (0: a free
+                          port, shown by the `metrics` event)
   --raw                   worker lines exactly as written: no "<instance>|<name> | " prefix
   --time                  prefix worker lines with a UTC timestamp (2026-12-01T14:40:05.123Z: )
   --log FILE              append the workers' stdout lines to FILE instead of our stdout
@@ -77,7 +88,8 @@ options:
   --env-set SET           with --config: apply the file's env_SET after its env (PM2's --env SET)
   --json                  one JSON event per line on stdout (fork, online, listening, ready,
                           disconnect, exit, restart, errored, reload, reload-queued, reload-done,
-                          reload-failed, drain, kill, startup-timeout, error, stats); worker stdout
+                          reload-failed, drain, kill, startup-timeout, error, memory-restart,
+                          control, metrics, stats); worker stdout
                           goes to stderr
   -h, --help              this text
 
@@ -256,6 +268,9 @@ void attach_printer(Supervisor& sup, Printer& out, const cluster::SupervisorOpti
   sup.on_reload_queued([&out] { out.emit({{"event", "reload-queued"}}); });
   sup.on_reload_done([&out] { out.emit({{"event", "reload-done"}}); });
   sup.on_reload_failed([&out](int id) { out.emit({{"event", "reload-failed"}, {"id", id}}); });
+  sup.on_memory_limit([=, limit = opt.max_memory_bytes](WorkerHandle& w, int instance, uint64_t rss) {
+    print(w, "memory-restart", {{"instance", instance}, {"rss_bytes", rss}, {"limit_bytes", limit}});
+  });
   sup.on_drain([&out, grace = opt.grace_ms](const std::string& reason, size_t n) {
     out.emit({{"event", "drain"}, {"reason", reason}, {"workers", n}, {"grace_ms", grace}});
   });
@@ -322,9 +337,10 @@ int run_run(int cli_argc, char** cli_argv) {
   opt.relay_output = true;
   opt.handle_signals = true;
   bool json = false;
-  std::string name, out_log, err_log;
+  std::string name, out_log, err_log;  // name: given by --name (or the config file) only
   bool raw = false, timestamps = false;
   cluster::RotatingFile::Options rotation;
+  std::optional<int> metrics_port;
   std::vector<std::string> command;
   int i = 1;
   for (; i < argc; ++i) {
@@ -395,8 +411,16 @@ int run_run(int cli_argc, char** cli_argv) {
       opt.env[std::string(v, eq)] = eq + 1;
     } else if (a == "--name") {
       const char* v = value();
-      if (!v || !*v) return usage_error("--name needs a name");
+      if (!v || !cluster::valid_cluster_name(v)) return usage_error("--name needs 1-64 of letters, digits, '.', '_', '-'");
       name = v;
+    } else if (a == "--max-memory-restart") {
+      const char* v = value();
+      auto size = v ? cluster::parse_size(v) : std::nullopt;
+      if (!size) return usage_error("--max-memory-restart needs a size (bytes, or with K, M, G)");
+      opt.max_memory_bytes = *size;
+    } else if (a == "--metrics-port") {
+      if (!parse_int(value(), n) || n > 65535) return usage_error("--metrics-port needs a port (0..65535)");
+      metrics_port = static_cast<int>(n);
     } else if (a == "--raw") {
       raw = true;
     } else if (a == "--time") {
@@ -448,11 +472,13 @@ int run_run(int cli_argc, char** cli_argv) {
     settings.exec = cmd;  // .js runs under node (fork's rule); anything else runs directly
     settings.args.assign(command.begin() + 1, command.end());
   }
-  if (name.empty()) {
-    name = settings.exec.substr(settings.exec.rfind('/') == std::string::npos ? 0 : settings.exec.rfind('/') + 1);
-    if (name.size() > 3 && name.ends_with(".js")) name.resize(name.size() - 3);
+  std::string log_name = name;  // the control socket exists only for a name given
+  if (log_name.empty()) {
+    auto slash = settings.exec.rfind('/');
+    log_name = settings.exec.substr(slash == std::string::npos ? 0 : slash + 1);
+    if (log_name.size() > 3 && log_name.ends_with(".js")) log_name.resize(log_name.size() - 3);
   }
-  if (!raw || timestamps) opt.line_format = cluster::LineFormat{name, !raw, timestamps};
+  if (!raw || timestamps) opt.line_format = cluster::LineFormat{log_name, !raw, timestamps};
   for (auto [path, file] : {std::pair{&out_log, &opt.out_file}, std::pair{&err_log, &opt.err_file}}) {
     if (path->empty()) continue;
     if (*path == out_log && opt.out_file) {  // one file for both streams: one writer, one rotation
@@ -496,7 +522,14 @@ int run_run(int cli_argc, char** cli_argv) {
       status_timer.close();
       if (out.json()) out.emit(stats_json(r.stats));
     });
-    sup->start();
+    auto plane = start_control_plane(&loop, sup, name, metrics_port);
+    if (!plane.ok()) {
+      out.complain(plane.error().message);
+    } else {
+      if (plane->control) out.emit({{"event", "control"}, {"name", name}, {"path", plane->control->path()}});
+      if (plane->metrics) out.emit({{"event", "metrics"}, {"port", plane->metrics->port()}});
+      sup->start();
+    }
     uv_run(&loop, UV_RUN_DEFAULT);
   }
   uv_run(&loop, UV_RUN_NOWAIT);

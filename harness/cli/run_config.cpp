@@ -18,7 +18,6 @@ namespace {
 using Json = nlohmann::json;
 
 // PM2's process-file fields we support, by the key of our own format they become.
-// ("max_memory_restart" and the other control-plane options join as one line each.)
 const std::map<std::string, std::string>& pm2_fields() {
   static const std::map<std::string, std::string> fields = {
       {"name", "name"},
@@ -31,6 +30,7 @@ const std::map<std::string, std::string>& pm2_fields() {
       {"listen_timeout", "listen_timeout"},
       {"min_uptime", "min_uptime"},
       {"max_restarts", "max_restarts"},
+      {"max_memory_restart", "max_memory_restart"},
       {"instance_var", "instance_var"},
       {"time", "time"},
       {"out_file", "log"},

@@ -86,24 +86,4 @@ Status RotatingFile::write(std::string_view line) {
   return Ok{};
 }
 
-std::optional<uint64_t> parse_size(std::string_view s) {
-  if (s.empty()) return std::nullopt;
-  uint64_t unit = 1;
-  switch (s.back()) {
-    case 'K': case 'k': unit = 1ull << 10; break;
-    case 'M': case 'm': unit = 1ull << 20; break;
-    case 'G': case 'g': unit = 1ull << 30; break;
-    default: break;
-  }
-  if (unit != 1) s.remove_suffix(1);
-  if (s.empty() || s.size() > 12) return std::nullopt;
-  uint64_t n = 0;
-  for (char c : s) {
-    if (c < '0' || c > '9') return std::nullopt;
-    n = n * 10 + static_cast<uint64_t>(c - '0');
-  }
-  if (n == 0) return std::nullopt;
-  return n * unit;
-}
-
 }  // namespace uvcluster::cluster

@@ -103,7 +103,15 @@ PrimaryStats Primary::stats() const {
   PrimaryStats st = retired_;
   st.queued = st.in_flight = 0;  // "now" figures come from live handles only
   for (auto& [key, h] : handles_) h->count(st);
+  st.handoff_latency = handoff_latency_;
   return st;
+}
+
+void PrimaryStats::HandOffLatency::record(double seconds) {
+  ++count;
+  sum_seconds += seconds;
+  auto bound = std::lower_bound(kBoundsSeconds.begin(), kBoundsSeconds.end(), seconds);
+  if (bound != kBoundsSeconds.end()) ++counts[static_cast<size_t>(bound - kBoundsSeconds.begin())];
 }
 
 Result<std::shared_ptr<WorkerHandle>> Primary::fork(const Env& extra) {
@@ -362,7 +370,8 @@ HandOffSender Primary::newconn_sender(int worker, const std::string& key, uint64
       auto hit = p2->handles_.find(key);
       return hit != p2->handles_.end() && hit->second->serial == serial;
     };
-    auto on_reply = [still_ours, ww, reply](const Json& r, ipc::ReceivedHandle*) {
+    auto on_reply = [wp, sent_ns = uv_hrtime(), still_ours, ww, reply](const Json& r, ipc::ReceivedHandle*) {
+      if (auto p2 = wp.lock()) p2->handoff_latency_.record(static_cast<double>(uv_hrtime() - sent_ns) / 1e9);
       if (!still_ours()) return;
       bool accepted = r.value("accepted", Json(false)) == Json(true);
       if (accepted)

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <deque>
 
+#include "uvcluster/cluster/process_usage.hpp"
 #include "uvcluster/detail/uv_handle.hpp"
 
 namespace uvcluster::cluster {
@@ -60,6 +61,8 @@ struct Supervisor::Tracked {
   bool stopping = false;   // we asked it to leave: no restart
   bool signalled = false;  // got kill_signal from us
   bool sigkilled = false;  // got SIGKILL from us
+  int memory_over = 0;     // samples in a row above max_memory_bytes
+  bool memory_reload = false;
   Timer deadline;          // online / up deadline, then the kill timeout once stopping
 };
 
@@ -77,9 +80,10 @@ struct Supervisor::Slot {
 };
 
 struct Supervisor::Handles {
-  explicit Handles(uv_loop_t* loop) : grace(loop), linger(loop) {}
+  explicit Handles(uv_loop_t* loop) : grace(loop), linger(loop), memory(loop) {}
   Timer grace;
   Timer linger;
+  Timer memory;
   std::vector<detail::UvHandle<uv_signal_t>> signals;
 };
 
@@ -127,6 +131,29 @@ void Supervisor::start() {
   attach();
   if (opt_.handle_signals) install_signals();
   scale(opt_.instances);
+  if (opt_.max_memory_bytes > 0 && opt_.memory_check_ms > 0)
+    handles_->memory.start(static_cast<uint64_t>(opt_.memory_check_ms), [this] { check_memory(); });
+}
+
+void Supervisor::check_memory() {
+  if (draining_ || finished_) return;
+  for (auto& slot : slots_) {
+    // A slot being replaced already is left alone; its new worker is sampled from scratch.
+    if (!slot->worker || slot->replacement || (reloading_ && reloading_->instance == slot->instance)) continue;
+    auto* t = tracked(slot->worker->id());
+    if (!t || !t->up || t->stopping || t->memory_reload || !t->w->pid()) continue;
+    auto usage = process_usage(*t->w->pid());
+    if (!usage.ok()) continue;
+    if (usage->rss_bytes <= opt_.max_memory_bytes) {
+      t->memory_over = 0;
+      continue;
+    }
+    if (++t->memory_over < std::max(1, opt_.memory_samples)) continue;
+    t->memory_reload = true;
+    memory_limit_.emit(*t->w, slot->instance, usage->rss_bytes);
+    reload_slot(slot->instance);
+  }
+  handles_->memory.start(static_cast<uint64_t>(opt_.memory_check_ms), [this] { check_memory(); });
 }
 
 void Supervisor::install_signals() {
@@ -400,6 +427,20 @@ bool Supervisor::reload() {
   return true;
 }
 
+bool Supervisor::reload_slot(int instance) {
+  if (draining_ || finished_) return false;
+  if (reloading_) {
+    auto& queue = reloading_->queue;
+    if (std::find(queue.begin(), queue.end(), instance) == queue.end()) queue.push_back(instance);
+    return true;
+  }
+  reloading_.emplace();
+  reloading_->queue.push_back(instance);
+  reload_.emit(1);
+  next_reload();
+  return true;
+}
+
 void Supervisor::next_reload() {
   while (reloading_ && !reloading_->queue.empty()) {
     int instance = reloading_->queue.front();
@@ -499,6 +540,7 @@ void Supervisor::maybe_finish() {
 void Supervisor::finish() {
   finished_ = true;
   handles_->grace.stop();
+  handles_->memory.stop();
   for (auto& s : handles_->signals) s.close();
   handles_->signals.clear();
   for (auto& slot : slots_) slot->restart_timer.stop();
@@ -539,6 +581,7 @@ SupervisorStats Supervisor::stats() const {
       is.pid = slot->worker->pid();
       auto it = live_.find(slot->worker->id());
       is.state = it != live_.end() && it->second->up ? InstanceStatus::State::up : InstanceStatus::State::starting;
+      if (it != live_.end()) is.uptime_ms = static_cast<int64_t>(now_ms() - it->second->forked_at);
     } else if (slot->errored) {
       is.state = InstanceStatus::State::errored;
     } else if (slot->restart_timer.active()) {

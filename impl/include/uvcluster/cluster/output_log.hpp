@@ -53,8 +53,4 @@ class RotatingFile {
   uint64_t size_;
 };
 
-// Parses "10M", "512K", "1G", "4096" (bytes; K/M/G are powers of 1024, as pm2-logrotate's
-// max_size); nullopt when malformed or 0.
-std::optional<uint64_t> parse_size(std::string_view s);
-
 }  // namespace uvcluster::cluster

@@ -24,6 +24,7 @@
 //     decides whether to replace it.
 #include <uv.h>
 
+#include <array>
 #include <deque>
 #include <functional>
 #include <map>
@@ -98,6 +99,16 @@ struct PrimaryStats {
   uint64_t queued = 0;      // connections waiting in the primary now
   uint64_t in_flight = 0;   // hand-offs awaiting an answer now
   uint64_t channel_errors = 0;
+  // rr: from sending a newconn to the worker's answer (accepted or refused), in the primary.
+  struct HandOffLatency {
+    static constexpr std::array<double, 17> kBoundsSeconds = {
+        0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
+        0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10};
+    std::array<uint64_t, kBoundsSeconds.size()> counts{};  // counts[i]: bound[i-1] < t <= bound[i]
+    uint64_t count = 0;  // every answer, those above the last bound included
+    double sum_seconds = 0;
+    void record(double seconds);
+  } handoff_latency;
 };
 
 class ServerHandle;
@@ -242,6 +253,7 @@ class Primary : public std::enable_shared_from_this<Primary> {
   std::map<std::string, std::unique_ptr<ServerHandle>> handles_;
   uint64_t handle_serial_ = 0;
   PrimaryStats retired_;  // counters of handles already closed
+  PrimaryStats::HandOffLatency handoff_latency_;
   std::vector<std::function<void()>> disconnect_cbs_;
   std::unique_ptr<Watchdog> watchdog_;  // started at the first fork when workers_die_with_primary
 
