@@ -154,6 +154,25 @@ def render(doc, md_path):
                  f"| {len(g['primary_not_within_1pct'])} {', '.join(g['primary_not_within_1pct'])} "
                  f"| {len(g['primary_died'])} {', '.join(g['primary_died'])} "
                  f"| {g['orphans']} | {g['zombies']} | {', '.join(g['not_measured']) or '–'} |")
+    L += ["", "What the goal figures leave, as far as we measured it (README, \"Fault lab\"):", "",
+          "- **primary RSS**: a primary used to carry three 64 KiB read buffers per worker "
+          "(stdout, stderr, IPC channel), two of them untouched until worker churn had the heap "
+          "reuse their pages: +64 KB after the first worker exits, flat after ~40. One buffer per "
+          "loop now. What is left is one-time: `ipc-nested` touches ~136 KB of the main "
+          "thread's stack in the 1,000-level nesting check, and glibc keeps freed heap below "
+          "its trim threshold (`ipc-oversized`, `ipc-nested`); repeated in one primary, the "
+          "second fault adds about half the first's growth and later ones nothing.",
+          "- **uvc-none** against node-cluster-none: the workers are the same Node processes "
+          "accepting on the one shared socket, so a worker at `maxConnections` or out of fds "
+          "closes what it accepts in both (Node's net.Server and libuv's EMFILE answer); the "
+          "failed counts scale with how fast each manager lets wrk reconnect.",
+          "- **uvc-reuseport** has no Node 20 counterpart: Node's default (rr) is its "
+          "reference. A connection still in a killed worker's own accept queue is lost unless "
+          "`tcp_migrate_req` is 1 (set by `--policy reuseport` as root; see the header).",
+          "- **own** is read with the worker frozen, but a worker's `accepted` answer may still "
+          "be on its way to the primary: such a connection counts as beyond own (at most one "
+          "per kill, for every manager alike). The figures are noisy: 2 cores shared with "
+          "other jobs."]
     L += ["", "Columns below (details in the README, \"Fault lab\"): **sent / failed** = wrk's "
           "requests and those without a 2xx answer (drain and primary SIGKILL: client threads that "
           "leave out refused connects); **own** = client connections only the faulted worker held "
