@@ -168,7 +168,11 @@ def render(doc, md_path):
           "failed counts scale with how fast each manager lets wrk reconnect.",
           "- **uvc-reuseport** has no Node 20 counterpart: Node's default (rr) is its "
           "reference. A connection still in a killed worker's own accept queue is lost unless "
-          "`tcp_migrate_req` is 1 (set by `--policy reuseport` as root; see the header).",
+          "`tcp_migrate_req` is 1 (set by `--policy reuseport` as root; see the header). A "
+          "stopped worker (`sigstop`) keeps its socket open, so the kernel goes on hashing new "
+          "connections to it and they wait in its queue past wrk's 2 s timeout: migration "
+          "happens only when a socket closes. That is the price of kernel balancing, which no "
+          "primary sees; rr and none do not pay it.",
           "- **own** is read with the worker frozen, but a worker's `accepted` answer may still "
           "be on its way to the primary: such a connection counts as beyond own (at most one "
           "per kill, for every manager alike). The figures are noisy: 2 cores shared with "
