@@ -168,13 +168,12 @@ def port_refuses(port):
 
 class Tracker(threading.Thread):
     """Every 100 ms: the primary's descendants (every pid ever seen, with its start time, for
-    the orphan count) and the primary's open fds and RSS."""
+    the orphan count); at_rest() reads the primary's open fds and RSS."""
 
     def __init__(self, primary):
         super().__init__(daemon=True)
         self.primary = primary
         self.seen = {}        # pid -> starttime
-        self.samples = []     # (time, fds, rss_kb)
         self.stop_event = threading.Event()
         self.lock = threading.Lock()
 
@@ -183,7 +182,6 @@ class Tracker(threading.Thread):
         with self.lock:
             for p, s in d.items():
                 self.seen.setdefault(p, s[2])
-            self.samples.append((time.time(), fd_count(self.primary), rss_kb(self.primary)))
 
     def run(self):
         while not self.stop_event.is_set():
@@ -194,14 +192,20 @@ class Tracker(threading.Thread):
         self.stop_event.set()
         self.join()
 
-    def primary_at(self, t, span=0.5):
-        """Median fds and RSS of the primary over [t - span, t]."""
-        with self.lock:
-            pts = [s for s in self.samples if t - span <= s[0] <= t and s[1] is not None]
+    def at_rest(self, n=3, every=0.1):
+        """Median fds and RSS of the primary over n samples taken now, 100 ms apart (read here,
+        not from the thread's series: on a loaded machine its 100 ms polls fall behind)."""
+        pts = []
+        for i in range(n):
+            if i:
+                time.sleep(every)
+            fds, rss = fd_count(self.primary), rss_kb(self.primary)
+            if fds is not None:
+                pts.append((fds, rss))
         if not pts:
             return None, None
-        fds = sorted(p[1] for p in pts)
-        rss = sorted(p[2] for p in pts if p[2] is not None)
+        fds = sorted(p[0] for p in pts)
+        rss = sorted(p[1] for p in pts if p[1] is not None)
         return fds[len(fds) // 2], (rss[len(rss) // 2] if rss else None)
 
 
@@ -456,7 +460,7 @@ class Run:
             prewarm.send_signal(signal.SIGINT)
             prewarm.communicate(timeout=15)
             time.sleep(0.4)
-            record["primary"]["fds_before"], record["primary"]["rss_kb_before"] = tracker.primary_at(time.time(), 0.3)
+            record["primary"]["fds_before"], record["primary"]["rss_kb_before"] = tracker.at_rest()
             wrk_start = time.time()
             wrk = self.start_wrk(WRK_MAX_S, self.p["conns"])
             probe = self.probe = Probe(self.port)
@@ -481,7 +485,7 @@ class Run:
             time.sleep(0.5)  # the last connections close and the primary settles
             primary_alive = self.primary.poll() is None
             record["primary"]["fds_after"], record["primary"]["rss_kb_after"] = (
-                tracker.primary_at(time.time(), 0.3) if primary_alive else (None, None))
+                tracker.at_rest() if primary_alive else (None, None))
             record["primary"]["alive_after_fault"] = primary_alive
             own = self.detail.get("own_connections", 0)
             record["requests"] = analysis.request_counts(reports, own)
