@@ -1,6 +1,7 @@
 """The fault lab's logic on synthetic data (outage and recovery detection, request accounting,
 strict JSON), its report on a synthetic document, and a tiny smoke run of one fault against
 one manager (loopback, bounded)."""
+import importlib.util
 import json
 import math
 import os
@@ -149,7 +150,10 @@ def test_each_manager_is_held_to_node_cluster_with_its_own_policy(tmp_path):
            "settings": {"workers": 2, "conns": 8}, "environment": {},
            "managers": ["uvc-none", "uvc-reuseport", "node-cluster", "node-cluster-none"],
            "faults": ["sigstop"], "fault_descriptions": {}, "duration_s": 1.0, "records": recs}
-    import report  # scripts/chaos is on the path (above)
+    # By path: another suite's `report` module (the strategy lab's) may be imported already.
+    spec = importlib.util.spec_from_file_location("chaos_report", os.path.join(SRC, "scripts", "chaos", "report.py"))
+    report = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(report)
     g = report.goals(doc)
     assert g["uvc-none"]["reference"] == "node-cluster-none"
     assert g["uvc-none"]["worse_than_node"] == []                 # 3 ≤ SCHED_NONE's 5
