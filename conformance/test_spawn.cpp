@@ -2,6 +2,7 @@
 // reports for the same scenario (fixtures/spawn_events.js).
 #include <fcntl.h>
 #include <gtest/gtest.h>
+#include <malloc.h>
 
 #include <array>
 
@@ -180,3 +181,57 @@ TEST(Spawn, EnvArgv0AndInheritedFdSlot) {
 }
 
 }  // namespace
+
+// Issue 8's fault lab: the primary's RSS grew ~64 KB after its first worker exits. Each child
+// pipe's Readable carried its own 64 KiB read buffer (two per worker: stdout and stderr),
+// allocated untouched, then made resident as worker churn had the heap reuse those pages. The
+// streams of one loop now share one buffer; this measures the heap a child's pipes cost.
+TEST(Spawn, ChildPipesShareTheLoopsReadBuffer) {
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+  GTEST_SKIP() << "the sanitizer's allocator does not report through mallinfo2";
+#endif
+  TestLoop loop;
+  auto heap_in_use = [] {
+    struct mallinfo2 m = mallinfo2();
+    return m.uordblks + m.hblkhd;
+  };
+  constexpr int kChildren = 8;
+  std::vector<std::shared_ptr<ChildProcess>> children;
+  children.reserve(kChildren);
+  size_t before = heap_in_use();
+  for (int i = 0; i < kChildren; ++i) {
+    auto c = spawn(loop, "/bin/sh", {"-c", "read line"});  // stdin, stdout and stderr piped
+    ASSERT_TRUE(c.ok());
+    children.push_back(c.value());
+  }
+  size_t per_child = (heap_in_use() - before) / kChildren;
+  int closed = 0;
+  for (auto& c : children) {
+    c->on_close([&](const ExitStatus&) { ++closed; });
+    c->kill("SIGKILL");
+  }
+  EXPECT_TRUE(loop.run_until([&] { return closed == kChildren; }, 20000));
+  // Was ~135 KiB (two 64 KiB buffers and the rest); a child's bookkeeping is a few KiB.
+  EXPECT_LT(per_child, 32u * 1024) << "heap bytes per child with piped stdio";
+}
+
+// The shared buffer must not mix streams: children writing at once each get their own bytes.
+TEST(Spawn, ConcurrentOutputOfManyChildrenStaysApart) {
+  TestLoop loop;
+  constexpr int kChildren = 6;
+  constexpr size_t kBytes = 300 * 1000;  // several reads each, interleaved between children
+  std::vector<std::string> got(kChildren);
+  std::vector<std::shared_ptr<ChildProcess>> children;
+  int closed = 0;
+  for (int i = 0; i < kChildren; ++i) {
+    char letter = static_cast<char>('a' + i);
+    auto c = spawn(loop, "/bin/sh", {"-c", "head -c " + std::to_string(kBytes) + " /dev/zero | tr '\\0' " + letter});
+    ASSERT_TRUE(c.ok());
+    c.value()->readable(1)->on_data([&got, i](std::string_view d) { got[i].append(d); });
+    c.value()->on_close([&](const ExitStatus&) { ++closed; });
+    children.push_back(c.value());
+  }
+  ASSERT_TRUE(loop.run_until([&] { return closed == kChildren; }, 30000));
+  for (int i = 0; i < kChildren; ++i)
+    EXPECT_EQ(got[i], std::string(kBytes, static_cast<char>('a' + i))) << "child " << i;
+}

@@ -12,6 +12,7 @@
 
 #include "handles.hpp"
 #include "json_fast.hpp"
+#include "uvcluster/detail/read_buffer.hpp"
 #include "uvcluster/detail/ticker.hpp"
 #include "uvcluster/detail/uv_handle.hpp"
 #include "uvcluster/ipc/framing.hpp"
@@ -21,7 +22,6 @@ namespace uvcluster::ipc {
 namespace {
 constexpr size_t kHighWaterMark = 65536 * 2;  // Node: writeQueueSize < 131072
 constexpr int kMaxHandleRetransmissions = 3;  // Node's MAX_HANDLE_RETRANSMISSIONS
-constexpr size_t kReadBuffer = 64 * 1024;
 const std::string kAckFrame = "{\"cmd\":\"NODE_HANDLE_ACK\"}\n";
 // The ACK as it arrives (without the newline): recognised without a JSON parse.
 constexpr std::string_view kAckLine = "{\"cmd\":\"NODE_HANDLE_ACK\"}";
@@ -79,7 +79,7 @@ struct Channel::Impl : std::enable_shared_from_this<Channel::Impl> {
   detail::UvHandle<uv_pipe_t> pipe;
   detail::Ticker ticker;
   FrameReader reader;
-  std::vector<char> rbuf = std::vector<char>(kReadBuffer);
+  std::shared_ptr<detail::SharedReadBuffer> rbuf = detail::SharedReadBuffer::for_loop(loop);
 
   State state = State::idle;
   bool connected = false;
@@ -350,7 +350,7 @@ struct Channel::Impl : std::enable_shared_from_this<Channel::Impl> {
 
   static void on_alloc(uv_handle_t* h, size_t, uv_buf_t* buf) {
     auto* self = static_cast<Impl*>(h->data);
-    *buf = uv_buf_init(self->rbuf.data(), static_cast<unsigned>(self->rbuf.size()));
+    *buf = self->rbuf->get();
   }
 
   static void on_read(uv_stream_t* s, ssize_t nread, const uv_buf_t*) {
@@ -376,7 +376,7 @@ struct Channel::Impl : std::enable_shared_from_this<Channel::Impl> {
       else error_ev.emit(Error::from_uv(err, "accept"));
     }
     corked = true;  // an ACK and the reply it triggers leave in one write
-    bool ok = reader.feed(rbuf.data(), static_cast<size_t>(nread),
+    bool ok = reader.feed(rbuf->data(), static_cast<size_t>(nread),
                           [this](std::string_view line) { on_line(line); });
     corked = false;
     pump();
