@@ -30,20 +30,20 @@ enum class Transport { tcp, pipe, udp };
 
 // A parsed queryServer (Node's message fields, checked).
 struct ServerQuery {
-  std::string key;
-  Address where;
+  std::string key{};
+  Address where{};
   Transport transport = Transport::tcp;
-  BindSpec spec;  // tcp
+  BindSpec spec{};  // tcp
   // pipe: the path the primary binds. The worker sends an absolute path; Node's primary binds it
   // relative to its own cwd when that is shorter, so a socket deep in a long directory still
   // fits sun_path (~108 bytes).
-  std::string path;
+  std::string path{};
   bool readable_all = false;  // pipe, round-robin only: Node's SharedHandle never chmods
   bool writable_all = false;
-  std::string udp_address;  // udp: the worker's looked-up IP
+  std::string udp_address{};  // udp: the worker's looked-up IP
   int udp_port = 0;
   int udp_flags = 0;       // kUdpIpv6Only | kUdpReuseAddr
-  std::optional<int> fd;   // listen({fd: N}): the *primary's* descriptor N, as in Node
+  std::optional<int> fd{};  // listen({fd: N}): the *primary's* descriptor N, as in Node
   int backlog = 511;
 };
 // Node's primary would throw on a malformed query; we answer the worker with this errno instead.
