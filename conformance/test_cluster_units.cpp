@@ -407,7 +407,7 @@ TEST(ClusterSockets, BindErrorsAreValuesAndListenZeroSharesAPort) {
   EXPECT_TRUE(listen_fd(s2.get(), 0).ok());
 
   // A SharedHandle on a port someone listens on reports Node's errno.
-  SharedHandle taken({.address = "127.0.0.1", .port = port});
+  SharedHandle taken({.spec = {.address = "127.0.0.1", .port = port}});
   EXPECT_EQ(taken.errnum(), -98);
 }
 

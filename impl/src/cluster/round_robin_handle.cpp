@@ -280,10 +280,11 @@ size_t RoundRobinScheduler::expire(uint64_t sent_before) {
   return n;
 }
 
-RoundRobinHandle::RoundRobinHandle(uv_loop_t* loop, Fd listening, uint64_t handoff_timeout_ms,
+RoundRobinHandle::RoundRobinHandle(uv_loop_t* loop, BoundSocket listening, uint64_t handoff_timeout_ms,
                                    RoundRobinScheduler::Pick pick)
     : loop_(loop),
-      fd_(std::move(listening)),
+      fd_(std::move(listening.fd)),
+      file_(std::move(listening.file)),
       timeout_ms_(std::max<uint64_t>(handoff_timeout_ms, 1)),
       sched_(RoundRobinScheduler::kDefaultAttemptsPerWorker, pick) {
   if (auto n = local_address(fd_.get()); n.ok()) sockname_ = n.value();
@@ -333,24 +334,28 @@ void RoundRobinHandle::close() {
   sweep_.close();
   wake_.close();
   fd_.reset();
+  file_.reset();
   sched_.close_queue();
 }
 
-Result<std::unique_ptr<RoundRobinHandle>> RoundRobinHandle::open(uv_loop_t* loop, const BindSpec& spec,
-                                                                 int backlog, uint64_t handoff_timeout_ms,
+Result<std::unique_ptr<RoundRobinHandle>> RoundRobinHandle::open(uv_loop_t* loop, const ServerQuery& q,
+                                                                 uint64_t handoff_timeout_ms,
                                                                  RoundRobinScheduler::Pick pick) {
-  auto fd = bind_tcp(spec);
-  if (!fd.ok()) return fd.error();
-  if (auto st = listen_fd(fd->get(), backlog); !st.ok()) return st.error();
-  auto h = std::make_unique<RoundRobinHandle>(loop, std::move(fd.value()), handoff_timeout_ms, pick);
+  auto bound = bind_for(q);
+  if (!bound.ok()) return bound.error();
+  if (auto st = listen_fd(bound->fd.get(), q.backlog); !st.ok()) return st.error();
+  if (q.transport == Transport::pipe && !q.fd) {
+    if (auto st = chmod_pipe(q.path, q.readable_all, q.writable_all); !st.ok()) return st.error();
+  }
+  auto h = std::make_unique<RoundRobinHandle>(loop, std::move(bound.value()), handoff_timeout_ms, pick);
   if (auto st = h->start(loop); !st.ok()) return st.error();
   return h;
 }
 
 Result<std::unique_ptr<ServerHandle>> RoundRobinHandle::open_for(const ServerHandleContext& ctx,
                                                                   const ServerQuery& q) {
-  auto pick = ctx.policy == Policy::sticky ? RoundRobinScheduler::Pick::sticky : RoundRobinScheduler::Pick::idle_worker;
-  auto h = open(ctx.loop, q.spec, q.backlog, ctx.handoff_timeout_ms, pick);
+  auto pick = ctx.policy == Policy::sticky && q.transport == Transport::tcp ? RoundRobinScheduler::Pick::sticky : RoundRobinScheduler::Pick::idle_worker;
+  auto h = open(ctx.loop, q, ctx.handoff_timeout_ms, pick);
   if (!h.ok()) return h.error();
   h.value()->newconn_ = ctx.newconn;
   h.value()->sched_.set_window(ctx.rr_window);
@@ -358,7 +363,7 @@ Result<std::unique_ptr<ServerHandle>> RoundRobinHandle::open_for(const ServerHan
 }
 
 void RoundRobinHandle::add(int worker, AddReply reply) {
-  reply(0, {{"sockname", sockname_.to_json()}}, std::nullopt);
+  reply(0, sockname_ ? Json{{"sockname", sockname_->to_json()}} : Json(), std::nullopt);
   sched_.add(worker, newconn_(worker));
 }
 

@@ -4,24 +4,22 @@
 
 namespace uvcluster::cluster {
 
-SharedHandle::SharedHandle(const BindSpec& spec) {
-  auto fd = bind_tcp(spec);
-  if (!fd.ok()) {
-    errnum_ = fd.error().errnum;
+SharedHandle::SharedHandle(const ServerQuery& q) {
+  auto bound = bind_for(q);
+  if (!bound.ok()) {
+    errnum_ = bound.error().errnum;
     return;
   }
-  fd_ = std::move(fd.value());
+  socket_ = std::move(bound.value());
 }
 
 Result<std::unique_ptr<ServerHandle>> SharedHandle::open_for(const ServerHandleContext&, const ServerQuery& q) {
-  auto h = std::make_unique<SharedHandle>(q.spec);
-  if (h->errnum() != 0) return Error::from_uv(h->errnum(), "bind");
-  return std::unique_ptr<ServerHandle>(std::move(h));
+  return open_as<SharedHandle>(q);
 }
 
 Result<Fd> SharedHandle::socket_for(int worker) {
   if (errnum_ != 0) return Error::from_uv(errnum_, "bind");
-  Fd out = Fd::dup_of(fd_.get());
+  Fd out = Fd::dup_of(socket_.fd.get());
   if (!out) return Error::from_uv(-errno, "dup");
   workers_.insert(worker);
   return out;

@@ -290,13 +290,17 @@ struct Channel::Impl : std::enable_shared_from_this<Channel::Impl> {
       return queue.size() == 1;
     }
     if (q.handle && (q.handle->fd.valid() || q.handle->borrowed >= 0)) {
-      // Built by hand to keep Node's key order: cmd, type, msg, key.
+      // Built by hand to keep Node's key order: cmd, type, msg, then key or dgramType.
       std::string frame = "{\"cmd\":\"NODE_HANDLE\",\"type\":\"";
       frame += handle_type_name(q.handle->type);
       frame += "\",\"msg\":";
       frame += encode_frame(q.message);
       frame.pop_back();  // the '\n'; the wrapper ends the frame
-      if (q.handle->key) {
+      if (q.handle->type == HandleType::dgram) {
+        frame += ",\"dgramType\":\"";
+        frame += detail_handles::dgram_type_of(q.handle->fd.get());
+        frame += '"';
+      } else if (q.handle->key) {
         frame += ",\"key\":";
         detail_json::fast_dump(Json(*q.handle->key), frame);
       }

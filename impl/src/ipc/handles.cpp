@@ -1,5 +1,10 @@
 #include "handles.hpp"
 
+#include <fcntl.h>
+#include <sys/socket.h>
+
+#include <cerrno>
+
 namespace uvcluster::ipc {
 
 const char* handle_type_name(HandleType t) {
@@ -7,16 +12,27 @@ const char* handle_type_name(HandleType t) {
     case HandleType::server: return "net.Server";
     case HandleType::socket: return "net.Socket";
     case HandleType::native: return "net.Native";
+    case HandleType::dgram: return "dgram.Socket";
+    case HandleType::dgram_native: return "dgram.Native";
   }
   return "net.Native";
 }
 
 namespace detail_handles {
 
+const char* dgram_type_of(int fd) {
+  sockaddr_storage ss{};
+  socklen_t len = sizeof ss;
+  if (::getsockname(fd, reinterpret_cast<sockaddr*>(&ss), &len) == 0 && ss.ss_family == AF_INET6) return "udp6";
+  return "udp4";
+}
+
 bool parse_handle_type(const std::string& name, HandleType* out) {
   if (name == "net.Server") *out = HandleType::server;
   else if (name == "net.Socket") *out = HandleType::socket;
   else if (name == "net.Native") *out = HandleType::native;
+  else if (name == "dgram.Socket") *out = HandleType::dgram;
+  else if (name == "dgram.Native") *out = HandleType::dgram_native;
   else return false;
   return true;
 }

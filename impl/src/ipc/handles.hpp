@@ -25,5 +25,7 @@ int make_send_stream(uv_loop_t* loop, Fd fd, SendStream& out);
 Fd take_pending(uv_loop_t* loop, uv_pipe_t* ipc_pipe, int* err);
 
 bool parse_handle_type(const std::string& name, HandleType* out);
+// A dgram.Socket frame's `dgramType`: "udp6" for an AF_INET6 socket, else "udp4".
+const char* dgram_type_of(int fd);
 
 }  // namespace uvcluster::ipc::detail_handles

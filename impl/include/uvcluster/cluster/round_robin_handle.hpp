@@ -1,6 +1,6 @@
 #pragma once
 // Node's RoundRobinHandle (lib/internal/cluster/round_robin_handle.js): the primary accepts and
-// hands each connection to an idle worker. The scheduling part is transport-free (a Sender per
+// hands each connection to an idle worker (TCP and unix sockets alike; never UDP). The scheduling part is transport-free (a Sender per
 // worker) so it can be tested with fakes; RoundRobinHandle adds the listening socket (accepted on
 // by cluster::Acceptor) and the hand-off timeout.
 //
@@ -155,18 +155,20 @@ class RoundRobinScheduler {
 class RoundRobinHandle : public ServerHandle {
  public:
   static constexpr uint64_t kDefaultHandoffTimeoutMs = 10000;
-  RoundRobinHandle(uv_loop_t* loop, Fd listening, uint64_t handoff_timeout_ms,
+  RoundRobinHandle(uv_loop_t* loop, BoundSocket listening, uint64_t handoff_timeout_ms,
                    RoundRobinScheduler::Pick pick = RoundRobinScheduler::Pick::idle_worker);
   ~RoundRobinHandle() override;
   RoundRobinHandle(const RoundRobinHandle&) = delete;
   RoundRobinHandle& operator=(const RoundRobinHandle&) = delete;
 
-  // Binds + listens (errors as values), then starts accepting.
+  // Binds + listens (a unix socket: then readableAll / writableAll, as Node's net.Server in the
+  // primary does), then starts accepting. Errors as values.
   static Result<std::unique_ptr<RoundRobinHandle>> open(
-      uv_loop_t* loop, const BindSpec& spec, int backlog, uint64_t handoff_timeout_ms = kDefaultHandoffTimeoutMs,
+      uv_loop_t* loop, const ServerQuery& q, uint64_t handoff_timeout_ms = kDefaultHandoffTimeoutMs,
       RoundRobinScheduler::Pick pick = RoundRobinScheduler::Pick::idle_worker);
   RoundRobinScheduler& scheduler() { return sched_; }
-  const SockName& sockname() const { return sockname_; }
+  // TCP only: a unix socket has none, and Node's reply then carries no sockname.
+  const std::optional<SockName>& sockname() const { return sockname_; }
   // Accept counters of the listening socket, kept after close().
   AcceptorCounters accept_counters() const {
     AcceptorCounters c = closed_accept_;
@@ -188,6 +190,7 @@ class RoundRobinHandle : public ServerHandle {
   std::function<HandOffSender(int worker)> newconn_;
   uv_loop_t* loop_;
   Fd fd_;
+  SocketFile file_;  // a unix socket's path, removed on close()
   std::unique_ptr<Acceptor> acceptor_;
   AcceptorCounters closed_accept_;
   detail::UvHandle<uv_timer_t> sweep_;
@@ -195,7 +198,7 @@ class RoundRobinHandle : public ServerHandle {
   uint64_t wake_due_ = 0;
   uint64_t timeout_ms_;
   RoundRobinScheduler sched_;
-  SockName sockname_;
+  std::optional<SockName> sockname_;
 };
 
 }  // namespace uvcluster::cluster

@@ -1,6 +1,8 @@
 #pragma once
 // Node's SharedHandle (lib/internal/cluster/shared_handle.js): one bound, not yet listening
-// socket per key, sent to every worker, which listens and accepts on it itself.
+// socket per key (TCP, unix socket, or the primary's own fd for listen({fd})), sent to every
+// worker, which listens and accepts on it itself. The socket file of a unix socket is removed
+// when the last worker leaves.
 #include "uvcluster/cluster/server_handle.hpp"
 #include "uvcluster/cluster/sockets.hpp"
 
@@ -8,7 +10,7 @@ namespace uvcluster::cluster {
 
 class SharedHandle : public SocketHandle {
  public:
-  explicit SharedHandle(const BindSpec& spec);
+  explicit SharedHandle(const ServerQuery& q);
   static Result<std::unique_ptr<ServerHandle>> open_for(const ServerHandleContext& ctx, const ServerQuery& q);
 
   // Node's `errno` for this key: 0, or the negative bind error (then the key is dropped).
@@ -16,9 +18,17 @@ class SharedHandle : public SocketHandle {
   // A dup of the shared socket for `worker`, or the negative errno.
   Result<Fd> socket_for(int worker) override;
 
+ protected:
+  template <class Handle>
+  static Result<std::unique_ptr<ServerHandle>> open_as(const ServerQuery& q) {
+    auto h = std::make_unique<Handle>(q);
+    if (h->errnum() != 0) return Error::from_uv(h->errnum(), "bind");
+    return std::unique_ptr<ServerHandle>(std::move(h));
+  }
+
  private:
-  void on_last_removed() override { fd_.reset(); }
-  Fd fd_;
+  void on_last_removed() override { socket_ = {}; }
+  BoundSocket socket_;
   int errnum_ = 0;
 };
 

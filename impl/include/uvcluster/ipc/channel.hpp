@@ -76,9 +76,18 @@ namespace uvcluster::ipc {
 
 using Json = nlohmann::json;
 
-// What a passed handle is, as Node names it in NODE_HANDLE's `type`.
-enum class HandleType { server /*net.Server*/, socket /*net.Socket*/, native /*net.Native*/ };
-const char* handle_type_name(HandleType t);  // "net.Server", "net.Socket", "net.Native"
+// What a passed handle is, as Node names it in NODE_HANDLE's `type`. A `dgram` frame also carries
+// `dgramType` ("udp4"/"udp6", from the socket's family): a Node receiver makes a dgram.Socket of
+// that type around the fd; `dgram_native` is the raw UDP handle (what cluster's primary sends).
+enum class HandleType {
+  server /*net.Server*/,
+  socket /*net.Socket*/,
+  native /*net.Native*/,
+  dgram /*dgram.Socket*/,
+  dgram_native /*dgram.Native*/
+};
+// "net.Server", "net.Socket", "net.Native", "dgram.Socket", "dgram.Native"
+const char* handle_type_name(HandleType t);
 
 // A handle to send. The channel owns `fd` (pass Fd::dup_of(x) to keep your own) and closes it
 // once the receiver has ACKed (or the channel is gone).
