@@ -1,6 +1,7 @@
 // ipc::Channel: Node's json IPC channel over a libuv IPC pipe (see channel.hpp for behaviour).
 #include "uvcluster/ipc/channel.hpp"
 
+#include <algorithm>
 #include <cerrno>
 #include <deque>
 #include <map>
@@ -18,7 +19,8 @@ namespace uvcluster::ipc {
 namespace {
 constexpr size_t kHighWaterMark = 65536 * 2;  // Node: writeQueueSize < 131072
 constexpr int kMaxHandleRetransmissions = 3;  // Node's MAX_HANDLE_RETRANSMISSIONS
-constexpr size_t kReadBuffer = 64 * 1024;
+constexpr size_t kMinRead = 64 * 1024;
+constexpr size_t kMaxRead = 16 * 1024 * 1024;  // one read may fill all the free room up to this
 const std::string kAckFrame = "{\"cmd\":\"NODE_HANDLE_ACK\"}\n";
 const std::string kNackFrame = "{\"cmd\":\"NODE_HANDLE_NACK\"}\n";
 
@@ -73,8 +75,7 @@ struct Channel::Impl : std::enable_shared_from_this<Channel::Impl> {
   ChannelOptions options;
   detail::UvHandle<uv_pipe_t> pipe;
   detail::Ticker ticker;
-  FrameReader reader;
-  std::vector<char> rbuf = std::vector<char>(kReadBuffer);
+  FrameReader reader;  // libuv reads straight into its buffer
 
   State state = State::idle;
   bool connected = false;
@@ -84,6 +85,10 @@ struct Channel::Impl : std::enable_shared_from_this<Channel::Impl> {
   bool disconnect_after_ack = false;
   bool disconnect_when_drained = false;
   bool emit_disconnect_on_close = true;
+  // The buffer of the last finished write, kept for the next frame: a channel sending 1 MiB
+  // messages does not allocate and page-fault a new 1 MiB buffer for each.
+  std::string spare_frame;
+  static constexpr size_t kSpareFrameMax = 4 * 1024 * 1024;
   bool write_in_flight = false;                 // one uv_write at a time; the rest waits here
   std::deque<std::unique_ptr<WriteReq>> outq;   // (plain frames are appended to the last one)
   size_t outq_bytes = 0;
@@ -217,6 +222,8 @@ struct Channel::Impl : std::enable_shared_from_this<Channel::Impl> {
         d.fn(nullptr);
       }
     }
+    if (w->data.capacity() <= kSpareFrameMax && w->data.capacity() > self->spare_frame.capacity())
+      self->spare_frame = std::move(w->data);
     self->maybe_finish_disconnect();
   }
 
@@ -227,19 +234,23 @@ struct Channel::Impl : std::enable_shared_from_this<Channel::Impl> {
     });
   }
 
-  bool send_now(Queued q) {
-    const std::string* cmd = cmd_of(q.message);
+  // The message is copied only when it has to wait for an ACK; otherwise it is encoded from
+  // the caller's object (a 1 MiB string is not duplicated on its way out).
+  bool send_now(const Json& message, std::optional<OutgoingHandle> handle, SendOptions options,
+                std::function<void(const Error*)> done) {
+    const std::string* cmd = cmd_of(message);
     bool is_ack = cmd && (*cmd == "NODE_HANDLE_ACK" || *cmd == "NODE_HANDLE_NACK");
     if (waiting_ack && !is_ack) {
-      queue.push_back(std::move(q));
+      queue.push_back(Queued{message, std::move(handle), std::move(options), std::move(done)});
       return queue.size() == 1;
     }
+    Queued q{Json(), std::move(handle), std::move(options), std::move(done)};
     if (q.handle && q.handle->fd.valid()) {
       // Built by hand to keep Node's key order: cmd, type, msg, key.
       std::string frame = "{\"cmd\":\"NODE_HANDLE\",\"type\":\"";
       frame += handle_type_name(q.handle->type);
       frame += "\",\"msg\":";
-      frame += encode_frame(q.message);
+      frame += encode_frame(message);
       frame.pop_back();  // the '\n'; the wrapper ends the frame
       if (q.handle->key) {
         frame += ",\"key\":";
@@ -252,7 +263,9 @@ struct Channel::Impl : std::enable_shared_from_this<Channel::Impl> {
                            std::move(q.options), 0};
       waiting_ack = true;
     } else {
-      if (write(encode_frame(q.message), -1, std::move(q.done)) < 0) return false;
+      std::string frame = std::move(spare_frame);
+      encode_frame_into(message, frame);
+      if (write(std::move(frame), -1, std::move(q.done)) < 0) return false;
     }
     return pending_bytes() < kHighWaterMark;
   }
@@ -279,7 +292,8 @@ struct Channel::Impl : std::enable_shared_from_this<Channel::Impl> {
     waiting_ack = false;
     auto items = std::move(queue);
     queue.clear();
-    for (auto& item : items) send_now(std::move(item));
+    for (auto& item : items)
+      send_now(item.message, std::move(item.handle), std::move(item.options), std::move(item.done));
     if (disconnect_after_ack && !waiting_ack) {
       disconnect_after_ack = false;
       disconnect_when_drained = true;
@@ -291,7 +305,8 @@ struct Channel::Impl : std::enable_shared_from_this<Channel::Impl> {
 
   static void on_alloc(uv_handle_t* h, size_t, uv_buf_t* buf) {
     auto* self = static_cast<Impl*>(h->data);
-    *buf = uv_buf_init(self->rbuf.data(), static_cast<unsigned>(self->rbuf.size()));
+    std::span<char> room = self->reader.space(kMinRead);
+    *buf = uv_buf_init(room.data(), static_cast<unsigned>(std::min<size_t>(room.size(), kMaxRead)));
   }
 
   static void on_read(uv_stream_t* s, ssize_t nread, const uv_buf_t*) {
@@ -316,8 +331,7 @@ struct Channel::Impl : std::enable_shared_from_this<Channel::Impl> {
       if (fd) received_fds.push_back(std::move(fd));
       else error_ev.emit(Error::from_uv(err, "accept"));
     }
-    bool ok = reader.feed(rbuf.data(), static_cast<size_t>(nread),
-                          [this](std::string_view line) { on_line(line); });
+    bool ok = reader.commit(static_cast<size_t>(nread), [this](std::string_view line) { on_line(line); });
     if (state != State::open) return;
     if (!ok) {
       error_ev.emit(Error::make("ERR_IPC_FRAME_TOO_LARGE",
@@ -372,7 +386,7 @@ struct Channel::Impl : std::enable_shared_from_this<Channel::Impl> {
   }
 
   void send_all_closed(const std::string& key) {
-    if (connected) send_now(Queued{Json{{"cmd", "NODE_SOCKET_ALL_CLOSED"}, {"key", key}}, {}, {}, {}});
+    if (connected) send_now(Json{{"cmd", "NODE_SOCKET_ALL_CLOSED"}, {"key", key}}, {}, {}, {});
   }
 
   void socket_closed(const std::string& key) {
@@ -391,8 +405,8 @@ struct Channel::Impl : std::enable_shared_from_this<Channel::Impl> {
     if (it == socket_lists.end()) return;  // Node has no list for that key: no answer
     if (cmd == "NODE_SOCKET_GET_COUNT") {
       if (connected)
-        send_now(Queued{Json{{"cmd", "NODE_SOCKET_COUNT"}, {"key", key}, {"count", it->second.connections}},
-                        {}, {}, {}});
+        send_now(Json{{"cmd", "NODE_SOCKET_COUNT"}, {"key", key}, {"count", it->second.connections}},
+                 {}, {}, {});
     } else if (it->second.connections == 0) {
       send_all_closed(key);
     } else {
@@ -547,7 +561,7 @@ bool Channel::send(const Json& message, std::optional<OutgoingHandle> handle, Se
     i.fail_later(std::move(done), channel_closed());
     return false;  // `handle` (and its fd) is dropped here
   }
-  return i.send_now(Impl::Queued{message, std::move(handle), std::move(options), std::move(done)});
+  return i.send_now(message, std::move(handle), std::move(options), std::move(done));
 }
 
 Status Channel::disconnect() {

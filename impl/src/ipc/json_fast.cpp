@@ -1,6 +1,7 @@
 #include "json_fast.hpp"
 
 #include <charconv>
+#include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <locale.h>
@@ -18,6 +19,31 @@ double strtod_c(const char* first, const char* last) {
   static const locale_t c_locale = newlocale(LC_NUMERIC_MASK, "C", locale_t{});
   std::string copy(first, last);
   return c_locale ? strtod_l(copy.c_str(), nullptr, c_locale) : std::strtod(copy.c_str(), nullptr);
+}
+
+// Skips the bytes a JSON string copies verbatim: everything but '"', '\\', control characters
+// (< 0x20) and, with kStopAtNonAscii, bytes >= 0x80. Eight bytes per step (a byte-at-a-time loop
+// held a 1 MiB message to ~1 GB/s on each side of the channel); the byte loop finishes the word
+// that holds a stop byte, so the result never depends on byte order.
+template <bool kStopAtNonAscii>
+const char* skip_plain(const char* p, const char* end) {
+  constexpr uint64_t kOnes = 0x0101010101010101ULL;
+  constexpr uint64_t kHigh = 0x8080808080808080ULL;
+  auto has_zero_byte = [](uint64_t x) { return (x - kOnes) & ~x & kHigh; };
+  while (end - p >= 8) {
+    uint64_t w;
+    std::memcpy(&w, p, 8);
+    uint64_t stop = has_zero_byte(w ^ (kOnes * '"')) | has_zero_byte(w ^ (kOnes * '\\')) |
+                    ((w - kOnes * 0x20) & ~w & kHigh);  // some byte < 0x20
+    if (kStopAtNonAscii) stop |= w & kHigh;
+    if (stop) break;
+    p += 8;
+  }
+  for (; p < end; ++p) {
+    unsigned char c = static_cast<unsigned char>(*p);
+    if (c == '"' || c == '\\' || c < 0x20 || (kStopAtNonAscii && c >= 0x80)) break;
+  }
+  return p;
 }
 
 struct Parser {
@@ -69,11 +95,7 @@ struct Parser {
     ++p;
     for (;;) {
       const char* start = p;
-      while (p < end) {
-        unsigned char c = static_cast<unsigned char>(*p);
-        if (c == '"' || c == '\\' || c < 0x20) break;
-        ++p;
-      }
+      p = skip_plain<false>(p, end);
       s.append(start, static_cast<size_t>(p - start));
       if (p >= end) return false;
       char c = *p++;
@@ -282,16 +304,14 @@ void escape_u(unsigned cp, std::string& out) {
 // (ED A0..BF xx, what parse() makes of "\ud800") are escaped back as \udxxx (well-formed
 // JSON.stringify), any other invalid byte sequence becomes one U+FFFD per maximal subpart.
 void dump_string(const std::string& s, std::string& out) {
+  // Room for the text as it is, the quotes and the frame's '\n' (escapes may still grow it).
+  out.reserve(out.size() + s.size() + 3);
   out.push_back('"');
   const char* p = s.data();
   const char* end = p + s.size();
   while (p < end) {
     const char* start = p;
-    while (p < end) {
-      unsigned char c = static_cast<unsigned char>(*p);
-      if (c < 0x20 || c == '"' || c == '\\' || c >= 0x80) break;
-      ++p;
-    }
+    p = skip_plain<true>(p, end);
     out.append(start, static_cast<size_t>(p - start));
     if (p >= end) break;
     unsigned char c = static_cast<unsigned char>(*p);
