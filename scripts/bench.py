@@ -9,8 +9,9 @@ compared per item (items_per_second), a time twin per iteration. The table shows
 time per operation from this same run (absolute times drift on a shared machine; the ratio is
 what we track).
 Results: results/micro.json; then the cluster RR handoff benchmark (results/cluster.json); then
-scripts/lab/driver.py runs the strategy lab (results/latest.json, results/REPORT.md); then the
-fault lab, scripts/chaos/chaos.py (results/chaos/latest.json, results/CHAOS.md).
+scripts/lab/driver.py runs the strategy lab (results/latest.json, results/REPORT.md); then big IPC
+messages and spawn against their bench/limits programs and Node (scripts/limits_ipc_spawn.py:
+results/limits_ipc_spawn.json and a section of REPORT.md); then the fault lab, scripts/chaos/chaos.py (results/chaos/latest.json, results/CHAOS.md).
 Every run appends its tracked metrics to results/history.jsonl (scripts/history.py).
 All results files are strict JSON (scripts/strict_json.py, schemas in results/schema/).
 """
@@ -172,6 +173,12 @@ def main():
     if not args.skip_lab and os.path.exists(driver):
         status |= subprocess.call([sys.executable, driver, "--build", build, "--profile", args.profile])
     ran_lab = not args.skip_lab and os.path.exists(driver)
+    if not args.skip_micro:
+        # Big IPC messages and spawn beside their bench/limits programs and Node, interleaved
+        # (results/limits_ipc_spawn.json; a section of REPORT.md, so after the lab wrote it).
+        print("\nbig IPC messages and spawn against the limit (scripts/limits_ipc_spawn.py) ...", flush=True)
+        status |= subprocess.call([sys.executable, os.path.join(ROOT, "scripts", "limits_ipc_spawn.py"),
+                                   "--build", build, "--profile", args.profile])
     history.append(history.from_bench(os.path.join(ROOT, "results"), args.profile,
                                       micro=not args.skip_micro, lab=ran_lab))
     print("appended the tracked metrics to results/history.jsonl (scripts/history.py plots them)")
