@@ -89,21 +89,22 @@ def measure(build, profile):
     def add(name, v):
         samples.setdefault(name, []).append(v)
 
+    def limit_then_ours(kind, label, arg, bm):
+        """The limit program, then the uvcluster benchmark it bounds, back to back."""
+        for row in json_lines([os.path.join(limits, f"raw_{kind}"), str(arg), str(seconds),
+                               f"limit_{kind}_{label}"], 300):
+            add(row["name"], row["ns_per_op"])
+        add(f"uvcluster_{kind}_{label}", google_benchmark(os.path.join(bench, f"bench_{kind}"), f"^{bm}/", seconds))
+
     for r in range(ROUNDS[profile]):
         print(f"limits: round {r + 1}/{ROUNDS[profile]} ipc ...", flush=True)
         for label, size, bm in IPC_SIZES:
-            for row in json_lines([os.path.join(limits, "raw_ipc"), str(size), str(seconds),
-                                   f"limit_ipc_{label}"], 300):
-                add(row["name"], row["ns_per_op"])
-            add(f"uvcluster_ipc_{label}", google_benchmark(os.path.join(bench, "bench_ipc"), f"^{bm}/", seconds))
+            limit_then_ours("ipc", label, size, bm)
         for name, ns in node_twin("ipc_big.js", seconds).items():
             add(name, ns)
         print(f"limits: round {r + 1}/{ROUNDS[profile]} spawn ...", flush=True)
         for label, mib, bm in SPAWN_SIZES:
-            for row in json_lines([os.path.join(limits, "raw_spawn"), str(mib), str(seconds),
-                                   f"limit_spawn_{label}"], 300):
-                add(row["name"], row["ns_per_op"])
-            add(f"uvcluster_spawn_{label}", google_benchmark(os.path.join(bench, "bench_spawn"), f"^{bm}/", seconds))
+            limit_then_ours("spawn", label, mib, bm)
             for name, ns in node_twin("spawn.js", seconds, bm).items():
                 add(f"node_spawn_{label}" if name == bm else name, ns)
     return samples

@@ -6,6 +6,10 @@
 #include <cstring>
 #include <locale.h>
 
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
+
 #include "uvcluster/detail/utf8.hpp"
 
 namespace uvcluster::ipc::detail_json {
@@ -22,11 +26,25 @@ double strtod_c(const char* first, const char* last) {
 }
 
 // Skips the bytes a JSON string copies verbatim: everything but '"', '\\', control characters
-// (< 0x20) and, with kStopAtNonAscii, bytes >= 0x80. Eight bytes per step (a byte-at-a-time loop
-// held a 1 MiB message to ~1 GB/s on each side of the channel); the byte loop finishes the word
-// that holds a stop byte, so the result never depends on byte order.
+// (< 0x20) and, with kStopAtNonAscii, bytes >= 0x80. 16 bytes per step with SSE2 (every x86-64),
+// else 8 with plain 64-bit arithmetic; a byte-at-a-time loop held a 1 MiB message to ~1 GB/s on
+// each side of the channel. The byte loop finishes the block that holds a stop byte.
 template <bool kStopAtNonAscii>
 const char* skip_plain(const char* p, const char* end) {
+#if defined(__SSE2__)
+  const __m128i quote = _mm_set1_epi8('"'), backslash = _mm_set1_epi8('\\');
+  const __m128i below_space = _mm_set1_epi8(0x1F), space = _mm_set1_epi8(0x20);
+  while (end - p >= 16) {
+    __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+    __m128i stop = _mm_or_si128(_mm_cmpeq_epi8(v, quote), _mm_cmpeq_epi8(v, backslash));
+    if (kStopAtNonAscii)  // signed: bytes >= 0x80 are negative, so "< 0x20" catches them too
+      stop = _mm_or_si128(stop, _mm_cmplt_epi8(v, space));
+    else  // unsigned v <= 0x1F
+      stop = _mm_or_si128(stop, _mm_cmpeq_epi8(_mm_min_epu8(v, below_space), v));
+    if (int mask = _mm_movemask_epi8(stop)) return p + __builtin_ctz(static_cast<unsigned>(mask));
+    p += 16;
+  }
+#else
   constexpr uint64_t kOnes = 0x0101010101010101ULL;
   constexpr uint64_t kHigh = 0x8080808080808080ULL;
   auto has_zero_byte = [](uint64_t x) { return (x - kOnes) & ~x & kHigh; };
@@ -39,6 +57,7 @@ const char* skip_plain(const char* p, const char* end) {
     if (stop) break;
     p += 8;
   }
+#endif
   for (; p < end; ++p) {
     unsigned char c = static_cast<unsigned char>(*p);
     if (c == '"' || c == '\\' || c < 0x20 || (kStopAtNonAscii && c >= 0x80)) break;

@@ -59,7 +59,8 @@ bool pidfd_spawn_available() {
 }
 
 int PidfdChild::spawn(uv_loop_t* loop, const PidfdSpawnRequest& request, ExitFn on_exit,
-                      std::unique_ptr<PidfdChild>* out) {
+                      std::unique_ptr<PidfdChild>* out, bool* ran) {
+  *ran = false;
   SpawnAttributes sa;
   if (sa.attr_rc != 0) return -sa.attr_rc;
   if (sa.actions_rc != 0) return -sa.actions_rc;
@@ -103,6 +104,7 @@ int PidfdChild::spawn(uv_loop_t* loop, const PidfdSpawnRequest& request, ExitFn 
   rc = posix_spawn(&pid, request.file, &sa.actions, &sa.attr, request.argv,
                    request.envp ? request.envp : environ);
   if (rc != 0) return -rc;
+  *ran = true;
 
   auto child = std::make_unique<PidfdChild>(Key{});
   child->pid_ = pid;

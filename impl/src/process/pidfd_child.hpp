@@ -47,9 +47,11 @@ class PidfdChild {
   explicit PidfdChild(Key) {}  // use spawn()
   using ExitFn = std::function<void(int64_t exit_status, int term_signal)>;
   // Starts the child; on success *out watches it and on_exit runs once, from the loop, when it
-  // has exited and been reaped. Returns 0 or a negative libuv error (nothing is left running).
+  // has exited and been reaped. Returns 0 or a negative libuv error; nothing is left running.
+  // *ran tells whether the child ran (it was then killed: its exit could not be watched), so
+  // that a caller does not start it a second time another way.
   static int spawn(uv_loop_t* loop, const PidfdSpawnRequest& request, ExitFn on_exit,
-                   std::unique_ptr<PidfdChild>* out);
+                   std::unique_ptr<PidfdChild>* out, bool* ran);
   ~PidfdChild();
   PidfdChild(const PidfdChild&) = delete;
   PidfdChild& operator=(const PidfdChild&) = delete;

@@ -170,6 +170,8 @@ Result<std::shared_ptr<ChildProcess>> spawn(uv_loop_t* loop, std::string file,
   // pidfds, nor for a file not found on PATH or found through a relative PATH entry while `cwd`
   // changes what it means; and if posix_spawn fails, uv_spawn runs instead, so every error
   // (ENOENT, EACCES, a script without #! that execvp runs with /bin/sh, ...) is uv_spawn's own.
+  // `ran`: the child started (then its result is final, never a second start through uv_spawn).
+  bool ran = false;
   auto spawn_without_fork = [&]() -> int {
     if (options.uid || options.gid || !detail::pidfd_spawn_available()) return UV_ENOTSUP;
     auto path = detail::resolve_executable(file, options.env ? env_c.data() : nullptr);
@@ -201,7 +203,7 @@ Result<std::shared_ptr<ChildProcess>> spawn(uv_loop_t* loop, std::string file,
     int err = detail::PidfdChild::spawn(
         loop, request,
         [raw](int64_t exit_status, int term_signal) { raw->on_process_exit(exit_status, term_signal); },
-        &child->pidfd_child_);
+        &child->pidfd_child_, &ran);
     if (err < 0) return err;
     for (size_t i = 0; i < stdio.size(); ++i) {
       if (!parent_ends[i]) continue;
@@ -221,7 +223,7 @@ Result<std::shared_ptr<ChildProcess>> spawn(uv_loop_t* loop, std::string file,
   int rc = spawn_without_fork();
   if (rc == 0) {
     child->pid_ = child->pidfd_child_->pid();
-  } else {
+  } else if (!ran) {
     uv_process_options_t uvo{};
     uvo.file = file.c_str();
     uvo.args = argv_c.data();
