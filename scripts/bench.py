@@ -11,9 +11,11 @@ what we track).
 Results: results/micro.json; then the cluster RR handoff benchmark (results/cluster.json); then
 scripts/lab/driver.py runs the strategy lab (results/latest.json, results/REPORT.md); then
 bench/rr_limits.py, the RR hand-off beside its bare limit (results/rr_limits.json, a section of
-results/REPORT.md); scripts/manager_cost.py, the manager's own RSS and CPU per 1,000 requests for
-uvcluster run, Node's cluster and PM2 (results/managers.json, a section of REPORT.md); then the
-fault lab, scripts/chaos/chaos.py (results/chaos/latest.json, results/CHAOS.md).
+results/REPORT.md); big IPC messages and spawn against their bench/limits programs and Node
+(scripts/limits_ipc_spawn.py: results/limits_ipc_spawn.json and a section of REPORT.md);
+scripts/manager_cost.py, the manager's own RSS and CPU per 1,000 requests for uvcluster run, Node's
+cluster and PM2 (results/managers.json, a section of REPORT.md); then the fault lab,
+scripts/chaos/chaos.py (results/chaos/latest.json, results/CHAOS.md).
 Every run appends its tracked metrics to results/history.jsonl (scripts/history.py).
 All results files are strict JSON (scripts/strict_json.py, schemas in results/schema/).
 """
@@ -186,6 +188,11 @@ def main():
                                    "--strace-duration", str(strace_s),
                                    "--json", os.path.join(ROOT, "results", "rr_limits.json"),
                                    "--report-md", os.path.join(ROOT, "results", "REPORT.md")])
+        # Big IPC messages and spawn beside their bench/limits programs and Node, interleaved
+        # (results/limits_ipc_spawn.json; a section of REPORT.md, so after the lab wrote it).
+        print("\nbig IPC messages and spawn against the limit (scripts/limits_ipc_spawn.py) ...", flush=True)
+        status |= subprocess.call([sys.executable, os.path.join(ROOT, "scripts", "limits_ipc_spawn.py"),
+                                   "--build", build, "--profile", args.profile])
     if ran_lab:
         # The manager alone (uvcluster run vs Node's cluster vs PM2): results/managers.json and a
         # section of REPORT.md (written by the lab just now).

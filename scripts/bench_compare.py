@@ -16,6 +16,8 @@ Benchmark set (--set, comma-separated):
   ipc  bench_ipc BM_IpcPingPong (plain message round trip, µs) and BM_IpcHandlePassing
        (round trip carrying a TCP handle over sendmsg, µs)
   ipc-handle  only BM_IpcHandlePassing (each bench_ipc benchmark runs for 2 s)
+  big  bench_ipc BM_Ipc1MiB (1 MiB string message round trip, ms, wall and the parent's CPU) and
+       bench_spawn spawn_true_1gib (spawn of /bin/true from a parent with 1 GiB resident, µs)
   rr   bench/bench_cluster.py, C++ primary + 2 C++ workers, Connection: close: connections/s
        and the primary's CPU ms per 1,000 connections
   lab  scripts/lab/cell.py, 2 workers, close load: rr and reuseport (native app) req/s, and
@@ -52,14 +54,14 @@ import strict_json  # noqa: E402
 EXIT_OK, EXIT_REGRESSED, EXIT_USAGE = 0, 1, 2
 CACHE = os.path.join(ROOT, ".bench-compare")
 CI_BASELINE = os.path.join(ROOT, "results", "ci-baseline")
-TARGETS = ["uvcluster_cli", "bench_ipc", "hello_native", "lab_proxy", "helper_cluster_http_worker"]
-OPTIONAL_TARGETS = ["raw_rr"]  # built when the revision has them (the rr-vs-bare metrics need raw_rr)
+TARGETS = ["uvcluster_cli", "bench_ipc", "bench_spawn", "hello_native", "lab_proxy", "helper_cluster_http_worker"]
+OPTIONAL_TARGETS = ["limit_raw_rr"]  # built when the revision has them (the rr-vs-bare metrics need raw_rr)
 
 # Profiles: which units, wrk seconds per rr/lab sample, default k (None = sized to the budget)
 # and the budget (s) the sizing aims at; max_s is a hard stop for the whole run, builds included.
 PROFILES = {
-    "default": {"set": "ipc,rr,lab", "duration": 3, "samples": None, "budget": 600, "max_s": None},
-    "ci": {"set": "ipc,rr,lab", "duration": 2, "samples": 8, "budget": 480, "max_s": 690},
+    "default": {"set": "ipc,rr,lab,big", "duration": 3, "samples": None, "budget": 600, "max_s": None},
+    "ci": {"set": "ipc,rr,lab,big", "duration": 2, "samples": 8, "budget": 480, "max_s": 690},
     "short": {"set": "ipc-handle,rr", "duration": 1, "samples": 8, "budget": 150, "max_s": None},
 }
 LAB_CELLS = [("rr", "native", True), ("reuseport", "native", True), ("node-rr", "node", False)]
@@ -182,6 +184,29 @@ def unit_ipc(build_dir, env, duration, pattern="BM_Ipc(PingPong|HandlePassing)/"
     return out
 
 
+def unit_big(build_dir, env, duration):
+    """bench_ipc BM_Ipc1MiB (a 1 MiB string message there and back: wall and the parent's CPU)
+    and bench_spawn spawn_true_1gib (spawn of /bin/true from a parent with 1 GiB resident)."""
+    out = {}
+    for exe, pattern, min_time in (("bench_ipc", "^BM_Ipc1MiB/", None), ("bench_spawn", "^spawn_true_1gib/", 0.5)):
+        cmd = [os.path.join(build_dir, "bench", exe), "--benchmark_format=json", f"--benchmark_filter={pattern}"]
+        if min_time:
+            cmd.append(f"--benchmark_min_time={min_time}")
+        p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+        if p.returncode != 0:
+            continue
+        scale = {"ns": 1e-3, "us": 1.0, "ms": 1e3, "s": 1e6}  # -> µs
+        for b in strict_json.json.loads(p.stdout)["benchmarks"]:
+            if b.get("error_occurred"):
+                continue
+            us, cpu_us = (b[k] * scale[b.get("time_unit", "ns")] for k in ("real_time", "cpu_time"))
+            if exe == "bench_ipc":
+                out["ipc_1mib_ms"], out["ipc_1mib_cpu_ms"] = us / 1e3, cpu_us / 1e3
+            else:
+                out["spawn_true_1gib_us"] = us
+    return out
+
+
 def unit_rr(build_dir, env, duration):
     cmd = [sys.executable, os.path.join(ROOT, "bench", "bench_cluster.py"), "--build", build_dir,
            "--cases", "cpp-primary+cpp-workers", "--duration", str(duration)]
@@ -229,7 +254,7 @@ def unit_lab(build_dir, env, duration):
     return out
 
 
-UNITS = {"ipc": unit_ipc, "rr": unit_rr, "lab": unit_lab,
+UNITS = {"ipc": unit_ipc, "rr": unit_rr, "lab": unit_lab, "big": unit_big,
          "ipc-handle": lambda b, e, d: unit_ipc(b, e, d, "BM_IpcHandlePassing/")}
 # name -> (unit label, better, tracked)
 METRICS = {
@@ -239,6 +264,9 @@ METRICS = {
     # time by tens of percent, CPU time far less (README, "Proving the detector").
     "ipc_pingpong_cpu_us": ("CPU µs/round trip", "lower", True),
     "ipc_handle_pingpong_cpu_us": ("CPU µs/round trip", "lower", True),
+    "ipc_1mib_ms": ("ms/round trip", "lower", True),
+    "ipc_1mib_cpu_ms": ("CPU ms/round trip", "lower", True),
+    "spawn_true_1gib_us": ("µs/spawn", "lower", True),
     "rr_conn_per_s": ("conn/s", "higher", True),
     "rr_primary_cpu_ms_per_1k": ("CPU ms/1k conn", "lower", True),
     # issue 13 §1: the hand-off's CPU per connection over the bare pair's, primary and workers.
@@ -259,6 +287,8 @@ def unit_metrics(units):
         elif u == "rr":
             names += ["rr_conn_per_s", "rr_primary_cpu_ms_per_1k", "rr_primary_cpu_vs_bare",
                       "rr_workers_cpu_vs_bare"]
+        elif u == "big":
+            names += ["ipc_1mib_ms", "ipc_1mib_cpu_ms", "spawn_true_1gib_us"]
         elif u == "lab":
             names += [f"lab_{s}_close_2w_rps" for s, _, _ in LAB_CELLS]
     return names

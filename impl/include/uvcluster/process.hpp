@@ -24,6 +24,7 @@
 namespace uvcluster {
 
 namespace ipc { class Channel; }
+namespace detail { class PidfdChild; }
 
 struct Stdio {
   enum class Kind { pipe, inherit, ignore, fd, ipc };
@@ -103,7 +104,8 @@ class ChildProcess : public std::enable_shared_from_this<ChildProcess> {
   void failed(int status);
 
   uv_loop_t* loop_;
-  detail::UvHandle<uv_process_t> process_;
+  detail::UvHandle<uv_process_t> process_;         // a child started by uv_spawn (fork)
+  std::unique_ptr<detail::PidfdChild> pidfd_child_;  // or by posix_spawn, watched by pidfd
   detail::UvHandle<uv_timer_t> timeout_;
   detail::Ticker ticker_;
   std::unique_ptr<Writable> stdin_;

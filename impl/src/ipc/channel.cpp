@@ -3,6 +3,7 @@
 
 #include <sys/socket.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <deque>
@@ -22,6 +23,8 @@ namespace uvcluster::ipc {
 namespace {
 constexpr size_t kHighWaterMark = 65536 * 2;  // Node: writeQueueSize < 131072
 constexpr int kMaxHandleRetransmissions = 3;  // Node's MAX_HANDLE_RETRANSMISSIONS
+constexpr size_t kMinRead = 64 * 1024;
+constexpr size_t kMaxRead = 16 * 1024 * 1024;  // one read may fill all the free room up to this
 const std::string kAckFrame = "{\"cmd\":\"NODE_HANDLE_ACK\"}\n";
 // The ACK as it arrives (without the newline): recognised without a JSON parse.
 constexpr std::string_view kAckLine = "{\"cmd\":\"NODE_HANDLE_ACK\"}";
@@ -78,6 +81,9 @@ struct Channel::Impl : std::enable_shared_from_this<Channel::Impl> {
   ChannelOptions options;
   detail::UvHandle<uv_pipe_t> pipe;
   detail::Ticker ticker;
+  // Between frames, reads land in the loop's shared buffer (no per-channel buffer held by an
+  // idle worker's channel); while a frame is incomplete, libuv reads straight into the reader's
+  // buffer (a long frame arriving in many reads is neither copied nor re-assembled).
   FrameReader reader;
   std::shared_ptr<detail::SharedReadBuffer> rbuf = detail::SharedReadBuffer::for_loop(loop);
 
@@ -89,6 +95,10 @@ struct Channel::Impl : std::enable_shared_from_this<Channel::Impl> {
   bool disconnect_after_ack = false;
   bool disconnect_when_drained = false;
   bool emit_disconnect_on_close = true;
+  // The buffer of the last finished write, kept for the next frame: a channel sending 1 MiB
+  // messages does not allocate and page-fault a new 1 MiB buffer for each.
+  std::string spare_frame;
+  static constexpr size_t kSpareFrameMax = 4 * 1024 * 1024;
   bool write_in_flight = false;                 // one uv_write at a time; the rest waits here
   bool corked = false;  // a read is being handled: frames written meanwhile leave together after it
   std::deque<std::unique_ptr<WriteReq>> outq;   // (plain frames are appended to the last one)
@@ -263,6 +273,8 @@ struct Channel::Impl : std::enable_shared_from_this<Channel::Impl> {
         d.fn(nullptr);
       }
     }
+    if (w->data.capacity() <= kSpareFrameMax && w->data.capacity() > self->spare_frame.capacity())
+      self->spare_frame = std::move(w->data);
     self->maybe_finish_disconnect();
   }
 
@@ -275,10 +287,15 @@ struct Channel::Impl : std::enable_shared_from_this<Channel::Impl> {
 
   static bool resendable(HandleType type, const SendOptions& o) { return type == HandleType::socket && !o.keep_open; }
 
-  bool send_now(Queued q) {
-    const std::string* cmd = cmd_of(q.message);
+  // The message is copied only when it has to wait for an ACK; otherwise it is encoded from
+  // the caller's object (a 1 MiB string is not duplicated on its way out).
+  bool send_now(const Json& message, std::optional<OutgoingHandle> handle, SendOptions options,
+                std::function<void(const Error*)> done) {
+    const std::string* cmd = cmd_of(message);
     bool is_ack = cmd && (*cmd == "NODE_HANDLE_ACK" || *cmd == "NODE_HANDLE_NACK");
+    Queued q{Json(), std::move(handle), std::move(options), std::move(done)};
     if (blocking > 0 && !is_ack) {
+      q.message = message;
       if (q.handle && q.handle->borrowed >= 0) {  // the caller's fd: waiting needs our own copy
         q.handle->fd = Fd::dup_of(std::exchange(q.handle->borrowed, -1));
         if (!q.handle->fd) {
@@ -294,7 +311,7 @@ struct Channel::Impl : std::enable_shared_from_this<Channel::Impl> {
       std::string frame = "{\"cmd\":\"NODE_HANDLE\",\"type\":\"";
       frame += handle_type_name(q.handle->type);
       frame += "\",\"msg\":";
-      frame += encode_frame(q.message);
+      frame += encode_frame(message);
       frame.pop_back();  // the '\n'; the wrapper ends the frame
       if (q.handle->type == HandleType::dgram) {
         frame += ",\"dgramType\":\"";
@@ -314,7 +331,9 @@ struct Channel::Impl : std::enable_shared_from_this<Channel::Impl> {
       if (!pipelined) ++blocking;
       unacked.push_back(InFlight{std::move(frame), q.handle->type, std::move(kept), std::move(q.options), 0});
     } else {
-      if (write(encode_frame(q.message), -1, std::move(q.done)) < 0) return false;
+      std::string frame = std::move(spare_frame);
+      encode_frame_into(message, frame);
+      if (write(std::move(frame), -1, std::move(q.done)) < 0) return false;
     }
     return pending_bytes() < kHighWaterMark;
   }
@@ -342,7 +361,8 @@ struct Channel::Impl : std::enable_shared_from_this<Channel::Impl> {
     if (blocking > 0) return;
     auto items = std::move(queue);
     queue.clear();
-    for (auto& item : items) send_now(std::move(item));
+    for (auto& item : items)
+      send_now(item.message, std::move(item.handle), std::move(item.options), std::move(item.done));
     if (disconnect_after_ack && unacked.empty()) {
       disconnect_after_ack = false;
       disconnect_when_drained = true;
@@ -354,15 +374,20 @@ struct Channel::Impl : std::enable_shared_from_this<Channel::Impl> {
 
   static void on_alloc(uv_handle_t* h, size_t, uv_buf_t* buf) {
     auto* self = static_cast<Impl*>(h->data);
-    *buf = self->rbuf->get();
+    if (self->reader.buffering()) {
+      std::span<char> room = self->reader.space(kMinRead);
+      *buf = uv_buf_init(room.data(), static_cast<unsigned>(std::min<size_t>(room.size(), kMaxRead)));
+    } else {
+      *buf = self->rbuf->get();
+    }
   }
 
-  static void on_read(uv_stream_t* s, ssize_t nread, const uv_buf_t*) {
+  static void on_read(uv_stream_t* s, ssize_t nread, const uv_buf_t* buf) {
     auto self = static_cast<Impl*>(s->data)->shared_from_this();
-    self->handle_read(nread);
+    self->handle_read(nread, buf->base == self->rbuf->data());
   }
 
-  void handle_read(ssize_t nread) {
+  void handle_read(ssize_t nread, bool in_shared_buffer) {
     if (nread == 0) return;
     if (nread < 0) {
       if (nread != UV_EOF) error_ev.emit(Error::from_uv(static_cast<int>(nread), "read"));
@@ -380,8 +405,9 @@ struct Channel::Impl : std::enable_shared_from_this<Channel::Impl> {
       else error_ev.emit(Error::from_uv(err, "accept"));
     }
     corked = true;  // an ACK and the reply it triggers leave in one write
-    bool ok = reader.feed(rbuf->data(), static_cast<size_t>(nread),
-                          [this](std::string_view line) { on_line(line); });
+    auto on_frame = [this](std::string_view line) { on_line(line); };
+    bool ok = in_shared_buffer ? reader.feed(rbuf->data(), static_cast<size_t>(nread), on_frame)
+                               : reader.commit(static_cast<size_t>(nread), on_frame);
     corked = false;
     pump();
     if (state != State::open) return;
@@ -444,7 +470,7 @@ struct Channel::Impl : std::enable_shared_from_this<Channel::Impl> {
   }
 
   void send_all_closed(const std::string& key) {
-    if (connected) send_now(Queued{Json{{"cmd", "NODE_SOCKET_ALL_CLOSED"}, {"key", key}}, {}, {}, {}});
+    if (connected) send_now(Json{{"cmd", "NODE_SOCKET_ALL_CLOSED"}, {"key", key}}, {}, {}, {});
   }
 
   void socket_closed(const std::string& key) {
@@ -463,8 +489,8 @@ struct Channel::Impl : std::enable_shared_from_this<Channel::Impl> {
     if (it == socket_lists.end()) return;  // Node has no list for that key: no answer
     if (cmd == "NODE_SOCKET_GET_COUNT") {
       if (connected)
-        send_now(Queued{Json{{"cmd", "NODE_SOCKET_COUNT"}, {"key", key}, {"count", it->second.connections}},
-                        {}, {}, {}});
+        send_now(Json{{"cmd", "NODE_SOCKET_COUNT"}, {"key", key}, {"count", it->second.connections}},
+                 {}, {}, {});
     } else if (it->second.connections == 0) {
       send_all_closed(key);
     } else {
@@ -619,7 +645,7 @@ bool Channel::send(const Json& message, std::optional<OutgoingHandle> handle, Se
     i.fail_later(std::move(done), channel_closed());
     return false;  // `handle` (and its fd) is dropped here
   }
-  return i.send_now(Impl::Queued{message, std::move(handle), std::move(options), std::move(done)});
+  return i.send_now(message, std::move(handle), std::move(options), std::move(done));
 }
 
 Status Channel::disconnect() {

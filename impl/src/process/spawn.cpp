@@ -1,11 +1,15 @@
 // spawn(): argument validation, the uv_spawn call, and the ChildProcess life cycle
 // (spawn -> exit -> close, or error -> close).
 #include <signal.h>
+#include <sys/socket.h>
 #include <unistd.h>
+
+#include <cerrno>
 
 #include <algorithm>
 #include <mutex>
 
+#include "pidfd_child.hpp"
 #include "uvcluster/detail/spawn_options.hpp"
 #include "uvcluster/ipc/channel.hpp"
 #include "uvcluster/process.hpp"
@@ -160,34 +164,93 @@ Result<std::shared_ptr<ChildProcess>> spawn(uv_loop_t* loop, std::string file,
   std::vector<std::string> argv = child->argv_;
   auto argv_c = c_strings(argv);
   auto env_c = c_strings(env);
-  uv_process_options_t uvo{};
-  uvo.file = file.c_str();
-  uvo.args = argv_c.data();
-  uvo.env = env_c.data();
-  uvo.cwd = options.cwd ? options.cwd->c_str() : nullptr;
-  uvo.stdio_count = static_cast<int>(stdio.size());
-  uvo.stdio = stdio.data();
-  if (options.detached) uvo.flags |= UV_PROCESS_DETACHED;
-  if (options.uid) {
-    uvo.flags |= UV_PROCESS_SETUID;
-    uvo.uid = *options.uid;
-  }
-  if (options.gid) {
-    uvo.flags |= UV_PROCESS_SETGID;
-    uvo.gid = *options.gid;
-  }
-  uvo.exit_cb = [](uv_process_t* p, int64_t status, int term_signal) {
-    static_cast<ChildProcess*>(p->data)->on_process_exit(status, term_signal);
+
+  // posix_spawn + pidfd: a spawn whose cost does not grow with the parent's memory (see
+  // pidfd_child.hpp). Not for uid/gid (posix_spawn cannot set them), nor where the kernel lacks
+  // pidfds, nor for a file not found on PATH or found through a relative PATH entry while `cwd`
+  // changes what it means; and if posix_spawn fails, uv_spawn runs instead, so every error
+  // (ENOENT, EACCES, a script without #! that execvp runs with /bin/sh, ...) is uv_spawn's own.
+  // `ran`: the child started (then its result is final, never a second start through uv_spawn).
+  bool ran = false;
+  auto spawn_without_fork = [&]() -> int {
+    if (options.uid || options.gid || !detail::pidfd_spawn_available()) return UV_ENOTSUP;
+    auto path = detail::resolve_executable(file, options.env ? env_c.data() : nullptr);
+    if (!path || (options.cwd && path->front() != '/')) return UV_ENOENT;
+    detail::PidfdSpawnRequest request;
+    request.file = path->c_str();
+    request.argv = argv_c.data();
+    request.envp = env_c.data();
+    request.cwd = options.cwd ? options.cwd->c_str() : nullptr;
+    request.detached = options.detached;
+    request.fds.resize(stdio.size());
+    std::vector<Fd> parent_ends(stdio.size()), child_ends(stdio.size());
+    for (size_t i = 0; i < stdio.size(); ++i) {
+      const uv_stdio_container_t& c = stdio[i];
+      detail::ChildFd& slot = request.fds[i];
+      if (c.flags & UV_CREATE_PIPE) {
+        int pair[2];
+        if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair) < 0) return uv_translate_sys_error(errno);
+        parent_ends[i] = Fd(pair[0]);
+        child_ends[i] = Fd(pair[1]);
+        slot = {detail::ChildFd::Kind::dup, pair[1]};
+      } else if (c.flags & UV_INHERIT_FD) {
+        slot = {detail::ChildFd::Kind::dup, c.data.fd};
+      } else {
+        slot = {detail::ChildFd::Kind::dev_null, -1};  // libuv: /dev/null for 0-2 only
+      }
+    }
+    ChildProcess* raw = child.get();
+    int err = detail::PidfdChild::spawn(
+        loop, request,
+        [raw](int64_t exit_status, int term_signal) { raw->on_process_exit(exit_status, term_signal); },
+        &child->pidfd_child_, &ran);
+    if (err < 0) return err;
+    for (size_t i = 0; i < stdio.size(); ++i) {
+      if (!parent_ends[i]) continue;
+      auto* pipe = reinterpret_cast<uv_pipe_t*>(stdio[i].data.stream);
+      if (int open_rc = uv_pipe_open(pipe, parent_ends[i].get()); open_rc < 0) {
+        // Cannot happen for a fresh socket on an unopened pipe; if it did, the child must not
+        // run unconnected: it is killed and reported like any child killed by a signal.
+        child->pidfd_child_->kill(SIGKILL);
+        break;
+      }
+      (void)parent_ends[i].release();  // the pipe handle owns it now
+    }
+    return 0;
   };
 
   child->process_->data = child.get();
-  int rc = uv_spawn(loop, child->process_.get(), &uvo);
-  child->process_.mark_initialized();  // initialized even on failure; must be closed
+  int rc = spawn_without_fork();
+  if (rc == 0) {
+    child->pid_ = child->pidfd_child_->pid();
+  } else if (!ran) {
+    uv_process_options_t uvo{};
+    uvo.file = file.c_str();
+    uvo.args = argv_c.data();
+    uvo.env = env_c.data();
+    uvo.cwd = options.cwd ? options.cwd->c_str() : nullptr;
+    uvo.stdio_count = static_cast<int>(stdio.size());
+    uvo.stdio = stdio.data();
+    if (options.detached) uvo.flags |= UV_PROCESS_DETACHED;
+    if (options.uid) {
+      uvo.flags |= UV_PROCESS_SETUID;
+      uvo.uid = *options.uid;
+    }
+    if (options.gid) {
+      uvo.flags |= UV_PROCESS_SETGID;
+      uvo.gid = *options.gid;
+    }
+    uvo.exit_cb = [](uv_process_t* p, int64_t status, int term_signal) {
+      static_cast<ChildProcess*>(p->data)->on_process_exit(status, term_signal);
+    };
+    rc = uv_spawn(loop, child->process_.get(), &uvo);
+    child->process_.mark_initialized();  // initialized even on failure; must be closed
+    if (rc == 0) child->pid_ = child->process_->pid;
+  }
   child->self_ = child;
   if (rc < 0) {
     child->failed(rc);
   } else {
-    child->pid_ = child->process_->pid;
     if (options.timeout_ms > 0) {
       uv_timer_init(loop, child->timeout_.get());
       child->timeout_.mark_initialized();
@@ -260,6 +323,7 @@ void ChildProcess::on_process_exit(int64_t exit_status, int term_signal) {
   exit_status_ = status;
   timeout_.close();
   process_.close();
+  pidfd_child_.reset();
   if (stdin_) stdin_->destroy();
   auto keep = shared_from_this();
   exit_.emit(status);
@@ -284,8 +348,8 @@ bool ChildProcess::kill(const std::string& signal) {
 }
 
 bool ChildProcess::kill(int signum) {
-  if (!process_.initialized() || exit_status_) return false;
-  int rc = uv_process_kill(process_.get(), signum);
+  if ((!process_.initialized() && !pidfd_child_) || exit_status_) return false;
+  int rc = pidfd_child_ ? pidfd_child_->kill(signum) : uv_process_kill(process_.get(), signum);
   if (rc == 0) {
     killed_ = true;
     return true;
