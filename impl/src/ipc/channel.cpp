@@ -1,4 +1,5 @@
-// ipc::Channel: Node's json IPC channel over a libuv IPC pipe (see channel.hpp for behaviour).
+// ipc::Channel: Node's IPC channel (json or advanced serialization) over a libuv IPC pipe (see
+// channel.hpp for behaviour).
 #include "uvcluster/ipc/channel.hpp"
 
 #include <cerrno>
@@ -12,6 +13,7 @@
 #include "uvcluster/detail/ticker.hpp"
 #include "uvcluster/detail/uv_handle.hpp"
 #include "uvcluster/ipc/framing.hpp"
+#include "uvcluster/ipc/v8_serializer.hpp"
 
 namespace uvcluster::ipc {
 
@@ -19,8 +21,6 @@ namespace {
 constexpr size_t kHighWaterMark = 65536 * 2;  // Node: writeQueueSize < 131072
 constexpr int kMaxHandleRetransmissions = 3;  // Node's MAX_HANDLE_RETRANSMISSIONS
 constexpr size_t kReadBuffer = 64 * 1024;
-const std::string kAckFrame = "{\"cmd\":\"NODE_HANDLE_ACK\"}\n";
-const std::string kNackFrame = "{\"cmd\":\"NODE_HANDLE_NACK\"}\n";
 
 Error channel_closed() { return Error::make("ERR_IPC_CHANNEL_CLOSED", "Channel closed"); }
 
@@ -67,13 +67,23 @@ struct Channel::Impl : std::enable_shared_from_this<Channel::Impl> {
   };
 
 
-  Impl(uv_loop_t* l, ChannelOptions o) : loop(l), options(o), ticker(l), reader(o.max_frame_bytes) {}
+  Impl(uv_loop_t* l, ChannelOptions o)
+      : loop(l),
+        options(o),
+        ticker(l),
+        reader(o.max_frame_bytes),
+        v8_reader(o.max_frame_bytes),
+        ack_frame(encode(Json{{"cmd", "NODE_HANDLE_ACK"}}).value()),
+        nack_frame(encode(Json{{"cmd", "NODE_HANDLE_NACK"}}).value()) {}
 
   uv_loop_t* loop;
   ChannelOptions options;
   detail::UvHandle<uv_pipe_t> pipe;
   detail::Ticker ticker;
-  FrameReader reader;
+  FrameReader reader;       // json mode
+  V8FrameReader v8_reader;  // advanced mode
+  std::string ack_frame;
+  std::string nack_frame;
   std::vector<char> rbuf = std::vector<char>(kReadBuffer);
 
   State state = State::idle;
@@ -126,6 +136,25 @@ struct Channel::Impl : std::enable_shared_from_this<Channel::Impl> {
     if (want) uv_ref(pipe.base());
     else uv_unref(pipe.base());
   }
+
+  // ---- the serialization mode -------------------------------------------------------------
+
+  bool advanced() const { return options.serialization == Serialization::advanced; }
+
+  Result<std::string> encode(const Json& message) const {
+    if (advanced()) return encode_v8_frame(message, options.max_nesting_depth);
+    return encode_frame(message);
+  }
+  Result<Json> decode(std::string_view frame) const {
+    if (advanced()) return decode_v8_payload(frame, options.max_nesting_depth);
+    return parse_frame(frame, options.max_nesting_depth);
+  }
+  bool feed(size_t n) {
+    auto on_frame = [this](std::string_view frame) { on_line(frame); };
+    return advanced() ? v8_reader.feed(rbuf.data(), n, on_frame) : reader.feed(rbuf.data(), n, on_frame);
+  }
+  bool buffering() const { return advanced() ? v8_reader.buffering() : reader.buffering(); }
+  size_t buffered() const { return advanced() ? v8_reader.buffered() : reader.buffered(); }
 
   // ---- writing ----------------------------------------------------------------------------
 
@@ -235,26 +264,44 @@ struct Channel::Impl : std::enable_shared_from_this<Channel::Impl> {
       return queue.size() == 1;
     }
     if (q.handle && q.handle->fd.valid()) {
-      // Built by hand to keep Node's key order: cmd, type, msg, key.
-      std::string frame = "{\"cmd\":\"NODE_HANDLE\",\"type\":\"";
-      frame += handle_type_name(q.handle->type);
-      frame += "\",\"msg\":";
-      frame += encode_frame(q.message);
-      frame.pop_back();  // the '\n'; the wrapper ends the frame
-      if (q.handle->key) {
-        frame += ",\"key\":";
-        detail_json::fast_dump(Json(*q.handle->key), frame);
+      auto encoded = handle_frame(q.handle->type, q.message, q.handle->key);
+      if (!encoded) {
+        fail_later(std::move(q.done), std::move(encoded.error()));
+        return false;  // q.handle's fd closes here
       }
-      frame += "}\n";
+      std::string frame = std::move(encoded.value());
       if (write(frame, q.handle->fd.get(), std::move(q.done)) < 0)
         return false;  // q.handle's fd closes here
       in_flight = InFlight{std::move(frame), q.handle->type, std::move(q.handle->fd),
                            std::move(q.options), 0};
       waiting_ack = true;
     } else {
-      if (write(encode_frame(q.message), -1, std::move(q.done)) < 0) return false;
+      auto encoded = encode(q.message);
+      if (!encoded) {
+        fail_later(std::move(q.done), std::move(encoded.error()));
+        return false;
+      }
+      if (write(std::move(encoded.value()), -1, std::move(q.done)) < 0) return false;
     }
     return pending_bytes() < kHighWaterMark;
+  }
+
+  // The NODE_HANDLE wrapper, in Node's key order: cmd, type, msg, key.
+  Result<std::string> handle_frame(HandleType type, const Json& message, const std::optional<std::string>& key) const {
+    if (advanced())
+      return encode_v8_handle_frame(handle_type_name(type), message, key ? &*key : nullptr,
+                                    options.max_nesting_depth);
+    std::string frame = "{\"cmd\":\"NODE_HANDLE\",\"type\":\"";
+    frame += handle_type_name(type);
+    frame += "\",\"msg\":";
+    frame += encode_frame(message);
+    frame.pop_back();  // the '\n'; the wrapper ends the frame
+    if (key) {
+      frame += ",\"key\":";
+      detail_json::fast_dump(Json(*key), frame);
+    }
+    frame += "}\n";
+    return frame;
   }
 
   void on_handle_reply(bool ack) {
@@ -303,10 +350,10 @@ struct Channel::Impl : std::enable_shared_from_this<Channel::Impl> {
     if (nread == 0) return;
     if (nread < 0) {
       if (nread != UV_EOF) error_ev.emit(Error::from_uv(static_cast<int>(nread), "read"));
-      else if (reader.buffering())
+      else if (buffering())
         error_ev.emit(Error::make("ERR_IPC_TRUNCATED",
                                   "IPC channel closed in the middle of a message (" +
-                                      std::to_string(reader.buffered()) + " bytes dropped)"));
+                                      std::to_string(buffered()) + " bytes dropped)"));
       teardown(true);
       return;
     }
@@ -316,8 +363,7 @@ struct Channel::Impl : std::enable_shared_from_this<Channel::Impl> {
       if (fd) received_fds.push_back(std::move(fd));
       else error_ev.emit(Error::from_uv(err, "accept"));
     }
-    bool ok = reader.feed(rbuf.data(), static_cast<size_t>(nread),
-                          [this](std::string_view line) { on_line(line); });
+    bool ok = feed(static_cast<size_t>(nread));
     if (state != State::open) return;
     if (!ok) {
       error_ev.emit(Error::make("ERR_IPC_FRAME_TOO_LARGE",
@@ -328,7 +374,7 @@ struct Channel::Impl : std::enable_shared_from_this<Channel::Impl> {
     }
     // An fd can only belong to a NODE_HANDLE frame that starts in the read that carried it; with
     // no partial frame left, nothing can claim it.
-    if (!reader.buffering()) {
+    if (!buffering()) {
       while (!received_fds.empty() && state == State::open) {
         received_fds.pop_front();
         error_ev.emit(Error::make("ERR_IPC_UNEXPECTED_HANDLE",
@@ -339,7 +385,7 @@ struct Channel::Impl : std::enable_shared_from_this<Channel::Impl> {
 
   void on_line(std::string_view line) {
     if (state != State::open) return;
-    auto parsed = parse_frame(line, options.max_nesting_depth);
+    auto parsed = decode(line);
     if (!parsed) {
       error_ev.emit(parsed.error());
       return;
@@ -402,12 +448,12 @@ struct Channel::Impl : std::enable_shared_from_this<Channel::Impl> {
 
   void receive_handle(Json& wrapper) {
     if (received_fds.empty()) {
-      write(kNackFrame, -1, {}, true);  // Node: no fd arrived → NACK, nothing delivered
+      write(nack_frame, -1, {}, true);  // Node: no fd arrived → NACK, nothing delivered
       return;
     }
     Fd fd = std::move(received_fds.front());
     received_fds.pop_front();
-    write(kAckFrame, -1, {}, true);  // ACK at once, before delivering (Node)
+    write(ack_frame, -1, {}, true);  // ACK at once, before delivering (Node)
     // Node's NACK retransmission wraps the wrapper again as net.Native: unwrap to the original.
     Json* inner = &wrapper;
     for (;;) {
