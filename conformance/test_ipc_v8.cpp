@@ -47,14 +47,15 @@ std::vector<std::string> lines_of(const std::string& s) {
 
 }  // namespace
 
-// Payloads as node v20's v8.serialize() writes them (the same bytes its advanced channel frames).
+// Payloads as node v20 writes them: v8.serialize() output, with the host-object tag (0) Node's
+// ChildProcessSerializer adds before a view, as its advanced channel frames them.
 TEST(IpcV8Codec, DecodesWhatNodeWrites) {
   EXPECT_EQ(decode_hex("ff0f6f490222016122017849047b02"), json::parse(R"({"1":"a","x":2})"));
   EXPECT_EQ(decode_hex("ff0f522201613f"), json::parse(R"({"$v8":"RegExp","source":"a","flags":"gimsuy"})"));
   EXPECT_EQ(decode_hex("ff0f5a2100000000000000000100000000000000"), json::parse(R"({"$v8":"BigInt","value":"-18446744073709551616"})"));
   EXPECT_EQ(decode_hex("ff0f3b490249043a02"), json::parse(R"({"$v8":"Map","entries":[[1,2]]})"));
   EXPECT_EQ(decode_hex("ff0f6302ac20"), json("\xE2\x82\xAC"));
-  EXPECT_EQ(decode_hex("ff0f5c0a0107"), json::parse(R"({"$v8":"Buffer","data":"07"})"));
+  EXPECT_EQ(decode_hex("ff0f5c000a0107"), json::parse(R"({"$v8":"Buffer","data":"07"})"));
   EXPECT_EQ(decode_hex("ff0f6f220473656c665e007b01"), json::parse(R"({"self":{"$v8":"ref","path":""}})"));
   EXPECT_EQ(decode_hex("ff0f610b4914490240010b"), json::parse(R"({"$v8":"Array","length":11,"properties":{"10":1}})"));
   EXPECT_EQ(decode_hex("ff0f72546d2201742e"), json::parse(R"({"$v8":"Error","name":"TypeError","message":"t"})"));
@@ -64,7 +65,7 @@ TEST(IpcV8Codec, DecodesWhatNodeWrites) {
 TEST(IpcV8Codec, EncodesAsNodeWrites) {
   EXPECT_EQ(encode_hex(json::parse(R"({"$v8":"Map","entries":[[1,2]]})")), "ff0f3b490249043a02");
   EXPECT_EQ(encode_hex(json::parse(R"({"self":{"$v8":"ref","path":""}})")), "ff0f6f220473656c665e007b01");
-  EXPECT_EQ(encode_hex(json::parse(R"({"$v8":"Float64Array","data":"000000000000f03f"})")), "ff0f5c0008080000000000000000f03f");
+  EXPECT_EQ(encode_hex(json::parse(R"({"$v8":"Float64Array","data":"000000000000f03f"})")), "ff0f5c000808000000000000f03f");
   EXPECT_EQ(encode_hex(json::parse(R"({"$v8":"BigInt","value":"1"})")), "ff0f5a100100000000000000");
   EXPECT_EQ(encode_hex(json(2147483648LL)), "ff0f4e000000000000e041");
 }

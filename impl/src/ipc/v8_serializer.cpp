@@ -816,6 +816,10 @@ class Encoder {
     varint(kWriteVersion);
   }
   void raw_tag(uint8_t t) { out_ += static_cast<char>(t); }
+  void begin_wrapper_object() {  // an object that is not in the message still takes an id
+    raw_tag(tag::begin_object);
+    ++next_id_;
+  }
   void string(std::string_view s) { write_string(s); }
   const std::string& error() const { return error_; }
 
@@ -1258,7 +1262,7 @@ Result<std::string> encode_v8_handle_frame(const char* type, const nlohmann::jso
   enc.header();
   // Node's wrapper {cmd, type, msg[, key]} is object #0; the message's references stay
   // relative to the message itself.
-  enc.raw_tag(tag::begin_object);
+  enc.begin_wrapper_object();
   enc.string("cmd");
   enc.string("NODE_HANDLE");
   enc.string("type");
