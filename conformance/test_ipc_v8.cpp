@@ -67,7 +67,8 @@ TEST(IpcV8Codec, EncodesAsNodeWrites) {
   EXPECT_EQ(encode_hex(json::parse(R"({"self":{"$v8":"ref","path":""}})")), "ff0f6f220473656c665e007b01");
   EXPECT_EQ(encode_hex(json::parse(R"({"$v8":"Float64Array","data":"000000000000f03f"})")), "ff0f5c000808000000000000f03f");
   EXPECT_EQ(encode_hex(json::parse(R"({"$v8":"BigInt","value":"1"})")), "ff0f5a100100000000000000");
-  EXPECT_EQ(encode_hex(json(2147483648LL)), "ff0f4e000000000000e041");
+  EXPECT_EQ(encode_hex(json(2147483648.0)), "ff0f4e000000000000e041");  // a double stays one
+  EXPECT_EQ(encode_hex(json(-5)), "ff0f4909");
 }
 
 TEST(IpcV8Codec, BadInputIsAnErrorNeverACrash) {

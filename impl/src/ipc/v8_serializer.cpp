@@ -849,15 +849,21 @@ class Encoder {
     std::memcpy(b, &d, 8);
     out_.append(b, 8);
   }
+  // Json integers travel as V8 int32/uint32 when they fit, doubles as doubles (as V8 writes a
+  // HeapNumber), so a decoded message encodes back to the same Json number types.
   void number(double d) {
-    if (d >= std::numeric_limits<int32_t>::min() && d <= std::numeric_limits<int32_t>::max() &&
-        d == std::floor(d) && !(d == 0 && std::signbit(d))) {
-      auto i = static_cast<int32_t>(d);
+    raw_tag(tag::double_value);
+    double_bits(d);
+  }
+  void integer(int64_t i) {
+    if (i >= std::numeric_limits<int32_t>::min() && i <= std::numeric_limits<int32_t>::max()) {
       raw_tag(tag::int32);
-      varint((static_cast<uint32_t>(i) << 1) ^ static_cast<uint32_t>(i >> 31));
+      varint((static_cast<uint32_t>(i) << 1) ^ static_cast<uint32_t>(static_cast<int32_t>(i) >> 31));
+    } else if (i > 0 && i <= std::numeric_limits<uint32_t>::max()) {
+      raw_tag(tag::uint32);
+      varint(static_cast<uint64_t>(i));
     } else {
-      raw_tag(tag::double_value);
-      double_bits(d);
+      number(static_cast<double>(i));
     }
   }
 
@@ -986,8 +992,13 @@ class Encoder {
     switch (v.type()) {
       case Json::value_t::null: raw_tag(tag::null); return true;
       case Json::value_t::boolean: raw_tag(v.get<bool>() ? tag::true_value : tag::false_value); return true;
-      case Json::value_t::number_integer: number(static_cast<double>(v.get<int64_t>())); return true;
-      case Json::value_t::number_unsigned: number(static_cast<double>(v.get<uint64_t>())); return true;
+      case Json::value_t::number_integer: integer(v.get<int64_t>()); return true;
+      case Json::value_t::number_unsigned:
+        if (v.get<uint64_t>() > static_cast<uint64_t>(std::numeric_limits<int64_t>::max()))
+          number(static_cast<double>(v.get<uint64_t>()));
+        else
+          integer(static_cast<int64_t>(v.get<uint64_t>()));
+        return true;
       case Json::value_t::number_float: number(v.get<double>()); return true;
       case Json::value_t::string: write_string(v.get_ref<const std::string&>()); return true;
       case Json::value_t::binary: {  // a bare binary travels as a Buffer
