@@ -6,6 +6,8 @@
 #include <sstream>
 
 #include "support.hpp"
+#include "uvcluster/fork.hpp"
+#include "uvcluster/ipc/channel.hpp"
 #include "uvcluster/ipc/v8_serializer.hpp"
 
 using nlohmann::json;
@@ -164,4 +166,28 @@ TEST(IpcV8Cli, UnknownSerializationIsAUsageError) {
   auto c = uvc_test::run_capture({uvc_test::cli(), "ipc", "--serialization", "yaml", "--", "/bin/true"});
   EXPECT_EQ(c.status, 2);
   EXPECT_NE(c.err.find("--serialization needs json or advanced"), std::string::npos) << c.err;
+}
+
+// An unwritable message is an error for that send only; the channel goes on.
+TEST(IpcV8Channel, UnserializableMessageIsAnErrorNotAClose) {
+  uvc_test::TestLoop loop;
+  uvcluster::ForkOptions fo;
+  fo.serialization = ipc::Serialization::advanced;
+  auto child = uvcluster::fork(loop, uvc_test::fixture("ipc_v8_echo_child.js"), {}, std::move(fo));
+  ASSERT_TRUE(child.ok());
+  ipc::Channel* ch = child.value()->channel();
+  std::vector<json> got;
+  ch->on_message([&](const json& m, ipc::ReceivedHandle*) { got.push_back(m); });
+  std::string code;
+  EXPECT_FALSE(ch->send(json{{"$v8", "Symbol"}}, std::nullopt, {}, [&](const uvcluster::Error* e) {
+    code = e ? e->code : "none";
+  }));
+  ch->send(json{{"$v8", "Set"}, {"values", {1, "a"}}});
+  ASSERT_TRUE(loop.run_until([&] { return !code.empty() && got.size() == 1; }));
+  EXPECT_EQ(code, "ERR_IPC_UNSERIALIZABLE");
+  EXPECT_EQ(got[0], (json{{"$v8", "Set"}, {"values", {1, "a"}}}));
+  ASSERT_TRUE(ch->disconnect().ok());
+  bool closed = false;
+  child.value()->on_close([&](const uvcluster::ExitStatus&) { closed = true; });
+  ASSERT_TRUE(loop.run_until([&] { return closed; }));
 }

@@ -117,12 +117,12 @@ struct SendOptions {
 };
 
 struct ChannelOptions {
-  // Both ends must agree: fork()/spawn() tell a child through NODE_CHANNEL_SERIALIZATION_MODE,
-  // and parent_channel() follows that variable.
-  Serialization serialization = Serialization::json;
   size_t max_frame_bytes = 64 * 1024 * 1024;  // a longer line: error ERR_IPC_FRAME_TOO_LARGE, close
   // Deeper arrays/objects: error ERR_IPC_BAD_FRAME, the line is skipped (why 1000: framing.hpp).
   size_t max_nesting_depth = kMaxNestingDepth;
+  // Both ends must agree: fork()/spawn() tell a child through NODE_CHANNEL_SERIALIZATION_MODE,
+  // and parent_channel() follows that variable.
+  Serialization serialization = Serialization::json;
 };
 
 class Channel {
