@@ -26,6 +26,7 @@ struct ForkOptions {
   std::optional<uint32_t> gid{};
   int64_t timeout_ms = 0;
   std::string kill_signal = "SIGTERM";
+  ipc::Serialization serialization = ipc::Serialization::json;  // Node's `serialization`
 };
 
 // The child's channel is `child->channel()`. Errors as spawn(); a stdio without an ipc slot is

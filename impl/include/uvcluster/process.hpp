@@ -19,6 +19,7 @@
 #include "uvcluster/detail/ticker.hpp"
 #include "uvcluster/detail/uv_handle.hpp"
 #include "uvcluster/error.hpp"
+#include "uvcluster/ipc/serialization.hpp"
 #include "uvcluster/stream.hpp"
 
 namespace uvcluster {
@@ -52,6 +53,8 @@ struct SpawnOptions {
   std::optional<uint32_t> gid{};
   int64_t timeout_ms = 0;           // > 0: kill with kill_signal when it expires
   std::string kill_signal = "SIGTERM";
+  // The ipc slot's channel mode; the child learns it from NODE_CHANNEL_SERIALIZATION_MODE.
+  ipc::Serialization serialization = ipc::Serialization::json;
 };
 
 // Exit status as Node reports it: exactly one of code/signal is set once the child has exited.

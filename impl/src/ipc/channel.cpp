@@ -1,4 +1,5 @@
-// ipc::Channel: Node's json IPC channel over a libuv IPC pipe (see channel.hpp for behaviour).
+// ipc::Channel: Node's IPC channel (json or advanced serialization) over a libuv IPC pipe (see
+// channel.hpp for behaviour).
 #include "uvcluster/ipc/channel.hpp"
 
 #include <sys/socket.h>
@@ -17,6 +18,7 @@
 #include "uvcluster/detail/ticker.hpp"
 #include "uvcluster/detail/uv_handle.hpp"
 #include "uvcluster/ipc/framing.hpp"
+#include "uvcluster/ipc/v8_serializer.hpp"
 
 namespace uvcluster::ipc {
 
@@ -25,10 +27,8 @@ constexpr size_t kHighWaterMark = 65536 * 2;  // Node: writeQueueSize < 131072
 constexpr int kMaxHandleRetransmissions = 3;  // Node's MAX_HANDLE_RETRANSMISSIONS
 constexpr size_t kMinRead = 64 * 1024;
 constexpr size_t kMaxRead = 16 * 1024 * 1024;  // one read may fill all the free room up to this
-const std::string kAckFrame = "{\"cmd\":\"NODE_HANDLE_ACK\"}\n";
-// The ACK as it arrives (without the newline): recognised without a JSON parse.
+// The ACK as it arrives in json mode (without the newline): recognised without a JSON parse.
 constexpr std::string_view kAckLine = "{\"cmd\":\"NODE_HANDLE_ACK\"}";
-const std::string kNackFrame = "{\"cmd\":\"NODE_HANDLE_NACK\"}\n";
 
 Error channel_closed() { return Error::make("ERR_IPC_CHANNEL_CLOSED", "Channel closed"); }
 
@@ -75,16 +75,26 @@ struct Channel::Impl : std::enable_shared_from_this<Channel::Impl> {
   };
 
 
-  Impl(uv_loop_t* l, ChannelOptions o) : loop(l), options(o), ticker(l), reader(o.max_frame_bytes) {}
+  Impl(uv_loop_t* l, ChannelOptions o)
+      : loop(l),
+        options(o),
+        ticker(l),
+        reader(o.max_frame_bytes),
+        v8_reader(o.max_frame_bytes),
+        ack_frame(encode(Json{{"cmd", "NODE_HANDLE_ACK"}}).value()),
+        nack_frame(encode(Json{{"cmd", "NODE_HANDLE_NACK"}}).value()) {}
 
   uv_loop_t* loop;
   ChannelOptions options;
   detail::UvHandle<uv_pipe_t> pipe;
   detail::Ticker ticker;
   // Between frames, reads land in the loop's shared buffer (no per-channel buffer held by an
-  // idle worker's channel); while a frame is incomplete, libuv reads straight into the reader's
-  // buffer (a long frame arriving in many reads is neither copied nor re-assembled).
-  FrameReader reader;
+  // idle worker's channel); while a json frame is incomplete, libuv reads straight into the
+  // reader's buffer (a long frame arriving in many reads is neither copied nor re-assembled).
+  FrameReader reader;       // json mode
+  V8FrameReader v8_reader;  // advanced mode
+  std::string ack_frame;
+  std::string nack_frame;
   std::shared_ptr<detail::SharedReadBuffer> rbuf = detail::SharedReadBuffer::for_loop(loop);
 
   State state = State::idle;
@@ -142,6 +152,25 @@ struct Channel::Impl : std::enable_shared_from_this<Channel::Impl> {
     if (want) uv_ref(pipe.base());
     else uv_unref(pipe.base());
   }
+
+  // ---- the serialization mode -------------------------------------------------------------
+
+  bool advanced() const { return options.serialization == Serialization::advanced; }
+
+  Result<std::string> encode(const Json& message) const {
+    if (advanced()) return encode_v8_frame(message, options.max_nesting_depth);
+    return encode_frame(message);
+  }
+  Result<Json> decode(std::string_view frame) const {
+    if (advanced()) return decode_v8_payload(frame, options.max_nesting_depth);
+    return parse_frame(frame, options.max_nesting_depth);
+  }
+  bool feed(size_t n) {
+    auto on_frame = [this](std::string_view frame) { on_line(frame); };
+    return advanced() ? v8_reader.feed(rbuf->data(), n, on_frame) : reader.feed(rbuf->data(), n, on_frame);
+  }
+  bool buffering() const { return advanced() ? v8_reader.buffering() : reader.buffering(); }
+  size_t buffered() const { return advanced() ? v8_reader.buffered() : reader.buffered(); }
 
   // ---- writing ----------------------------------------------------------------------------
 
@@ -307,22 +336,13 @@ struct Channel::Impl : std::enable_shared_from_this<Channel::Impl> {
       return queue.size() == 1;
     }
     if (q.handle && (q.handle->fd.valid() || q.handle->borrowed >= 0)) {
-      // Built by hand to keep Node's key order: cmd, type, msg, then key or dgramType.
-      std::string frame = "{\"cmd\":\"NODE_HANDLE\",\"type\":\"";
-      frame += handle_type_name(q.handle->type);
-      frame += "\",\"msg\":";
-      frame += encode_frame(message);
-      frame.pop_back();  // the '\n'; the wrapper ends the frame
-      if (q.handle->type == HandleType::dgram) {
-        frame += ",\"dgramType\":\"";
-        frame += detail_handles::dgram_type_of(q.handle->fd.get());
-        frame += '"';
-      } else if (q.handle->key) {
-        frame += ",\"key\":";
-        detail_json::fast_dump(Json(*q.handle->key), frame);
-      }
-      frame += "}\n";
       int raw = q.handle->fd.valid() ? q.handle->fd.get() : q.handle->borrowed;
+      auto encoded = handle_frame(q.handle->type, message, q.handle->key, raw);
+      if (!encoded) {
+        fail_later(std::move(q.done), std::move(encoded.error()));
+        return false;  // q.handle's fd closes here
+      }
+      std::string frame = std::move(encoded.value());
       if (write(frame, raw, std::move(q.done)) < 0)
         return false;  // q.handle's fd closes here
       Fd kept = std::move(q.handle->fd);
@@ -331,11 +351,43 @@ struct Channel::Impl : std::enable_shared_from_this<Channel::Impl> {
       if (!pipelined) ++blocking;
       unacked.push_back(InFlight{std::move(frame), q.handle->type, std::move(kept), std::move(q.options), 0});
     } else {
-      std::string frame = std::move(spare_frame);
-      encode_frame_into(message, frame);
-      if (write(std::move(frame), -1, std::move(q.done)) < 0) return false;
+      if (advanced()) {
+        auto encoded = encode(message);
+        if (!encoded) {
+          fail_later(std::move(q.done), std::move(encoded.error()));
+          return false;
+        }
+        if (write(std::move(encoded.value()), -1, std::move(q.done)) < 0) return false;
+      } else {
+        std::string frame = std::move(spare_frame);
+        encode_frame_into(message, frame);
+        if (write(std::move(frame), -1, std::move(q.done)) < 0) return false;
+      }
     }
     return pending_bytes() < kHighWaterMark;
+  }
+
+  // The NODE_HANDLE wrapper, in Node's key order: cmd, type, msg, then key or dgramType.
+  Result<std::string> handle_frame(HandleType type, const Json& message, const std::optional<std::string>& key,
+                                   int fd) const {
+    if (advanced())
+      return encode_v8_handle_frame(handle_type_name(type), message, key ? &*key : nullptr,
+                                    options.max_nesting_depth);
+    std::string frame = "{\"cmd\":\"NODE_HANDLE\",\"type\":\"";
+    frame += handle_type_name(type);
+    frame += "\",\"msg\":";
+    frame += encode_frame(message);
+    frame.pop_back();  // the '\n'; the wrapper ends the frame
+    if (type == HandleType::dgram) {
+      frame += ",\"dgramType\":\"";
+      frame += detail_handles::dgram_type_of(fd);
+      frame += '"';
+    } else if (key) {
+      frame += ",\"key\":";
+      detail_json::fast_dump(Json(*key), frame);
+    }
+    frame += "}\n";
+    return frame;
   }
 
   void on_handle_reply(bool ack) {
@@ -374,7 +426,7 @@ struct Channel::Impl : std::enable_shared_from_this<Channel::Impl> {
 
   static void on_alloc(uv_handle_t* h, size_t, uv_buf_t* buf) {
     auto* self = static_cast<Impl*>(h->data);
-    if (self->reader.buffering()) {
+    if (!self->advanced() && self->reader.buffering()) {
       std::span<char> room = self->reader.space(kMinRead);
       *buf = uv_buf_init(room.data(), static_cast<unsigned>(std::min<size_t>(room.size(), kMaxRead)));
     } else {
@@ -391,10 +443,10 @@ struct Channel::Impl : std::enable_shared_from_this<Channel::Impl> {
     if (nread == 0) return;
     if (nread < 0) {
       if (nread != UV_EOF) error_ev.emit(Error::from_uv(static_cast<int>(nread), "read"));
-      else if (reader.buffering())
+      else if (buffering())
         error_ev.emit(Error::make("ERR_IPC_TRUNCATED",
                                   "IPC channel closed in the middle of a message (" +
-                                      std::to_string(reader.buffered()) + " bytes dropped)"));
+                                      std::to_string(buffered()) + " bytes dropped)"));
       teardown(true);
       return;
     }
@@ -405,9 +457,8 @@ struct Channel::Impl : std::enable_shared_from_this<Channel::Impl> {
       else error_ev.emit(Error::from_uv(err, "accept"));
     }
     corked = true;  // an ACK and the reply it triggers leave in one write
-    auto on_frame = [this](std::string_view line) { on_line(line); };
-    bool ok = in_shared_buffer ? reader.feed(rbuf->data(), static_cast<size_t>(nread), on_frame)
-                               : reader.commit(static_cast<size_t>(nread), on_frame);
+    bool ok = in_shared_buffer ? feed(static_cast<size_t>(nread))
+                               : reader.commit(static_cast<size_t>(nread), [this](std::string_view line) { on_line(line); });
     corked = false;
     pump();
     if (state != State::open) return;
@@ -420,7 +471,7 @@ struct Channel::Impl : std::enable_shared_from_this<Channel::Impl> {
     }
     // An fd can only belong to a NODE_HANDLE frame that starts in the read that carried it; with
     // no partial frame left, nothing can claim it.
-    if (!reader.buffering()) {
+    if (!buffering()) {
       while (!received_fds.empty() && state == State::open) {
         received_fds.pop_front();
         error_ev.emit(Error::make("ERR_IPC_UNEXPECTED_HANDLE",
@@ -431,13 +482,13 @@ struct Channel::Impl : std::enable_shared_from_this<Channel::Impl> {
 
   void on_line(std::string_view line) {
     if (state != State::open) return;
-    if (line == kAckLine) {  // every hand-off's answer: no parse
+    if (!advanced() && line == kAckLine) {  // every hand-off's answer: no parse
       static const Json ack_message = {{"cmd", "NODE_HANDLE_ACK"}};
       on_handle_reply(true);
       if (state == State::open) internal_ev.emit(ack_message, nullptr);
       return;
     }
-    auto parsed = parse_frame(line, options.max_nesting_depth);
+    auto parsed = decode(line);
     if (!parsed) {
       error_ev.emit(parsed.error());
       return;
@@ -500,12 +551,12 @@ struct Channel::Impl : std::enable_shared_from_this<Channel::Impl> {
 
   void receive_handle(Json& wrapper) {
     if (received_fds.empty()) {
-      write(kNackFrame, -1, {}, true);  // Node: no fd arrived → NACK, nothing delivered
+      write(nack_frame, -1, {}, true);  // Node: no fd arrived → NACK, nothing delivered
       return;
     }
     Fd fd = std::move(received_fds.front());
     received_fds.pop_front();
-    write(kAckFrame, -1, {}, true);  // ACK at once, before delivering (Node)
+    write(ack_frame, -1, {}, true);  // ACK at once, before delivering (Node)
     // Node's NACK retransmission wraps the wrapper again as net.Native: unwrap to the original.
     Json* inner = &wrapper;
     for (;;) {

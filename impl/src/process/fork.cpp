@@ -42,6 +42,7 @@ Result<std::shared_ptr<ChildProcess>> fork(uv_loop_t* loop, std::string module,
   so.gid = options.gid;
   so.timeout_ms = options.timeout_ms;
   so.kill_signal = std::move(options.kill_signal);
+  so.serialization = options.serialization;
   if (options.stdio) {
     if (std::none_of(options.stdio->begin(), options.stdio->end(),
                      [](const Stdio& s) { return s.kind == Stdio::Kind::ipc; }))

@@ -150,13 +150,14 @@ Result<std::shared_ptr<ChildProcess>> spawn(uv_loop_t* loop, std::string file,
         c.data.fd = s.fd;
         break;
       case Stdio::Kind::ipc:
-        child->channel_ = std::make_unique<ipc::Channel>(loop);
+        child->channel_ = std::make_unique<ipc::Channel>(loop, ipc::ChannelOptions{.serialization = options.serialization});
         if (int rc = child->channel_->init(); rc < 0) return Error::from_uv(rc, "pipe");
         c.flags = static_cast<uv_stdio_flags>(UV_CREATE_PIPE | UV_READABLE_PIPE | UV_WRITABLE_PIPE);
         c.data.stream = reinterpret_cast<uv_stream_t*>(child->channel_->pipe());
         // Node appends these after the user's env; the child finds its end of the channel here.
         env.push_back("NODE_CHANNEL_FD=" + std::to_string(i));
-        env.push_back("NODE_CHANNEL_SERIALIZATION_MODE=json");
+        env.push_back(std::string("NODE_CHANNEL_SERIALIZATION_MODE=") +
+                      ipc::serialization_name(options.serialization));
         break;
     }
   }

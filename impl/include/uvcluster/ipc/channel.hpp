@@ -1,9 +1,13 @@
 #pragma once
-// ipc::Channel: Node's IPC channel (child_process 'ipc' stdio, serialization "json") over a libuv
-// IPC pipe (Node's lib/internal/child_process.js: setupChannel, handleConversion). Wire format and
-// protocol: docs/protocol.md §1–§2.
+// ipc::Channel: Node's IPC channel (child_process 'ipc' stdio, serialization "json" or "advanced")
+// over a libuv IPC pipe (Node's lib/internal/child_process.js: setupChannel, handleConversion).
+// Wire format and protocol: docs/protocol.md §1–§2.
 //
-//   * Framing: one JSON text + '\n' per message, UTF-8. Any JSON value is a message.
+//   * Framing (json): one JSON text + '\n' per message, UTF-8. Any JSON value is a message.
+//   * Framing (advanced): a 4-byte big-endian length + V8 ValueSerializer data; non-JSON values
+//     (undefined, BigInt, Date, Map, Buffer, circular references, ...) are {"$v8":...} objects in
+//     the Json message (uvcluster/ipc/v8_serializer.hpp). Everything below holds in both modes;
+//     the internal messages (NODE_HANDLE, ACK, ...) are the same objects, serialized the same way.
 //   * Messages whose `cmd` is a string longer than 5 chars starting with "NODE_" are internal:
 //     they go to on_internal_message, never to on_message.
 //   * Handles travel as {"cmd":"NODE_HANDLE","type":...,"msg":<user message>[,"key":...]} with the
@@ -41,9 +45,14 @@
 //
 // Bad input (Node would throw an uncaught exception; we never crash or leak an fd):
 //   not JSON / empty line        → error ERR_IPC_BAD_FRAME, the line is skipped, reading goes on
+//   advanced: not V8 data, or a value we do not model (SharedArrayBuffer, WebAssembly, ...)
+//                                → error ERR_IPC_BAD_FRAME, the frame is skipped, reading goes on
+//   advanced: send() of a message that cannot be written (v8_serializer.hpp)
+//                                → ERR_IPC_UNSERIALIZABLE to `done` (or on_error), send() is false
 //   nested > max_nesting_depth   → error ERR_IPC_BAD_FRAME, the line is skipped (Node would take
 //                                  it; see framing.hpp for the bound's reason)
-//   line > max_frame_bytes       → error ERR_IPC_FRAME_TOO_LARGE, then disconnect + close
+//   line (advanced: announced length) > max_frame_bytes
+//                                → error ERR_IPC_FRAME_TOO_LARGE, then disconnect + close
 //   fd with no NODE_HANDLE       → error ERR_IPC_UNEXPECTED_HANDLE, the fd is closed (an fd left
 //                                  over when no partial frame is buffered can never be claimed)
 //   NODE_HANDLE without an fd    → NODE_HANDLE_NACK sent, nothing delivered, no error
@@ -71,6 +80,7 @@
 #include "uvcluster/error.hpp"
 #include "uvcluster/fd.hpp"
 #include "uvcluster/ipc/framing.hpp"
+#include "uvcluster/ipc/serialization.hpp"
 
 namespace uvcluster::ipc {
 
@@ -129,6 +139,9 @@ struct ChannelOptions {
   size_t max_frame_bytes = 64 * 1024 * 1024;  // a longer line: error ERR_IPC_FRAME_TOO_LARGE, close
   // Deeper arrays/objects: error ERR_IPC_BAD_FRAME, the line is skipped (why 1000: framing.hpp).
   size_t max_nesting_depth = kMaxNestingDepth;
+  // Both ends must agree: fork()/spawn() tell a child through NODE_CHANNEL_SERIALIZATION_MODE,
+  // and parent_channel() follows that variable.
+  Serialization serialization = Serialization::json;
 };
 
 class Channel {
@@ -162,8 +175,9 @@ class Channel {
   void on_message(std::function<void(const Json&, ReceivedHandle*)> fn);
   void on_internal_message(std::function<void(const Json&, ReceivedHandle*)> fn);
   void on_disconnect(std::function<void()> fn);
-  // Protocol and I/O errors. Codes: ERR_IPC_BAD_FRAME (a line that is not JSON or empty; the
-  // line is skipped), ERR_IPC_FRAME_TOO_LARGE (channel closed), ERR_IPC_UNEXPECTED_HANDLE (fd
+  // Protocol and I/O errors. Codes: ERR_IPC_BAD_FRAME (a line that is not JSON or empty, or an
+  // advanced frame that is not V8 data we model; it is skipped), ERR_IPC_UNSERIALIZABLE (a send
+  // without `done` that advanced mode cannot write), ERR_IPC_FRAME_TOO_LARGE (channel closed), ERR_IPC_UNEXPECTED_HANDLE (fd
   // with no NODE_HANDLE; fd closed), ERR_IPC_TRUNCATED (peer closed mid-message), system codes.
   void on_error(std::function<void(const Error&)> fn);
   void on_close(std::function<void()> fn);
@@ -181,9 +195,10 @@ class Channel {
   std::shared_ptr<Impl> impl_;
 };
 
-// Child side: opens the channel the parent gave us through NODE_CHANNEL_FD (json mode only) and
-// removes NODE_CHANNEL_FD / NODE_CHANNEL_SERIALIZATION_MODE from the environment, as Node does.
-// Errors: ERR_IPC_NO_CHANNEL when the variable is missing or not an open fd.
+// Child side: opens the channel the parent gave us through NODE_CHANNEL_FD, in the mode
+// NODE_CHANNEL_SERIALIZATION_MODE names ("json" when unset; options.serialization is ignored),
+// and removes both variables from the environment, as Node does. Errors: ERR_IPC_NO_CHANNEL
+// when NODE_CHANNEL_FD is missing or not an open fd, or the mode is neither json nor advanced.
 Result<std::unique_ptr<Channel>> parent_channel(uv_loop_t* loop, ChannelOptions options = {});
 
 }  // namespace uvcluster::ipc
