@@ -355,6 +355,10 @@ int run_run(int cli_argc, char** cli_argv) {
       out = n;
       return true;
     };
+    auto size = [&]() -> std::optional<uint64_t> {  // bytes, or with K, M, G
+      const char* v = value();
+      return v ? cluster::parse_size(v) : std::nullopt;
+    };
     int64_t n = 0;
     if (a == "--") {
       ++i;
@@ -414,10 +418,9 @@ int run_run(int cli_argc, char** cli_argv) {
       if (!v || !cluster::valid_cluster_name(v)) return usage_error("--name needs 1-64 of letters, digits, '.', '_', '-'");
       name = v;
     } else if (a == "--max-memory-restart") {
-      const char* v = value();
-      auto size = v ? cluster::parse_size(v) : std::nullopt;
-      if (!size) return usage_error("--max-memory-restart needs a size (bytes, or with K, M, G)");
-      opt.max_memory_bytes = *size;
+      auto bytes = size();
+      if (!bytes) return usage_error("--max-memory-restart needs a size (bytes, or with K, M, G)");
+      opt.max_memory_bytes = *bytes;
     } else if (a == "--metrics-port") {
       if (!parse_int(value(), n) || n > 65535) return usage_error("--metrics-port needs a port (0..65535)");
       metrics_port = static_cast<int>(n);
@@ -430,10 +433,9 @@ int run_run(int cli_argc, char** cli_argv) {
       if (!v || !*v) return usage_error(a + " needs a file");
       (a == "--log" ? out_log : err_log) = v;
     } else if (a == "--log-max-size") {
-      const char* v = value();
-      auto size = v ? cluster::parse_size(v) : std::nullopt;
-      if (!size) return usage_error("--log-max-size needs a size (bytes, or with K, M, G)");
-      rotation.max_bytes = *size;
+      auto bytes = size();
+      if (!bytes) return usage_error("--log-max-size needs a size (bytes, or with K, M, G)");
+      rotation.max_bytes = *bytes;
     } else if (a == "--log-files") {
       if (!parse_int(value(), n) || n > 1000) return usage_error("--log-files needs a count (0..1000)");
       rotation.keep = static_cast<int>(n);
