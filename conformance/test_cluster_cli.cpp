@@ -6,8 +6,15 @@
 #include <sys/socket.h>
 
 #include <atomic>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <regex>
+#include <set>
+#include <sstream>
 #include <thread>
 
+#include "cli_run.hpp"
 #include "http_client.hpp"
 #include "support.hpp"
 #include "uvcluster/cluster/sockets.hpp"
@@ -18,57 +25,7 @@ using Json = nlohmann::json;
 
 namespace {
 
-// The CLI as a child of the test loop; its stdout is parsed as JSON lines.
-struct Cli {
-  std::shared_ptr<ChildProcess> child;
-  std::vector<Json> events;
-  std::string out_buf, err;
-  std::optional<ExitStatus> exit;
-  bool closed = false;
-
-  Cli(uv_loop_t* loop, std::vector<std::string> args) {
-    args.insert(args.begin(), "run");
-    auto c = spawn(loop, uvc_test::cli(), args, {});
-    EXPECT_TRUE(c.ok());
-    child = c.value();
-    child->stdout_pipe()->on_data([this](std::string_view d) {
-      out_buf.append(d);
-      for (size_t nl; (nl = out_buf.find('\n')) != std::string::npos;) {
-        std::string line = out_buf.substr(0, nl);
-        out_buf.erase(0, nl + 1);
-        events.push_back(Json::parse(line, nullptr, false));
-      }
-    });
-    child->stderr_pipe()->on_data([this](std::string_view d) { err.append(d); });
-    child->on_exit([this](const ExitStatus& s) { exit = s; });
-    child->on_close([this](const ExitStatus&) { closed = true; });
-  }
-  int count(const std::string& ev) const {
-    int n = 0;
-    for (auto& e : events) n += e.value("event", "") == ev;
-    return n;
-  }
-  const Json* last(const std::string& ev) const {
-    for (auto it = events.rbegin(); it != events.rend(); ++it)
-      if (it->value("event", "") == ev) return &*it;
-    return nullptr;
-  }
-  int port() const {
-    auto* l = last("listening");
-    return l ? l->value("port", 0) : 0;
-  }
-  // SIGTERM, then the exit code once the CLI has closed (nullopt: it did not end in time).
-  std::optional<int> drain(uvc_test::TestLoop& loop) {
-    child->kill("SIGTERM");
-    if (!loop.run_until([&] { return closed; }, 60000)) return std::nullopt;
-    return exit->code;
-  }
-  size_t index_of(const std::string& ev, int id) const {
-    for (size_t i = 0; i < events.size(); ++i)
-      if (events[i].value("event", "") == ev && events[i].value("id", -1) == id) return i;
-    return SIZE_MAX;
-  }
-};
+using Cli = uvc_test::CliRun;
 
 bool pid_alive(int pid) { return ::kill(pid, 0) == 0; }
 
@@ -91,7 +48,9 @@ TEST(ClusterCli, UsageErrorsAreOneLinePlusHelpAndExit2) {
   for (std::vector<std::string> args : std::vector<std::vector<std::string>>{
            {"run"}, {"run", "--policy", "fast", "--", "x.js"}, {"run", "-i", "0", "--", "x.js"},
            {"run", "--bogus"}, {"run", "--", "node"}, {"run", "--kill-signal", "SIGNOPE", "--", "x.js"},
-           {"run", "--env", "NOEQUALS", "--", "x.js"}, {"run", "--kill-timeout", "-1", "--", "x.js"}}) {
+           {"run", "--env", "NOEQUALS", "--", "x.js"}, {"run", "--kill-timeout", "-1", "--", "x.js"},
+           {"run", "--log-max-size", "10X", "--", "x.js"}, {"run", "--log-files", "-1", "--", "x.js"},
+           {"run", "--env-set", "production", "--", "x.js"}, {"run", "--log"}}) {
     args.insert(args.begin(), uvc_test::cli());
     auto r = uvc_test::run_capture(args);
     EXPECT_EQ(r.status, 2) << r.err;
@@ -102,7 +61,9 @@ TEST(ClusterCli, UsageErrorsAreOneLinePlusHelpAndExit2) {
   EXPECT_EQ(help.status, 0);
   for (const char* word : {"--policy", "reuseport", "exclusive", "--restart", "--grace", "--json", "SIGHUP",
                            "--kill-signal", "--kill-timeout", "--min-uptime", "--max-restarts",
-                           "--restart-window", "--wait-ready", "--listen-timeout", "--instance-var", "--env"})
+                           "--restart-window", "--wait-ready", "--listen-timeout", "--instance-var", "--env",
+                           "sticky", "--name", "--raw", "--time", "--log", "--error-log", "--log-max-size",
+                           "--log-files", "--config", "--env-set"})
     EXPECT_NE(help.out.find(word), std::string::npos) << word;
 }
 
@@ -217,7 +178,7 @@ TEST(ClusterCli, SigtermDrainsRequestsInFlight) {
   int port = cli.port();
   std::atomic<int> ok{0};
   uv_async_t wake;
-  uv_async_init(loop, &wake, [](uv_async_t*) {});
+  ASSERT_EQ(uv_async_init(loop, &wake, [](uv_async_t*) {}), 0);
   std::vector<std::thread> clients;
   for (int i = 0; i < 2; ++i)
     clients.emplace_back([&] {
@@ -432,7 +393,8 @@ TEST(ClusterCli, ListenFailureOfAServingClusterDoesNotDrainIt) {
   EXPECT_EQ(cli.drain(loop), std::optional<int>(0)) << cli.err;
 }
 
-// 64 KiB lines from four workers through the primary's one stderr: every line arrives whole.
+// 64 KiB lines from four workers through the primary's one stderr: every line arrives whole,
+// behind its own worker's prefix.
 TEST(ClusterCli, WorkerOutputLinesAreNeverTorn) {
   constexpr int kWorkers = 4, kLines = 40, kSize = 65536;
   uvc_test::TestLoop loop;
@@ -449,12 +411,230 @@ TEST(ClusterCli, WorkerOutputLinesAreNeverTorn) {
   for (size_t nl; (nl = cli.err.find('\n', start)) != std::string::npos; start = nl + 1) {
     std::string_view line(cli.err.data() + start, nl - start);
     if (line.size() < 1000) continue;  // not one of the big lines
-    bool same = line.find_first_not_of(line[0]) == std::string_view::npos;
-    if (line.size() == size_t(kSize) && same) ++whole[line[0]];
+    size_t bar = line.find(" | ");
+    std::string_view text = bar == std::string_view::npos ? line : line.substr(bar + 3);
+    bool same = !text.empty() && text.find_first_not_of(text[0]) == std::string_view::npos;
+    std::string prefix = std::to_string(text.empty() ? 0 : text[0] - 'a') + "|supervised_worker | ";
+    if (text.size() == size_t(kSize) && same && line.substr(0, bar + 3) == prefix) ++whole[text[0]];
     else ++torn;
   }
   EXPECT_EQ(torn, 0);
   for (char c : {'a', 'b', 'c', 'd'}) EXPECT_EQ(whole[c], kLines) << c;
+}
+
+namespace {
+
+// A fresh directory for a test's files, removed with what is in it.
+struct TempDir {
+  std::string path;
+  TempDir() {
+    char tmpl[] = "/tmp/uvc-ops-XXXXXX";
+    path = ::mkdtemp(tmpl) ? tmpl : "";
+    EXPECT_FALSE(path.empty());
+  }
+  ~TempDir() { std::filesystem::remove_all(path); }
+  std::string file(const std::string& name) const { return path + "/" + name; }
+  std::string write(const std::string& name, const std::string& text) const {
+    std::ofstream(file(name)) << text;
+    return file(name);
+  }
+};
+
+std::string read_file(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+std::vector<std::string> lines_of(const std::string& text) {
+  std::vector<std::string> lines;
+  std::istringstream in(text);
+  for (std::string l; std::getline(in, l);) lines.push_back(l);
+  return lines;
+}
+
+}  // namespace
+
+// --log/--error-log: each stream in its file, every line whole behind its prefix and timestamp;
+// the error log rotates by size and keeps --log-files old files; --json's stdout stays events only.
+TEST(ClusterCli, LogFilesArePrefixedTimestampedAndRotatedBySize) {
+  constexpr int kLines = 30, kSize = 1000, kMax = 4096;
+  TempDir dir;
+  std::string out = dir.file("out.log"), err = dir.file("err.log");
+  uvc_test::TestLoop loop;
+  Cli cli(loop, supervised({"-i", "2", "--name", "web", "--time", "--log", out, "--error-log", err,
+                            "--log-max-size", "4K", "--log-files", "2", "--json"},
+                           {"env", "NODE_APP_INSTANCE", "lines", std::to_string(kLines), std::to_string(kSize)}));
+  ASSERT_TRUE(loop.run_until([&] { return cli.count("listening") == 2; }, 60000));
+  EXPECT_EQ(cli.drain(loop), std::optional<int>(0)) << cli.err;
+  for (auto& e : cli.events) EXPECT_FALSE(e.is_discarded()) << "a worker line on --json's stdout";
+  EXPECT_EQ(cli.out_buf, "");
+  EXPECT_EQ(cli.err.find("env NODE_APP_INSTANCE"), std::string::npos) << "stdout lines belong in " << out;
+  EXPECT_EQ(cli.err.find("aaaa"), std::string::npos) << "stderr lines belong in " << err;
+
+  const std::regex line_re(R"(([01])\|web \| \d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z: (.*))");
+  std::smatch m;
+  std::set<std::string> instances;
+  for (auto& l : lines_of(read_file(out))) {
+    ASSERT_TRUE(std::regex_match(l, m, line_re)) << l;
+    EXPECT_EQ(m[2].str(), "env NODE_APP_INSTANCE=" + m[1].str());
+    instances.insert(m[1]);
+  }
+  EXPECT_EQ(instances, (std::set<std::string>{"0", "1"}));
+  // 60 lines of ~1040 bytes: err.log, err.log.1 and err.log.2 each hold the last whole lines.
+  int kept = 0;
+  for (const std::string& f : {err, err + ".1", err + ".2"}) {
+    std::string text = read_file(f);
+    EXPECT_GT(text.size(), 0u) << f;
+    EXPECT_LE(text.size(), size_t(kMax)) << f;
+    for (auto& l : lines_of(text)) {
+      ASSERT_TRUE(std::regex_match(l, m, line_re)) << f << ": " << l.substr(0, 80);
+      std::string letters = m[2];
+      char letter = char('a' + std::stoi(m[1]));
+      EXPECT_EQ(letters, std::string(kSize, letter)) << f << ": torn or misattributed";
+      ++kept;
+    }
+  }
+  EXPECT_GE(kept, 6);
+  EXPECT_FALSE(std::filesystem::exists(err + ".3"));
+}
+
+// --raw drops the prefix; a log file that cannot be opened is a one-line error, exit 2.
+TEST(ClusterCli, RawOutputHasNoPrefixAndAnUnopenableLogIsExit2) {
+  uvc_test::TestLoop loop;
+  Cli cli(loop, supervised({"-i", "1", "--raw", "--json"}, {"env", "NODE_APP_INSTANCE"}));
+  ASSERT_TRUE(loop.run_until([&] { return cli.count("listening") == 1 && count_of(cli.err, "\n") >= 1; }));
+  EXPECT_EQ(cli.err.rfind("env NODE_APP_INSTANCE=0\n", 0), 0u) << cli.err;
+  EXPECT_EQ(cli.drain(loop), std::optional<int>(0));
+  auto r = uvc_test::run_capture({uvc_test::cli(), "run", "--log", "/nonexistent/dir/out.log", "--", "x.js"});
+  EXPECT_EQ(r.status, 2);
+  EXPECT_EQ(r.err, "uvcluster run: cannot open log file: open /nonexistent/dir/out.log ENOENT\n") << r.err;
+}
+
+// --config app.json: the file's options, script (relative: beside the file) and args, env then
+// the chosen env set; a flag on the command line overrides the file.
+TEST(ClusterCli, ConfigFileGivesOptionsEnvSetsAndTheCommandLineOverridesIt) {
+  TempDir dir;
+  dir.write("server.js", read_file(uvc_test::fixture("supervised_worker.js")));
+  Json conf = {{"name", "api"}, {"script", "server.js"},
+               {"args", {"0", "127.0.0.1", "env", "NODE_APP_INSTANCE,GREETING,MODE"}}, {"instances", 2},
+               {"policy", "rr"}, {"kill_timeout", 3000}, {"wait_ready", false},
+               {"env", {{"GREETING", "hello"}, {"MODE", "dev"}}}, {"env_production", {{"MODE", "prod"}}}};
+  std::string path = dir.write("app.json", conf.dump());
+  {
+    uvc_test::TestLoop loop;
+    Cli cli(loop, {"--config", path, "--env-set", "production", "--json"});
+    ASSERT_TRUE(loop.run_until([&] { return cli.count("listening") == 2 && count_of(cli.err, "\n") >= 6; }));
+    EXPECT_EQ(count_of(cli.err, "|api | env MODE=prod\n"), 2u) << cli.err;
+    EXPECT_EQ(count_of(cli.err, "|api | env GREETING=hello\n"), 2u) << cli.err;
+    EXPECT_EQ(count_of(cli.err, "1|api | env NODE_APP_INSTANCE=1\n"), 1u) << cli.err;
+    EXPECT_EQ(cli.drain(loop), std::optional<int>(0)) << cli.err;
+  }
+  uvc_test::TestLoop loop;
+  Cli cli(loop, {"--config", path, "-i", "1", "--env", "MODE=cli", "--name", "x", "--json"});
+  ASSERT_TRUE(loop.run_until([&] { return cli.count("listening") == 1 && count_of(cli.err, "\n") >= 3; }));
+  EXPECT_EQ(cli.count("fork"), 1);
+  EXPECT_NE(cli.err.find("0|x | env MODE=cli\n"), std::string::npos) << cli.err;
+  EXPECT_EQ(cli.drain(loop), std::optional<int>(0)) << cli.err;
+}
+
+// A PM2 ecosystem.config.js is read through node; the fields we do not support are named in one
+// warning line.
+TEST(ClusterCli, Pm2EcosystemFileRunsAndUnsupportedFieldsAreOneWarning) {
+  TempDir dir;
+  std::string out = dir.file("api-out.log");
+  std::string eco = dir.write("ecosystem.config.js", R"(module.exports = {
+  apps: [{
+    name: 'api',
+    script: ')" + uvc_test::fixture("supervised_worker.js") + R"(',
+    args: '0 127.0.0.1 env MODE,NODE_APP_INSTANCE ready',
+    instances: 2,
+    exec_mode: 'cluster',
+    wait_ready: true,
+    listen_timeout: '20s',
+    kill_timeout: 3000,
+    out_file: ')" + out + R"(',
+    watch: true,
+    cron_restart: '0 0 * * *',
+    env: { MODE: 'dev' },
+    env_production: { MODE: 'prod' },
+  }],
+};
+)");
+  uvc_test::TestLoop loop;
+  Cli cli(loop, {"--config", eco, "--env-set", "production", "--json"});
+  ASSERT_TRUE(loop.run_until([&] { return cli.count("ready") == 2; }, 60000)) << cli.err;
+  EXPECT_EQ(cli.drain(loop), std::optional<int>(0)) << cli.err;
+  EXPECT_EQ(count_of(cli.err, "uvcluster run: warning: " + eco +
+                                  ": ignoring fields uvcluster does not support: cron_restart, watch\n"),
+            1u)
+      << cli.err;
+  std::string log = read_file(out);
+  EXPECT_EQ(count_of(log, "|api | env MODE=prod\n"), 2u) << log;
+}
+
+// Bad config files: one line naming the file and what is wrong, exit 2, nothing started.
+TEST(ClusterCli, BadConfigFilesAreOneLineErrorsAndExit2) {
+  TempDir dir;
+  std::string script = uvc_test::fixture("supervised_worker.js");
+  struct Case {
+    std::string name, text, env_set, expect;
+  };
+  std::vector<Case> cases = {
+      {"broken.json", "{\"instances\": 2,", "", "not valid JSON"},
+      {"list.json", "[1, 2]", "", "\"apps\" must be a list of apps"},
+      {"policy.json", R"({"policy": "fastest", "script": "x.js"})", "", "key \"policy\": --policy must be"},
+      {"unknown.json", R"({"bogus_key": 1, "script": "x.js"})", "", "key \"bogus_key\": unknown option '--bogus-key'"},
+      {"nested.json", R"({"instances": {"n": 2}})", "", "\"instances\" must be a string, number or boolean"},
+      {"noset.json", R"({"script": "x.js", "env": {}})", "staging", "no \"env_staging\" for --env-set staging"},
+      {"two.config.js", "module.exports = {apps: [{script: 'a.js'}, {script: 'b.js'}]};", "",
+       "defines 2 apps; uvcluster run runs one"},
+      {"syntax.config.js", "module.exports = {apps: [{script: 'a.js',}}", "", "node could not load it: SyntaxError"},
+      {"missing.json", "", "", "cannot read it"},
+  };
+  for (auto& c : cases) {
+    std::string path = c.name == "missing.json" ? dir.file(c.name) : dir.write(c.name, c.text);
+    std::vector<std::string> argv = {uvc_test::cli(), "run", "--config", path};
+    if (!c.env_set.empty()) argv.insert(argv.end(), {"--env-set", c.env_set});
+    auto r = uvc_test::run_capture(argv);
+    EXPECT_EQ(r.status, 2) << c.name << ": " << r.err;
+    std::string first = r.err.substr(0, r.err.find('\n'));
+    EXPECT_EQ(first.rfind("uvcluster run: " + path + ": ", 0), 0u) << c.name << ": " << first;
+    EXPECT_NE(first.find(c.expect), std::string::npos) << c.name << ": " << first;
+    EXPECT_EQ(r.err.find("\"event\":\"fork\""), std::string::npos) << c.name;
+  }
+}
+
+// socket.io's polling transport sends each request on a new connection: under --policy sticky
+// every one of a client's requests reaches the worker holding its session. 50 real socket.io
+// clients from 10 source addresses: 0 failures, one worker per address. rr is run first and its
+// failures printed (no assertion: how many fail depends on timing).
+TEST(ClusterCli, StickyPolicyServesSocketIoPollingClientsWithoutFailures) {
+  std::string modules = uvc_test::fixture("../../node_modules");
+  if (!std::filesystem::exists(modules + "/socket.io-client/package.json"))
+    GTEST_SKIP() << "socket.io is not installed: run `npm ci --no-audit --no-fund` (make test does)";
+  for (std::string policy : {"rr", "sticky"}) {
+    uvc_test::TestLoop loop;
+    Cli cli(loop, {"-i", "4", "--policy", policy, "--json", "--", uvc_test::fixture("socketio_worker.js"), "0",
+                   "127.0.0.1"});
+    ASSERT_TRUE(loop.run_until([&] { return cli.count("listening") == 4; }, 60000)) << cli.err;
+    uvc_test::Captured r;
+    ASSERT_TRUE(uvc_test::run_client(loop, [&] {
+      r = uvc_test::run_capture({uvc_test::node(), uvc_test::fixture("socketio_clients.js"),
+                                 std::to_string(cli.port()), "50", "10", "3"});
+    }, 120000));
+    Json result = Json::parse(r.out, nullptr, false);
+    ASSERT_TRUE(result.is_object() && result.contains("failures")) << r.out << r.err;
+    std::cout << "--policy " << policy << ": " << result["failures"] << " of 50 socket.io clients failed "
+              << result["errors"].dump() << "\n";
+    if (policy == "sticky") {
+      EXPECT_EQ(result["failures"], 0) << r.out;
+      for (auto& [address, pids] : result["pids_per_address"].items())
+        EXPECT_EQ(pids.size(), 1u) << address << " reached " << pids.dump();
+    }
+    EXPECT_EQ(cli.drain(loop), std::optional<int>(0)) << cli.err;
+  }
 }
 
 // NODE_APP_INSTANCE is the slot: a restarted worker gets its predecessor's number.
@@ -518,7 +698,8 @@ TEST(ClusterCli, StatusLineIsClearedBeforeWorkerOutput) {
   auto r = uvc_test::run_capture({"/usr/bin/script", "-qfec", cmd, "/dev/null"});
   ASSERT_NE(r.out.find("[uvcluster rr]"), std::string::npos) << "no status line was drawn: " << r.out;
   size_t ticks = 0;
-  for (size_t p = 0; (p = r.out.find("tick ", p)) != std::string::npos; p += 5, ++ticks) {
+  const std::string tick = "0|supervised_worker | tick ";
+  for (size_t p = 0; (p = r.out.find(tick, p)) != std::string::npos; p += tick.size(), ++ticks) {
     std::string before = r.out.substr(p >= 3 ? p - 3 : 0, std::min<size_t>(p, 3));
     EXPECT_TRUE(before.empty() || before == "\033[K" || before.back() == '\n')
         << "tick glued to: " << Json(r.out.substr(p > 80 ? p - 80 : 0, 80)).dump();

@@ -53,7 +53,7 @@ TEST(ClusterSharing, ParentKeepsAcceptingOnTheSocketItShared) {
     ASSERT_TRUE(child.ok());
     bool ready = false;
     (*child)->channel()->on_message([&](const Json& m, ipc::ReceivedHandle*) { ready = m == "ready"; });
-    (*child)->channel()->send("server", ipc::OutgoingHandle{ipc::HandleType::server, Fd::dup_of(sock->get()), std::nullopt});
+    (*child)->channel()->send("server", ipc::OutgoingHandle{ipc::HandleType::server, Fd::dup(sock->get()).value(), std::nullopt});
     ASSERT_TRUE(loop.run_until([&] { return ready; }));
 
     // The parent accepts on the same socket (one per wake-up, like Node 20's libuv) and answers.
@@ -64,8 +64,9 @@ TEST(ClusterSharing, ParentKeepsAcceptingOnTheSocketItShared) {
     poll->data = &ctx;
     uv_poll_start(poll.get(), UV_READABLE, [](uv_poll_t* h, int, int) {
       auto* c = static_cast<Ctx*>(h->data);
-      Fd conn = cluster::accept_connection(c->fd);
-      if (!conn) return;  // the child won this one (herd)
+      auto accepted = cluster::accept_connection(c->fd);
+      if (!accepted) return;  // the child won this one (herd)
+      Fd conn = std::move(*accepted);
       const char resp[] = "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 7\r\n\r\nparent\n";
       char buf[1024];
       // Loopback: the request follows the connect at once, so a blocking read (bounded by a

@@ -4,6 +4,8 @@
 #include <sys/socket.h>
 
 #include <deque>
+#include <map>
+#include <set>
 
 #include "http_client.hpp"
 #include "support.hpp"
@@ -60,6 +62,8 @@ TEST(ClusterProtocol, PolicyNames) {
   EXPECT_EQ(parse_policy("none"), Policy::none);
   EXPECT_EQ(parse_policy("reuseport"), Policy::reuseport);
   EXPECT_EQ(parse_policy("exclusive"), Policy::exclusive);
+  EXPECT_EQ(parse_policy("sticky"), Policy::sticky);
+  EXPECT_STREQ(policy_name(Policy::sticky), "sticky");
   EXPECT_FALSE(parse_policy("RR"));
 }
 
@@ -149,6 +153,70 @@ TEST(RoundRobinScheduler, OneInFlightPerWorkerFreeListInOrder) {
     EXPECT_EQ(s.handed_out().at(1) + s.handed_out().at(2), 5u);
   }
   EXPECT_EQ(uvc_test::open_fds(), before);
+}
+
+// --rr-window K: up to K hand-offs in flight per worker, still handed out in rotation; an answer
+// frees one slot, which takes the next queued connection.
+TEST(RoundRobinScheduler, WindowKeepsUpToKInFlightPerWorkerInRotation) {
+  auto before = uvc_test::open_fds();
+  {
+    FakeWorkers f;
+    RoundRobinScheduler s;
+    s.set_window(3);
+    s.add(1, f.sender(1));
+    s.add(2, f.sender(2));
+    for (int i = 0; i < 8; ++i) s.push(conn());
+    ASSERT_EQ(f.sent.size(), 6u);  // three each; two wait in the primary
+    for (size_t i = 0; i < 6; ++i) EXPECT_EQ(f.sent[i].worker, i % 2 == 0 ? 1 : 2) << i;
+    EXPECT_EQ(s.queued(), 2u);
+    EXPECT_EQ(s.in_flight(), 6u);
+    EXPECT_EQ(f.answer(true).worker, 1);  // one slot of worker 1 frees: the next goes there
+    ASSERT_EQ(f.sent.size(), 6u);
+    EXPECT_EQ(f.sent.back().worker, 1);
+    while (!f.sent.empty()) f.answer(true);
+    EXPECT_EQ(s.queued(), 0u);
+    EXPECT_EQ(s.in_flight(), 0u);
+    EXPECT_EQ(s.free_count(), 2u);
+    EXPECT_EQ(s.handed_out().at(1), 4u);
+    EXPECT_EQ(s.handed_out().at(2), 4u);
+  }
+  EXPECT_EQ(uvc_test::open_fds(), before);
+}
+
+// Pick::sticky: a key's connections go to one worker; while it is busy they wait for it even with
+// other workers idle; a worker joining takes no pinned key; a leaving worker's keys move.
+TEST(RoundRobinScheduler, StickyKeepsAKeyOnItsWorkerWaitsWhileBusyRemapsWhenItLeaves) {
+  FakeWorkers f;
+  RoundRobinScheduler s(RoundRobinScheduler::kDefaultAttemptsPerWorker, RoundRobinScheduler::Pick::sticky);
+  for (int w : {1, 2, 3}) s.add(w, f.sender(w));
+  std::map<uint64_t, int> placed;
+  std::set<int> used;
+  for (uint64_t key = 1; key <= 300; ++key) used.insert(placed[key * 7919] = s.worker_for(key * 7919));
+  EXPECT_EQ(used, (std::set<int>{1, 2, 3})) << "the hash spreads keys over every worker";
+  const uint64_t key = 7919;
+  const int home = placed[key];
+  s.push(conn(), key);
+  s.push(conn(), key);
+  ASSERT_EQ(f.sent.size(), 1u);
+  EXPECT_EQ(f.sent[0].worker, home);
+  EXPECT_EQ(s.queued(), 1u) << "the second waits for its busy worker";
+  EXPECT_EQ(s.free_count(), 2u) << "although two workers are idle";
+  f.answer(true);
+  ASSERT_EQ(f.sent.size(), 1u);
+  EXPECT_EQ(f.sent[0].worker, home);
+  f.answer(true);
+  s.add(4, f.sender(4));
+  for (auto& [k, w] : placed) EXPECT_EQ(s.worker_for(k), w) << "a new worker takes no pinned client";
+  s.push(conn(), key);
+  ASSERT_EQ(f.sent.size(), 1u);
+  s.remove(home, /*gone=*/true);  // in flight to it: requeued, now for another worker
+  ASSERT_EQ(f.sent.size(), 2u);
+  EXPECT_NE(f.sent[1].worker, home);
+  EXPECT_EQ(s.worker_for(key), f.sent[1].worker);
+  for (auto& [k, w] : placed) {
+    if (w == home) continue;
+    EXPECT_EQ(s.worker_for(k), w) << "only the leaver's clients move";
+  }
 }
 
 TEST(RoundRobinScheduler, RefusedConnectionGoesToAnotherWorker) {
@@ -348,8 +416,9 @@ TEST(ClusterSockets, BindErrorsAreValuesAndListenZeroSharesAPort) {
   EXPECT_EQ(badport.error().code, "EINVAL");
 
   // reuseport: one socket per worker on one port, each listening.
-  ReusePortHandle rp({.address = "127.0.0.1", .port = 0});
-  ASSERT_EQ(rp.errnum(), 0);
+  auto opened = ReusePortHandle::open({.address = "127.0.0.1", .port = 0});
+  ASSERT_TRUE(opened.ok());
+  ReusePortHandle& rp = **opened;
   auto r1 = rp.socket_for(1), r2 = rp.socket_for(2);
   ASSERT_TRUE(r1.ok() && r2.ok());
   Fd s1 = std::move(r1.value()), s2 = std::move(r2.value());
@@ -359,8 +428,9 @@ TEST(ClusterSockets, BindErrorsAreValuesAndListenZeroSharesAPort) {
   EXPECT_TRUE(listen_fd(s2.get(), 0).ok());
 
   // A SharedHandle on a port someone listens on reports Node's errno.
-  SharedHandle taken({.address = "127.0.0.1", .port = port});
-  EXPECT_EQ(taken.errnum(), -98);
+  auto taken = SharedHandle::open_for({}, {.spec = {.address = "127.0.0.1", .port = port}});
+  ASSERT_FALSE(taken.ok());
+  EXPECT_EQ(taken.error().errnum, UV_EADDRINUSE);
 }
 
 TEST(RoundRobinScheduler, GracefulLeaveStillHonoursTheAnswerInFlight) {

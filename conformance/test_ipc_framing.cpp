@@ -1,6 +1,8 @@
 // FrameReader / encode / parse: Node's json framing without libuv.
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <cstring>
 #include <string>
 #include <vector>
 
@@ -170,5 +172,74 @@ TEST(IpcFraming, FastEncoderMatchesNlohmannDump) {
       json::array({1, "two", json::object(), json::array()}), json{{"z", 1}, {"a", {{"k\"", nullptr}}}}};
   for (auto& v : values) {
     EXPECT_EQ(encode_frame(v), v.dump(-1, ' ', false, json::error_handler_t::replace) + "\n") << v.dump();
+  }
+}
+
+namespace {
+// A string with every kind of byte the encoder and parser treat differently: plain ASCII runs,
+// quotes, backslashes, control characters, multi-byte UTF-8 and a lone surrogate (WTF-8).
+std::string mixed_text(size_t size) {
+  static const std::string pieces[] = {"plain ascii text ", "\"", "\\", "\n", std::string(1, '\0'),
+                                       "\x1f", "é", "€", "😀", "\xED\xA0\x80", "/"};
+  std::string s;
+  s.reserve(size + 8);
+  for (size_t i = 0; s.size() < size; ++i) s += pieces[(i * 7) % std::size(pieces)];
+  s.resize(size);  // may cut a multi-byte character at the end: that is invalid UTF-8 ...
+  while (!s.empty() && (static_cast<unsigned char>(s.back()) & 0x80)) s.pop_back();  // ... so not
+  return s;
+}
+
+// Feeds `wire` through space()/commit() in reads of the given sizes (cycled), as the channel does.
+std::vector<std::string> read_in_chunks(const std::string& wire, const std::vector<size_t>& sizes) {
+  FrameReader r;
+  std::vector<std::string> lines;
+  size_t off = 0;
+  for (size_t k = 0; off < wire.size(); ++k) {
+    size_t n = std::min(sizes[k % sizes.size()], wire.size() - off);
+    auto room = r.space(n);
+    EXPECT_GE(room.size(), n);
+    std::memcpy(room.data(), wire.data() + off, n);
+    EXPECT_TRUE(r.commit(n, [&](std::string_view l) { lines.emplace_back(l); }));
+    off += n;
+  }
+  EXPECT_FALSE(r.buffering());
+  return lines;
+}
+}  // namespace
+
+// A big message comes back byte for byte, whatever sizes the reads have.
+TEST(IpcFraming, LargeMessagesRoundTripExactly) {
+  for (size_t size : {size_t{64} << 10, size_t{1} << 20, size_t{16} << 20}) {
+    json message = {{"big", mixed_text(size)}, {"tail", 1}};
+    std::string frame = encode_frame(message);
+    auto lines = read_in_chunks(frame + encode_frame(json("next")), {65536, 212992, 7, 1 << 20});
+    ASSERT_EQ(lines.size(), 2u) << size;
+    auto back = parse_frame(lines[0]);
+    ASSERT_TRUE(back.ok()) << size;
+    EXPECT_TRUE(back.value() == message) << size;  // not EXPECT_EQ: no 16 MiB failure printout
+    EXPECT_EQ(parse_frame(lines[1]).value(), json("next"));
+  }
+}
+
+// Frames cut into two and three reads at every position (a read may end right before or after
+// a '\n', inside a multi-byte character or an escape) come out the same.
+TEST(IpcFraming, SplitAtEveryBoundary) {
+  std::string wire = encode_frame(json{{"k", "a\"b\\c\né€😀\xED\xA0\x80"}}) + encode_frame(json(1)) +
+                     encode_frame(json::array({"x", nullptr}));
+  std::vector<std::string> whole = read_in_chunks(wire, {wire.size()});
+  ASSERT_EQ(whole.size(), 3u);
+  for (size_t a = 0; a <= wire.size(); ++a) {
+    for (size_t b = a; b <= wire.size(); ++b) {
+      FrameReader r;
+      std::vector<std::string> lines;
+      auto sink = [&](std::string_view l) { lines.emplace_back(l); };
+      for (auto [from, to] : {std::pair{size_t{0}, a}, std::pair{a, b}, std::pair{b, wire.size()}}) {
+        if (to == from) continue;
+        auto room = r.space(to - from);
+        std::memcpy(room.data(), wire.data() + from, to - from);
+        ASSERT_TRUE(r.commit(to - from, sink));
+      }
+      ASSERT_EQ(lines, whole) << a << " " << b;
+    }
   }
 }

@@ -43,8 +43,7 @@ struct Client {
   bool done = false;
   char buf[4096];
   Client(uv_loop_t* loop, int port) {
-    uv_tcp_init(loop, tcp.get());
-    tcp.mark_initialized();
+    tcp.must_init(uv_tcp_init(loop, tcp.get()), "uv_tcp_init");
     tcp->data = this;
     req.data = this;
     sockaddr_in a{};
@@ -79,9 +78,11 @@ struct Kid {
   bool closed = false;
 };
 
-std::unique_ptr<Kid> fork_node_kid(uv_loop_t* loop) {
+std::unique_ptr<Kid> fork_node_kid(uv_loop_t* loop, ipc::Serialization mode = ipc::Serialization::json) {
   auto k = std::make_unique<Kid>();
-  auto r = fork(loop, uvc_test::fixture("ipc_echo_child.js"));
+  ForkOptions fo;
+  fo.serialization = mode;
+  auto r = fork(loop, uvc_test::fixture("ipc_echo_child.js"), {}, std::move(fo));
   EXPECT_TRUE(r.ok());
   k->proc = r.value();
   Kid* raw = k.get();
@@ -98,21 +99,20 @@ TEST(IpcHandles, ServerSharedWithTwoNodeChildren) {
   Fd lfd = listen_loopback(&port);
   auto k1 = fork_node_kid(loop);
   auto k2 = fork_node_kid(loop);
-  k1->proc->channel()->send(Json{{"srv", 1}}, ipc::OutgoingHandle{ipc::HandleType::server, Fd::dup_of(lfd.get())});
-  k2->proc->channel()->send(Json{{"srv", 2}}, ipc::OutgoingHandle{ipc::HandleType::server, Fd::dup_of(lfd.get())});
+  k1->proc->channel()->send(Json{{"srv", 1}}, ipc::OutgoingHandle{ipc::HandleType::server, Fd::dup(lfd.get()).value()});
+  k2->proc->channel()->send(Json{{"srv", 2}}, ipc::OutgoingHandle{ipc::HandleType::server, Fd::dup(lfd.get()).value()});
   ASSERT_TRUE(loop.run_until([&] { return k1->messages.size() == 1 && k2->messages.size() == 1; }));
   EXPECT_EQ(k1->messages[0], (Json{{"echo", {{"srv", 1}}}, {"handle", "Server"}, {"listening", true}}));
   EXPECT_EQ(k2->messages[0]["handle"], "Server");
 
   // The parent accepts on the same socket too.
   detail::UvHandle<uv_tcp_t> server;
-  uv_tcp_init(loop, server.get());
+  ASSERT_EQ(uv_tcp_init(loop, server.get()), 0);
   server.mark_initialized();
-  ASSERT_EQ(uv_tcp_open(server.get(), Fd::dup_of(lfd.get()).release()), 0);
+  ASSERT_EQ(uv_tcp_open(server.get(), Fd::dup(lfd.get()).value().release()), 0);
   ASSERT_EQ(uv_listen(server.stream(), 128, [](uv_stream_t* s, int) {
               detail::UvHandle<uv_tcp_t> conn;
-              uv_tcp_init(s->loop, conn.get());
-              conn.mark_initialized();
+              conn.must_init(uv_tcp_init(s->loop, conn.get()), "uv_tcp_init");
               if (uv_accept(s, conn.stream()) == 0) {
                 uv_os_fd_t fd;
                 uv_fileno(conn.base(), &fd);
@@ -184,4 +184,28 @@ TEST(IpcHandles, NodeParentWithCppChildren) {
   EXPECT_EQ(r["clientGot"], "via C++ child\n");
   EXPECT_EQ(r["exitA"], Json::array({0, nullptr}));
   EXPECT_EQ(r["exitB"], Json::array({0, nullptr}));
+}
+
+// Advanced serialization: the NODE_HANDLE wrapper and the message in it are V8 data; the Node
+// child gets the socket and the Map, Date and BigInt as such (it echoes them back).
+TEST(IpcHandles, AcceptedSocketToNodeChildAdvanced) {
+  uvc_test::TestLoop loop;
+  int port = 0;
+  Fd lfd = listen_loopback(&port);
+  auto k = fork_node_kid(loop, ipc::Serialization::advanced);
+  Client client(loop, port);
+  ASSERT_TRUE(loop.run_until([&] { return uv_is_readable(client.tcp.stream()) || client.done; }));
+  Fd conn(::accept4(lfd.get(), nullptr, nullptr, SOCK_CLOEXEC));
+  ASSERT_TRUE(conn.valid());
+  Json message = Json::parse(R"({"m":{"$v8":"Map","entries":[["k",{"$v8":"BigInt","value":"-5"}]]},
+                                 "when":{"$v8":"Date","value":5},"self":{"$v8":"ref","path":""}})");
+  k->proc->channel()->send(message, ipc::OutgoingHandle{ipc::HandleType::socket, std::move(conn)});
+  ASSERT_TRUE(loop.run_until([&] { return client.done && k->messages.size() == 1; }));
+  EXPECT_EQ(client.got, "hello from child\n");
+  Json echoed = message;
+  echoed["when"]["value"] = 5.0;
+  echoed["self"]["path"] = "/echo";  // the echo wraps our message: the root moved one level down
+  EXPECT_EQ(k->messages[0], (Json{{"echo", echoed}, {"handle", "Socket"}}));
+  ASSERT_TRUE(k->proc->channel()->disconnect().ok());
+  ASSERT_TRUE(loop.run_until([&] { return k->closed; }));
 }

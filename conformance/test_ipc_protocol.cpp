@@ -95,8 +95,7 @@ struct Pair {
     ch->on_close([this] { closed = true; });
     ipc::ChannelOwner::start(*ch);
     peer = sv[1];
-    uv_pipe_init(loop.get(), reader.get(), 0);
-    reader.mark_initialized();
+    reader.must_init(uv_pipe_init(loop.get(), reader.get(), 0), "uv_pipe_init");
     uv_pipe_open(reader.get(), fcntl(peer, F_DUPFD_CLOEXEC, 0));
     reader->data = this;
     uv_read_start(
@@ -321,8 +320,8 @@ TEST_F(IpcProtocol, SendQueuesBehindHandleAndReturnsNodesBooleans) {
   int sv[2];
   ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
   // test-child-process-send-returns-boolean.js: true, true, false, false
-  EXPECT_TRUE(p.ch->send("one", ipc::OutgoingHandle{ipc::HandleType::native, Fd::dup_of(sv[0])}));
-  EXPECT_TRUE(p.ch->send("two", ipc::OutgoingHandle{ipc::HandleType::native, Fd::dup_of(sv[0])}));
+  EXPECT_TRUE(p.ch->send("one", ipc::OutgoingHandle{ipc::HandleType::native, Fd::dup(sv[0]).value()}));
+  EXPECT_TRUE(p.ch->send("two", ipc::OutgoingHandle{ipc::HandleType::native, Fd::dup(sv[0]).value()}));
   EXPECT_FALSE(p.ch->send("three"));
   EXPECT_FALSE(p.ch->send("four"));
   p.on_peer_line = [&](const std::string& line) {
@@ -353,7 +352,7 @@ TEST_F(IpcProtocol, NackRetransmitsSocketThreeTimesThenGivesUp) {
   int done_calls = 0;
   ipc::SendOptions so;
   so.on_acked = [&] { acked = true; };
-  p.ch->send("s", ipc::OutgoingHandle{ipc::HandleType::socket, Fd::dup_of(sv[0]), "4:0.0.0.0:1"}, so,
+  p.ch->send("s", ipc::OutgoingHandle{ipc::HandleType::socket, Fd::dup(sv[0]).value(), "4:0.0.0.0:1"}, so,
              [&](const Error* e) { EXPECT_EQ(e, nullptr); ++done_calls; });
   p.ch->send("after");
   ASSERT_TRUE(loop.run_until([&] { return p.lines_from_channel() == 5; }));
@@ -371,7 +370,7 @@ TEST_F(IpcProtocol, DisconnectWaitsForPendingAck) {
   Pair p(loop);
   int sv[2];
   ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
-  p.ch->send("h", ipc::OutgoingHandle{ipc::HandleType::server, Fd::dup_of(sv[0])});
+  p.ch->send("h", ipc::OutgoingHandle{ipc::HandleType::server, Fd::dup(sv[0]).value()});
   p.ch->send("queued");
   ASSERT_TRUE(p.ch->disconnect().ok());
   ASSERT_TRUE(loop.run_until([&] { return p.lines_from_channel() == 1; }));
@@ -380,6 +379,73 @@ TEST_F(IpcProtocol, DisconnectWaitsForPendingAck) {
   ASSERT_TRUE(loop.run_until([&] { return p.closed && p.peer_eof; }));
   EXPECT_TRUE(p.disconnected);
   EXPECT_EQ(p.lines_from_channel(), 2u);  // the queued message went out before the close
+  close(sv[0]);
+  close(sv[1]);
+}
+
+// The hand-off's round trip is one write each way: the ACK of a received handle is not written
+// on its own before the listeners run; it leaves in one write with the reply they send.
+TEST_F(IpcProtocol, HandleAckAndTheReplyItTriggersLeaveInOneWrite) {
+  uvc_test::TestLoop loop;
+  int sv[2];
+  ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+  auto ch = std::make_unique<ipc::Channel>(loop.get());
+  ASSERT_EQ(ch->init(), 0);
+  ASSERT_EQ(uv_pipe_open(ch->pipe(), sv[0]), 0);
+  int peer = sv[1];
+  bool answered = false;
+  ssize_t written_before_reply = -2;
+  ch->on_internal_message([&](const Json& m, ipc::ReceivedHandle* h) {
+    if (!h) return;
+    char probe[256];
+    written_before_reply = ::recv(peer, probe, sizeof probe, MSG_PEEK | MSG_DONTWAIT);
+    ch->send(Json{{"cmd", "NODE_CLUSTER"}, {"ack", m["seq"]}, {"accepted", true}});
+    answered = true;
+  });
+  ch->start();
+  int conn[2];
+  ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, conn), 0);
+  raw_send(peer, "{\"cmd\":\"NODE_HANDLE\",\"type\":\"net.Native\",\"msg\":{\"cmd\":\"NODE_CLUSTER\",\"seq\":7}}\n",
+           conn[0]);
+  ::close(conn[0]);
+  ::close(conn[1]);
+  ASSERT_TRUE(loop.run_until([&] { return answered; }));
+  EXPECT_EQ(written_before_reply, -1);  // nothing written yet when the listener ran (EAGAIN)
+  pollfd pfd{peer, POLLIN, 0};
+  ASSERT_TRUE(loop.run_until([&] { return ::poll(&pfd, 1, 0) == 1; }));
+  char buf[512];
+  ssize_t n = ::recv(peer, buf, sizeof buf, MSG_DONTWAIT);
+  ASSERT_GT(n, 0);
+  EXPECT_EQ(std::string(buf, static_cast<size_t>(n)),
+            "{\"cmd\":\"NODE_HANDLE_ACK\"}\n{\"accepted\":true,\"ack\":7,\"cmd\":\"NODE_CLUSTER\"}\n");
+  ch.reset();
+  ::close(peer);
+}
+
+// A hand-off window: pipelined handles go out without waiting for the ACKs of the ones before
+// them; the ACKs answer them in order, and a plain message is not held back by them.
+TEST_F(IpcProtocol, PipelinedHandlesDoNotWaitForEarlierAcks) {
+  uvc_test::TestLoop loop;
+  Pair p(loop);
+  int sv[2];
+  ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+  int acked = 0;
+  for (const char* m : {"one", "two", "three"}) {
+    ipc::SendOptions o;
+    o.pipelined = true;
+    o.on_acked = [&] { ++acked; };
+    // Borrowed: the channel sends our descriptor as is and keeps no copy of it.
+    EXPECT_TRUE(p.ch->send(m, ipc::OutgoingHandle{ipc::HandleType::native, Fd{}, std::nullopt, sv[0]}, o));
+  }
+  EXPECT_TRUE(p.ch->send("plain"));
+  ASSERT_TRUE(loop.run_until([&] { return p.lines_from_channel() == 4; }));
+  EXPECT_EQ(p.from_channel,
+            "{\"cmd\":\"NODE_HANDLE\",\"type\":\"net.Native\",\"msg\":\"one\"}\n"
+            "{\"cmd\":\"NODE_HANDLE\",\"type\":\"net.Native\",\"msg\":\"two\"}\n"
+            "{\"cmd\":\"NODE_HANDLE\",\"type\":\"net.Native\",\"msg\":\"three\"}\n"
+            "\"plain\"\n");
+  raw_send(p.peer, "{\"cmd\":\"NODE_HANDLE_ACK\"}\n{\"cmd\":\"NODE_HANDLE_ACK\"}\n{\"cmd\":\"NODE_HANDLE_ACK\"}\n");
+  ASSERT_TRUE(loop.run_until([&] { return acked == 3; }));
   close(sv[0]);
   close(sv[1]);
 }

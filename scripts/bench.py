@@ -9,8 +9,13 @@ compared per item (items_per_second), a time twin per iteration. The table shows
 time per operation from this same run (absolute times drift on a shared machine; the ratio is
 what we track).
 Results: results/micro.json; then the cluster RR handoff benchmark (results/cluster.json); then
-scripts/lab/driver.py runs the strategy lab (results/latest.json, results/REPORT.md); then the
-fault lab, scripts/chaos/chaos.py (results/chaos/latest.json, results/CHAOS.md).
+scripts/lab/driver.py runs the strategy lab (results/latest.json, results/REPORT.md); then
+bench/rr_limits.py, the RR hand-off beside its bare limit (results/rr_limits.json, a section of
+results/REPORT.md); big IPC messages and spawn against their bench/limits programs and Node
+(scripts/limits_ipc_spawn.py: results/limits_ipc_spawn.json and a section of REPORT.md);
+scripts/manager_cost.py, the manager's own RSS and CPU per 1,000 requests for uvcluster run, Node's
+cluster and PM2 (results/managers.json, a section of REPORT.md); then the fault lab,
+scripts/chaos/chaos.py (results/chaos/latest.json, results/CHAOS.md).
 Every run appends its tracked metrics to results/history.jsonl (scripts/history.py).
 All results files are strict JSON (scripts/strict_json.py, schemas in results/schema/).
 """
@@ -32,6 +37,8 @@ PROFILES = {  # Google Benchmark min time (s), Node twin seconds, RR handoff wrk
     "default": (0.5, 1.0, 3),
     "full": (2.0, 3.0, 10),
 }
+# bench/rr_limits.py (the RR hand-off beside its bare limit): rounds, seconds per round, strace s.
+RR_LIMITS = {"quick": (1, 1, 1), "default": (3, 3, 2), "full": (5, 5, 3)}
 
 
 TIME_UNITS = {"ns": 1, "us": 1e3, "ms": 1e6, "s": 1e9}
@@ -172,6 +179,26 @@ def main():
     if not args.skip_lab and os.path.exists(driver):
         status |= subprocess.call([sys.executable, driver, "--build", build, "--profile", args.profile])
     ran_lab = not args.skip_lab and os.path.exists(driver)
+    if not args.skip_micro:
+        # After the lab, whose REPORT.md gets this section: results/rr_limits.json.
+        rounds, seconds, strace_s = RR_LIMITS[args.profile]
+        print("\nRR hand-off vs its physical limit (bench/rr_limits.py) ...", flush=True)
+        status |= subprocess.call([sys.executable, os.path.join(ROOT, "bench", "rr_limits.py"),
+                                   "--build", build, "--rounds", str(rounds), "--duration", str(seconds),
+                                   "--strace-duration", str(strace_s),
+                                   "--json", os.path.join(ROOT, "results", "rr_limits.json"),
+                                   "--report-md", os.path.join(ROOT, "results", "REPORT.md")])
+        # Big IPC messages and spawn beside their bench/limits programs and Node, interleaved
+        # (results/limits_ipc_spawn.json; a section of REPORT.md, so after the lab wrote it).
+        print("\nbig IPC messages and spawn against the limit (scripts/limits_ipc_spawn.py) ...", flush=True)
+        status |= subprocess.call([sys.executable, os.path.join(ROOT, "scripts", "limits_ipc_spawn.py"),
+                                   "--build", build, "--profile", args.profile])
+    if ran_lab:
+        # The manager alone (uvcluster run vs Node's cluster vs PM2): results/managers.json and a
+        # section of REPORT.md (written by the lab just now).
+        print("\nmanager cost (scripts/manager_cost.py) ...", flush=True)
+        status |= subprocess.call([sys.executable, os.path.join(ROOT, "scripts", "manager_cost.py"),
+                                   "--build", build, "--profile", args.profile])
     history.append(history.from_bench(os.path.join(ROOT, "results"), args.profile,
                                       micro=not args.skip_micro, lab=ran_lab))
     print("appended the tracked metrics to results/history.jsonl (scripts/history.py plots them)")

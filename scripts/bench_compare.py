@@ -16,6 +16,8 @@ Benchmark set (--set, comma-separated):
   ipc  bench_ipc BM_IpcPingPong (plain message round trip, µs) and BM_IpcHandlePassing
        (round trip carrying a TCP handle over sendmsg, µs)
   ipc-handle  only BM_IpcHandlePassing (each bench_ipc benchmark runs for 2 s)
+  big  bench_ipc BM_Ipc1MiB (1 MiB string message round trip, ms, wall and the parent's CPU) and
+       bench_spawn spawn_true_1gib (spawn of /bin/true from a parent with 1 GiB resident, µs)
   rr   bench/bench_cluster.py, C++ primary + 2 C++ workers, Connection: close: connections/s
        and the primary's CPU ms per 1,000 connections
   lab  scripts/lab/cell.py, 2 workers, close load: rr and reuseport (native app) req/s, and
@@ -52,13 +54,14 @@ import strict_json  # noqa: E402
 EXIT_OK, EXIT_REGRESSED, EXIT_USAGE = 0, 1, 2
 CACHE = os.path.join(ROOT, ".bench-compare")
 CI_BASELINE = os.path.join(ROOT, "results", "ci-baseline")
-TARGETS = ["uvcluster_cli", "bench_ipc", "hello_native", "lab_proxy", "helper_cluster_http_worker"]
+TARGETS = ["uvcluster_cli", "bench_ipc", "bench_spawn", "hello_native", "lab_proxy", "helper_cluster_http_worker"]
+OPTIONAL_TARGETS = ["limit_raw_rr"]  # built when the revision has them (the rr-vs-bare metrics need raw_rr)
 
 # Profiles: which units, wrk seconds per rr/lab sample, default k (None = sized to the budget)
 # and the budget (s) the sizing aims at; max_s is a hard stop for the whole run, builds included.
 PROFILES = {
-    "default": {"set": "ipc,rr,lab", "duration": 3, "samples": None, "budget": 600, "max_s": None},
-    "ci": {"set": "ipc,rr,lab", "duration": 2, "samples": 8, "budget": 480, "max_s": 690},
+    "default": {"set": "ipc,rr,lab,big", "duration": 3, "samples": None, "budget": 600, "max_s": None},
+    "ci": {"set": "ipc,rr,lab,big", "duration": 2, "samples": 8, "budget": 480, "max_s": 690},
     "short": {"set": "ipc-handle,rr", "duration": 1, "samples": 8, "budget": 150, "max_s": None},
 }
 LAB_CELLS = [("rr", "native", True), ("reuseport", "native", True), ("node-rr", "node", False)]
@@ -140,6 +143,8 @@ def build(side, log):
             p = subprocess.run(cmd[:cmd.index("--target")], env=env, stdout=log, stderr=subprocess.STDOUT)
         if p.returncode != 0:
             raise Usage(f"{side['spec']} ({side['rev'][:12]}) does not build; see {log.name}")
+    for target in OPTIONAL_TARGETS:  # an older revision without it: its metrics are just missing
+        subprocess.run(["cmake", "--build", out, "--target", target], env=env, stdout=log, stderr=subprocess.STDOUT)
     fcntl.flock(lock, fcntl.LOCK_UN)
     lock.close()
     side["build"] = out
@@ -179,6 +184,29 @@ def unit_ipc(build_dir, env, duration, pattern="BM_Ipc(PingPong|HandlePassing)/"
     return out
 
 
+def unit_big(build_dir, env, duration):
+    """bench_ipc BM_Ipc1MiB (a 1 MiB string message there and back: wall and the parent's CPU)
+    and bench_spawn spawn_true_1gib (spawn of /bin/true from a parent with 1 GiB resident)."""
+    out = {}
+    for exe, pattern, min_time in (("bench_ipc", "^BM_Ipc1MiB/", None), ("bench_spawn", "^spawn_true_1gib/", 0.5)):
+        cmd = [os.path.join(build_dir, "bench", exe), "--benchmark_format=json", f"--benchmark_filter={pattern}"]
+        if min_time:
+            cmd.append(f"--benchmark_min_time={min_time}")
+        p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+        if p.returncode != 0:
+            continue
+        scale = {"ns": 1e-3, "us": 1.0, "ms": 1e3, "s": 1e6}  # -> µs
+        for b in strict_json.json.loads(p.stdout)["benchmarks"]:
+            if b.get("error_occurred"):
+                continue
+            us, cpu_us = (b[k] * scale[b.get("time_unit", "ns")] for k in ("real_time", "cpu_time"))
+            if exe == "bench_ipc":
+                out["ipc_1mib_ms"], out["ipc_1mib_cpu_ms"] = us / 1e3, cpu_us / 1e3
+            else:
+                out["spawn_true_1gib_us"] = us
+    return out
+
+
 def unit_rr(build_dir, env, duration):
     cmd = [sys.executable, os.path.join(ROOT, "bench", "bench_cluster.py"), "--build", build_dir,
            "--cases", "cpp-primary+cpp-workers", "--duration", str(duration)]
@@ -189,6 +217,26 @@ def unit_rr(build_dir, env, duration):
     out = {"rr_conn_per_s": rec["connections_per_s"]}
     if rec.get("primary_cpu_s_per_1k_conn") is not None:
         out["rr_primary_cpu_ms_per_1k"] = rec["primary_cpu_s_per_1k_conn"] * 1000.0
+    out.update(unit_rr_limits(build_dir, env, duration))
+    return out
+
+
+def unit_rr_limits(build_dir, env, duration):
+    """The rr hand-off's CPU per connection as a multiple of the bare pair's (bench/rr_limits.py,
+    raw-k1 and rr back to back in one sample: the ratio cancels most of the machine's load)."""
+    script = os.path.join(ROOT, "bench", "rr_limits.py")
+    if not os.path.exists(os.path.join(build_dir, "bench", "limits", "raw_rr")) or not os.path.exists(script):
+        return {}  # a base revision from before the bare pair
+    cmd = [sys.executable, script, "--build", build_dir, "--cases", "raw-k1,rr", "--rounds", "1",
+           "--duration", str(duration), "--strace-duration", "0"]
+    rc, docs, _ = run_json_lines(cmd, env, timeout=2 * duration + 120)
+    by = {d.get("case"): d for d in docs if d.get("round") == 0 and "error" not in d}
+    bare, rr = by.get("raw-k1", {}), by.get("rr", {})
+    out = {}
+    for metric, key in (("rr_primary_cpu_vs_bare", "primary_cpu_us_per_conn"),
+                        ("rr_workers_cpu_vs_bare", "workers_cpu_us_per_conn")):
+        if rc == 0 and bare.get(key) and rr.get(key) is not None:
+            out[metric] = rr[key] / bare[key]
     return out
 
 
@@ -206,7 +254,7 @@ def unit_lab(build_dir, env, duration):
     return out
 
 
-UNITS = {"ipc": unit_ipc, "rr": unit_rr, "lab": unit_lab,
+UNITS = {"ipc": unit_ipc, "rr": unit_rr, "lab": unit_lab, "big": unit_big,
          "ipc-handle": lambda b, e, d: unit_ipc(b, e, d, "BM_IpcHandlePassing/")}
 # name -> (unit label, better, tracked)
 METRICS = {
@@ -216,8 +264,14 @@ METRICS = {
     # time by tens of percent, CPU time far less (README, "Proving the detector").
     "ipc_pingpong_cpu_us": ("CPU µs/round trip", "lower", True),
     "ipc_handle_pingpong_cpu_us": ("CPU µs/round trip", "lower", True),
+    "ipc_1mib_ms": ("ms/round trip", "lower", True),
+    "ipc_1mib_cpu_ms": ("CPU ms/round trip", "lower", True),
+    "spawn_true_1gib_us": ("µs/spawn", "lower", True),
     "rr_conn_per_s": ("conn/s", "higher", True),
     "rr_primary_cpu_ms_per_1k": ("CPU ms/1k conn", "lower", True),
+    # issue 13 §1: the hand-off's CPU per connection over the bare pair's, primary and workers.
+    "rr_primary_cpu_vs_bare": ("× bare primary", "lower", True),
+    "rr_workers_cpu_vs_bare": ("× bare workers", "lower", True),
     **{f"lab_{s}_close_2w_rps": ("req/s", "higher", tracked) for s, _, tracked in LAB_CELLS},
 }
 
@@ -231,7 +285,10 @@ def unit_metrics(units):
         elif u == "ipc-handle":
             names += ["ipc_handle_pingpong_us", "ipc_handle_pingpong_cpu_us"]
         elif u == "rr":
-            names += ["rr_conn_per_s", "rr_primary_cpu_ms_per_1k"]
+            names += ["rr_conn_per_s", "rr_primary_cpu_ms_per_1k", "rr_primary_cpu_vs_bare",
+                      "rr_workers_cpu_vs_bare"]
+        elif u == "big":
+            names += ["ipc_1mib_ms", "ipc_1mib_cpu_ms", "spawn_true_1gib_us"]
         elif u == "lab":
             names += [f"lab_{s}_close_2w_rps" for s, _, _ in LAB_CELLS]
     return names

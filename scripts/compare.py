@@ -27,7 +27,7 @@ import report  # noqa: E402
 # depends on how many sockets are mid-close when sampled); fairness only where a strategy
 # promises it (shared sockets are unfair by nature and vary run to run). Tolerances are wide
 # because a 2-core machine shared with other work moves same-run ratios by tens of percent.
-FAIR = {"rr", "uvc-run", "node-rr", "proxy", "nginx", "reuseport"}
+FAIR = {"rr", "uvc-run", "node-rr", "proxy", "nginx", "reuseport", "sticky"}
 CHECKS = [
     ("req/s vs node-rr", "throughput.rps", "ratio_drop", 0.50, lambda r: True),
     ("fds/conn primary", "fds.per_conn_primary", "abs_rise", 0.5, lambda r: r["load"] == "keepalive"),

@@ -8,6 +8,7 @@ packages=(
   nodejs wrk nginx-light strace
   python3-pytest python3-matplotlib python3-numpy python3-scipy python3-jsonschema
   clang libclang-rt-14-dev
+  libcli11-dev prometheus-cpp-dev curl python3-prometheus-client
 )
 missing=()
 for p in "${packages[@]}"; do

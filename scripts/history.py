@@ -36,7 +36,8 @@ MIN_SEG = 3
 # The tracked metrics (bench_compare.METRICS with tracked=True) and how `make bench` reports them.
 TRACKED = ["ipc_pingpong_us", "ipc_handle_pingpong_us", "ipc_pingpong_cpu_us", "ipc_handle_pingpong_cpu_us",
            "rr_conn_per_s", "rr_primary_cpu_ms_per_1k",
-           "lab_rr_close_2w_rps", "lab_reuseport_close_2w_rps"]
+           "lab_rr_close_2w_rps", "lab_reuseport_close_2w_rps",
+           "ipc_1mib_ms", "ipc_1mib_cpu_ms", "spawn_true_1gib_us"]
 MICRO = {"BM_IpcPingPong": "ipc_pingpong_us", "BM_IpcHandlePassing": "ipc_handle_pingpong_us"}
 
 
@@ -96,6 +97,15 @@ def from_bench(results_dir, profile, micro=True, lab=True):
                     metrics["rr_conn_per_s"] = r["connections_per_s"]
                     if r.get("primary_cpu_s_per_1k_conn") is not None:
                         metrics["rr_primary_cpu_ms_per_1k"] = r["primary_cpu_s_per_1k_conn"] * 1000.0
+        except (OSError, ValueError, KeyError):
+            pass
+    if micro:
+        try:  # scripts/limits_ipc_spawn.py: the medians over its interleaved rounds
+            for r in strict_json.load(os.path.join(results_dir, "limits_ipc_spawn.json"))["rows"]:
+                if (r["item"], r["size"]) == ("ipc", "1mib") and r.get("uvcluster_ns"):
+                    metrics["ipc_1mib_ms"] = r["uvcluster_ns"] / 1e6
+                if (r["item"], r["size"]) == ("spawn", "1gib") and r.get("uvcluster_ns"):
+                    metrics["spawn_true_1gib_us"] = r["uvcluster_ns"] / 1e3
         except (OSError, ValueError, KeyError):
             pass
     if lab:

@@ -8,8 +8,8 @@ aa:      R against itself (one build, both sides): every flag is a false alarm.
 planted: R against itself with the NEW side under LD_PRELOAD=build/lib/libuvc_delay_shim.so
          (UVC_DELAY_CALLS=--delay), which busy-waits before the named calls: a regression
          made without touching the library.
-Each run is a full `scripts/bench_compare.py --no-history` (JSON in results/compare/proof-aa/ or
-proof-planted-<delay>/).
+Each run is a full `scripts/bench_compare.py --no-history` (JSON in results/compare/proof-aa-<rev>/ or
+proof-planted-<rev>-<delay>/).
 The tally re-reads each run's Holm-adjusted p-values and median ratios at two settings:
   CI gate   p_holm < 0.01 and >= 10 % worse on a gated metric (what fails `make bench-ci`)
   compare   p_holm < 0.05 and >= 5 % worse (the `make bench-compare` default verdict)
@@ -84,7 +84,13 @@ def main(argv=None):
     ap.add_argument("--shim", default=os.path.join(ROOT, "build", "lib", "libuvc_delay_shim.so"))
     ap.add_argument("--tally-only", action="store_true", help="only summarise the runs already there")
     a = ap.parse_args(argv)
-    name = f"proof-{a.kind}" + (f"-{a.delay.replace(':', '').replace(',', '-')}" if a.kind == "planted" else "")
+    # one folder per kind, revision and delay: a tally never mixes two series
+    rev = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short=10", a.rev], capture_output=True, text=True)
+    if rev.returncode != 0:
+        print(f"prove_detector: unknown revision {a.rev}", file=sys.stderr)
+        return 2
+    name = f"proof-{a.kind}-{rev.stdout.strip()}" + (
+        f"-{a.delay.replace(':', '').replace(',', '-')}" if a.kind == "planted" else "")
     out = os.path.join(ROOT, "results", "compare", name)
     os.makedirs(out, exist_ok=True)
     if not a.tally_only:

@@ -18,16 +18,25 @@ function timed(name, op, done) {
   step();
 }
 
+const spawnTrue = (cb) => cp.spawn('/bin/true', [], { stdio: 'ignore' }).on('close', cb);
+// spawn_true_1gib: the same from a parent with 1 GiB resident (filled, so the pages are
+// touched), allocated before the clock starts and dropped after.
+let ballast = null;
 const benches = [
-  ['spawn_true', (cb) => cp.spawn('/bin/true', [], { stdio: 'ignore' }).on('close', cb)],
+  ['spawn_true', spawnTrue],
+  ['spawn_true_1gib', spawnTrue, () => { ballast = Buffer.alloc(1 << 30, 1); }],
   ['exec_true', (cb) => cp.exec('true', (err) => { if (err) throw err; cb(); })],
   ['exec_file_true', (cb) => cp.execFile('/bin/true', (err) => { if (err) throw err; cb(); })],
 ];
 const only = process.argv[2];
 const run = (i) => {
   if (i === benches.length) return;
-  const [name, op] = benches[i];
+  const [name, op, setup] = benches[i];
   if (only && only !== name) return run(i + 1);
-  timed(name, op, () => run(i + 1));
+  if (setup) setup();
+  timed(name, op, () => {
+    ballast = null;
+    run(i + 1);
+  });
 };
 run(0);

@@ -1,9 +1,12 @@
 // libFuzzer target: FrameReader + parse_frame + encode_frame must never crash, the JSON parser
 // must accept exactly what nlohmann accepts (bar the documented differences), and any value we
-// parse must survive an encode/parse round trip.
+// parse must survive an encode/parse round trip. The same for the advanced (V8) framing: any
+// payload decode_v8_payload takes must encode again and decode to the same value.
 //
-// Input layout. First byte < 0xC0: the rest is fed to a FrameReader (max 4096-byte lines) in
-// reads of (first byte % 17) + 1 bytes. First byte >= 0xC0 ("deep" mode, to reach nesting far
+// Input layout. First byte < 0x80: the rest is fed to a FrameReader (max 4096-byte lines) in
+// reads of (first byte % 17) + 1 bytes. 0x80..0xBF ("v8" mode): the rest, after the header
+// FF 0F when bit 0x20 is set, is one V8 payload; it is also fed, as length-prefixed frames, to a
+// V8FrameReader (max 4096) in reads of (first byte % 17) + 1 bytes. First byte >= 0xC0 ("deep" mode, to reach nesting far
 // past -max_len): bytes 1-2 are a repeat count K (big-endian, capped at 20000 and at 256 KiB of
 // P and S), the rest is P '\0' S '\0' M and the line P*K + M + S*K goes to parse_frame directly.
 // Seeds in seeds/.
@@ -16,6 +19,7 @@
 #include "json_fast.hpp"  // impl/src/ipc
 #include "core/utf8.hpp"
 #include "uvcluster/ipc/framing.hpp"
+#include "uvcluster/ipc/v8_serializer.hpp"
 
 namespace {
 
@@ -84,10 +88,42 @@ void check_line(std::string_view line) {
   if (!again.ok() || ipc::encode_frame(again.value()) != wire) __builtin_trap();
 }
 
+// The text form compares NaN and -0 exactly (Json's == does not).
+std::string v8_text(const json& v) { return ipc::encode_frame(ipc::v8_text_form(v)); }
+
+void check_v8_payload(std::string_view payload) {
+  auto r = ipc::decode_v8_payload(payload);
+  if (!r.ok()) {
+    if (r.error().code != "ERR_IPC_BAD_FRAME") __builtin_trap();
+    return;
+  }
+  (void)ipc::is_internal(r.value());
+  auto frame = ipc::encode_v8_frame(r.value());
+  if (!frame.ok()) __builtin_trap();  // everything we decode can be sent back
+  auto again = ipc::decode_v8_payload(std::string_view(frame.value()).substr(4));
+  if (!again.ok() || v8_text(again.value()) != v8_text(r.value())) __builtin_trap();
+  auto from_text = ipc::encode_v8_frame(ipc::v8_text_form(r.value()));  // the CLI's round trip
+  if (!from_text.ok()) __builtin_trap();
+}
+
+void fuzz_v8(uint8_t mode, std::string_view rest) {
+  std::string payload = (mode & 0x20) ? std::string("\xFF\x0F") : std::string();
+  payload += rest;
+  check_v8_payload(payload);
+  size_t step = (mode % 17) + 1;
+  ipc::V8FrameReader reader(4096);
+  for (size_t off = 0; off < rest.size(); off += step)
+    reader.feed(rest.data() + off, std::min(step, rest.size() - off), [](std::string_view p) { check_v8_payload(p); });
+}
+
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (size == 0) return 0;
+  if (data[0] >= 0x80 && data[0] < 0xC0) {
+    fuzz_v8(data[0], std::string_view(reinterpret_cast<const char*>(data + 1), size - 1));
+    return 0;
+  }
   if (data[0] >= 0xC0) {
     if (size < 3) return 0;
     size_t k = std::min<size_t>((size_t{data[1]} << 8) | data[2], 20000);

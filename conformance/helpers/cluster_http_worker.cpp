@@ -83,7 +83,10 @@ int main(int argc, char** argv) {
   const char* channel_fd = std::getenv("NODE_CHANNEL_FD");
   int raw_channel = channel_fd ? std::atoi(channel_fd) : -1;
   uv_loop_t loop;
-  uv_loop_init(&loop);
+  if (int init = uv_loop_init(&loop); init != 0) {
+    std::fprintf(stderr, "cluster_http_worker: uv_loop_init: %s\n", uv_err_name(init));
+    return 2;
+  }
   int rc = 0;
   {
     auto w = cluster::Worker::start(&loop);

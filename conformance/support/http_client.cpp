@@ -5,6 +5,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <cstdlib>
 #include <cstring>
 
 namespace uvc_test {
@@ -52,7 +53,7 @@ bool run_client(TestLoop& loop, const std::function<void()>& fn, int limit_ms) {
     std::atomic<bool> done{false};
     uv_async_t async{};
   } st;
-  uv_async_init(loop.get(), &st.async, [](uv_async_t*) {});
+  if (uv_async_init(loop.get(), &st.async, [](uv_async_t*) {}) != 0) std::abort();  // out of fds: no test can run
   std::thread t([&] {
     fn();
     st.done = true;
@@ -70,9 +71,9 @@ bool run_client(TestLoop& loop, const std::function<void()>& fn, int limit_ms) {
 namespace uvc_test {
 void warm_up_libuv() {
   uv_loop_t loop;
-  uv_loop_init(&loop);
+  if (uv_loop_init(&loop) != 0) std::abort();
   uv_signal_t sig;
-  uv_signal_init(&loop, &sig);
+  if (uv_signal_init(&loop, &sig) != 0) std::abort();
   uv_close(reinterpret_cast<uv_handle_t*>(&sig), nullptr);
   uv_run(&loop, UV_RUN_DEFAULT);
   uv_loop_close(&loop);

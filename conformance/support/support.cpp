@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <gtest/gtest.h>
@@ -141,7 +142,7 @@ TestLoop::~TestLoop() {
 bool TestLoop::run_until(const std::function<bool()>& done, int limit_ms) {
   bool expired = false;
   uv_timer_t guard;
-  uv_timer_init(&loop_, &guard);
+  if (uv_timer_init(&loop_, &guard) != 0) std::abort();  // cannot fail on a live loop
   guard.data = &expired;
   uv_timer_start(
       &guard, [](uv_timer_t* t) { *static_cast<bool*>(t->data) = true; }, limit_ms, 0);

@@ -16,6 +16,7 @@
 #include "uvcluster/fork.hpp"
 #include "uvcluster/ipc/channel.hpp"
 #include "uvcluster/ipc/framing.hpp"
+#include "uvcluster/ipc/v8_serializer.hpp"
 #include "uvcluster/signals.hpp"
 
 namespace uvcluster::cli {
@@ -23,9 +24,10 @@ namespace {
 
 using ipc::Json;
 
-// One message as one JSON line, written as the channel writes it (lone surrogates as \udxxx).
-void print_message(const Json& m) {
-  std::string s = ipc::encode_frame(m);
+// One message as one JSON line, written as the json channel writes it (lone surrogates as
+// \udxxx); advanced-mode values in their text form ({"$v8":...}, bytes in hex).
+void print_message(const Json& m, ipc::Serialization mode) {
+  std::string s = ipc::encode_frame(mode == ipc::Serialization::advanced ? ipc::v8_text_form(m) : m);
   std::fwrite(s.data(), 1, s.size(), stdout);
   std::fflush(stdout);
 }
@@ -114,10 +116,15 @@ struct StdinReader {
 
 void help_ipc() {
   std::fprintf(stdout,
-               "usage: uvcluster ipc [--replies N] -- CMD [ARGS...]\n"
+               "usage: uvcluster ipc [--serialization json|advanced] [--replies N] -- CMD [ARGS...]\n"
                "\n"
                "Forks CMD with a Node IPC channel (a .js CMD runs under node, anything else is\n"
                "executed directly and finds the channel through NODE_CHANNEL_FD).\n"
+               "  * --serialization: the channel's mode, as Node's fork() option (default json);\n"
+               "    advanced frames V8-serialized values: a line's {\"$v8\":KIND,...} objects stand\n"
+               "    for values JSON has not (undefined, BigInt, Date, RegExp, Map, Set, Buffer,\n"
+               "    typed arrays, references; see docs/protocol.md), printed the same way\n"
+               "    (bytes as hex strings);\n"
                "  * every stdin line is sent as one message: the line parsed as JSON, or, when it\n"
                "    is not JSON (an empty line included), the line itself as a JSON string;\n"
                "  * every message received is printed as one JSON line on stdout; a message that\n"
@@ -136,8 +143,9 @@ void help_ipc_echo() {
                "\n"
                "The child side of a channel (run it with Node's fork() or `uvcluster ipc`): sends\n"
                "every message back unchanged (a message that came with a handle goes back with\n"
-               "that same handle) and exits 0 when the parent disconnects. Exits 1 when there is\n"
-               "no channel (NODE_CHANNEL_FD unset).\n");
+               "that same handle) and exits 0 when the parent disconnects. The channel's mode\n"
+               "(json or advanced) is the parent's, from NODE_CHANNEL_SERIALIZATION_MODE. Exits 1\n"
+               "when there is no channel (NODE_CHANNEL_FD unset or the mode unknown).\n");
 }
 
 int run_ipc(int argc, char** argv) {
@@ -147,15 +155,29 @@ int run_ipc(int argc, char** argv) {
     return 0;
   }
   long replies = 0;
-  if (i < argc && !std::strcmp(argv[i], "--replies")) {
-    char* end = nullptr;
-    replies = i + 1 < argc ? std::strtol(argv[i + 1], &end, 10) : -1;
-    if (replies < 0 || !end || *end) {
-      std::fprintf(stderr, "uvcluster ipc: --replies needs a count\n");
-      help_ipc();
-      return 2;
+  ipc::Serialization mode = ipc::Serialization::json;
+  for (;;) {
+    if (i < argc && !std::strcmp(argv[i], "--replies")) {
+      char* end = nullptr;
+      replies = i + 1 < argc ? std::strtol(argv[i + 1], &end, 10) : -1;
+      if (replies < 0 || !end || *end) {
+        std::fprintf(stderr, "uvcluster ipc: --replies needs a count\n");
+        help_ipc();
+        return 2;
+      }
+      i += 2;
+    } else if (i < argc && !std::strcmp(argv[i], "--serialization")) {
+      auto parsed = i + 1 < argc ? ipc::parse_serialization(argv[i + 1]) : std::nullopt;
+      if (!parsed) {
+        std::fprintf(stderr, "uvcluster ipc: --serialization needs json or advanced\n");
+        help_ipc();
+        return 2;
+      }
+      mode = *parsed;
+      i += 2;
+    } else {
+      break;
     }
-    i += 2;
   }
   if (i < argc && !std::strcmp(argv[i], "--")) ++i;
   else if (i < argc && argv[i][0] == '-') {
@@ -174,6 +196,7 @@ int run_ipc(int argc, char** argv) {
   uv_loop_t* loop = uv_default_loop();
   ForkOptions fo;
   fo.stdio = std::vector<Stdio>{Stdio::ignore(), Stdio::from_fd(2), Stdio::from_fd(2), Stdio::ipc()};
+  fo.serialization = mode;
   auto forked = fork(loop, cmd, args, std::move(fo));
   if (!forked) {
     std::fprintf(stderr, "uvcluster ipc: %s\n", forked.error().message.c_str());
@@ -200,10 +223,10 @@ int run_ipc(int argc, char** argv) {
   ch->on_message([&](const Json& m, ipc::ReceivedHandle* h) {
     ++received;
     if (h) {
-      print_message(Json{{"message", m}, {"handle", ipc::handle_type_name(h->type)}});
+      print_message(Json{{"message", m}, {"handle", ipc::handle_type_name(h->type)}}, mode);
       h->fd.reset();
     } else {
-      print_message(m);
+      print_message(m, mode);
     }
     maybe_disconnect();
   });

@@ -14,6 +14,10 @@
 #include <vector>
 
 #include "commands.hpp"
+#include "run_config.hpp"
+#include "uvcluster/cluster/control_server.hpp"
+#include "uvcluster/cluster/metrics.hpp"
+#include "uvcluster/cluster/process_usage.hpp"
 #include "uvcluster/cluster/supervisor.hpp"
 #include "uvcluster/detail/uv_handle.hpp"
 #include "uvcluster/signals.hpp"
@@ -24,6 +28,7 @@ namespace {
 void help_text(FILE* out) {
   std::fprintf(out,
 R"(usage: uvcluster run [options] -- CMD [ARGS...]
+       uvcluster run --config FILE [--env-set SET] [options] [-- CMD [ARGS...]]
 
 Forks N copies of CMD as cluster workers of a C++ primary that speaks Node's cluster protocol,
 so an unmodified `node server.js` that calls listen(8000) is load-balanced without changes.
@@ -31,14 +36,20 @@ CMD may be a .js file (run with node), `node [node-options] script.js`, or a C++
 
 options:
   -i, --instances N       workers to run (default: number of cores)
-  --policy P              rr | none | reuseport | exclusive (default: $NODE_CLUSTER_SCHED_POLICY or rr)
+  --policy P              rr | sticky | none | reuseport | exclusive
+                          (default: $NODE_CLUSTER_SCHED_POLICY or rr)
                             rr         primary accepts, hands each connection to an idle worker
+                            sticky     as rr, but a client address always reaches the same worker
+                                       while it lives (socket.io polling); a busy worker's clients
+                                       wait for it
                             none       every worker accepts on one shared socket (Node's SCHED_NONE)
                             reuseport  one SO_REUSEPORT socket per worker (kernel balancing);
                                        as root it turns on net.ipv4.tcp_migrate_req so a dying
                                        worker's queued connections move to the others
                             exclusive  shared socket, C++ workers wait with EPOLLEXCLUSIVE
                                        (Node workers behave as with none)
+  --rr-window K           rr: up to K connections in flight to each worker, sent without waiting
+                          for its answer to the previous ones (default 1, Node's; 1..1024)
   --restart on-crash|never  restart workers that exit without being asked to (default on-crash;
                           backoff 100 ms doubling to 10 s, reset only after --min-uptime)
   --min-uptime MS         a worker that ran at least MS before it crashed resets the backoff (1000)
@@ -54,9 +65,31 @@ options:
   --listen-timeout MS     kill a worker that is not up MS after it started (default 0: no limit)
   --instance-var NAME     the variable holding the worker's instance 0..N-1 (default NODE_APP_INSTANCE)
   --env K=V               add K=V to the workers' environment (repeatable)
+  --name NAME             the app's name: in log prefixes (default: the script's name without .js)
+                          and, given, for control from any shell through the unix socket
+                          $UVCLUSTER_HOME/NAME.sock (default ~/.uvcluster/NAME.sock, mode 0600):
+                          uvcluster status|reload|scale|stop|metrics NAME; a live cluster of the
+                          same name is an error (exit 1), a stale socket is replaced
+  --max-memory-restart SIZE  reload a worker (its replacement is up first) whose RSS is above
+                          SIZE in 2 samples in a row, 1 s apart; SIZE in bytes or with K, M, G
+  --metrics-port PORT     serve Prometheus metrics on http://127.0.0.1:PORT/metrics (0: a free
+                          port, shown by the `metrics` event)
+  --raw                   worker lines exactly as written: no "<instance>|<name> | " prefix
+  --time                  prefix worker lines with a UTC timestamp (2026-12-01T14:40:05.123Z: )
+  --log FILE              append the workers' stdout lines to FILE instead of our stdout
+  --error-log FILE        append the workers' stderr lines to FILE instead of our stderr
+  --log-max-size SIZE     rotate a log file before it grows past SIZE (bytes, or 512K, 10M, 1G):
+                          FILE -> FILE.1 -> FILE.2 ...; default: never rotate
+  --log-files N           rotated files kept per log (default 5; 0 = truncate instead)
+  --config FILE           run options from FILE: JSON (keys: name, script, args, instances, policy,
+                          env, env_<set>, and every long option above with _ for -), or a PM2
+                          ecosystem.config.js / process file (its supported fields; the others
+                          are named in one warning). Options on the command line override it.
+  --env-set SET           with --config: apply the file's env_SET after its env (PM2's --env SET)
   --json                  one JSON event per line on stdout (fork, online, listening, ready,
                           disconnect, exit, restart, errored, reload, reload-queued, reload-done,
-                          reload-failed, drain, kill, startup-timeout, error, stats); worker stdout
+                          reload-failed, drain, kill, startup-timeout, error, memory-restart,
+                          control, metrics, stats); worker stdout
                           goes to stderr
   -h, --help              this text
 
@@ -67,7 +100,8 @@ worker is up before its predecessor is stopped, one at a time; a replacement tha
 rolls its instance back; a SIGHUP during a reload is queued).
 A port that cannot be bound before any worker listened is a one-line error and exit 1; once the
 cluster serves, a worker's failed listen is that worker's error event.
-Worker output is relayed line by line (lines are never torn or interleaved).
+Worker output is relayed line by line (lines are never torn or interleaved), each line prefixed
+with "<instance>|<name> | " (as `pm2 logs` shows it) unless --raw.
 If the primary dies, whatever kills it (SIGKILL included), its watchdog process (uvc-watchdog)
 SIGKILLs every worker and the processes the workers started.
 On a terminal a live status line shows workers, states, restarts and connections handed out.
@@ -83,8 +117,12 @@ using cluster::Supervisor;
 using cluster::WorkerHandle;
 using Json = nlohmann::json;
 
+// Where the option being parsed came from: "" (the command line) or "FILE: key K".
+std::string usage_origin;
+
 int usage_error(const std::string& msg) {
-  std::fprintf(stderr, "uvcluster run: %s\n", msg.c_str());
+  if (usage_origin.empty()) std::fprintf(stderr, "uvcluster run: %s\n", msg.c_str());
+  else std::fprintf(stderr, "uvcluster run: %s: %s\n", usage_origin.c_str(), msg.c_str());
   help_text(stderr);
   return 2;
 }
@@ -193,7 +231,7 @@ Json stats_json(const cluster::SupervisorStats& s) {
   for (auto& i : s.instances)
     per.push_back({{"instance", i.instance}, {"id", i.id ? Json(*i.id) : Json(nullptr)},
                    {"pid", i.pid ? Json(*i.pid) : Json(nullptr)},
-                   {"state", cluster::InstanceStatus::state_name(i.state)}, {"restarts", i.restarts},
+                   {"state", cluster::to_string(i.state)}, {"restarts", i.restarts},
                    {"connections", i.connections}});
   return {{"event", "stats"}, {"policy", cluster::policy_name(s.policy)}, {"restarts", s.restarts},
           {"exits", s.exits}, {"connections", s.connections}, {"workers", per}};
@@ -230,6 +268,9 @@ void attach_printer(Supervisor& sup, Printer& out, const cluster::SupervisorOpti
   sup.on_reload_queued([&out] { out.emit({{"event", "reload-queued"}}); });
   sup.on_reload_done([&out] { out.emit({{"event", "reload-done"}}); });
   sup.on_reload_failed([&out](int id) { out.emit({{"event", "reload-failed"}, {"id", id}}); });
+  sup.on_memory_limit([=, limit = opt.max_memory_bytes](WorkerHandle& w, int instance, uint64_t rss) {
+    print(w, "memory-restart", {{"instance", instance}, {"rss_bytes", rss}, {"limit_bytes", limit}});
+  });
   sup.on_drain([&out, grace = opt.grace_ms](const std::string& reason, size_t n) {
     out.emit({{"event", "drain"}, {"reason", reason}, {"workers", n}, {"grace_ms", grace}});
   });
@@ -255,15 +296,57 @@ void attach_printer(Supervisor& sup, Printer& out, const cluster::SupervisorOpti
 
 }  // namespace
 
-int run_run(int argc, char** argv) {
+int run_run(int cli_argc, char** cli_argv) {
+  // --config FILE: the file's options are parsed first, so the command line's override them.
+  std::string config_path, env_set;
+  bool cli_has_command = false;
+  for (int k = 1; k < cli_argc && !(cli_has_command = !std::strcmp(cli_argv[k], "--")); ++k) {
+    if (k + 1 < cli_argc && !std::strcmp(cli_argv[k], "--config")) config_path = cli_argv[k + 1];
+    if (k + 1 < cli_argc && !std::strcmp(cli_argv[k], "--env-set")) env_set = cli_argv[k + 1];
+  }
+  RunConfig config;
+  if (!config_path.empty()) {
+    auto read = read_run_config(config_path, env_set);
+    if (!read.ok()) {
+      std::fprintf(stderr, "uvcluster run: %s\n", read.error().c_str());
+      return 2;
+    }
+    config = std::move(read.value());
+    if (!config.unsupported.empty()) {
+      std::string names;
+      for (auto& f : config.unsupported) names += (names.empty() ? "" : ", ") + f;
+      std::fprintf(stderr, "uvcluster run: warning: %s: ignoring fields uvcluster does not support: %s\n",
+                   config_path.c_str(), names.c_str());
+    }
+  }
+  std::vector<std::string> args{cli_argv[0]};
+  args.insert(args.end(), config.options.begin(), config.options.end());
+  const size_t from_file_end = args.size();
+  args.insert(args.end(), cli_argv + 1, cli_argv + cli_argc);
+  if (!cli_has_command && !config.command.empty()) {
+    args.push_back("--");
+    args.insert(args.end(), config.command.begin(), config.command.end());
+  }
+  std::vector<char*> arg_ptrs;
+  for (auto& a : args) arg_ptrs.push_back(a.data());
+  const int argc = static_cast<int>(arg_ptrs.size());
+  char** argv = arg_ptrs.data();
+
   cluster::SupervisorOptions opt;
   opt.instances = 0;
   opt.relay_output = true;
   opt.handle_signals = true;
   bool json = false;
+  std::string name, out_log, err_log;  // name: given by --name (or the config file) only
+  bool raw = false, timestamps = false;
+  cluster::RotatingFile::Options rotation;
+  std::optional<int> metrics_port;
   std::vector<std::string> command;
   int i = 1;
   for (; i < argc; ++i) {
+    usage_origin = static_cast<size_t>(i) < from_file_end
+                       ? config_path + ": key \"" + config.option_keys[static_cast<size_t>(i) - 1] + "\""
+                       : "";
     std::string a = argv[i];
     auto value = [&]() -> const char* { return i + 1 < argc ? argv[++i] : nullptr; };
     auto millis = [&](int64_t& out, int64_t min) {
@@ -271,6 +354,10 @@ int run_run(int argc, char** argv) {
       if (!parse_int(value(), n) || n < min) return false;
       out = n;
       return true;
+    };
+    auto size = [&]() -> std::optional<uint64_t> {  // bytes, or with K, M, G
+      const char* v = value();
+      return v ? cluster::parse_size(v) : std::nullopt;
     };
     int64_t n = 0;
     if (a == "--") {
@@ -287,6 +374,9 @@ int run_run(int argc, char** argv) {
       auto p = v ? cluster::parse_policy(v) : std::nullopt;
       if (!p) return usage_error("--policy must be rr, none, reuseport or exclusive");
       opt.primary.policy = p;
+    } else if (a == "--rr-window") {
+      if (!parse_int(value(), n) || n < 1 || n > 1024) return usage_error("--rr-window needs a count (1..1024)");
+      opt.primary.rr_window = static_cast<int>(n);
     } else if (a == "--restart") {
       const char* v = value();
       if (v && !std::strcmp(v, "on-crash")) opt.restart = true;
@@ -323,12 +413,43 @@ int run_run(int argc, char** argv) {
       const char* eq = v ? std::strchr(v, '=') : nullptr;
       if (!eq || eq == v) return usage_error("--env needs K=V");
       opt.env[std::string(v, eq)] = eq + 1;
+    } else if (a == "--name") {
+      const char* v = value();
+      if (!v || !cluster::valid_cluster_name(v)) return usage_error("--name needs 1-64 of letters, digits, '.', '_', '-'");
+      name = v;
+    } else if (a == "--max-memory-restart") {
+      auto bytes = size();
+      if (!bytes) return usage_error("--max-memory-restart needs a size (bytes, or with K, M, G)");
+      opt.max_memory_bytes = *bytes;
+    } else if (a == "--metrics-port") {
+      if (!parse_int(value(), n) || n > 65535) return usage_error("--metrics-port needs a port (0..65535)");
+      metrics_port = static_cast<int>(n);
+    } else if (a == "--raw") {
+      raw = true;
+    } else if (a == "--time") {
+      timestamps = true;
+    } else if (a == "--log" || a == "--error-log") {
+      const char* v = value();
+      if (!v || !*v) return usage_error(a + " needs a file");
+      (a == "--log" ? out_log : err_log) = v;
+    } else if (a == "--log-max-size") {
+      auto bytes = size();
+      if (!bytes) return usage_error("--log-max-size needs a size (bytes, or with K, M, G)");
+      rotation.max_bytes = *bytes;
+    } else if (a == "--log-files") {
+      if (!parse_int(value(), n) || n > 1000) return usage_error("--log-files needs a count (0..1000)");
+      rotation.keep = static_cast<int>(n);
+    } else if (a == "--config") {
+      if (!value()) return usage_error("--config needs a file");  // read before this loop
+    } else if (a == "--env-set") {
+      if (!value() || config_path.empty()) return usage_error("--env-set needs a set name and --config");
     } else if (a == "--json") {
       json = true;
     } else {
       return usage_error("unknown option '" + a + "' (the command goes after --)");
     }
   }
+  usage_origin.clear();
   for (; i < argc; ++i) command.push_back(argv[i]);
   if (command.empty()) return usage_error("missing command after --");
   if (opt.instances == 0) opt.instances = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
@@ -352,6 +473,26 @@ int run_run(int argc, char** argv) {
   } else {
     settings.exec = cmd;  // .js runs under node (fork's rule); anything else runs directly
     settings.args.assign(command.begin() + 1, command.end());
+  }
+  std::string log_name = name;  // the control socket exists only for a name given
+  if (log_name.empty()) {
+    auto slash = settings.exec.rfind('/');
+    log_name = settings.exec.substr(slash == std::string::npos ? 0 : slash + 1);
+    if (log_name.size() > 3 && log_name.ends_with(".js")) log_name.resize(log_name.size() - 3);
+  }
+  if (!raw || timestamps) opt.line_format = cluster::LineFormat{log_name, !raw, timestamps};
+  for (auto [path, file] : {std::pair{&out_log, &opt.out_file}, std::pair{&err_log, &opt.err_file}}) {
+    if (path->empty()) continue;
+    if (*path == out_log && opt.out_file) {  // one file for both streams: one writer, one rotation
+      *file = opt.out_file;
+      continue;
+    }
+    auto opened = cluster::RotatingFile::open(*path, rotation);
+    if (!opened.ok()) {
+      std::fprintf(stderr, "uvcluster run: cannot open log file: %s\n", opened.error().message.c_str());
+      return 2;
+    }
+    *file = std::move(opened.value());
   }
   ::signal(SIGPIPE, SIG_IGN);
   uv_loop_t loop;
@@ -383,7 +524,14 @@ int run_run(int argc, char** argv) {
       status_timer.close();
       if (out.json()) out.emit(stats_json(r.stats));
     });
-    sup->start();
+    auto plane = start_control_plane(&loop, sup, name, metrics_port);
+    if (!plane.ok()) {
+      out.complain(plane.error().message);
+    } else {
+      if (plane->control) out.emit({{"event", "control"}, {"name", name}, {"path", plane->control->path()}});
+      if (plane->metrics) out.emit({{"event", "metrics"}, {"port", plane->metrics->port()}});
+      sup->start();
+    }
     uv_run(&loop, UV_RUN_DEFAULT);
   }
   uv_run(&loop, UV_RUN_NOWAIT);

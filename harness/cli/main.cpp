@@ -20,6 +20,16 @@ const Command kCommands[] = {
      uvcluster::cli::run_run, uvcluster::cli::help_run},
     {"lab", "run one cell of the strategy lab (strategy x app x workers x load) and print its record",
      uvcluster::cli::run_lab, uvcluster::cli::help_lab},
+    {"status", "show the workers of a cluster started with `run --name` (or of every one)",
+     uvcluster::cli::run_status, uvcluster::cli::help_status},
+    {"reload", "rolling reload of a named cluster (as SIGHUP), waiting for its end",
+     uvcluster::cli::run_reload, uvcluster::cli::help_reload},
+    {"scale", "set the number of instances of a named cluster", uvcluster::cli::run_scale,
+     uvcluster::cli::help_scale},
+    {"stop", "stop a named cluster (as SIGTERM), waiting until its workers have exited",
+     uvcluster::cli::run_stop, uvcluster::cli::help_stop},
+    {"metrics", "print a named cluster's metrics (Prometheus text format)", uvcluster::cli::run_metrics,
+     uvcluster::cli::help_metrics},
 };
 
 void usage(FILE* out) {

@@ -125,10 +125,8 @@ void on_connection(uv_stream_t* server, int status) {
   auto owned = std::make_unique<Pair>();
   Pair* p = owned.get();
   p->proxy = px;
-  uv_tcp_init(px->loop, p->client.get());
-  p->client.mark_initialized();
-  uv_tcp_init(px->loop, p->upstream.get());
-  p->upstream.mark_initialized();
+  p->client.must_init(uv_tcp_init(px->loop, p->client.get()), "uv_tcp_init");
+  p->upstream.must_init(uv_tcp_init(px->loop, p->upstream.get()), "uv_tcp_init");
   p->open_handles = 2;
   p->client->data = p;
   p->upstream->data = p;
@@ -180,8 +178,7 @@ int main(int argc, char** argv) {
   }
   px.per_upstream.assign(px.upstreams.size(), 0);
 
-  uv_tcp_init(px.loop, px.listener.get());
-  px.listener.mark_initialized();
+  px.listener.must_init(uv_tcp_init(px.loop, px.listener.get()), "uv_tcp_init");
   px.listener->data = &px;
   sockaddr_in addr{};
   uv_ip4_addr("127.0.0.1", port, &addr);
@@ -198,9 +195,14 @@ int main(int argc, char** argv) {
     rlimit rl;
     UvHandle<uv_signal_t>* handles[2];
   } ctx{&px, rl, {&sigterm, &sigusr2}};
-  uv_signal_init(px.loop, sigterm.get());
-  sigterm.mark_initialized();
-  sigterm->data = &ctx;
+  for (auto* s : ctx.handles) {
+    if (int rc = uv_signal_init(px.loop, s->get()); rc != 0) {
+      std::fprintf(stderr, "lab-proxy: uv_signal_init: %s\n", uv_err_name(rc));
+      return 3;
+    }
+    s->mark_initialized();
+    (*s)->data = &ctx;
+  }
   uv_signal_start(sigterm.get(), [](uv_signal_t* h, int) {
     auto* c = static_cast<Ctx*>(h->data);
     uvcluster::lab::publish(stats_json(*c->px, c->rl));
@@ -210,9 +212,6 @@ int main(int argc, char** argv) {
     for (Pair* p : all) close_pair(p);
     for (auto* s : c->handles) s->close();
   }, SIGTERM);
-  uv_signal_init(px.loop, sigusr2.get());
-  sigusr2.mark_initialized();
-  sigusr2->data = &ctx;
   uv_signal_start(sigusr2.get(), [](uv_signal_t* h, int) {
     auto* c = static_cast<Ctx*>(h->data);
     uvcluster::lab::publish(stats_json(*c->px, c->rl));

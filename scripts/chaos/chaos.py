@@ -2,8 +2,11 @@
 """`make chaos`: the fault lab. Every fault runs against every manager with the same Node app
 (scripts/chaos/app.js) and the same load (wrk on 127.0.0.1, "Connection: close", bounded):
 
-  managers: uvc-rr, uvc-none, uvc-reuseport (`uvcluster run --policy X`), node-cluster
-            (scripts/chaos/node_cluster.js, Node's cluster module) and pm2 (`pm2-runtime` with an
+  managers: uvc-rr, uvc-none, uvc-reuseport (`uvcluster run --policy X`), node-cluster and
+            node-cluster-none (scripts/chaos/node_cluster.js, Node's cluster module with
+            SCHED_RR / SCHED_NONE: the references of uvc-rr and uvc-none; Node 20 has no
+            reuseport counterpart, uvc-reuseport is compared with node-cluster, Node's default)
+            and pm2 (`pm2-runtime` with an
             ecosystem file: cluster mode, N instances, kill_timeout = the grace; PM2_HOME in
             the run's temp dir; installed into node_modules/ by scripts/deps.sh).
 
@@ -41,7 +44,7 @@ HERE = os.path.join(ROOT, "scripts", "chaos")
 NODE = "/usr/bin/node"
 HOST = "127.0.0.1"
 PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
-MANAGERS = ["uvc-rr", "uvc-none", "uvc-reuseport", "node-cluster", "pm2"]
+MANAGERS = ["uvc-rr", "uvc-none", "uvc-reuseport", "node-cluster", "node-cluster-none", "pm2"]
 FAULTS = ["kill-every-2s", "sigstop", "crash-loop", "fd-exhaust-workers", "fd-exhaust-primary",
           "maxconn-refusals", "slowloris", "ipc-garbage", "ipc-oversized", "ipc-nested",
           "sigterm-drain", "sighup-reload", "primary-sigkill"]
@@ -121,21 +124,30 @@ def established_inodes(port):
     return set(re.findall(r"\bino:(\d+)", out))
 
 
-def held_connections(pid, port):
-    """Client connections on `port` that process `pid` holds open: they die with it."""
-    inodes = established_inodes(port)
-    n = 0
+def socket_inodes(pid):
+    """Inodes of the sockets in process `pid`'s fd table."""
+    out = set()
     try:
         for fd in os.listdir(f"/proc/{pid}/fd"):
             try:
                 link = os.readlink(f"/proc/{pid}/fd/{fd}")
             except OSError:
                 continue
-            if link.startswith("socket:[") and link[8:-1] in inodes:
-                n += 1
+            if link.startswith("socket:["):
+                out.add(link[8:-1])
     except OSError:
         pass
-    return n
+    return out
+
+
+def held_connections(pid, port, primary=None):
+    """Client connections on `port` that only process `pid` holds open: they die with it. A
+    connection the primary holds too (an rr hand-off the worker has not accepted yet) is not
+    the worker's own: whether it is lost with the worker is the manager's doing."""
+    held = socket_inodes(pid) & established_inodes(port)
+    if primary is not None:
+        held -= socket_inodes(primary)
+    return len(held)
 
 
 def free_port():
@@ -156,13 +168,12 @@ def port_refuses(port):
 
 class Tracker(threading.Thread):
     """Every 100 ms: the primary's descendants (every pid ever seen, with its start time, for
-    the orphan count) and the primary's open fds and RSS."""
+    the orphan count); at_rest() reads the primary's open fds and RSS."""
 
     def __init__(self, primary):
         super().__init__(daemon=True)
         self.primary = primary
         self.seen = {}        # pid -> starttime
-        self.samples = []     # (time, fds, rss_kb)
         self.stop_event = threading.Event()
         self.lock = threading.Lock()
 
@@ -171,7 +182,6 @@ class Tracker(threading.Thread):
         with self.lock:
             for p, s in d.items():
                 self.seen.setdefault(p, s[2])
-            self.samples.append((time.time(), fd_count(self.primary), rss_kb(self.primary)))
 
     def run(self):
         while not self.stop_event.is_set():
@@ -182,14 +192,20 @@ class Tracker(threading.Thread):
         self.stop_event.set()
         self.join()
 
-    def primary_at(self, t, span=0.5):
-        """Median fds and RSS of the primary over [t - span, t]."""
-        with self.lock:
-            pts = [s for s in self.samples if t - span <= s[0] <= t and s[1] is not None]
+    def at_rest(self, n=3, every=0.1):
+        """Median fds and RSS of the primary over n samples taken now, 100 ms apart (read here,
+        not from the thread's series: on a loaded machine its 100 ms polls fall behind)."""
+        pts = []
+        for i in range(n):
+            if i:
+                time.sleep(every)
+            fds, rss = fd_count(self.primary), rss_kb(self.primary)
+            if fds is not None:
+                pts.append((fds, rss))
         if not pts:
             return None, None
-        fds = sorted(p[1] for p in pts)
-        rss = sorted(p[2] for p in pts if p[2] is not None)
+        fds = sorted(p[0] for p in pts)
+        rss = sorted(p[1] for p in pts if p[1] is not None)
         return fds[len(fds) // 2], (rss[len(rss) // 2] if rss else None)
 
 
@@ -306,9 +322,10 @@ class Run:
             cli = os.path.join(self.build, "bin", "uvcluster")
             cmd = [cli, "run", "-i", n, "--policy", m[4:], "--json", "--grace", str(GRACE_MS),
                    "--", NODE, app]
-        elif m == "node-cluster":
+        elif m in ("node-cluster", "node-cluster-none"):
             cmd = [NODE, os.path.join(HERE, "node_cluster.js"), "--workers", n,
-                   "--grace", str(GRACE_MS), "--", app]
+                   "--grace", str(GRACE_MS), "--policy", "none" if m.endswith("-none") else "rr",
+                   "--", app]
         elif m == "pm2":
             # pm2-runtime takes the kill timeout only from an ecosystem file.
             eco = os.path.join(self.tmp, "ecosystem.json")
@@ -443,7 +460,7 @@ class Run:
             prewarm.send_signal(signal.SIGINT)
             prewarm.communicate(timeout=15)
             time.sleep(0.4)
-            record["primary"]["fds_before"], record["primary"]["rss_kb_before"] = tracker.primary_at(time.time(), 0.3)
+            record["primary"]["fds_before"], record["primary"]["rss_kb_before"] = tracker.at_rest()
             wrk_start = time.time()
             wrk = self.start_wrk(WRK_MAX_S, self.p["conns"])
             probe = self.probe = Probe(self.port)
@@ -468,7 +485,7 @@ class Run:
             time.sleep(0.5)  # the last connections close and the primary settles
             primary_alive = self.primary.poll() is None
             record["primary"]["fds_after"], record["primary"]["rss_kb_after"] = (
-                tracker.primary_at(time.time(), 0.3) if primary_alive else (None, None))
+                tracker.at_rest() if primary_alive else (None, None))
             record["primary"]["alive_after_fault"] = primary_alive
             own = self.detail.get("own_connections", 0)
             record["requests"] = analysis.request_counts(reports, own)
@@ -563,7 +580,28 @@ def pick_worker(run, exclude=()):
 
 
 def add_own(run, pid):
-    run.detail["own_connections"] = run.detail.get("own_connections", 0) + held_connections(pid, run.port)
+    run.detail["own_connections"] = (run.detail.get("own_connections", 0)
+                                     + held_connections(pid, run.port, run.primary.pid))
+
+
+def wait_stopped(pid, timeout=2.0):
+    """Until `pid` is in the stopped state (a SIGSTOP is delivered asynchronously)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        s = proc_stat(pid)
+        if not s or s[0] in ("T", "t", "Z", "X"):
+            return
+        time.sleep(0.001)
+
+
+def freeze_count_kill(run, pid):
+    """SIGKILL a worker and count the connections it held at that moment: SIGSTOP it first so
+    that its fd table cannot change while it is read (a worker of this load holds a connection
+    for well under a millisecond, so a count taken while it runs misses most of them)."""
+    os.kill(pid, signal.SIGSTOP)
+    wait_stopped(pid)
+    add_own(run, pid)
+    os.kill(pid, signal.SIGKILL)
 
 
 def sleep_until(t):
@@ -579,8 +617,7 @@ def kill_every_2s(run, t0):
     for i in range(run.p["kills"]):
         sleep_until(t0 + 2.0 * i)
         w = pick_worker(run, killed)
-        add_own(run, w)
-        os.kill(w, signal.SIGKILL)
+        freeze_count_kill(run, w)
         killed.append(w)
     run.detail["killed"] = len(killed)
     return time.time()
@@ -604,8 +641,7 @@ def crash_loop(run, t0):
     flag = os.path.join(run.tmp, "crash")
     open(flag, "w").close()
     w = pick_worker(run)
-    add_own(run, w)
-    os.kill(w, signal.SIGKILL)
+    freeze_count_kill(run, w)
     seen_before = set(run.workers())
     sleep_until(t0 + run.p["crash"])
     os.unlink(flag)

@@ -4,7 +4,10 @@
 // first backoff step), SIGTERM/SIGINT = disconnect every worker and exit once all are gone
 // (SIGKILL what is left after the grace), SIGHUP = rolling reload (a new worker listens, then
 // its predecessor is disconnected, one at a time).
-// usage: node node_cluster.js --workers N [--grace MS] -- APP.js
+// --policy rr (Node's default: the primary accepts and hands connections round-robin) or none
+// (cluster.SCHED_NONE: every worker accepts on the one shared listening socket), the like-for-like
+// references of `uvcluster run --policy rr` and `--policy none`.
+// usage: node node_cluster.js --workers N [--grace MS] [--policy rr|none] -- APP.js
 const cluster = require('cluster');
 
 const args = process.argv.slice(2);
@@ -15,6 +18,10 @@ const opt = (name, dflt) => {
 const n = Number(opt('--workers', '2'));
 const grace = Number(opt('--grace', '3000'));
 const app = args[args.indexOf('--') + 1];
+const policy = opt('--policy', 'rr');
+if (policy !== 'rr' && policy !== 'none') throw new Error(`--policy rr|none, not ${policy}`);
+// Node freezes the policy in the first setupPrimary (or fork): set it before.
+cluster.schedulingPolicy = policy === 'none' ? cluster.SCHED_NONE : cluster.SCHED_RR;
 cluster.setupPrimary({ exec: app });
 
 let stopping = false;

@@ -305,7 +305,9 @@ def parse_args(argv):
     p.add_argument("--json", action="store_true", help="print only the record, one line")
     p.add_argument("--accept", choices=["one", "drain"], default="one",
                    help="hello-native accept policy per wake-up (default one, like Node's libuv)")
-    p.add_argument("--rotate", type=int, default=0, help="exclusive: re-register every K accepts")
+    p.add_argument("--rotate", type=int, default=1,
+                   help="exclusive: re-register every K accepts (default 1: the next wake-up goes to a "
+                        "peer, for fairness; 0 = never, EPOLLEXCLUSIVE's own order)")
     p.add_argument("--exclusive-mode", choices=["thread", "nested"], default="thread",
                    help="exclusive via the harness: a thread blocks in epoll_wait on the private "
                         "EPOLLEXCLUSIVE set (thread) or the loop polls that set (nested)")

@@ -27,6 +27,7 @@ PROFILES = {
     "full": {"workers": [2, 4], "loads": ["keepalive", "close"], "apps": "both", "duration": 10,
              "herd": 3, "connections": 100, "validation": True, "est_s": 16.0,
              "variants": [("exclusive", "native", ["--rotate", "16"], "exclusive-rot16"),
+                          ("exclusive", "native", ["--rotate", "0"], "exclusive-norot"),
                           ("exclusive", "native", ["--exclusive-mode", "nested"], "exclusive-nested"),
                           ("exclusive", "native", ["--launcher", "uvcluster"], "exclusive-run"),
                           ("shared", "native", ["--launcher", "harness"], "shared-inherit"),

@@ -38,6 +38,77 @@ def run_wrk(port, duration, connections, close, timeout_extra=15):
     raise RuntimeError(f"wrk gave no report: {p.stdout[-300:]} {p.stderr[-300:]}")
 
 
+def run_spread(port, duration, connections, addresses, close):
+    """`connections` client threads, thread i bound to source address 127.0.0.(2 + i % addresses),
+    each sending requests (a new connection per request when `close`) for `duration` s: the load
+    of many clients, for strategies that place a connection by its client address (sticky).
+    Slower than wrk (Python), so its req/s is not comparable with wrk's; fairness is. Returns a
+    wrk-shaped report."""
+    import threading
+    head = b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n" + (b"Connection: close\r\n" if close else b"") + b"\r\n"
+    lock = threading.Lock()
+    lat_us, errors = [], {"connect": 0, "read": 0, "write": 0, "status": 0, "timeout": 0}
+    stop_at = time.monotonic() + duration
+
+    def read_response(c, buf):
+        while b"\r\n\r\n" not in buf:
+            chunk = c.recv(4096)
+            if not chunk:
+                raise ConnectionError("closed")
+            buf += chunk
+        head_end = buf.index(b"\r\n\r\n") + 4
+        length = 0
+        for line in buf[:head_end].split(b"\r\n"):
+            if line.lower().startswith(b"content-length:"):
+                length = int(line.split(b":")[1])
+        while len(buf) < head_end + length:
+            chunk = c.recv(4096)
+            if not chunk:
+                break
+            buf += chunk
+        return buf[head_end + length:]
+
+    def client(i):
+        source = (f"127.0.0.{2 + i % addresses}", 0)
+        c, buf, mine, errs = None, b"", [], dict.fromkeys(errors, 0)
+        while time.monotonic() < stop_at:
+            t0 = time.monotonic()
+            try:
+                if c is None:
+                    c = socket.create_connection((HOST, port), timeout=2, source_address=source)
+                c.sendall(head)
+                buf = read_response(c, buf)
+                mine.append(int((time.monotonic() - t0) * 1e6))
+            except socket.timeout:
+                errs["timeout"] += 1
+            except OSError:
+                errs["connect" if c is None else "read"] += 1
+            if close or errs["read"] or errs["timeout"]:
+                if c is not None:
+                    c.close()
+                c, buf = None, b""
+        if c is not None:
+            c.close()
+        with lock:
+            lat_us.extend(mine)
+            for k, v in errs.items():
+                errors[k] += v
+
+    t0 = time.monotonic()
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(connections)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    lat_us.sort()
+    pick = (lambda q: lat_us[min(len(lat_us) - 1, int(len(lat_us) * q / 100))]) if lat_us else (lambda q: 0)
+    return {"duration_us": int((time.monotonic() - t0) * 1e6), "requests": len(lat_us), "bytes": 0,
+            "errors": errors,
+            "latency_us": {"min": lat_us[0] if lat_us else 0, "max": lat_us[-1] if lat_us else 0,
+                           "mean": sum(lat_us) / len(lat_us) if lat_us else 0.0, "stdev": 0.0,
+                           "p": {str(q): pick(q) for q in (50, 90, 99, 99.9)}}}
+
+
 def run_serial(port, duration, gap=0.002):
     """Serial Connection: close requests, `gap` s apart, for `duration` s: every worker is idle
     when a connection arrives, the regime where a thundering herd shows (docs/perf-notes.md,

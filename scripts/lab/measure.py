@@ -6,7 +6,7 @@ import resource
 import subprocess
 
 import metrics
-from load import herd_load, herd_outside, perf_usable, rps, run_wrk
+from load import herd_load, herd_outside, perf_usable, rps, run_spread, run_wrk
 from procfs import Sampler, alive, children_of, cpu_seconds, fd_count, vol_ctxsw
 from strategies import NODE
 
@@ -62,7 +62,11 @@ def measure(cell, a, rec):
     sampler = Sampler(every)
     sampler.start()
     try:
-        report = run_wrk(cell.port, a.duration, a.connections, close=a.load == "close")
+        if cell.strategy.client_addresses > 1:
+            report = run_spread(cell.port, a.duration, a.connections, cell.strategy.client_addresses,
+                                close=a.load == "close")
+        else:
+            report = run_wrk(cell.port, a.duration, a.connections, close=a.load == "close")
     finally:
         sampler.stop()
     cpu1 = {p: cpu_seconds(p) for p in every}

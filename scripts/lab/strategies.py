@@ -46,6 +46,7 @@ class Strategy:
     matrix_apps: tuple = None     # apps the lab's matrix runs (default: apps)
     reference: bool = False       # Node's own cluster: the quick profile runs it with Node workers
     promises: frozenset = field(default_factory=frozenset)
+    client_addresses: int = 1     # > 1: the load comes from that many 127.0.0.x (load.run_spread)
 
     def runs(self, app):
         return app in self.apps
@@ -203,6 +204,9 @@ REGISTRY = {s.name: s for s in [
     # rr with Node workers runs, but the matrix's row for it is uvc-run.
     Strategy("rr", launch_rr, "the primary accepts and passes each fd (Node's rr)",
              matrix_apps=("native",), promises=FAIR),
+    Strategy("sticky", lambda cell: launch_uvcluster_run(cell, "sticky"),
+             "rr pinned by client address; load from 64 addresses (Python client: req/s not wrk's)",
+             matrix_apps=("native",), promises=FAIR, client_addresses=64),
     Strategy("reuseport", launch_reuseport,
              "one SO_REUSEPORT socket per worker, the kernel hashes", promises=FAIR),
     Strategy("nginx", launch_nginx,

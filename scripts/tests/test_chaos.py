@@ -1,6 +1,7 @@
 """The fault lab's logic on synthetic data (outage and recovery detection, request accounting,
 strict JSON), its report on a synthetic document, and a tiny smoke run of one fault against
 one manager (loopback, bounded)."""
+import importlib.util
 import json
 import math
 import os
@@ -134,10 +135,31 @@ def test_records_are_checked_and_the_report_states_the_goal_figures(tmp_path):
                        capture_output=True, text=True, timeout=60)
     assert p.returncode == 0, p.stderr
     text = md.read_text()
-    row = next(line for line in text.splitlines() if line.startswith("| uvc-rr | 1 |"))
+    row = next(line for line in text.splitlines() if line.startswith("| uvc-rr | node-cluster | 1 |"))
     assert "1 sigstop" in row                   # one permanent outage
     assert "sigstop (3 vs 1)" in row            # lost more than Node's cluster
     assert "## sigstop" in text
+
+
+def test_each_manager_is_held_to_node_cluster_with_its_own_policy(tmp_path):
+    recs = [synthetic_record("uvc-none", "sigstop", failed_beyond=3),
+            synthetic_record("node-cluster", "sigstop", failed_beyond=0),
+            synthetic_record("node-cluster-none", "sigstop", failed_beyond=5),
+            synthetic_record("uvc-reuseport", "sigstop", failed_beyond=2)]
+    doc = {"schema": analysis.SCHEMA, "time": "t", "profile": "quick",
+           "settings": {"workers": 2, "conns": 8}, "environment": {},
+           "managers": ["uvc-none", "uvc-reuseport", "node-cluster", "node-cluster-none"],
+           "faults": ["sigstop"], "fault_descriptions": {}, "duration_s": 1.0, "records": recs}
+    # By path: another suite's `report` module (the strategy lab's) may be imported already.
+    spec = importlib.util.spec_from_file_location("chaos_report", os.path.join(SRC, "scripts", "chaos", "report.py"))
+    report = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(report)
+    g = report.goals(doc)
+    assert g["uvc-none"]["reference"] == "node-cluster-none"
+    assert g["uvc-none"]["worse_than_node"] == []                 # 3 ≤ SCHED_NONE's 5
+    assert g["uvc-reuseport"]["reference"] == "node-cluster"      # no Node 20 counterpart
+    assert g["uvc-reuseport"]["worse_than_node"] == ["sigstop (2 vs 0)"]
+    assert g["node-cluster"]["reference"] is None
 
 
 def test_smoke_one_fault_against_one_manager(tmp_path):

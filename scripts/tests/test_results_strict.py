@@ -35,6 +35,12 @@ def schema_for(path):
         return "micro"
     if name == "cluster.json":
         return "cluster"
+    if name == "rr_limits.json":
+        return "rr_limits"
+    if name == "managers.json":
+        return "managers"
+    if name == "limits_ipc_spawn.json":
+        return "limits_ipc_spawn"
     raise AssertionError(f"{rel}: a results file without a schema; add one to results/schema/")
 
 

@@ -249,10 +249,14 @@ struct App {
     if (worker && worker->connected()) worker->disconnect();
     for (auto& h : signals) h.close();
   }
+  // Without them the app could not be stopped cleanly: a failure ends the app at start.
   void watch_signals(uv_loop_t* loop) {
     int sigs[3] = {SIGTERM, SIGINT, SIGUSR2};
     for (int i = 0; i < 3; ++i) {
-      uv_signal_init(loop, signals[i].get());
+      if (int rc = uv_signal_init(loop, signals[i].get()); rc != 0) {
+        std::fprintf(stderr, "hello-native: uv_signal_init: %s\n", uv_err_name(rc));
+        std::exit(2);
+      }
       signals[i].mark_initialized();
       signals[i]->data = this;
       uv_signal_start(signals[i].get(), [](uv_signal_t* h, int sig) {

@@ -3,15 +3,22 @@
 // JSON) can report exactly what Node would: `code` is Node's code name.
 //
 // The one error convention, edges and interior alike:
-//   * A call that can fail returns Result<T> (Status when there is no value), whose Error names
-//     the failed syscall: a negative libuv/errno status is turned into Error::from_uv(status,
-//     "syscall") right where the uv_*/system call returned it, and is not passed further up as a
-//     bare int. Asynchronous failures arrive the same way: an Error in an error event or a
-//     Result in a callback.
-//   * Nothing throws across the event loop; a check that cannot fail on valid use is an assert.
-//   * Not to be added (and being retired from the interior): `int&` error out-parameters,
-//     functions returning a negative errno to callers other than libuv's own callbacks, errno
-//     read after a call that returned an invalid Fd, and errno stored by constructors.
+//   * A function that can fail returns Result<T> (Status when there is no value), whose Error
+//     names the failed syscall: a negative libuv/errno status becomes Error::from_uv(status,
+//     "syscall") in the function that made the call (errno is read right after the system call
+//     that set it, never by a caller), and its `errnum` keeps the number for callers that branch
+//     on it (EAGAIN, EMFILE). Asynchronous failures arrive the same way: an Error in an error
+//     event or a Result in a callback.
+//   * An object whose setup can fail is made by a factory returning Result (`open`, `create`,
+//     `start`), never by a constructor that stores an errno for later.
+//   * Nothing throws across the event loop. A check that cannot fail on valid use aborts with a
+//     message (UvHandle::must_init for the uv_*_init calls that cannot fail on a live loop);
+//     every other uv_*_init result is returned as an Error.
+//   * The one place a bare negative status travels: code that stands in for a libuv call keeps
+//     that call's signature (PidfdChild::kill for uv_process_kill; the spawn path that falls
+//     back to uv_spawn), and libuv's own callbacks, which receive one.
+//   * Not used: `int&`/`int*` error out-parameters, errno read by a caller after a function
+//     returned an invalid Fd, errno stored by constructors.
 #include <string>
 #include <type_traits>
 #include <utility>

@@ -4,6 +4,8 @@
 
 #include <utility>
 
+#include "uvcluster/error.hpp"
+
 namespace uvcluster {
 
 class Fd {
@@ -27,8 +29,8 @@ class Fd {
     if (fd_ >= 0) ::close(fd_);
     fd_ = fd;
   }
-  // A close-on-exec duplicate; invalid (and errno set) on failure.
-  static Fd dup_of(int fd);
+  // A close-on-exec duplicate of `fd`.
+  static Result<Fd> dup(int fd);
 
  private:
   int fd_ = -1;

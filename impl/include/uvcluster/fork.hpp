@@ -20,6 +20,7 @@ struct ForkOptions {
   std::vector<std::string> exec_argv{};  // arguments for exec_path before the module
   bool silent = false;                   // stdio pipes instead of inherit
   std::optional<std::vector<Stdio>> stdio{};  // must contain exactly one Stdio::ipc()
+  ipc::Serialization serialization = ipc::Serialization::json;  // Node's `serialization`
 };
 
 // The child's channel is `child->channel()`. Errors as spawn(); a stdio without an ipc slot is

@@ -19,11 +19,13 @@
 #include "uvcluster/detail/ticker.hpp"
 #include "uvcluster/detail/uv_handle.hpp"
 #include "uvcluster/error.hpp"
+#include "uvcluster/ipc/serialization.hpp"
 #include "uvcluster/stream.hpp"
 
 namespace uvcluster {
 
 namespace ipc { class Channel; }
+namespace detail { class PidfdChild; }
 
 struct Stdio {
   enum class Kind { pipe, inherit, ignore, fd, ipc };
@@ -59,6 +61,8 @@ struct ProcessOptions {
 struct SpawnOptions {
   ProcessOptions process{};
   std::vector<Stdio> stdio = {Stdio::pipe(), Stdio::pipe(), Stdio::pipe()};
+  // The ipc slot's channel mode; the child learns it from NODE_CHANNEL_SERIALIZATION_MODE.
+  ipc::Serialization serialization = ipc::Serialization::json;
 };
 
 // Exit status as Node reports it: exactly one of code/signal is set once the child has exited.
@@ -111,7 +115,8 @@ class ChildProcess : public std::enable_shared_from_this<ChildProcess> {
   void failed(int status);
 
   uv_loop_t* loop_;
-  detail::UvHandle<uv_process_t> process_;
+  detail::UvHandle<uv_process_t> process_;         // a child started by uv_spawn (fork)
+  std::unique_ptr<detail::PidfdChild> pidfd_child_;  // or by posix_spawn, watched by pidfd
   detail::UvHandle<uv_timer_t> timeout_;
   detail::Ticker ticker_;
   std::unique_ptr<Writable> stdin_;

@@ -9,6 +9,7 @@
 #include <string_view>
 
 #include "uvcluster/detail/event.hpp"
+#include "uvcluster/detail/read_buffer.hpp"
 #include "uvcluster/detail/uv_handle.hpp"
 #include "uvcluster/error.hpp"
 
@@ -55,7 +56,7 @@ class Readable {
   detail::Event<> end_;
   detail::Event<const Error&> error_;
   detail::Event<> close_;
-  char buf_[64 * 1024];
+  std::shared_ptr<detail::SharedReadBuffer> buf_;  // the loop's (read_buffer.hpp)
   bool started_ = false, paused_ = false, ended_ = false, closed_ = false;
   std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
 };

@@ -65,7 +65,7 @@ Status Acceptor::init() {
   if (options_.wait == AcceptWait::exclusive_nested) {
     nested_epfd_ = Fd(::epoll_create1(EPOLL_CLOEXEC));
     if (!nested_epfd_) return Error::from_uv(-errno, "epoll_create1");
-    if (!register_nested()) return Error::from_uv(-errno, "epoll_ctl");
+    if (auto st = register_nested(); !st) return st.error();
     polled = nested_epfd_.get();
   }
   if (int rc = uv_poll_init(loop_, poll_.get(), polled); rc != 0) return Error::from_uv(rc, "uv_poll_init");
@@ -74,11 +74,12 @@ Status Acceptor::init() {
   return watch();
 }
 
-bool Acceptor::register_nested() {
+Status Acceptor::register_nested() {
   epoll_event ev{};
   ev.events = EPOLLIN | EPOLLEXCLUSIVE;
   ev.data.fd = fd_;
-  return ::epoll_ctl(nested_epfd_.get(), EPOLL_CTL_ADD, fd_, &ev) == 0;
+  if (::epoll_ctl(nested_epfd_.get(), EPOLL_CTL_ADD, fd_, &ev) != 0) return Error::from_uv(-errno, "epoll_ctl");
+  return Ok{};
 }
 
 Status Acceptor::watch() {
@@ -120,9 +121,9 @@ void Acceptor::on_ready() {
   // Calls are bounded too: EINTR/ECONNABORTED retries must not loop forever.
   for (int calls = 0, got = 0; got < batch && calls < batch + 64; ++calls) {
     ++counters_.accept_calls;
-    Fd conn = accept_connection(fd_);
-    if (!conn) {
-      int err = errno;
+    auto accepted = accept_connection(fd_);
+    if (!accepted) {
+      int err = -accepted.error().errnum;
       if (err == EAGAIN || err == EWOULDBLOCK) {
         ++counters_.accept_eagain;
         if (got == 0) ++counters_.empty_wakeups;
@@ -143,12 +144,12 @@ void Acceptor::on_ready() {
         ok = waiter_->rejoin().ok();
       } else {
         ::epoll_ctl(nested_epfd_.get(), EPOLL_CTL_DEL, fd_, nullptr);
-        ok = register_nested();
+        ok = register_nested().ok();
       }
       if (ok) ++counters_.rotations;
     }
     auto deliver = on_connection_;  // a copy: the handler may destroy us, and with us on_connection_
-    deliver(std::move(conn));
+    deliver(std::move(*accepted));
     if (!*alive) return;
   }
 }

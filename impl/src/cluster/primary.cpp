@@ -1,5 +1,6 @@
 #include "uvcluster/cluster/primary.hpp"
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 
@@ -16,6 +17,7 @@ namespace uvcluster::cluster {
 const char* policy_name(Policy p) {
   switch (p) {
     case Policy::rr: return "rr";
+    case Policy::sticky: return "sticky";
     case Policy::none: return "none";
     case Policy::reuseport: return "reuseport";
     case Policy::exclusive: return "exclusive";
@@ -25,6 +27,7 @@ const char* policy_name(Policy p) {
 
 std::optional<Policy> parse_policy(std::string_view s) {
   if (s == "rr") return Policy::rr;
+  if (s == "sticky") return Policy::sticky;
   if (s == "none") return Policy::none;
   if (s == "reuseport") return Policy::reuseport;
   if (s == "exclusive") return Policy::exclusive;
@@ -102,7 +105,15 @@ PrimaryStats Primary::stats() const {
   PrimaryStats st = retired_;
   st.queued = st.in_flight = 0;  // "now" figures come from live handles only
   for (auto& [key, h] : handles_) h->count(st);
+  st.handoff_latency = handoff_latency_;
   return st;
+}
+
+void PrimaryStats::HandOffLatency::record(double seconds) {
+  ++count;
+  sum_seconds += seconds;
+  auto bound = std::lower_bound(kBoundsSeconds.begin(), kBoundsSeconds.end(), seconds);
+  if (bound != kBoundsSeconds.end()) ++counts[static_cast<size_t>(bound - kBoundsSeconds.begin())];
 }
 
 Result<std::shared_ptr<WorkerHandle>> Primary::fork(const Env& extra) {
@@ -227,14 +238,34 @@ void Primary::disconnect(std::function<void()> cb) {
 }
 
 std::optional<int64_t> Primary::send_to(WorkerHandle& w, Json payload, Messenger::Reply cb,
-                                        std::optional<ipc::OutgoingHandle> handle, std::function<void()> on_nack) {
+                                        std::optional<ipc::OutgoingHandle> handle, std::function<void()> on_nack,
+                                        bool pipelined) {
   if (!w.is_connected()) return std::nullopt;  // Node's sendHelper: nothing sent, no callback kept
   Json m = messenger_.wrap(std::move(payload), std::move(cb), w.id_);
   int64_t seq = m["seq"].get<int64_t>();
   if (debug_) std::fprintf(stderr, "[primary] -> %d %s%s\n", w.id_, m.dump().c_str(), handle ? " +fd" : "");
   // The channel sends handles one at a time, in order, so ACK/NACKs answer them in this order.
-  if (handle) w.on_nack_.push_back(std::move(on_nack));
-  w.process_->channel()->send(m, std::move(handle));
+  std::function<void(const Error*)> done;
+  if (handle) {
+    auto slot = std::make_shared<std::function<void()>>(std::move(on_nack));
+    w.on_nack_.push_back(slot);
+    // A handle that could not leave because we are out of fds (the channel had to duplicate it
+    // to queue it) never reached the worker: that is a NACK, not a broken channel.
+    done = [wp = weak_from_this(), id = w.id_, slot](const Error* e) {
+      auto p = wp.lock();
+      if (!e || !p) return;
+      auto it = p->workers_.find(id);
+      if (it == p->workers_.end()) return;
+      WorkerHandle& wh = *it->second;
+      if (e->errnum != UV_EMFILE && e->errnum != UV_ENFILE) return p->on_channel_failure(wh, *e);
+      auto& q = wh.on_nack_;
+      if (auto pos = std::find(q.begin(), q.end(), slot); pos != q.end()) q.erase(pos);
+      if (*slot) (*slot)();
+    };
+  }
+  ipc::SendOptions options;
+  options.pipelined = pipelined;
+  w.process_->channel()->send(m, std::move(handle), std::move(options), std::move(done));
   return seq;
 }
 
@@ -242,7 +273,7 @@ void Primary::on_handle_reply(WorkerHandle& w, bool acked) {
   if (w.on_nack_.empty()) return;  // a stray ACK/NACK (the channel ignores it too)
   auto on_nack = std::move(w.on_nack_.front());
   w.on_nack_.pop_front();
-  if (!acked && on_nack) on_nack();
+  if (!acked && *on_nack) (*on_nack)();
 }
 
 void Primary::on_channel_failure(WorkerHandle& w, const Error& e) {
@@ -334,8 +365,6 @@ HandOffSender Primary::newconn_sender(int worker, const std::string& key, uint64
     auto wit = p->workers_.find(worker);
     if (wit == p->workers_.end() || !wit->second->is_connected()) return HandOffSend::gone;
     WorkerHandle& w = *wit->second;
-    Fd copy = Fd::dup_of(conn);  // the primary keeps its own until the worker accepts
-    if (!copy) return HandOffSend::failed;
     std::weak_ptr<WorkerHandle> ww = wit->second;
     auto still_ours = [wp, key, serial] {
       auto p2 = wp.lock();
@@ -343,7 +372,8 @@ HandOffSender Primary::newconn_sender(int worker, const std::string& key, uint64
       auto hit = p2->handles_.find(key);
       return hit != p2->handles_.end() && hit->second->serial == serial;
     };
-    auto on_reply = [still_ours, ww, reply](const Json& r, ipc::ReceivedHandle*) {
+    auto on_reply = [wp, sent_ns = uv_hrtime(), still_ours, ww, reply](const Json& r, ipc::ReceivedHandle*) {
+      if (auto p2 = wp.lock()) p2->handoff_latency_.record(static_cast<double>(uv_hrtime() - sent_ns) / 1e9);
       if (!still_ours()) return;
       bool accepted = r.value("accepted", Json(false)) == Json(true);
       if (accepted)
@@ -358,8 +388,11 @@ HandOffSender Primary::newconn_sender(int worker, const std::string& key, uint64
       p2->messenger_.drop(*seq, worker);
       if (still_ours()) reply(false);
     };
-    auto sent = p->send_to(w, {{"act", "newconn"}, {"key", key}}, on_reply,
-                           ipc::OutgoingHandle{ipc::HandleType::native, std::move(copy), std::nullopt}, on_nack);
+    // The scheduler keeps `conn` until the worker answers, so the channel borrows it: it goes out
+    // as is, duplicated only if it has to wait in the channel's queue.
+    ipc::OutgoingHandle handle{ipc::HandleType::native, Fd{}, std::nullopt, conn};
+    auto sent = p->send_to(w, {{"act", "newconn"}, {"key", key}}, on_reply, std::move(handle), on_nack,
+                           p->settings_.rr_window > 1);
     if (!sent) return HandOffSend::gone;
     *seq = *sent;
     return HandOffSend::sent;
@@ -372,6 +405,7 @@ Result<ServerHandle*> Primary::handle_for(const ServerQuery& q) {
   ctx.loop = loop_;
   ctx.policy = policy_;
   ctx.handoff_timeout_ms = settings_.handoff_timeout_ms;
+  ctx.rr_window = settings_.rr_window;
   ctx.reuseport_migrate_queues = settings_.reuseport_migrate_queues;
   uint64_t serial = ++handle_serial_;
   ctx.newconn = [this, key = q.key, serial](int worker) { return newconn_sender(worker, key, serial); };

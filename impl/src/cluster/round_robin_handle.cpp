@@ -1,5 +1,8 @@
 #include "uvcluster/cluster/round_robin_handle.hpp"
 
+#include <netinet/in.h>
+#include <sys/socket.h>
+
 #include <algorithm>
 
 namespace uvcluster::cluster {
@@ -7,10 +10,52 @@ namespace uvcluster::cluster {
 namespace {
 // How far into the queue a worker looks for a connection it did not just fail.
 constexpr size_t kRefusalLookahead = 16;
+
+uint64_t mix(uint64_t x) {  // splitmix64's finalizer
+  x ^= x >> 30;
+  x *= 0xbf58476d1ce4e5b9ULL;
+  x ^= x >> 27;
+  x *= 0x94d049bb133111ebULL;
+  return x ^ (x >> 31);
+}
+
+// The client's address without its port (FNV-1a): every connection of one client, one key.
+uint64_t peer_key(int fd) {
+  sockaddr_storage ss{};
+  socklen_t len = sizeof ss;
+  if (::getpeername(fd, reinterpret_cast<sockaddr*>(&ss), &len) != 0) return 0;
+  const unsigned char* bytes = nullptr;
+  size_t n = 0;
+  if (ss.ss_family == AF_INET) {
+    bytes = reinterpret_cast<const unsigned char*>(&reinterpret_cast<sockaddr_in*>(&ss)->sin_addr);
+    n = 4;
+  } else if (ss.ss_family == AF_INET6) {
+    bytes = reinterpret_cast<const unsigned char*>(&reinterpret_cast<sockaddr_in6*>(&ss)->sin6_addr);
+    n = 16;
+  }
+  uint64_t h = 0xcbf29ce484222325ULL;
+  for (size_t i = 0; i < n; ++i) h = (h ^ bytes[i]) * 0x100000001b3ULL;
+  return h;
+}
 }  // namespace
 
-RoundRobinScheduler::RoundRobinScheduler(int attempts_per_worker)
-    : attempts_per_worker_(std::max(1, attempts_per_worker)) {}
+RoundRobinScheduler::RoundRobinScheduler(int attempts_per_worker, Pick pick)
+    : attempts_per_worker_(std::max(1, attempts_per_worker)), pick_(pick) {}
+
+int RoundRobinScheduler::worker_for(uint64_t key) {
+  if (auto it = pins_.find(key); it != pins_.end() && all_.count(it->second)) return it->second;
+  // Rendezvous hashing: the worker with the highest score for this key.
+  int best = 0;
+  uint64_t best_score = 0;
+  for (auto& [worker, m] : all_) {
+    uint64_t score = mix(key ^ mix(static_cast<uint64_t>(worker)));
+    if (best == 0 || score > best_score) best = worker, best_score = score;
+  }
+  if (best == 0) return 0;
+  if (pins_.size() >= kMaxPins) pins_.clear();
+  pins_[key] = best;
+  return best;
+}
 
 void RoundRobinScheduler::wake() {
   uint64_t now = now_();
@@ -32,7 +77,7 @@ void RoundRobinScheduler::wake() {
 
 size_t RoundRobinScheduler::in_flight() const {
   size_t n = orphans_.size();
-  for (auto& [id, m] : all_) n += m.in_flight.has_value();
+  for (auto& [id, m] : all_) n += m.in_flight.size();
   return n;
 }
 
@@ -52,12 +97,14 @@ bool RoundRobinScheduler::remove(int worker, bool gone) {
     if (gone) worker_gone(worker);
     return all_.empty();
   }
-  std::optional<InFlight> in_flight = std::move(it->second.in_flight);
+  std::deque<InFlight> in_flight = std::move(it->second.in_flight);
   all_.erase(it);
   free_.remove(worker);
-  if (in_flight) {
-    orphans_.emplace(in_flight->id, Orphan{worker, std::move(in_flight->conn)});
-    if (gone) worker_gone(worker);
+  for (auto& f : in_flight) orphans_.emplace(f.id, Orphan{worker, std::move(f.conn)});
+  if (!in_flight.empty() && gone) worker_gone(worker);
+  if (pick_ == Pick::sticky) {
+    std::erase_if(pins_, [worker](const auto& pin) { return pin.second == worker; });
+    dispatch();  // its waiting clients now belong to other workers
   }
   return all_.empty();
 }
@@ -75,13 +122,23 @@ void RoundRobinScheduler::worker_gone(int worker) {
   for (auto& c : back) requeue(std::move(c), worker);
 }
 
-void RoundRobinScheduler::push(Fd conn) {
-  queue_.push_back(Conn{std::move(conn)});
+void RoundRobinScheduler::push(Fd conn, uint64_t key) {
+  queue_.push_back(Conn{std::move(conn), 0, 0, key});
   dispatch();
 }
 
 void RoundRobinScheduler::dispatch(int not_to) {
   if (queue_.empty()) return;
+  if (pick_ == Pick::sticky) {
+    // Connections wait for their own worker: offer the queue to every idle worker.
+    std::vector<int> idle(free_.begin(), free_.end());
+    for (int worker : idle) {
+      if (queue_.empty()) return;
+      free_.remove(worker);
+      handoff(worker);
+    }
+    return;
+  }
   auto it = std::find_if(free_.begin(), free_.end(), [not_to](int w) { return w != not_to; });
   if (it == free_.end()) return;
   int worker = *it;
@@ -91,6 +148,15 @@ void RoundRobinScheduler::dispatch(int not_to) {
 
 std::optional<RoundRobinScheduler::Conn> RoundRobinScheduler::take_for(int worker) {
   if (queue_.empty()) return std::nullopt;
+  if (pick_ == Pick::sticky) {
+    for (auto it = queue_.begin(); it != queue_.end(); ++it) {
+      if (worker_for(it->key) != worker) continue;
+      Conn c = std::move(*it);
+      queue_.erase(it);
+      return c;
+    }
+    return std::nullopt;
+  }
   // Prefer a connection this worker did not just refuse; past the lookahead, take the front
   // anyway (the attempt budget still bounds it).
   size_t limit = std::min(queue_.size(), kRefusalLookahead);
@@ -111,7 +177,7 @@ void RoundRobinScheduler::handoff(int worker) {
     auto it = all_.find(worker);
     if (it == all_.end()) return;
     Member& m = it->second;
-    if (m.in_flight || m.stalled) return;  // at most one hand-off in flight per worker
+    if (m.in_flight.size() >= static_cast<size_t>(window_) || m.stalled) return;  // its slots are full
     if (m.rest_until != 0) {
       if (m.rest_until > now_()) return;  // wake() hands it work when the rest is over
       m.rest_until = 0;
@@ -123,20 +189,23 @@ void RoundRobinScheduler::handoff(int worker) {
     }
     uint64_t id = next_id_++;
     int raw = conn->fd.get();
-    m.in_flight = InFlight{id, std::move(*conn), now_()};
+    m.in_flight.push_back(InFlight{id, std::move(*conn), now_()});
     Sender send = m.send;  // the call may remove this worker (and its Member)
     SendResult r = send(raw, [this, worker, id](bool accepted) { on_reply(worker, id, accepted); });
-    if (r == SendResult::sent) return;
+    if (r == SendResult::sent) continue;  // the next slot, if any
     if (r == SendResult::gone) {
       // The worker's channel is gone: it leaves the rotation, the connection is requeued.
       remove(worker, /*gone=*/true);
       return;
     }
     // No resources to send it (the primary is out of fds): shed this connection, try the next.
-    if (auto again = all_.find(worker); again != all_.end() && again->second.in_flight &&
-                                        again->second.in_flight->id == id) {
-      again->second.in_flight.reset();
-      ++counters_.dropped;
+    if (auto again = all_.find(worker); again != all_.end()) {
+      auto& slots = again->second.in_flight;
+      auto f = std::find_if(slots.begin(), slots.end(), [id](const InFlight& x) { return x.id == id; });
+      if (f != slots.end()) {
+        slots.erase(f);
+        ++counters_.dropped;
+      }
     }
   }
 }
@@ -173,9 +242,10 @@ void RoundRobinScheduler::on_reply(int worker, uint64_t id, bool accepted) {
     handoff(worker);
     return;
   }
-  if (!m.in_flight || m.in_flight->id != id) return;  // stale
-  Conn conn = std::move(m.in_flight->conn);
-  m.in_flight.reset();
+  auto f = std::find_if(m.in_flight.begin(), m.in_flight.end(), [id](const InFlight& x) { return x.id == id; });
+  if (f == m.in_flight.end()) return;  // stale
+  Conn conn = std::move(f->conn);
+  m.in_flight.erase(f);
   if (accepted) {
     ++handed_out_[worker];
     m.refusals_in_row = 0;
@@ -198,17 +268,25 @@ void RoundRobinScheduler::on_reply(int worker, uint64_t id, bool accepted) {
 size_t RoundRobinScheduler::expire(uint64_t sent_before) {
   size_t n = 0;
   for (auto& [worker, m] : all_) {
-    if (!m.in_flight || m.in_flight->sent_at > sent_before) continue;
-    m.stalled = m.in_flight->id;
-    m.in_flight.reset();  // closes our copy: the worker may still serve its own
-    ++counters_.timed_out;
-    ++n;
+    // Sent in order, so the expired ones are at the front; our copies close, the worker may
+    // still serve its own. The worker gets nothing more until it answers the oldest of them.
+    while (!m.in_flight.empty() && m.in_flight.front().sent_at <= sent_before) {
+      if (m.stalled == 0) m.stalled = m.in_flight.front().id;
+      m.in_flight.pop_front();
+      ++counters_.timed_out;
+      ++n;
+    }
   }
   return n;
 }
 
-RoundRobinHandle::RoundRobinHandle(uv_loop_t* loop, Fd listening, uint64_t handoff_timeout_ms)
-    : loop_(loop), fd_(std::move(listening)), timeout_ms_(std::max<uint64_t>(handoff_timeout_ms, 1)) {
+RoundRobinHandle::RoundRobinHandle(uv_loop_t* loop, BoundSocket listening, uint64_t handoff_timeout_ms,
+                                   RoundRobinScheduler::Pick pick)
+    : loop_(loop),
+      fd_(std::move(listening.fd)),
+      file_(std::move(listening.file)),
+      timeout_ms_(std::max<uint64_t>(handoff_timeout_ms, 1)),
+      sched_(RoundRobinScheduler::kDefaultAttemptsPerWorker, pick) {
   if (auto n = local_address(fd_.get()); n.ok()) sockname_ = n.value();
   sched_.set_clock([loop] { return uv_now(loop); });
 }
@@ -238,9 +316,13 @@ Status RoundRobinHandle::start(uv_loop_t* loop) {
     uv_timer_start(wake_.get(), [](uv_timer_t* t) { static_cast<RoundRobinHandle*>(t->data)->sched_.wake(); },
                    delay, 0);
   });
-  // Drain: the primary is the only acceptor of this socket, so there is no herd to avoid.
-  auto a = Acceptor::start(loop, fd_.get(), {.policy = AcceptPolicy::drain},
-                           [this](Fd conn) { sched_.push(std::move(conn)); });
+  // One accept per readiness report: draining until EAGAIN cost a failed accept4 on almost every
+  // wake-up (0.9 per connection under load); the level-triggered socket reports again at the
+  // loop's next turn while connections are pending, and that epoll_wait is paid anyway.
+  auto a = Acceptor::start(loop, fd_.get(), {.policy = AcceptPolicy::one}, [this](Fd conn) {
+    uint64_t key = sched_.pick() == RoundRobinScheduler::Pick::sticky ? peer_key(conn.get()) : 0;
+    sched_.push(std::move(conn), key);
+  });
   if (!a.ok()) return a.error();
   acceptor_ = std::move(a.value());
   return Ok{};
@@ -252,29 +334,36 @@ void RoundRobinHandle::close() {
   sweep_.close();
   wake_.close();
   fd_.reset();
+  file_.reset();
   sched_.close_queue();
 }
 
-Result<std::unique_ptr<RoundRobinHandle>> RoundRobinHandle::open(uv_loop_t* loop, const BindSpec& spec,
-                                                                 int backlog, uint64_t handoff_timeout_ms) {
-  auto fd = bind_tcp(spec);
-  if (!fd.ok()) return fd.error();
-  if (auto st = listen_fd(fd->get(), backlog); !st.ok()) return st.error();
-  auto h = std::make_unique<RoundRobinHandle>(loop, std::move(fd.value()), handoff_timeout_ms);
+Result<std::unique_ptr<RoundRobinHandle>> RoundRobinHandle::open(uv_loop_t* loop, const ServerQuery& q,
+                                                                 uint64_t handoff_timeout_ms,
+                                                                 RoundRobinScheduler::Pick pick) {
+  auto bound = bind_for(q);
+  if (!bound.ok()) return bound.error();
+  if (auto st = listen_fd(bound->fd.get(), q.backlog); !st.ok()) return st.error();
+  if (q.transport == Transport::pipe && !q.fd) {
+    if (auto st = chmod_pipe(q.path, q.readable_all, q.writable_all); !st.ok()) return st.error();
+  }
+  auto h = std::make_unique<RoundRobinHandle>(loop, std::move(bound.value()), handoff_timeout_ms, pick);
   if (auto st = h->start(loop); !st.ok()) return st.error();
   return h;
 }
 
 Result<std::unique_ptr<ServerHandle>> RoundRobinHandle::open_for(const ServerHandleContext& ctx,
                                                                   const ServerQuery& q) {
-  auto h = open(ctx.loop, q.spec, q.backlog, ctx.handoff_timeout_ms);
+  auto pick = ctx.policy == Policy::sticky && q.transport == Transport::tcp ? RoundRobinScheduler::Pick::sticky : RoundRobinScheduler::Pick::idle_worker;
+  auto h = open(ctx.loop, q, ctx.handoff_timeout_ms, pick);
   if (!h.ok()) return h.error();
   h.value()->newconn_ = ctx.newconn;
+  h.value()->sched_.set_window(ctx.rr_window);
   return std::unique_ptr<ServerHandle>(std::move(h.value()));
 }
 
 void RoundRobinHandle::add(int worker, AddReply reply) {
-  reply(0, {{"sockname", sockname_.to_json()}}, std::nullopt);
+  reply(0, sockname_ ? Json{{"sockname", sockname_->to_json()}} : Json(), std::nullopt);
   sched_.add(worker, newconn_(worker));
 }
 

@@ -6,6 +6,8 @@
 #include <sys/ioctl.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
 #include <uv.h>
 
 #include <cerrno>
@@ -14,23 +16,36 @@
 namespace uvcluster::cluster {
 namespace {
 
-Result<Fd> bind_one(const char* ip, int family, const BindSpec& spec) {
+struct SockAddr {
   sockaddr_storage ss{};
   socklen_t len = 0;
-  if (spec.port < 0 || spec.port > 65535) return Error::from_uv(UV_EINVAL, "bind");
+  const sockaddr* get() const { return reinterpret_cast<const sockaddr*>(&ss); }
+};
+
+Result<SockAddr> make_sockaddr(const char* ip, int family, int port) {
+  SockAddr out;
+  if (port < 0 || port > 65535) return Error::from_uv(UV_EINVAL, "bind");
   if (family == AF_INET6) {
-    auto* a = reinterpret_cast<sockaddr_in6*>(&ss);
+    auto* a = reinterpret_cast<sockaddr_in6*>(&out.ss);
     a->sin6_family = AF_INET6;
-    a->sin6_port = htons(static_cast<uint16_t>(spec.port));
+    a->sin6_port = htons(static_cast<uint16_t>(port));
     if (inet_pton(AF_INET6, ip, &a->sin6_addr) != 1) return Error::from_uv(UV_EINVAL, "bind");
-    len = sizeof *a;
+    out.len = sizeof *a;
   } else {
-    auto* a = reinterpret_cast<sockaddr_in*>(&ss);
+    auto* a = reinterpret_cast<sockaddr_in*>(&out.ss);
     a->sin_family = AF_INET;
-    a->sin_port = htons(static_cast<uint16_t>(spec.port));
+    a->sin_port = htons(static_cast<uint16_t>(port));
     if (inet_pton(AF_INET, ip, &a->sin_addr) != 1) return Error::from_uv(UV_EINVAL, "bind");
-    len = sizeof *a;
+    out.len = sizeof *a;
   }
+  return out;
+}
+
+int family_of(const std::string& ip) { return ip.find(':') != std::string::npos ? AF_INET6 : AF_INET; }
+
+Result<Fd> bind_one(const char* ip, int family, const BindSpec& spec) {
+  auto addr = make_sockaddr(ip, family, spec.port);
+  if (!addr.ok()) return addr.error();
   Fd fd(::socket(family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
   if (!fd) return Error::from_uv(-errno, "socket");
   int one = 1;
@@ -43,10 +58,7 @@ Result<Fd> bind_one(const char* ip, int family, const BindSpec& spec) {
     int v6only = spec.ipv6_only ? 1 : 0;
     ::setsockopt(fd.get(), IPPROTO_IPV6, IPV6_V6ONLY, &v6only, sizeof v6only);
   }
-  if (::bind(fd.get(), reinterpret_cast<sockaddr*>(&ss), len) != 0) {
-    Error e = Error::from_uv(-errno, "bind");
-    return e;
-  }
+  if (::bind(fd.get(), addr->get(), addr->len) != 0) return Error::from_uv(-errno, "bind");
   return fd;
 }
 
@@ -59,8 +71,72 @@ Result<Fd> bind_tcp(const BindSpec& spec) {
     if (r.ok() || r.error().code == "EADDRINUSE" || r.error().code == "EACCES") return r;
     return bind_one("0.0.0.0", AF_INET, spec);
   }
-  int family = spec.address->find(':') != std::string::npos ? AF_INET6 : AF_INET;
-  return bind_one(spec.address->c_str(), family, spec);
+  return bind_one(spec.address->c_str(), family_of(*spec.address), spec);
+}
+
+void SocketFile::reset() {
+  if (!path_.empty()) ::unlink(path_.c_str());
+  path_.clear();
+}
+
+Result<BoundSocket> bind_pipe(const std::string& path) {
+  sockaddr_un a{};
+  a.sun_family = AF_UNIX;
+  if (path.empty() || path.size() >= sizeof a.sun_path) return Error::from_uv(UV_ENAMETOOLONG, "bind", path);
+  std::memcpy(a.sun_path, path.data(), path.size());
+  Fd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
+  if (!fd) return Error::from_uv(-errno, "socket");
+  if (::bind(fd.get(), reinterpret_cast<const sockaddr*>(&a), sizeof a) != 0)
+    return Error::from_uv(-errno, "bind", path);
+  return BoundSocket{std::move(fd), SocketFile(path)};
+}
+
+Status chmod_pipe(const std::string& path, bool readable_all, bool writable_all) {
+  mode_t wanted = (readable_all ? S_IRUSR | S_IRGRP | S_IROTH : 0) | (writable_all ? S_IWUSR | S_IWGRP | S_IWOTH : 0);
+  if (wanted == 0) return Ok{};
+  struct stat st{};
+  if (::stat(path.c_str(), &st) != 0) return Error::from_uv(-errno, "uv_pipe_chmod", path);
+  if ((st.st_mode & wanted) == wanted) return Ok{};
+  if (::chmod(path.c_str(), (st.st_mode & 07777) | wanted) != 0) return Error::from_uv(-errno, "uv_pipe_chmod", path);
+  return Ok{};
+}
+
+Result<Fd> bind_udp(const std::string& address, int port, int flags) {
+  int family = family_of(address);
+  auto addr = make_sockaddr(address.c_str(), family, port);
+  if (!addr.ok()) return addr.error();
+  Fd fd(::socket(family, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
+  if (!fd) return Error::from_uv(-errno, "socket");
+  int one = 1;
+  // As uv_udp_bind: SO_REUSEADDR only when asked, IPV6_V6ONLY only when asked.
+  if ((flags & kUdpReuseAddr) && ::setsockopt(fd.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) != 0)
+    return Error::from_uv(-errno, "setsockopt");
+  if (family == AF_INET6 && (flags & kUdpIpv6Only) &&
+      ::setsockopt(fd.get(), IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one) != 0)
+    return Error::from_uv(-errno, "setsockopt");
+  if (::bind(fd.get(), addr->get(), addr->len) != 0) return Error::from_uv(-errno, "bind");
+  return fd;
+}
+
+Result<Fd> adopt_stream_fd(int fd) {
+  int type = 0, domain = 0;
+  socklen_t len = sizeof type;
+  bool stream_socket = ::getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len) == 0 && type == SOCK_STREAM;
+  len = sizeof domain;
+  bool known = stream_socket && ::getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &domain, &len) == 0 &&
+               (domain == AF_INET || domain == AF_INET6 || domain == AF_UNIX);
+  // Node: createHandle() throws for anything but TCP / PIPE, which the primary answers EINVAL.
+  if (!known) return Error::from_uv(UV_EINVAL, "bind");
+  auto out = Fd::dup(fd);
+  if (out) make_nonblocking_cloexec(out->get());
+  return out;
+}
+
+bool is_inet(int fd) {
+  sockaddr_storage ss{};
+  socklen_t len = sizeof ss;
+  return ::getsockname(fd, reinterpret_cast<sockaddr*>(&ss), &len) == 0 &&
+         (ss.ss_family == AF_INET || ss.ss_family == AF_INET6);
 }
 
 Status listen_fd(int fd, int backlog) {
@@ -79,6 +155,7 @@ Result<SockName> local_address(int fd) {
   socklen_t len = sizeof ss;
   if (::getsockname(fd, reinterpret_cast<sockaddr*>(&ss), &len) != 0)
     return Error::from_uv(-errno, "getsockname");
+  if (ss.ss_family != AF_INET && ss.ss_family != AF_INET6) return Error::from_uv(UV_EAFNOSUPPORT, "getsockname");
   char buf[INET6_ADDRSTRLEN] = {};
   SockName n;
   if (ss.ss_family == AF_INET6) {
@@ -96,8 +173,10 @@ Result<SockName> local_address(int fd) {
   return n;
 }
 
-Fd accept_connection(int listen_fd) {
-  return Fd(::accept4(listen_fd, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC));
+Result<Fd> accept_connection(int listen_fd) {
+  int fd = ::accept4(listen_fd, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+  if (fd < 0) return Error::from_uv(-errno, "accept");
+  return Fd(fd);
 }
 
 void make_nonblocking_cloexec(int fd) {

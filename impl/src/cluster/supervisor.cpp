@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <deque>
 
+#include "uvcluster/cluster/process_usage.hpp"
 #include "uvcluster/detail/uv_handle.hpp"
 
 namespace uvcluster::cluster {
@@ -60,6 +61,8 @@ struct Supervisor::Tracked {
   bool stopping = false;   // we asked it to leave: no restart
   bool signalled = false;  // got kill_signal from us
   bool sigkilled = false;  // got SIGKILL from us
+  int memory_over = 0;     // samples in a row above max_memory_bytes
+  bool memory_reload = false;
   Timer deadline;          // online / up deadline, then the kill timeout once stopping
 };
 
@@ -77,13 +80,15 @@ struct Supervisor::Slot {
 };
 
 struct Supervisor::Handles {
-  explicit Handles(uv_loop_t* loop) : grace(loop), linger(loop) {}
+  explicit Handles(uv_loop_t* loop) : grace(loop), linger(loop), memory(loop) {}
   Timer grace;
   Timer linger;
+  Timer memory;
   std::vector<detail::UvHandle<uv_signal_t>> signals;
 };
 
-const char* InstanceStatus::state_name(State s) {
+const char* to_string(InstanceStatus::State s) {
+  using State = InstanceStatus::State;
   switch (s) {
     case State::starting: return "starting";
     case State::up: return "up";
@@ -127,6 +132,29 @@ void Supervisor::start() {
   attach();
   if (opt_.handle_signals) install_signals();
   scale(opt_.instances);
+  if (opt_.max_memory_bytes > 0 && opt_.memory_check_ms > 0)
+    handles_->memory.start(static_cast<uint64_t>(opt_.memory_check_ms), [this] { check_memory(); });
+}
+
+void Supervisor::check_memory() {
+  if (draining_ || finished_) return;
+  for (auto& slot : slots_) {
+    // A slot being replaced already is left alone; its new worker is sampled from scratch.
+    if (!slot->worker || slot->replacement || (reloading_ && reloading_->instance == slot->instance)) continue;
+    auto* t = tracked(slot->worker->id());
+    if (!t || !t->up || t->stopping || t->memory_reload || !t->w->pid()) continue;
+    auto usage = process_usage(*t->w->pid());
+    if (!usage.ok()) continue;
+    if (usage->rss_bytes <= opt_.max_memory_bytes) {
+      t->memory_over = 0;
+      continue;
+    }
+    if (++t->memory_over < std::max(1, opt_.memory_samples)) continue;
+    t->memory_reload = true;
+    memory_limit_.emit(*t->w, slot->instance, usage->rss_bytes);
+    reload_slot(slot->instance);
+  }
+  handles_->memory.start(static_cast<uint64_t>(opt_.memory_check_ms), [this] { check_memory(); });
 }
 
 void Supervisor::install_signals() {
@@ -214,11 +242,11 @@ Result<std::shared_ptr<WorkerHandle>> Supervisor::fork_one(int instance) {
     s->drain("spawn-error", true);
     s->maybe_finish();
   });
-  if (opt_.relay_output) relay(*w);
+  if (opt_.relay_output) relay(*w, instance);
   return w;
 }
 
-void Supervisor::relay(WorkerHandle& w) {
+void Supervisor::relay(WorkerHandle& w, int instance) {
   auto* proc = w.process();
   if (!proc) return;
   std::weak_ptr<Supervisor> ws = weak_from_this();
@@ -228,10 +256,10 @@ void Supervisor::relay(WorkerHandle& w) {
                               std::pair{OutputStream::err, proc->stderr_pipe()}}) {
     if (!pipe) continue;
     auto splitter = std::make_shared<LineSplitter>(opt_.max_line_bytes);
-    auto deliver = [ws, ww, stream](std::string_view line) {
+    auto deliver = [ws, ww, stream, instance](std::string_view line) {
       auto s = ws.lock();
       auto w = ww.lock();
-      if (s && w) s->output_.emit(*w, stream, line);
+      if (s && w) s->deliver(*w, instance, stream, line);
     };
     pipe->on_data([splitter, deliver](std::string_view d) { splitter->feed(d, deliver); });
     pipe->on_end([splitter, deliver] { splitter->finish(deliver); });
@@ -243,6 +271,17 @@ void Supervisor::relay(WorkerHandle& w) {
     s->relaying_.erase(id);
     if (s->finished_ && s->relaying_.empty()) s->handles_->linger.stop();
   });
+}
+
+void Supervisor::deliver(WorkerHandle& w, int instance, OutputStream stream, std::string_view line) {
+  std::string formatted;
+  if (opt_.line_format) {
+    formatted = format_line(*opt_.line_format, instance, line);
+    line = formatted;
+  }
+  auto& file = stream == OutputStream::out ? opt_.out_file : opt_.err_file;
+  if (file && file->write(line).ok()) return;
+  output_.emit(w, stream, line);
 }
 
 void Supervisor::start_worker(Slot& slot) {
@@ -389,6 +428,20 @@ bool Supervisor::reload() {
   return true;
 }
 
+bool Supervisor::reload_slot(int instance) {
+  if (draining_ || finished_) return false;
+  if (reloading_) {
+    auto& queue = reloading_->queue;
+    if (std::find(queue.begin(), queue.end(), instance) == queue.end()) queue.push_back(instance);
+    return true;
+  }
+  reloading_.emplace();
+  reloading_->queue.push_back(instance);
+  reload_.emit(1);
+  next_reload();
+  return true;
+}
+
 void Supervisor::next_reload() {
   while (reloading_ && !reloading_->queue.empty()) {
     int instance = reloading_->queue.front();
@@ -488,6 +541,7 @@ void Supervisor::maybe_finish() {
 void Supervisor::finish() {
   finished_ = true;
   handles_->grace.stop();
+  handles_->memory.stop();
   for (auto& s : handles_->signals) s.close();
   handles_->signals.clear();
   for (auto& slot : slots_) slot->restart_timer.stop();
@@ -528,6 +582,7 @@ SupervisorStats Supervisor::stats() const {
       is.pid = slot->worker->pid();
       auto it = live_.find(slot->worker->id());
       is.state = it != live_.end() && it->second->up ? InstanceStatus::State::up : InstanceStatus::State::starting;
+      if (it != live_.end()) is.uptime_ms = static_cast<int64_t>(now_ms() - it->second->forked_at);
     } else if (slot->errored) {
       is.state = InstanceStatus::State::errored;
     } else if (slot->restart_timer.active()) {

@@ -289,17 +289,13 @@ Status Watchdog::fork_process() {
   int sv[2];
   if (::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0)
     return Error::from_uv(-errno, "socketpair");
+  Fd ours(sv[0]), theirs(sv[1]);
   std::string entry = std::string(kTokenVar) + "=" + token_;
   pid_t pid = ::fork();
-  if (pid < 0) {
-    int err = errno;
-    ::close(sv[0]);
-    ::close(sv[1]);
-    return Error::from_uv(-err, "fork");
-  }
-  if (pid == 0) watchdog_main(sv[1], entry);
-  ::close(sv[1]);
-  lifeline_.reset(sv[0]);
+  if (pid < 0) return Error::from_uv(-errno, "fork");
+  if (pid == 0) watchdog_main(theirs.get(), entry);  // never returns
+  theirs.reset();
+  lifeline_ = std::move(ours);
   pid_ = pid;
   if (loop_) {
     detail::UvHandle<uv_poll_t> poll;

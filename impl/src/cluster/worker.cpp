@@ -87,8 +87,9 @@ struct Worker::Impl : std::enable_shared_from_this<Impl> {
         ++counters.refused;
         return;  // the channel closes the fd we did not take
       }
+      // As it arrived: close-on-exec (received so), non-blocking (the primary accepted it so;
+      // the file status is shared). No per-connection fcntl/ioctl.
       Fd conn = std::move(h->fd);
-      make_nonblocking_cloexec(conn.get());
       ++rr_accepted;
       s->on_connection(std::move(conn));
     } else if (*act == "disconnect") {

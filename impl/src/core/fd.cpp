@@ -2,8 +2,14 @@
 
 #include <fcntl.h>
 
+#include <cerrno>
+
 namespace uvcluster {
 
-Fd Fd::dup_of(int fd) { return Fd(::fcntl(fd, F_DUPFD_CLOEXEC, 0)); }
+Result<Fd> Fd::dup(int fd) {
+  int out = ::fcntl(fd, F_DUPFD_CLOEXEC, 0);
+  if (out < 0) return Error::from_uv(-errno, "dup");
+  return Fd(out);
+}
 
 }  // namespace uvcluster

@@ -5,6 +5,7 @@ namespace uvcluster {
 // ---- Readable ---------------------------------------------------------------------------------
 
 Status Readable::init(uv_loop_t* loop) {
+  buf_ = detail::SharedReadBuffer::for_loop(loop);
   if (int rc = uv_pipe_init(loop, pipe_.get(), 0); rc < 0) return Error::from_uv(rc, "pipe");
   pipe_.mark_initialized();
   pipe_->data = this;
@@ -41,14 +42,14 @@ void Readable::destroy() { finish(); }
 
 void Readable::on_alloc(uv_handle_t* h, size_t, uv_buf_t* buf) {
   auto* self = static_cast<Readable*>(h->data);
-  *buf = uv_buf_init(self->buf_, sizeof self->buf_);
+  *buf = self->buf_->get();
 }
 
 void Readable::on_read(uv_stream_t* s, ssize_t nread, const uv_buf_t*) {
   auto* self = static_cast<Readable*>(s->data);
   auto alive = self->alive_;
   if (nread > 0) {
-    self->data_.emit(std::string_view(self->buf_, static_cast<size_t>(nread)));
+    self->data_.emit(std::string_view(self->buf_->data(), static_cast<size_t>(nread)));
     return;
   }
   if (nread == UV_EOF) {

@@ -3,8 +3,7 @@
 namespace uvcluster::detail {
 
 Ticker::Ticker(uv_loop_t* loop) {
-  uv_idle_init(loop, idle_.get());
-  idle_.mark_initialized();
+  idle_.must_init(uv_idle_init(loop, idle_.get()), "uv_idle_init");
   idle_->data = this;
 }
 

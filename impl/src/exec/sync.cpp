@@ -79,8 +79,7 @@ Result<SpawnSyncResult> spawn_sync(std::string file, std::vector<std::string> ar
     }
     detail::UvHandle<uv_timer_t> timer;
     if (options.process.timeout_ms > 0) {
-      uv_timer_init(loop.get(), timer.get());
-      timer.mark_initialized();
+      timer.must_init(uv_timer_init(loop.get(), timer.get()), "uv_timer_init");
       timer->data = &fail_and_kill;
       uv_timer_start(timer.get(), [](uv_timer_t* t) {
         (*static_cast<decltype(fail_and_kill)*>(t->data))(UV_ETIMEDOUT);

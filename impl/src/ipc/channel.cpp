@@ -1,7 +1,12 @@
-// ipc::Channel: Node's json IPC channel over a libuv IPC pipe (see channel.hpp for behaviour).
+// ipc::Channel: Node's IPC channel (json or advanced serialization) over a libuv IPC pipe (see
+// channel.hpp for behaviour).
 #include "uvcluster/ipc/channel.hpp"
 
+#include <sys/socket.h>
+
+#include <algorithm>
 #include <cerrno>
+#include <cstring>
 #include <deque>
 #include <map>
 #include <utility>
@@ -9,18 +14,21 @@
 
 #include "handles.hpp"
 #include "json_fast.hpp"
+#include "uvcluster/detail/read_buffer.hpp"
 #include "uvcluster/detail/ticker.hpp"
 #include "uvcluster/detail/uv_handle.hpp"
 #include "uvcluster/ipc/framing.hpp"
+#include "uvcluster/ipc/v8_serializer.hpp"
 
 namespace uvcluster::ipc {
 
 namespace {
 constexpr size_t kHighWaterMark = 65536 * 2;  // Node: writeQueueSize < 131072
 constexpr int kMaxHandleRetransmissions = 3;  // Node's MAX_HANDLE_RETRANSMISSIONS
-constexpr size_t kReadBuffer = 64 * 1024;
-const std::string kAckFrame = "{\"cmd\":\"NODE_HANDLE_ACK\"}\n";
-const std::string kNackFrame = "{\"cmd\":\"NODE_HANDLE_NACK\"}\n";
+constexpr size_t kMinRead = 64 * 1024;
+constexpr size_t kMaxRead = 16 * 1024 * 1024;  // one read may fill all the free room up to this
+// The ACK as it arrives in json mode (without the newline): recognised without a JSON parse.
+constexpr std::string_view kAckLine = "{\"cmd\":\"NODE_HANDLE_ACK\"}";
 
 Error channel_closed() { return Error::make("ERR_IPC_CHANNEL_CLOSED", "Channel closed"); }
 
@@ -44,7 +52,7 @@ struct Channel::Impl : std::enable_shared_from_this<Channel::Impl> {
   struct InFlight {
     std::string frame;
     HandleType type = HandleType::native;
-    Fd fd;
+    Fd fd;  // kept for a re-send (or owned by us until the ACK); empty for a borrowed native fd
     SendOptions options;
     int retransmissions = 0;
   };
@@ -67,14 +75,27 @@ struct Channel::Impl : std::enable_shared_from_this<Channel::Impl> {
   };
 
 
-  Impl(uv_loop_t* l, ChannelOptions o) : loop(l), options(o), ticker(l), reader(o.max_frame_bytes) {}
+  Impl(uv_loop_t* l, ChannelOptions o)
+      : loop(l),
+        options(o),
+        ticker(l),
+        reader(o.max_frame_bytes),
+        v8_reader(o.max_frame_bytes),
+        ack_frame(encode(Json{{"cmd", "NODE_HANDLE_ACK"}}).value()),
+        nack_frame(encode(Json{{"cmd", "NODE_HANDLE_NACK"}}).value()) {}
 
   uv_loop_t* loop;
   ChannelOptions options;
   detail::UvHandle<uv_pipe_t> pipe;
   detail::Ticker ticker;
-  FrameReader reader;
-  std::vector<char> rbuf = std::vector<char>(kReadBuffer);
+  // Between frames, reads land in the loop's shared buffer (no per-channel buffer held by an
+  // idle worker's channel); while a json frame is incomplete, libuv reads straight into the
+  // reader's buffer (a long frame arriving in many reads is neither copied nor re-assembled).
+  FrameReader reader;       // json mode
+  V8FrameReader v8_reader;  // advanced mode
+  std::string ack_frame;
+  std::string nack_frame;
+  std::shared_ptr<detail::SharedReadBuffer> rbuf = detail::SharedReadBuffer::for_loop(loop);
 
   State state = State::idle;
   bool connected = false;
@@ -84,12 +105,17 @@ struct Channel::Impl : std::enable_shared_from_this<Channel::Impl> {
   bool disconnect_after_ack = false;
   bool disconnect_when_drained = false;
   bool emit_disconnect_on_close = true;
+  // The buffer of the last finished write, kept for the next frame: a channel sending 1 MiB
+  // messages does not allocate and page-fault a new 1 MiB buffer for each.
+  std::string spare_frame;
+  static constexpr size_t kSpareFrameMax = 4 * 1024 * 1024;
   bool write_in_flight = false;                 // one uv_write at a time; the rest waits here
+  bool corked = false;  // a read is being handled: frames written meanwhile leave together after it
   std::deque<std::unique_ptr<WriteReq>> outq;   // (plain frames are appended to the last one)
   size_t outq_bytes = 0;
 
-  bool waiting_ack = false;
-  std::optional<InFlight> in_flight;
+  std::deque<InFlight> unacked;  // handles sent, oldest first: ACK/NACKs answer them in order
+  size_t blocking = 0;           // entries of `unacked` that hold later sends back (not pipelined)
   std::deque<Queued> queue;
   std::deque<Fd> received_fds;
   std::deque<Buffered> backlog;
@@ -127,6 +153,25 @@ struct Channel::Impl : std::enable_shared_from_this<Channel::Impl> {
     else uv_unref(pipe.base());
   }
 
+  // ---- the serialization mode -------------------------------------------------------------
+
+  bool advanced() const { return options.serialization == Serialization::advanced; }
+
+  Result<std::string> encode(const Json& message) const {
+    if (advanced()) return encode_v8_frame(message, options.max_nesting_depth);
+    return encode_frame(message);
+  }
+  Result<Json> decode(std::string_view frame) const {
+    if (advanced()) return decode_v8_payload(frame, options.max_nesting_depth);
+    return parse_frame(frame, options.max_nesting_depth);
+  }
+  bool feed(size_t n) {
+    auto on_frame = [this](std::string_view frame) { on_line(frame); };
+    return advanced() ? v8_reader.feed(rbuf->data(), n, on_frame) : reader.feed(rbuf->data(), n, on_frame);
+  }
+  bool buffering() const { return advanced() ? v8_reader.buffering() : reader.buffering(); }
+  size_t buffered() const { return advanced() ? v8_reader.buffered() : reader.buffered(); }
+
   // ---- writing ----------------------------------------------------------------------------
 
   static constexpr size_t kCoalesceMax = 256 * 1024;
@@ -140,6 +185,17 @@ struct Channel::Impl : std::enable_shared_from_this<Channel::Impl> {
       if (done) fail_later(std::move(done), channel_closed());
       return UV_EPIPE;
     }
+    if (fd >= 0) {
+      ssize_t sent = send_direct(frame, fd);
+      if (sent == static_cast<ssize_t>(frame.size())) {
+        if (done) defer([done = std::move(done)](Impl&) { done(nullptr); });
+        return 0;
+      }
+      if (sent > 0) {  // the fd went with the first byte; the rest follows as plain bytes
+        frame.erase(0, static_cast<size_t>(sent));
+        fd = -1;
+      }
+    }
     if (fd < 0 && !outq.empty() && !outq.back()->fd && outq.back()->data.size() < kCoalesceMax) {
       outq_bytes += frame.size();
       outq.back()->data += frame;
@@ -151,17 +207,46 @@ struct Channel::Impl : std::enable_shared_from_this<Channel::Impl> {
     w->dones.push_back(Done{std::move(done), swallow_errors});
     w->impl = weak_from_this();
     if (fd >= 0) {
-      w->fd = Fd::dup_of(fd);
-      if (!w->fd) {
-        int rc = uv_translate_sys_error(errno);
-        report_failure(*w, rc);
-        return rc;
+      auto dup = Fd::dup(fd);
+      if (!dup) {
+        report_failure(*w, dup.error().errnum);
+        return dup.error().errnum;
       }
+      w->fd = std::move(*dup);
     }
-    if (!write_in_flight && outq.empty()) return submit(std::move(w));
+    if (!write_in_flight && outq.empty() && !corked) return submit(std::move(w));
     outq_bytes += w->data.size();
     outq.push_back(std::move(w));
     return 0;
+  }
+
+  // The hand-off's hot path: with nothing queued, the frame and `fd` leave in one sendmsg on the
+  // channel's own socket: no duplicate of the fd, no libuv handle made to carry it. Returns the
+  // bytes sent (the fd travels with the first), or -1 when the queued path must take the frame
+  // (something is queued, EAGAIN, or an error that path then reports as usual).
+  ssize_t send_direct(const std::string& frame, int fd) {
+    if (write_in_flight || !outq.empty() || uv_stream_get_write_queue_size(pipe.stream()) != 0) return -1;
+    uv_os_fd_t sock = -1;
+    if (uv_fileno(pipe.base(), &sock) != 0) return -1;
+    union {
+      cmsghdr align;
+      char space[CMSG_SPACE(sizeof(int))];
+    } control{};
+    iovec iov{const_cast<char*>(frame.data()), frame.size()};
+    msghdr msg{};
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.space;
+    msg.msg_controllen = sizeof control.space;
+    cmsghdr* c = CMSG_FIRSTHDR(&msg);
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_RIGHTS;
+    c->cmsg_len = CMSG_LEN(sizeof(int));
+    std::memcpy(CMSG_DATA(c), &fd, sizeof(int));
+    ssize_t n;
+    do n = ::sendmsg(sock, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
+    while (n < 0 && errno == EINTR);
+    return n;
   }
 
   void report_failure(WriteReq& w, int rc) {
@@ -175,9 +260,13 @@ struct Channel::Impl : std::enable_shared_from_this<Channel::Impl> {
     uv_buf_t buf = uv_buf_init(w->data.data(), static_cast<unsigned>(w->data.size()));
     int rc;
     if (w->fd) {
-      w->send = std::make_unique<detail_handles::SendStream>();
-      rc = detail_handles::make_send_stream(loop, std::move(w->fd), *w->send);
-      if (rc == 0) rc = uv_write2(&w->req, pipe.stream(), &buf, 1, w->send->stream(), on_write);
+      auto send = detail_handles::make_send_stream(loop, std::move(w->fd));
+      if (send) {
+        w->send = std::move(*send);
+        rc = uv_write2(&w->req, pipe.stream(), &buf, 1, w->send->stream(), on_write);
+      } else {
+        rc = send.error().errnum;
+      }
     } else {
       rc = uv_write(&w->req, pipe.stream(), &buf, 1, on_write);
     }
@@ -217,6 +306,8 @@ struct Channel::Impl : std::enable_shared_from_this<Channel::Impl> {
         d.fn(nullptr);
       }
     }
+    if (w->data.capacity() <= kSpareFrameMax && w->data.capacity() > self->spare_frame.capacity())
+      self->spare_frame = std::move(w->data);
     self->maybe_finish_disconnect();
   }
 
@@ -227,60 +318,109 @@ struct Channel::Impl : std::enable_shared_from_this<Channel::Impl> {
     });
   }
 
-  bool send_now(Queued q) {
-    const std::string* cmd = cmd_of(q.message);
+  static bool resendable(HandleType type, const SendOptions& o) { return type == HandleType::socket && !o.keep_open; }
+
+  // The message is copied only when it has to wait for an ACK; otherwise it is encoded from
+  // the caller's object (a 1 MiB string is not duplicated on its way out).
+  bool send_now(const Json& message, std::optional<OutgoingHandle> handle, SendOptions options,
+                std::function<void(const Error*)> done) {
+    const std::string* cmd = cmd_of(message);
     bool is_ack = cmd && (*cmd == "NODE_HANDLE_ACK" || *cmd == "NODE_HANDLE_NACK");
-    if (waiting_ack && !is_ack) {
+    Queued q{Json(), std::move(handle), std::move(options), std::move(done)};
+    if (blocking > 0 && !is_ack) {
+      q.message = message;
+      if (q.handle && q.handle->borrowed >= 0) {  // the caller's fd: waiting needs our own copy
+        auto dup = Fd::dup(std::exchange(q.handle->borrowed, -1));
+        if (!dup) {
+          if (q.done) fail_later(std::move(q.done), Error::from_uv(dup.error().errnum, "write"));
+          return false;
+        }
+        q.handle->fd = std::move(*dup);
+      }
       queue.push_back(std::move(q));
       return queue.size() == 1;
     }
-    if (q.handle && q.handle->fd.valid()) {
-      // Built by hand to keep Node's key order: cmd, type, msg, key.
-      std::string frame = "{\"cmd\":\"NODE_HANDLE\",\"type\":\"";
-      frame += handle_type_name(q.handle->type);
-      frame += "\",\"msg\":";
-      frame += encode_frame(q.message);
-      frame.pop_back();  // the '\n'; the wrapper ends the frame
-      if (q.handle->key) {
-        frame += ",\"key\":";
-        detail_json::fast_dump(Json(*q.handle->key), frame);
-      }
-      frame += "}\n";
-      if (write(frame, q.handle->fd.get(), std::move(q.done)) < 0)
+    if (q.handle && (q.handle->fd.valid() || q.handle->borrowed >= 0)) {
+      int raw = q.handle->fd.valid() ? q.handle->fd.get() : q.handle->borrowed;
+      auto encoded = handle_frame(q.handle->type, message, q.handle->key, raw);
+      if (!encoded) {
+        fail_later(std::move(q.done), std::move(encoded.error()));
         return false;  // q.handle's fd closes here
-      in_flight = InFlight{std::move(frame), q.handle->type, std::move(q.handle->fd),
-                           std::move(q.options), 0};
-      waiting_ack = true;
+      }
+      std::string frame = std::move(encoded.value());
+      if (write(frame, raw, std::move(q.done)) < 0)
+        return false;  // q.handle's fd closes here
+      Fd kept = std::move(q.handle->fd);
+      if (!kept && resendable(q.handle->type, q.options)) kept = Fd::dup(raw).value_or(Fd());  // a NACK re-sends it
+      bool pipelined = q.options.pipelined && !resendable(q.handle->type, q.options);
+      if (!pipelined) ++blocking;
+      unacked.push_back(InFlight{std::move(frame), q.handle->type, std::move(kept), std::move(q.options), 0});
     } else {
-      if (write(encode_frame(q.message), -1, std::move(q.done)) < 0) return false;
+      if (advanced()) {
+        auto encoded = encode(message);
+        if (!encoded) {
+          fail_later(std::move(q.done), std::move(encoded.error()));
+          return false;
+        }
+        if (write(std::move(encoded.value()), -1, std::move(q.done)) < 0) return false;
+      } else {
+        std::string frame = std::move(spare_frame);
+        encode_frame_into(message, frame);
+        if (write(std::move(frame), -1, std::move(q.done)) < 0) return false;
+      }
     }
     return pending_bytes() < kHighWaterMark;
   }
 
-  void on_handle_reply(bool ack) {
-    if (!waiting_ack) return;  // stray ACK/NACK
-    if (in_flight) {
-      bool retransmittable = in_flight->type == HandleType::socket && !in_flight->options.keep_open;
-      if (!ack && retransmittable && in_flight->retransmissions < kMaxHandleRetransmissions) {
-        // Node re-sends the already wrapped message as a double-wrapped net.Native (verified
-        // against node v20, see channel.hpp); we re-send the original frame, which any receiver
-        // (Node or us) handles like the first attempt and ACKs once.
-        ++in_flight->retransmissions;
-        if (write(in_flight->frame, in_flight->fd.get(), {}, true) == 0) return;  // still waiting
-      }
-      if (!ack && retransmittable)
-        error_ev.emit(Error::make("ERR_IPC_HANDLE_NOT_RECEIVED",
-                                  "Handle did not reach the receiving process correctly"));
-      auto acked = std::move(in_flight->options.on_acked);
-      bool keep_open = in_flight->options.keep_open;
-      in_flight.reset();  // our duplicate of the fd closes only now
-      if (!keep_open && acked) acked();
+  // The NODE_HANDLE wrapper, in Node's key order: cmd, type, msg, then key or dgramType.
+  Result<std::string> handle_frame(HandleType type, const Json& message, const std::optional<std::string>& key,
+                                   int fd) const {
+    if (advanced())
+      return encode_v8_handle_frame(handle_type_name(type), message, key ? &*key : nullptr,
+                                    options.max_nesting_depth);
+    std::string frame = "{\"cmd\":\"NODE_HANDLE\",\"type\":\"";
+    frame += handle_type_name(type);
+    frame += "\",\"msg\":";
+    frame += encode_frame(message);
+    frame.pop_back();  // the '\n'; the wrapper ends the frame
+    if (type == HandleType::dgram) {
+      frame += ",\"dgramType\":\"";
+      frame += detail_handles::dgram_type_of(fd);
+      frame += '"';
+    } else if (key) {
+      frame += ",\"key\":";
+      detail_json::fast_dump(Json(*key), frame);
     }
-    waiting_ack = false;
+    frame += "}\n";
+    return frame;
+  }
+
+  void on_handle_reply(bool ack) {
+    if (unacked.empty()) return;  // stray ACK/NACK
+    InFlight& f = unacked.front();
+    bool retransmittable = resendable(f.type, f.options);
+    if (!ack && retransmittable && f.retransmissions < kMaxHandleRetransmissions) {
+      // Node re-sends the already wrapped message as a double-wrapped net.Native (verified
+      // against node v20, see channel.hpp); we re-send the original frame, which any receiver
+      // (Node or us) handles like the first attempt and ACKs once.
+      ++f.retransmissions;
+      if (write(f.frame, f.fd.get(), {}, true) == 0) return;  // still waiting
+    }
+    if (!ack && retransmittable)
+      error_ev.emit(Error::make("ERR_IPC_HANDLE_NOT_RECEIVED",
+                                "Handle did not reach the receiving process correctly"));
+    if (unacked.empty()) return;  // a listener tore the channel down
+    InFlight done = std::move(unacked.front());
+    unacked.pop_front();  // our copy of the fd, if we kept one, closes with `done`
+    bool was_blocking = !(done.options.pipelined && !retransmittable);
+    if (was_blocking) --blocking;
+    if (!done.options.keep_open && done.options.on_acked) done.options.on_acked();
+    if (blocking > 0) return;
     auto items = std::move(queue);
     queue.clear();
-    for (auto& item : items) send_now(std::move(item));
-    if (disconnect_after_ack && !waiting_ack) {
+    for (auto& item : items)
+      send_now(item.message, std::move(item.handle), std::move(item.options), std::move(item.done));
+    if (disconnect_after_ack && unacked.empty()) {
       disconnect_after_ack = false;
       disconnect_when_drained = true;
       maybe_finish_disconnect();
@@ -291,33 +431,40 @@ struct Channel::Impl : std::enable_shared_from_this<Channel::Impl> {
 
   static void on_alloc(uv_handle_t* h, size_t, uv_buf_t* buf) {
     auto* self = static_cast<Impl*>(h->data);
-    *buf = uv_buf_init(self->rbuf.data(), static_cast<unsigned>(self->rbuf.size()));
+    if (!self->advanced() && self->reader.buffering()) {
+      std::span<char> room = self->reader.space(kMinRead);
+      *buf = uv_buf_init(room.data(), static_cast<unsigned>(std::min<size_t>(room.size(), kMaxRead)));
+    } else {
+      *buf = self->rbuf->get();
+    }
   }
 
-  static void on_read(uv_stream_t* s, ssize_t nread, const uv_buf_t*) {
+  static void on_read(uv_stream_t* s, ssize_t nread, const uv_buf_t* buf) {
     auto self = static_cast<Impl*>(s->data)->shared_from_this();
-    self->handle_read(nread);
+    self->handle_read(nread, buf->base == self->rbuf->data());
   }
 
-  void handle_read(ssize_t nread) {
+  void handle_read(ssize_t nread, bool in_shared_buffer) {
     if (nread == 0) return;
     if (nread < 0) {
       if (nread != UV_EOF) error_ev.emit(Error::from_uv(static_cast<int>(nread), "read"));
-      else if (reader.buffering())
+      else if (buffering())
         error_ev.emit(Error::make("ERR_IPC_TRUNCATED",
                                   "IPC channel closed in the middle of a message (" +
-                                      std::to_string(reader.buffered()) + " bytes dropped)"));
+                                      std::to_string(buffered()) + " bytes dropped)"));
       teardown(true);
       return;
     }
     while (state == State::open && uv_pipe_pending_count(pipe.get()) > 0) {
-      int err = 0;
-      Fd fd = detail_handles::accept_pending(loop, pipe.get(), &err);
-      if (fd) received_fds.push_back(std::move(fd));
-      else error_ev.emit(Error::from_uv(err, "accept"));
+      auto fd = detail_handles::take_pending(loop, pipe.get());
+      if (fd) received_fds.push_back(std::move(*fd));
+      else error_ev.emit(std::move(fd).error());
     }
-    bool ok = reader.feed(rbuf.data(), static_cast<size_t>(nread),
-                          [this](std::string_view line) { on_line(line); });
+    corked = true;  // an ACK and the reply it triggers leave in one write
+    bool ok = in_shared_buffer ? feed(static_cast<size_t>(nread))
+                               : reader.commit(static_cast<size_t>(nread), [this](std::string_view line) { on_line(line); });
+    corked = false;
+    pump();
     if (state != State::open) return;
     if (!ok) {
       error_ev.emit(Error::make("ERR_IPC_FRAME_TOO_LARGE",
@@ -328,7 +475,7 @@ struct Channel::Impl : std::enable_shared_from_this<Channel::Impl> {
     }
     // An fd can only belong to a NODE_HANDLE frame that starts in the read that carried it; with
     // no partial frame left, nothing can claim it.
-    if (!reader.buffering()) {
+    if (!buffering()) {
       while (!received_fds.empty() && state == State::open) {
         received_fds.pop_front();
         error_ev.emit(Error::make("ERR_IPC_UNEXPECTED_HANDLE",
@@ -339,7 +486,13 @@ struct Channel::Impl : std::enable_shared_from_this<Channel::Impl> {
 
   void on_line(std::string_view line) {
     if (state != State::open) return;
-    auto parsed = parse_frame(line, options.max_nesting_depth);
+    if (!advanced() && line == kAckLine) {  // every hand-off's answer: no parse
+      static const Json ack_message = {{"cmd", "NODE_HANDLE_ACK"}};
+      on_handle_reply(true);
+      if (state == State::open) internal_ev.emit(ack_message, nullptr);
+      return;
+    }
+    auto parsed = decode(line);
     if (!parsed) {
       error_ev.emit(parsed.error());
       return;
@@ -372,7 +525,7 @@ struct Channel::Impl : std::enable_shared_from_this<Channel::Impl> {
   }
 
   void send_all_closed(const std::string& key) {
-    if (connected) send_now(Queued{Json{{"cmd", "NODE_SOCKET_ALL_CLOSED"}, {"key", key}}, {}, {}, {}});
+    if (connected) send_now(Json{{"cmd", "NODE_SOCKET_ALL_CLOSED"}, {"key", key}}, {}, {}, {});
   }
 
   void socket_closed(const std::string& key) {
@@ -391,8 +544,8 @@ struct Channel::Impl : std::enable_shared_from_this<Channel::Impl> {
     if (it == socket_lists.end()) return;  // Node has no list for that key: no answer
     if (cmd == "NODE_SOCKET_GET_COUNT") {
       if (connected)
-        send_now(Queued{Json{{"cmd", "NODE_SOCKET_COUNT"}, {"key", key}, {"count", it->second.connections}},
-                        {}, {}, {}});
+        send_now(Json{{"cmd", "NODE_SOCKET_COUNT"}, {"key", key}, {"count", it->second.connections}},
+                 {}, {}, {});
     } else if (it->second.connections == 0) {
       send_all_closed(key);
     } else {
@@ -402,12 +555,12 @@ struct Channel::Impl : std::enable_shared_from_this<Channel::Impl> {
 
   void receive_handle(Json& wrapper) {
     if (received_fds.empty()) {
-      write(kNackFrame, -1, {}, true);  // Node: no fd arrived → NACK, nothing delivered
+      write(nack_frame, -1, {}, true);  // Node: no fd arrived → NACK, nothing delivered
       return;
     }
     Fd fd = std::move(received_fds.front());
     received_fds.pop_front();
-    write(kAckFrame, -1, {}, true);  // ACK at once, before delivering (Node)
+    write(ack_frame, -1, {}, true);  // ACK at once, before delivering (Node)
     // Node's NACK retransmission wraps the wrapper again as net.Native: unwrap to the original.
     Json* inner = &wrapper;
     for (;;) {
@@ -420,7 +573,7 @@ struct Channel::Impl : std::enable_shared_from_this<Channel::Impl> {
     ReceivedHandle h;
     h.fd = std::move(fd);
     if (auto t = inner->find("type"); t != inner->end() && t->is_string())
-      detail_handles::parse_handle_type(t->get_ref<const std::string&>(), &h.type);
+      h.type = detail_handles::parse_handle_type(t->get_ref<const std::string&>()).value_or(h.type);
     if (auto k = inner->find("key"); k != inner->end() && k->is_string()) {
       h.key = k->get<std::string>();
       if (h.type == HandleType::socket && !h.key->empty()) h.connection = track_socket(*h.key);
@@ -463,8 +616,8 @@ struct Channel::Impl : std::enable_shared_from_this<Channel::Impl> {
     connected = false;
     emit_disconnect_on_close = emit_disconnect;
     received_fds.clear();
-    in_flight.reset();
-    waiting_ack = false;
+    unacked.clear();
+    blocking = 0;
     auto items = std::move(queue);
     queue.clear();
     for (auto& q : items)
@@ -495,7 +648,7 @@ Channel::~Channel() {
   i.disconnect_ev.clear();
   i.error_ev.clear();
   i.close_ev.clear();
-  i.in_flight.reset();
+  i.unacked.clear();
   i.queue.clear();
   i.outq.clear();
   i.received_fds.clear();
@@ -547,7 +700,7 @@ bool Channel::send(const Json& message, std::optional<OutgoingHandle> handle, Se
     i.fail_later(std::move(done), channel_closed());
     return false;  // `handle` (and its fd) is dropped here
   }
-  return i.send_now(Impl::Queued{message, std::move(handle), std::move(options), std::move(done)});
+  return i.send_now(message, std::move(handle), std::move(options), std::move(done));
 }
 
 Status Channel::disconnect() {
@@ -555,7 +708,7 @@ Status Channel::disconnect() {
   if (i.state != Impl::State::open || !i.connected)
     return Error::make("ERR_IPC_DISCONNECTED", "IPC channel is already disconnected");
   i.connected = false;
-  if (i.waiting_ack) {
+  if (!i.unacked.empty()) {
     i.disconnect_after_ack = true;
   } else {
     i.disconnect_when_drained = true;

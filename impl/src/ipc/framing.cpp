@@ -1,46 +1,78 @@
 #include "uvcluster/ipc/framing.hpp"
 
+#include <algorithm>
 #include <cstring>
+#include <new>
 
 #include "json_fast.hpp"
 #include "core/utf8.hpp"
 
 namespace uvcluster::ipc {
 
-bool FrameReader::feed(const char* data, size_t n, const std::function<void(std::string_view)>& on_line) {
+namespace {
+constexpr size_t kInitialCapacity = 64 * 1024;
+// A drained buffer up to this size is kept for the next frame (a channel that carries 1 MiB
+// messages re-uses it instead of growing and page-faulting a new one for each); a bigger one is
+// given back, so one huge message does not pin its memory for the channel's life.
+constexpr size_t kRetainedCapacity = 4 * 1024 * 1024;
+}  // namespace
+
+std::span<char> FrameReader::space(size_t min) {
+  if (cap_ - end_ < min) {
+    size_t held = end_ - begin_;
+    if (begin_ > 0) {
+      std::memmove(data_.get(), data_.get() + begin_, held);  // a partial line moves to the front
+      begin_ = 0;
+      end_ = held;
+    }
+    if (cap_ - end_ < min) {
+      size_t cap = std::max({cap_ * 2, held + min, kInitialCapacity});
+      char* grown = static_cast<char*>(std::realloc(data_.get(), cap));
+      if (!grown) throw std::bad_alloc();  // as std::string would
+      (void)data_.release();
+      data_.reset(grown);
+      cap_ = cap;
+    }
+  }
+  return {data_.get() + end_, cap_ - end_};
+}
+
+bool FrameReader::fail() {
+  failed_ = true;
+  begin_ = end_ = 0;
+  return false;
+}
+
+bool FrameReader::commit(size_t n, const std::function<void(std::string_view)>& on_line) {
   if (failed_) return false;
-  const char* p = data;
-  const char* end = data + n;
-  while (p < end) {
-    const char* nl = static_cast<const char*>(std::memchr(p, '\n', static_cast<size_t>(end - p)));
-    if (!nl) {
-      size_t rest = static_cast<size_t>(end - p);
-      if (buf_.size() + rest > max_) {
-        failed_ = true;
-        buf_.clear();
-        return false;
-      }
-      buf_.append(p, rest);
-      return true;
+  size_t scan = end_;  // bytes before it were scanned by an earlier commit
+  end_ += n;
+  while (scan < end_) {
+    const void* found = std::memchr(data_.get() + scan, '\n', end_ - scan);
+    if (!found) break;
+    size_t newline = static_cast<size_t>(static_cast<const char*>(found) - data_.get());
+    size_t line_begin = begin_;
+    if (newline - line_begin > max_) return fail();
+    begin_ = scan = newline + 1;
+    on_line(std::string_view(data_.get() + line_begin, newline - line_begin));
+    if (failed_) return false;
+  }
+  if (end_ - begin_ > max_) return fail();
+  if (begin_ == end_) {
+    begin_ = end_ = 0;
+    if (cap_ > kRetainedCapacity) {
+      data_.reset();
+      cap_ = 0;
     }
-    size_t len = static_cast<size_t>(nl - p);
-    if (buf_.size() + len > max_) {
-      failed_ = true;
-      buf_.clear();
-      return false;
-    }
-    if (buf_.empty()) {
-      on_line(std::string_view(p, len));  // fast path: no copy
-    } else {
-      buf_.append(p, len);
-      std::string line = std::move(buf_);
-      buf_.clear();
-      on_line(line);
-    }
-    if (failed_) return false;  // a callback may reset/fail the reader
-    p = nl + 1;
   }
   return true;
+}
+
+bool FrameReader::feed(const char* data, size_t n, const std::function<void(std::string_view)>& on_line) {
+  if (failed_) return false;
+  if (n == 0) return true;
+  std::memcpy(space(n).data(), data, n);
+  return commit(n, on_line);
 }
 
 Result<nlohmann::json> parse_frame(std::string_view line, size_t max_depth) {
@@ -62,14 +94,19 @@ Result<nlohmann::json> parse_frame(std::string_view line, size_t max_depth) {
                      "IPC frame is not a JSON text (" + std::to_string(line.size()) + " bytes)");
 }
 
+void encode_frame_into(const nlohmann::json& message, std::string& out) {
+  out.clear();
+  try {
+    detail_json::fast_dump(message, out);
+  } catch (...) {
+    out = "null";  // unreachable with error_handler replace; never throw across the loop
+  }
+  out.push_back('\n');
+}
+
 std::string encode_frame(const nlohmann::json& message) {
   std::string s;
-  try {
-    detail_json::fast_dump(message, s);
-  } catch (...) {
-    s = "null";  // unreachable with error_handler replace; never throw across the loop
-  }
-  s.push_back('\n');
+  encode_frame_into(message, s);
   return s;
 }
 

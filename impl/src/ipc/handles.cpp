@@ -1,6 +1,7 @@
 #include "handles.hpp"
 
 #include <fcntl.h>
+#include <sys/socket.h>
 
 #include <cerrno>
 
@@ -11,72 +12,56 @@ const char* handle_type_name(HandleType t) {
     case HandleType::server: return "net.Server";
     case HandleType::socket: return "net.Socket";
     case HandleType::native: return "net.Native";
+    case HandleType::dgram: return "dgram.Socket";
+    case HandleType::dgram_native: return "dgram.Native";
   }
   return "net.Native";
 }
 
 namespace detail_handles {
 
-bool parse_handle_type(const std::string& name, HandleType* out) {
-  if (name == "net.Server") *out = HandleType::server;
-  else if (name == "net.Socket") *out = HandleType::socket;
-  else if (name == "net.Native") *out = HandleType::native;
-  else return false;
-  return true;
+const char* dgram_type_of(int fd) {
+  sockaddr_storage ss{};
+  socklen_t len = sizeof ss;
+  if (::getsockname(fd, reinterpret_cast<sockaddr*>(&ss), &len) == 0 && ss.ss_family == AF_INET6) return "udp6";
+  return "udp4";
 }
 
-int make_send_stream(uv_loop_t* loop, Fd dup, SendStream& out) {
-  if (!dup) return UV_EBADF;
+std::optional<HandleType> parse_handle_type(const std::string& name) {
+  if (name == "net.Server") return HandleType::server;
+  if (name == "net.Socket") return HandleType::socket;
+  if (name == "net.Native") return HandleType::native;
+  if (name == "dgram.Socket") return HandleType::dgram;
+  if (name == "dgram.Native") return HandleType::dgram_native;
+  return std::nullopt;
+}
+
+Result<std::unique_ptr<SendStream>> make_send_stream(uv_loop_t* loop, Fd dup) {
+  if (!dup) return Error::from_uv(UV_EBADF, "write");
   // uv_pipe_open accepts any descriptor; libuv only needs a stream handle to read the fd from.
-  int rc = uv_pipe_init(loop, out.pipe.get(), 0);
-  if (rc < 0) return rc;
-  out.pipe.mark_initialized();
-  rc = uv_pipe_open(out.pipe.get(), dup.get());
-  if (rc < 0) return rc;  // dup closed by Fd; the (fd-less) handle closes on destruction
-  dup.release();          // now owned by the pipe handle
-  return 0;
+  auto out = std::make_unique<SendStream>();
+  if (int rc = uv_pipe_init(loop, out->pipe.get(), 0); rc < 0) return Error::from_uv(rc, "write");
+  out->pipe.mark_initialized();
+  // On failure dup closes with its Fd, and the (fd-less) handle on destruction.
+  if (int rc = uv_pipe_open(out->pipe.get(), dup.get()); rc < 0) return Error::from_uv(rc, "write");
+  dup.release();  // now owned by the pipe handle
+  return out;
 }
 
-namespace {
-template <class H>
-Fd accept_into(uv_pipe_t* ipc_pipe, uvcluster::detail::UvHandle<H>& tmp, int* err) {
-  int rc = uv_accept(reinterpret_cast<uv_stream_t*>(ipc_pipe), tmp.stream());
-  if (rc < 0) {
-    *err = rc;
-    return Fd();
-  }
-  uv_os_fd_t raw = -1;
-  rc = uv_fileno(tmp.base(), &raw);
-  if (rc < 0) {
-    *err = rc;
-    return Fd();
-  }
-  Fd fd = Fd::dup_of(raw);
-  if (!fd) *err = uv_translate_sys_error(errno);
-  return fd;  // tmp (and libuv's copy of the fd) is closed by its owner
-}
-}  // namespace
-
-Fd accept_pending(uv_loop_t* loop, uv_pipe_t* ipc_pipe, int* err) {
-  *err = 0;
-  uv_handle_type type = uv_pipe_pending_type(ipc_pipe);
-  if (type == UV_TCP) {
-    uvcluster::detail::UvHandle<uv_tcp_t> tmp;
-    if ((*err = uv_tcp_init(loop, tmp.get())) < 0) return Fd();
-    tmp.mark_initialized();
-    return accept_into(ipc_pipe, tmp, err);
-  }
-  if (type == UV_UDP) {
-    uvcluster::detail::UvHandle<uv_udp_t> tmp;
-    if ((*err = uv_udp_init(loop, tmp.get())) < 0) return Fd();
-    tmp.mark_initialized();
-    return accept_into(ipc_pipe, tmp, err);
-  }
-  // UV_NAMED_PIPE and anything else (libuv reports e.g. regular files as unknown).
-  uvcluster::detail::UvHandle<uv_pipe_t> tmp;
-  if ((*err = uv_pipe_init(loop, tmp.get(), 0)) < 0) return Fd();
+Result<Fd> take_pending(uv_loop_t* loop, uv_pipe_t* ipc_pipe) {
+  // Whatever its type, the descriptor is accepted into a TCP handle: uv_accept only records it
+  // there, whereas uv_pipe_pending_type would probe it (ioctl, fstat, getsockname, getsockopt).
+  uvcluster::detail::UvHandle<uv_tcp_t> tmp;
+  if (int rc = uv_tcp_init(loop, tmp.get()); rc < 0) return Error::from_uv(rc, "accept");
   tmp.mark_initialized();
-  return accept_into(ipc_pipe, tmp, err);
+  if (int rc = uv_accept(reinterpret_cast<uv_stream_t*>(ipc_pipe), tmp.stream()); rc < 0)
+    return Error::from_uv(rc, "accept");
+  // Take the descriptor out of the handle (libuv received it close-on-exec, MSG_CMSG_CLOEXEC):
+  // closing the handle then neither closes it nor asks epoll to forget an fd it never watched,
+  // and no duplicate is needed.
+  Fd fd(tmp->io_watcher.fd);
+  tmp->io_watcher.fd = -1;
+  return fd;
 }
 
 }  // namespace detail_handles

@@ -3,6 +3,7 @@
 #include <uv.h>
 
 #include <memory>
+#include <optional>
 
 #include "uvcluster/detail/uv_handle.hpp"
 #include "uvcluster/fd.hpp"
@@ -16,14 +17,16 @@ struct SendStream {
   uvcluster::detail::UvHandle<uv_pipe_t> pipe;
   uv_stream_t* stream() const { return pipe.stream(); }
 };
-// Takes ownership of `fd` (a close-on-exec duplicate made by the caller). Errors are negative
-// libuv codes.
-int make_send_stream(uv_loop_t* loop, Fd fd, SendStream& out);
+// A pipe handle on `fd` for uv_write2 to send; takes ownership of `fd` (a close-on-exec
+// duplicate made by the caller).
+Result<std::unique_ptr<SendStream>> make_send_stream(uv_loop_t* loop, Fd fd);
 
-// Accepts one pending handle from `ipc_pipe` and returns a close-on-exec fd for it (invalid Fd
-// with *err set on failure). The libuv-side copy is closed.
-Fd accept_pending(uv_loop_t* loop, uv_pipe_t* ipc_pipe, int* err);
+// Takes one pending descriptor from `ipc_pipe` (close-on-exec, without probing its type).
+Result<Fd> take_pending(uv_loop_t* loop, uv_pipe_t* ipc_pipe);
 
-bool parse_handle_type(const std::string& name, HandleType* out);
+// "net.Server", "net.Socket", "net.Native", "dgram.Socket", "dgram.Native"; nullopt otherwise.
+std::optional<HandleType> parse_handle_type(const std::string& name);
+// A dgram.Socket frame's `dgramType`: "udp6" for an AF_INET6 socket, else "udp4".
+const char* dgram_type_of(int fd);
 
 }  // namespace uvcluster::ipc::detail_handles

@@ -1,9 +1,14 @@
 #include "json_fast.hpp"
 
 #include <charconv>
+#include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <locale.h>
+
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 
 #include "core/utf8.hpp"
 
@@ -18,6 +23,46 @@ double strtod_c(const char* first, const char* last) {
   static const locale_t c_locale = newlocale(LC_NUMERIC_MASK, "C", locale_t{});
   std::string copy(first, last);
   return c_locale ? strtod_l(copy.c_str(), nullptr, c_locale) : std::strtod(copy.c_str(), nullptr);
+}
+
+// Skips the bytes a JSON string copies verbatim: everything but '"', '\\', control characters
+// (< 0x20) and, with kStopAtNonAscii, bytes >= 0x80. 16 bytes per step with SSE2 (every x86-64),
+// else 8 with plain 64-bit arithmetic; a byte-at-a-time loop held a 1 MiB message to ~1 GB/s on
+// each side of the channel. The byte loop finishes the block that holds a stop byte.
+template <bool kStopAtNonAscii>
+const char* skip_plain(const char* p, const char* end) {
+#if defined(__SSE2__)
+  const __m128i quote = _mm_set1_epi8('"'), backslash = _mm_set1_epi8('\\');
+  const __m128i below_space = _mm_set1_epi8(0x1F), space = _mm_set1_epi8(0x20);
+  while (end - p >= 16) {
+    __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+    __m128i stop = _mm_or_si128(_mm_cmpeq_epi8(v, quote), _mm_cmpeq_epi8(v, backslash));
+    if (kStopAtNonAscii)  // signed: bytes >= 0x80 are negative, so "< 0x20" catches them too
+      stop = _mm_or_si128(stop, _mm_cmplt_epi8(v, space));
+    else  // unsigned v <= 0x1F
+      stop = _mm_or_si128(stop, _mm_cmpeq_epi8(_mm_min_epu8(v, below_space), v));
+    if (int mask = _mm_movemask_epi8(stop)) return p + __builtin_ctz(static_cast<unsigned>(mask));
+    p += 16;
+  }
+#else
+  constexpr uint64_t kOnes = 0x0101010101010101ULL;
+  constexpr uint64_t kHigh = 0x8080808080808080ULL;
+  auto has_zero_byte = [](uint64_t x) { return (x - kOnes) & ~x & kHigh; };
+  while (end - p >= 8) {
+    uint64_t w;
+    std::memcpy(&w, p, 8);
+    uint64_t stop = has_zero_byte(w ^ (kOnes * '"')) | has_zero_byte(w ^ (kOnes * '\\')) |
+                    ((w - kOnes * 0x20) & ~w & kHigh);  // some byte < 0x20
+    if (kStopAtNonAscii) stop |= w & kHigh;
+    if (stop) break;
+    p += 8;
+  }
+#endif
+  for (; p < end; ++p) {
+    unsigned char c = static_cast<unsigned char>(*p);
+    if (c == '"' || c == '\\' || c < 0x20 || (kStopAtNonAscii && c >= 0x80)) break;
+  }
+  return p;
 }
 
 struct Parser {
@@ -69,11 +114,7 @@ struct Parser {
     ++p;
     for (;;) {
       const char* start = p;
-      while (p < end) {
-        unsigned char c = static_cast<unsigned char>(*p);
-        if (c == '"' || c == '\\' || c < 0x20) break;
-        ++p;
-      }
+      p = skip_plain<false>(p, end);
       s.append(start, static_cast<size_t>(p - start));
       if (p >= end) return false;
       char c = *p++;
@@ -282,16 +323,14 @@ void escape_u(unsigned cp, std::string& out) {
 // (ED A0..BF xx, what parse() makes of "\ud800") are escaped back as \udxxx (well-formed
 // JSON.stringify), any other invalid byte sequence becomes one U+FFFD per maximal subpart.
 void dump_string(const std::string& s, std::string& out) {
+  // Room for the text as it is, the quotes and the frame's '\n' (escapes may still grow it).
+  out.reserve(out.size() + s.size() + 3);
   out.push_back('"');
   const char* p = s.data();
   const char* end = p + s.size();
   while (p < end) {
     const char* start = p;
-    while (p < end) {
-      unsigned char c = static_cast<unsigned char>(*p);
-      if (c < 0x20 || c == '"' || c == '\\' || c >= 0x80) break;
-      ++p;
-    }
+    p = skip_plain<true>(p, end);
     out.append(start, static_cast<size_t>(p - start));
     if (p >= end) break;
     unsigned char c = static_cast<unsigned char>(*p);

@@ -23,8 +23,10 @@ Result<std::unique_ptr<Channel>> parent_channel(uv_loop_t* loop, ChannelOptions 
   long fd = std::strtol(fd_text.c_str(), &end, 10);
   if (errno || *end || fd < 0 || fd > 1 << 20)
     return Error::make("ERR_IPC_NO_CHANNEL", "NODE_CHANNEL_FD is not a descriptor: " + fd_text);
-  if (mode != "json")
+  auto serialization = parse_serialization(mode);
+  if (!serialization)
     return Error::make("ERR_IPC_NO_CHANNEL", "unsupported NODE_CHANNEL_SERIALIZATION_MODE: " + mode);
+  options.serialization = *serialization;
   int flags = ::fcntl(static_cast<int>(fd), F_GETFD);
   if (flags < 0)
     return Error::make("ERR_IPC_NO_CHANNEL", "NODE_CHANNEL_FD " + fd_text + " is not open");

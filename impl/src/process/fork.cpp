@@ -37,6 +37,7 @@ Result<std::shared_ptr<ChildProcess>> fork(uv_loop_t* loop, std::string module,
   SpawnOptions so;
   so.process = std::move(options.process);
   so.process.shell = false;  // Node's fork sets options.shell = false
+  so.serialization = options.serialization;
   if (options.stdio) {
     if (std::none_of(options.stdio->begin(), options.stdio->end(),
                      [](const Stdio& s) { return s.kind == Stdio::Kind::ipc; }))

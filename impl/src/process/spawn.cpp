@@ -1,13 +1,17 @@
 // spawn(): argument validation, the uv_spawn call, and the ChildProcess life cycle
 // (spawn -> exit -> close, or error -> close).
 #include <signal.h>
+#include <sys/socket.h>
 #include <unistd.h>
+
+#include <cerrno>
 
 #include <algorithm>
 #include <mutex>
 
 #include "core/stream_owner.hpp"
 #include "ipc/channel_owner.hpp"
+#include "pidfd_child.hpp"
 #include "process/untimed.hpp"
 #include "uvcluster/process.hpp"
 #include "uvcluster/signals.hpp"
@@ -54,13 +58,13 @@ std::optional<Error> validate(const std::string& file, const std::vector<std::st
   if (has_nul(file)) return invalid_arg("file", file);
   for (size_t i = 0; i < args.size(); ++i)
     if (has_nul(args[i])) return invalid_arg("args[" + std::to_string(i) + "]", args[i]);
-  if (o.cwd && has_nul(*o.cwd)) return invalid_arg("options.cwd", *o.cwd);
+  if (o.cwd && has_nul(*o.cwd)) return invalid_arg("po.cwd", *o.cwd);
   if (o.argv0 && has_nul(*o.argv0)) return invalid_arg("options.argv0", *o.argv0);
   if (auto* sh = std::get_if<std::string>(&o.shell); sh && has_nul(*sh))
     return invalid_arg("options.shell", *sh);
   if (o.env) {
     for (const auto& [k, v] : *o.env) {
-      if (has_nul(k) || has_nul(v)) return invalid_arg("options.env['" + k + "']", v);
+      if (has_nul(k) || has_nul(v)) return invalid_arg("po.env['" + k + "']", v);
     }
   }
   if (o.timeout_ms < 0) return timeout_out_of_range(o.timeout_ms);
@@ -166,14 +170,15 @@ Result<std::shared_ptr<ChildProcess>> spawn(uv_loop_t* loop, std::string file,
         c.data.fd = s.fd;
         break;
       case Stdio::Kind::ipc: {
-        auto channel = ipc::ChannelOwner::make(loop);
+        auto channel = ipc::ChannelOwner::make(loop, ipc::ChannelOptions{.serialization = options.serialization});
         if (!channel) return channel.error();
         child->channel_ = std::move(*channel);
         c.flags = static_cast<uv_stdio_flags>(UV_CREATE_PIPE | UV_READABLE_PIPE | UV_WRITABLE_PIPE);
         c.data.stream = reinterpret_cast<uv_stream_t*>(ipc::ChannelOwner::pipe(*child->channel_));
         // Node appends these after the user's env; the child finds its end of the channel here.
         env.push_back("NODE_CHANNEL_FD=" + std::to_string(i));
-        env.push_back("NODE_CHANNEL_SERIALIZATION_MODE=json");
+        env.push_back(std::string("NODE_CHANNEL_SERIALIZATION_MODE=") +
+                      ipc::serialization_name(options.serialization));
         break;
       }
     }
@@ -182,37 +187,95 @@ Result<std::shared_ptr<ChildProcess>> spawn(uv_loop_t* loop, std::string file,
   std::vector<std::string> argv = child->argv_;
   auto argv_c = c_strings(argv);
   auto env_c = c_strings(env);
-  uv_process_options_t uvo{};
-  uvo.file = file.c_str();
-  uvo.args = argv_c.data();
-  uvo.env = env_c.data();
-  uvo.cwd = po.cwd ? po.cwd->c_str() : nullptr;
-  uvo.stdio_count = static_cast<int>(stdio.size());
-  uvo.stdio = stdio.data();
-  if (po.detached) uvo.flags |= UV_PROCESS_DETACHED;
-  if (po.uid) {
-    uvo.flags |= UV_PROCESS_SETUID;
-    uvo.uid = *po.uid;
-  }
-  if (po.gid) {
-    uvo.flags |= UV_PROCESS_SETGID;
-    uvo.gid = *po.gid;
-  }
-  uvo.exit_cb = [](uv_process_t* p, int64_t status, int term_signal) {
-    static_cast<ChildProcess*>(p->data)->on_process_exit(status, term_signal);
+
+  // posix_spawn + pidfd: a spawn whose cost does not grow with the parent's memory (see
+  // pidfd_child.hpp). Not for uid/gid (posix_spawn cannot set them), nor where the kernel lacks
+  // pidfds, nor for a file not found on PATH or found through a relative PATH entry while `cwd`
+  // changes what it means; and if posix_spawn fails, uv_spawn runs instead, so every error
+  // (ENOENT, EACCES, a script without #! that execvp runs with /bin/sh, ...) is uv_spawn's own.
+  // `ran`: the child started (then its result is final, never a second start through uv_spawn).
+  bool ran = false;
+  auto spawn_without_fork = [&]() -> int {
+    if (po.uid || po.gid || !detail::pidfd_spawn_available()) return UV_ENOTSUP;
+    auto path = detail::resolve_executable(file, po.env ? env_c.data() : nullptr);
+    if (!path || (po.cwd && path->front() != '/')) return UV_ENOENT;
+    detail::PidfdSpawnRequest request;
+    request.file = path->c_str();
+    request.argv = argv_c.data();
+    request.envp = env_c.data();
+    request.cwd = po.cwd ? po.cwd->c_str() : nullptr;
+    request.detached = po.detached;
+    request.fds.resize(stdio.size());
+    std::vector<Fd> parent_ends(stdio.size()), child_ends(stdio.size());
+    for (size_t i = 0; i < stdio.size(); ++i) {
+      const uv_stdio_container_t& c = stdio[i];
+      detail::ChildFd& slot = request.fds[i];
+      if (c.flags & UV_CREATE_PIPE) {
+        int pair[2];
+        if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair) < 0) return uv_translate_sys_error(errno);
+        parent_ends[i] = Fd(pair[0]);
+        child_ends[i] = Fd(pair[1]);
+        slot = {detail::ChildFd::Kind::dup, pair[1]};
+      } else if (c.flags & UV_INHERIT_FD) {
+        slot = {detail::ChildFd::Kind::dup, c.data.fd};
+      } else {
+        slot = {detail::ChildFd::Kind::dev_null, -1};  // libuv: /dev/null for 0-2 only
+      }
+    }
+    ChildProcess* raw = child.get();
+    auto started = detail::PidfdChild::spawn(
+        loop, request,
+        [raw](int64_t exit_status, int term_signal) { raw->on_process_exit(exit_status, term_signal); }, &ran);
+    if (!started) return started.error().errnum;  // becomes uv_spawn's status below
+    child->pidfd_child_ = std::move(*started);
+    for (size_t i = 0; i < stdio.size(); ++i) {
+      if (!parent_ends[i]) continue;
+      auto* pipe = reinterpret_cast<uv_pipe_t*>(stdio[i].data.stream);
+      if (int open_rc = uv_pipe_open(pipe, parent_ends[i].get()); open_rc < 0) {
+        // Cannot happen for a fresh socket on an unopened pipe; if it did, the child must not
+        // run unconnected: it is killed and reported like any child killed by a signal.
+        child->pidfd_child_->kill(SIGKILL);
+        break;
+      }
+      (void)parent_ends[i].release();  // the pipe handle owns it now
+    }
+    return 0;
   };
 
   child->process_->data = child.get();
-  int rc = uv_spawn(loop, child->process_.get(), &uvo);
-  child->process_.mark_initialized();  // initialized even on failure; must be closed
+  int rc = spawn_without_fork();
+  if (rc == 0) {
+    child->pid_ = child->pidfd_child_->pid();
+  } else if (!ran) {
+    uv_process_options_t uvo{};
+    uvo.file = file.c_str();
+    uvo.args = argv_c.data();
+    uvo.env = env_c.data();
+    uvo.cwd = po.cwd ? po.cwd->c_str() : nullptr;
+    uvo.stdio_count = static_cast<int>(stdio.size());
+    uvo.stdio = stdio.data();
+    if (po.detached) uvo.flags |= UV_PROCESS_DETACHED;
+    if (po.uid) {
+      uvo.flags |= UV_PROCESS_SETUID;
+      uvo.uid = *po.uid;
+    }
+    if (po.gid) {
+      uvo.flags |= UV_PROCESS_SETGID;
+      uvo.gid = *po.gid;
+    }
+    uvo.exit_cb = [](uv_process_t* p, int64_t status, int term_signal) {
+      static_cast<ChildProcess*>(p->data)->on_process_exit(status, term_signal);
+    };
+    rc = uv_spawn(loop, child->process_.get(), &uvo);
+    child->process_.mark_initialized();  // initialized even on failure; must be closed
+    if (rc == 0) child->pid_ = child->process_->pid;
+  }
   child->self_ = child;
   if (rc < 0) {
     child->failed(rc);
   } else {
-    child->pid_ = child->process_->pid;
     if (po.timeout_ms > 0) {
-      uv_timer_init(loop, child->timeout_.get());
-      child->timeout_.mark_initialized();
+      child->timeout_.must_init(uv_timer_init(loop, child->timeout_.get()), "uv_timer_init");
       child->timeout_->data = child.get();
       uv_timer_start(
           child->timeout_.get(),
@@ -282,6 +345,7 @@ void ChildProcess::on_process_exit(int64_t exit_status, int term_signal) {
   exit_status_ = status;
   timeout_.close();
   process_.close();
+  pidfd_child_.reset();
   if (stdin_) stdin_->destroy();
   auto keep = shared_from_this();
   exit_.emit(status);
@@ -306,8 +370,8 @@ bool ChildProcess::kill(const std::string& signal) {
 }
 
 bool ChildProcess::kill(int signum) {
-  if (!process_.initialized() || exit_status_) return false;
-  int rc = uv_process_kill(process_.get(), signum);
+  if ((!process_.initialized() && !pidfd_child_) || exit_status_) return false;
+  int rc = pidfd_child_ ? pidfd_child_->kill(signum) : uv_process_kill(process_.get(), signum);
   if (rc == 0) {
     killed_ = true;
     return true;

@@ -92,7 +92,7 @@ class Acceptor {
   void unwatch();
   void on_ready();
   void pause();
-  bool register_nested();
+  Status register_nested();
 
   uv_loop_t* loop_;
   int fd_;

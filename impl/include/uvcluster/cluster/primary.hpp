@@ -24,6 +24,7 @@
 //     decides whether to replace it.
 #include <uv.h>
 
+#include <array>
 #include <deque>
 #include <functional>
 #include <map>
@@ -43,11 +44,12 @@ namespace uvcluster::cluster {
 
 // rr and none are Node's SCHED_RR / SCHED_NONE. reuseport and exclusive are ours: reuseport binds
 // one SO_REUSEPORT socket per worker; exclusive is `none` for the primary, and C++ workers
-// register the shared socket with EPOLLEXCLUSIVE (they learn it from UVCLUSTER_SCHED_POLICY).
-enum class Policy { rr, none, reuseport, exclusive };
+// register the shared socket with EPOLLEXCLUSIVE (they learn it from UVCLUSTER_SCHED_POLICY);
+// sticky is rr that sends every connection of one client address to the same worker.
+enum class Policy { rr, none, reuseport, exclusive, sticky };
 const char* policy_name(Policy p);
 std::optional<Policy> parse_policy(std::string_view s);
-// NODE_CLUSTER_SCHED_POLICY: "rr" | "none" (and our two); anything else → rr (Node on Linux).
+// NODE_CLUSTER_SCHED_POLICY: "rr" | "none" (and our three); anything else → rr (Node on Linux).
 Policy policy_from_env();
 
 // What `listening` reports: Node's {addressType, address, port, fd}.
@@ -74,6 +76,10 @@ struct PrimarySettings {
   bool workers_die_with_primary = true;
   // rr: a hand-off without an answer for this long ends (see the fault list above).
   uint64_t handoff_timeout_ms = 10000;
+  // rr: hand-offs in flight per worker at most (Node: 1). Above 1 the primary sends the next
+  // connection without waiting for the worker's answer to the previous ones (`uvcluster run
+  // --rr-window K`): fewer round trips, a little less even spread over short bursts.
+  int rr_window = 1;
   // reuseport: turn on net.ipv4.tcp_migrate_req (sockets.hpp) so a dying worker's queued
   // connections move to the other workers instead of being reset. It is a setting of the whole
   // network namespace and needs root; without it a killed worker's queue is lost.
@@ -93,6 +99,16 @@ struct PrimaryStats {
   uint64_t queued = 0;      // connections waiting in the primary now
   uint64_t in_flight = 0;   // hand-offs awaiting an answer now
   uint64_t channel_errors = 0;
+  // rr: from sending a newconn to the worker's answer (accepted or refused), in the primary.
+  struct HandOffLatency {
+    static constexpr std::array<double, 17> kBoundsSeconds = {
+        0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
+        0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10};
+    std::array<uint64_t, kBoundsSeconds.size()> counts{};  // counts[i]: bound[i-1] < t <= bound[i]
+    uint64_t count = 0;  // every answer, those above the last bound included
+    double sum_seconds = 0;
+    void record(double seconds);
+  } handoff_latency;
 };
 
 class ServerHandle;
@@ -155,7 +171,7 @@ class WorkerHandle {
   uint64_t connections_ = 0;
   // One entry per handle-bearing message in flight on its channel, oldest first: what to do if
   // the worker answers NODE_HANDLE_NACK (the fd did not arrive) instead of NODE_HANDLE_ACK.
-  std::deque<std::function<void()>> on_nack_;
+  std::deque<std::shared_ptr<std::function<void()>>> on_nack_;  // per handle in flight, oldest first
   detail::Event<> online_;
   detail::Event<const Address&> listening_;
   detail::Event<const Json&> message_;
@@ -226,7 +242,7 @@ class Primary : public std::enable_shared_from_this<Primary> {
   // The message's seq, or nullopt when the worker's channel is closed (nothing sent, `cb` dropped).
   std::optional<int64_t> send_to(WorkerHandle& w, Json payload, Messenger::Reply cb = {},
                                  std::optional<ipc::OutgoingHandle> handle = std::nullopt,
-                                 std::function<void()> on_nack = {});
+                                 std::function<void()> on_nack = {}, bool pipelined = false);
 
   uv_loop_t* loop_;
   PrimarySettings settings_;
@@ -239,6 +255,7 @@ class Primary : public std::enable_shared_from_this<Primary> {
   std::map<std::string, std::unique_ptr<ServerHandle>> handles_;
   uint64_t handle_serial_ = 0;
   PrimaryStats retired_;  // counters of handles already closed
+  PrimaryStats::HandOffLatency handoff_latency_;
   std::vector<std::function<void()>> disconnect_cbs_;
   std::unique_ptr<Watchdog> watchdog_;  // started at the first fork when workers_die_with_primary
 

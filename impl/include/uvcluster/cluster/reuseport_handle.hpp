@@ -9,16 +9,18 @@ namespace uvcluster::cluster {
 
 class ReusePortHandle : public SocketHandle {
  public:
-  explicit ReusePortHandle(const BindSpec& spec);
+  // Binds the first socket (its error is the key's, and the key is dropped); listen(0) fixes the
+  // port there.
+  static Result<std::unique_ptr<ReusePortHandle>> open(BindSpec spec);
   static Result<std::unique_ptr<ServerHandle>> open_for(const ServerHandleContext& ctx, const ServerQuery& q);
 
-  int errnum() const { return errnum_; }  // the first bind's error (then the key is dropped)
-  Result<Fd> socket_for(int worker) override;      // a new socket in the port's SO_REUSEPORT group
+  Result<Fd> socket_for(int worker) override;  // a new socket in the port's SO_REUSEPORT group
+
+  ReusePortHandle(BindSpec spec, Fd probe) : spec_(std::move(spec)), probe_(std::move(probe)) {}
 
  private:
   BindSpec spec_;
   Fd probe_;  // the first bind, handed to the first worker
-  int errnum_ = 0;
 };
 
 }  // namespace uvcluster::cluster

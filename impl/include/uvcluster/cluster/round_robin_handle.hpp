@@ -1,10 +1,11 @@
 #pragma once
 // Node's RoundRobinHandle (lib/internal/cluster/round_robin_handle.js): the primary accepts and
-// hands each connection to an idle worker. The scheduling part is transport-free (a Sender per
+// hands each connection to an idle worker (TCP and unix sockets alike; never UDP). The scheduling part is transport-free (a Sender per
 // worker) so it can be tested with fakes; RoundRobinHandle adds the listening socket (accepted on
 // by cluster::Acceptor) and the hand-off timeout.
 //
-// Every hand-off ends, and frees the worker's one slot, in exactly one of these ways:
+// Each worker has `window` hand-off slots (Node: 1; `uvcluster run --rr-window K`). Every hand-off
+// ends, and frees its slot, in exactly one of these ways:
 //   accepted  → the primary closes its copy; the worker gets the next queued connection.
 //   refused   → (accepted:false, e.g. the worker is at server.maxConnections, or a NACK: the fd
 //               never arrived) the worker stays in the rotation, as in Node, but rests a moment
@@ -17,8 +18,17 @@
 //   timeout   → no answer within the timeout: the primary closes its copy (the worker still has
 //               its own and may serve it) and gives the worker nothing more until it answers.
 //   send failed (the primary is out of fds for its copy) → that connection is closed.
+//
+// Sticky scheduling (Policy::sticky, beyond Node): each connection carries a key (a hash of the
+// client's address) and goes only to that key's worker, chosen by rendezvous hashing among the
+// workers in the rotation and then pinned, so a client keeps its worker while that worker is in
+// the rotation — a worker joining later takes no one's clients — and is remapped when it leaves.
+// A busy (or resting) worker's connections wait for it in the queue; they do not go elsewhere.
+// The pins are bounded (kMaxPins): when full they are forgotten, and clients are placed afresh
+// by the hash, which only moves those whose pinned worker joined after others.
 #include <uv.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <deque>
 #include <functional>
@@ -26,6 +36,7 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <unordered_map>
 
 #include "uvcluster/cluster/acceptor.hpp"
 #include "uvcluster/cluster/server_handle.hpp"
@@ -53,7 +64,11 @@ class RoundRobinScheduler {
   static constexpr int kDefaultAttemptsPerWorker = 8;
   static constexpr uint64_t kRestBaseMs = 5;
   static constexpr uint64_t kRestMaxMs = 200;
-  explicit RoundRobinScheduler(int attempts_per_worker = kDefaultAttemptsPerWorker);
+  static constexpr size_t kMaxPins = 1 << 16;
+  enum class Pick { idle_worker, sticky };
+  explicit RoundRobinScheduler(int attempts_per_worker = kDefaultAttemptsPerWorker, Pick pick = Pick::idle_worker);
+  // Hand-offs in flight per worker at most (>= 1; Node's is 1).
+  void set_window(int window) { window_ = std::max(1, window); }
 
   void add(int worker, Sender send);  // then hands it a queued connection, if any
   // Drops a worker from the rotation. Returns true when no worker is left.
@@ -64,7 +79,11 @@ class RoundRobinScheduler {
   bool remove(int worker, bool gone = true);
   // The worker has gone for good: connections still awaiting its reply are queued again.
   void worker_gone(int worker);
-  void push(Fd conn);  // a freshly accepted connection (Node's distribute)
+  // A freshly accepted connection (Node's distribute); `key` places it under Pick::sticky.
+  void push(Fd conn, uint64_t key = 0);
+  // Pick::sticky: the worker `key` goes to now (pinning it), or 0 with no worker in the rotation.
+  int worker_for(uint64_t key);
+  Pick pick() const { return pick_; }
   // Ends every hand-off sent at or before `sent_before` (a time from the clock) that has no answer.
   size_t expire(uint64_t sent_before);
   void set_clock(std::function<uint64_t()> now) { now_ = std::move(now); }
@@ -91,6 +110,7 @@ class RoundRobinScheduler {
     Fd fd;
     int attempts = 0;     // failed hand-offs so far
     int refused_by = 0;   // the last worker that failed it (0: none)
+    uint64_t key = 0;     // Pick::sticky: the client's address hash
   };
   struct InFlight {
     uint64_t id;
@@ -99,8 +119,8 @@ class RoundRobinScheduler {
   };
   struct Member {
     Sender send;
-    std::optional<InFlight> in_flight;
-    uint64_t stalled = 0;  // id of a timed-out hand-off: no more until the worker answers it
+    std::deque<InFlight> in_flight;  // oldest first, at most window_
+    uint64_t stalled = 0;  // id of the oldest timed-out hand-off: no more until the worker answers it
     int refusals_in_row = 0;
     uint64_t rest_until = 0;  // no hand-off before this time (clock units: ms)
   };
@@ -115,6 +135,9 @@ class RoundRobinScheduler {
   std::optional<Conn> take_for(int worker);
 
   int attempts_per_worker_;
+  int window_ = 1;
+  Pick pick_;
+  std::unordered_map<uint64_t, int> pins_;  // Pick::sticky: key -> worker
   std::function<uint64_t()> now_ = [] { return uint64_t{0}; };
   std::function<void(uint64_t)> on_rest_;
   std::map<uint64_t, Orphan> orphans_;  // by hand-off id
@@ -126,22 +149,26 @@ class RoundRobinScheduler {
   uint64_t next_id_ = 1;
 };
 
-// The listening socket + scheduler. Accepts until EAGAIN on each wake-up (the primary is the
-// only acceptor, so draining costs no herd); out of fds it pauses (Acceptor). A sweep timer ends
+// The listening socket + scheduler. Accepts one connection per wake-up (no accept known to fail
+// with EAGAIN); out of fds it pauses (Acceptor). A sweep timer ends
 // hand-offs that got no answer within `handoff_timeout_ms`.
 class RoundRobinHandle : public ServerHandle {
  public:
   static constexpr uint64_t kDefaultHandoffTimeoutMs = 10000;
-  RoundRobinHandle(uv_loop_t* loop, Fd listening, uint64_t handoff_timeout_ms);
+  RoundRobinHandle(uv_loop_t* loop, BoundSocket listening, uint64_t handoff_timeout_ms,
+                   RoundRobinScheduler::Pick pick = RoundRobinScheduler::Pick::idle_worker);
   ~RoundRobinHandle() override;
   RoundRobinHandle(const RoundRobinHandle&) = delete;
   RoundRobinHandle& operator=(const RoundRobinHandle&) = delete;
 
-  // Binds + listens (errors as values), then starts accepting.
-  static Result<std::unique_ptr<RoundRobinHandle>> open(uv_loop_t* loop, const BindSpec& spec, int backlog,
-                                                        uint64_t handoff_timeout_ms = kDefaultHandoffTimeoutMs);
+  // Binds + listens (a unix socket: then readableAll / writableAll, as Node's net.Server in the
+  // primary does), then starts accepting. Errors as values.
+  static Result<std::unique_ptr<RoundRobinHandle>> open(
+      uv_loop_t* loop, const ServerQuery& q, uint64_t handoff_timeout_ms = kDefaultHandoffTimeoutMs,
+      RoundRobinScheduler::Pick pick = RoundRobinScheduler::Pick::idle_worker);
   RoundRobinScheduler& scheduler() { return sched_; }
-  const SockName& sockname() const { return sockname_; }
+  // TCP only: a unix socket has none, and Node's reply then carries no sockname.
+  const std::optional<SockName>& sockname() const { return sockname_; }
   // Accept counters of the listening socket, kept after close().
   AcceptorCounters accept_counters() const {
     AcceptorCounters c = closed_accept_;
@@ -151,6 +178,7 @@ class RoundRobinHandle : public ServerHandle {
   void close();
 
   // ServerHandle: the reply carries the sockname (Node's); connections follow as `newconn`.
+  // Policy::sticky picks RoundRobinScheduler::Pick::sticky.
   static Result<std::unique_ptr<ServerHandle>> open_for(const ServerHandleContext& ctx, const ServerQuery& q);
   void add(int worker, AddReply reply) override;
   bool remove(int worker, bool gone) override;
@@ -162,6 +190,7 @@ class RoundRobinHandle : public ServerHandle {
   std::function<HandOffSender(int worker)> newconn_;
   uv_loop_t* loop_;
   Fd fd_;
+  SocketFile file_;  // a unix socket's path, removed on close()
   std::unique_ptr<Acceptor> acceptor_;
   AcceptorCounters closed_accept_;
   detail::UvHandle<uv_timer_t> sweep_;
@@ -169,7 +198,7 @@ class RoundRobinHandle : public ServerHandle {
   uint64_t wake_due_ = 0;
   uint64_t timeout_ms_;
   RoundRobinScheduler sched_;
-  SockName sockname_;
+  std::optional<SockName> sockname_;
 };
 
 }  // namespace uvcluster::cluster

@@ -2,8 +2,9 @@
 // The primary's handle for one server key, Node's `handle` in lib/internal/cluster/primary.js:
 // RoundRobinHandle (the primary accepts and hands connections out), SharedHandle (every worker
 // gets the bound socket and accepts itself) and ReusePortHandle (one SO_REUSEPORT socket per
-// worker) implement it. The primary only calls add/remove; a new kind of handle (pipe, UDP) is a
-// new file plus one line in handle_kinds() (server_handle.cpp).
+// worker) and UdpHandle (a SharedHandle for UDP, never round-robin) implement it. The primary only
+// calls add/remove; a new kind of handle is a new file plus one line in handle_kinds()
+// (server_handle.cpp). TCP, unix-socket and UDP servers and listen({fd}) are all served.
 #include <uv.h>
 
 #include <cstdint>
@@ -24,15 +25,33 @@ namespace uvcluster::cluster {
 struct PrimaryStats;
 
 
+// What kind of server a worker asks for (Node tells them apart by addressType and port).
+enum class Transport { tcp, pipe, udp };
+
 // A parsed queryServer (Node's message fields, checked).
 struct ServerQuery {
-  std::string key;
-  Address where;
-  BindSpec spec;
+  std::string key{};
+  Address where{};
+  Transport transport = Transport::tcp;
+  BindSpec spec{};  // tcp
+  // pipe: the path the primary binds. The worker sends an absolute path; Node's primary binds it
+  // relative to its own cwd when that is shorter, so a socket deep in a long directory still
+  // fits sun_path (~108 bytes).
+  std::string path{};
+  bool readable_all = false;  // pipe, round-robin only: Node's SharedHandle never chmods
+  bool writable_all = false;
+  std::string udp_address{};  // udp: the worker's looked-up IP
+  int udp_port = 0;
+  int udp_flags = 0;       // kUdpIpv6Only | kUdpReuseAddr
+  std::optional<int> fd{};  // listen({fd: N}): the *primary's* descriptor N, as in Node
   int backlog = 511;
 };
 // Node's primary would throw on a malformed query; we answer the worker with this errno instead.
 Result<ServerQuery> parse_query(const Json& msg);
+
+// The socket for `q`, bound and not listening (Node's net._createServerHandle and
+// dgram._createSocketHandle).
+Result<BoundSocket> bind_for(const ServerQuery& q);
 
 class ServerHandle {
  public:
@@ -59,6 +78,8 @@ class SocketHandle : public ServerHandle {
  public:
   // The socket for `worker` (recorded as a member), or the error for its listen.
   virtual Result<Fd> socket_for(int worker) = 0;
+  // How the socket travels: net.Native (TCP, pipe) or dgram.Native (UDP), as Node sends it.
+  virtual ipc::HandleType handle_type() const { return ipc::HandleType::native; }
   void add(int worker, AddReply reply) override;
   bool remove(int worker, bool gone) override;
   bool has(int worker) const override { return workers_.count(worker) != 0; }
@@ -73,6 +94,7 @@ struct ServerHandleContext {
   uv_loop_t* loop = nullptr;
   Policy policy = Policy::rr;
   uint64_t handoff_timeout_ms = 10000;
+  int rr_window = 1;  // rr: hand-offs in flight per worker
   bool reuseport_migrate_queues = true;
   // rr: how a connection reaches `worker` ({act:"newconn"} + the fd, with the primary's seq/ack).
   std::function<HandOffSender(int worker)> newconn{};

@@ -1,6 +1,8 @@
 #pragma once
 // Node's SharedHandle (lib/internal/cluster/shared_handle.js): one bound, not yet listening
-// socket per key, sent to every worker, which listens and accepts on it itself.
+// socket per key (TCP, unix socket, or the primary's own fd for listen({fd})), sent to every
+// worker, which listens and accepts on it itself. The socket file of a unix socket is removed
+// when the last worker leaves.
 #include "uvcluster/cluster/server_handle.hpp"
 #include "uvcluster/cluster/sockets.hpp"
 
@@ -8,18 +10,24 @@ namespace uvcluster::cluster {
 
 class SharedHandle : public SocketHandle {
  public:
-  explicit SharedHandle(const BindSpec& spec);
+  explicit SharedHandle(BoundSocket socket) : socket_(std::move(socket)) {}
+  // Binds for `q`; a bind error is Node's `errno` for this key (the primary then drops the key).
   static Result<std::unique_ptr<ServerHandle>> open_for(const ServerHandleContext& ctx, const ServerQuery& q);
 
-  // Node's `errno` for this key: 0, or the negative bind error (then the key is dropped).
-  int errnum() const { return errnum_; }
-  // A dup of the shared socket for `worker`, or the negative errno.
+  // A dup of the shared socket for `worker`.
   Result<Fd> socket_for(int worker) override;
 
+ protected:
+  template <class Handle>
+  static Result<std::unique_ptr<ServerHandle>> open_as(const ServerQuery& q) {
+    auto bound = bind_for(q);
+    if (!bound.ok()) return bound.error();
+    return std::unique_ptr<ServerHandle>(std::make_unique<Handle>(std::move(*bound)));
+  }
+
  private:
-  void on_last_removed() override { fd_.reset(); }
-  Fd fd_;
-  int errnum_ = 0;
+  void on_last_removed() override { socket_ = {}; }
+  BoundSocket socket_;
 };
 
 }  // namespace uvcluster::cluster

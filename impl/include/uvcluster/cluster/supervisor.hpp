@@ -22,6 +22,9 @@
 // old one has exited. A replacement that dies before it is up rolls that slot back (the old
 // worker keeps serving) and ends the reload: the worker count never drifts. A reload asked for
 // during a reload is queued (one), not dropped.
+// Memory limit (max_memory_bytes, PM2's max_memory_restart): every memory_check_ms the RSS of
+// each slot's worker is read (/proc/PID/stat); one above the limit in memory_samples samples in a
+// row is replaced as by a reload of its slot alone (the new worker is up before it is stopped).
 // Threading and lifetime: loop thread only. `fork` fires inside start()/scale()/reload() (attach
 // listeners before start()); the other events come from the loop. Keep the shared_ptr until
 // `done`; destroying the Supervisor earlier closes its handles and leaves its workers running.
@@ -36,6 +39,7 @@
 #include <string_view>
 #include <vector>
 
+#include "uvcluster/cluster/output_log.hpp"
 #include "uvcluster/cluster/primary.hpp"
 #include "uvcluster/detail/event.hpp"
 #include "uvcluster/error.hpp"
@@ -61,8 +65,17 @@ struct SupervisorOptions {
   // never interleaved mid-line); overrides primary.stdio.
   bool relay_output = false;
   size_t max_line_bytes = 1 << 20;       // a longer line is delivered in pieces of this size
+  // relay_output: how lines are formatted (instance prefix, timestamp; see output_log.hpp) and
+  // where they go: a stream with a file is written there, the others reach on_output. A line the
+  // file cannot take (disk full) reaches on_output rather than being lost.
+  std::optional<LineFormat> line_format{};  // nullopt: lines exactly as the worker wrote them
+  std::shared_ptr<RotatingFile> out_file{};
+  std::shared_ptr<RotatingFile> err_file{};
   // SIGTERM/SIGINT drain (a second one SIGKILLs what is left), SIGHUP reloads.
   bool handle_signals = false;
+  uint64_t max_memory_bytes = 0;         // 0 = no limit
+  int64_t memory_check_ms = 1000;
+  int memory_samples = 2;
 };
 
 enum class OutputStream { out, err };
@@ -70,14 +83,15 @@ enum class OutputStream { out, err };
 // One slot as status() shows it.
 struct InstanceStatus {
   enum class State { starting, up, backoff, errored, stopped };
-  static const char* state_name(State s);
   int instance = 0;
   State state = State::starting;
   std::optional<int> id{};               // its current worker
   std::optional<int> pid{};
   int restarts = 0;
   uint64_t connections = 0;              // handed to this slot's workers so far (rr)
+  int64_t uptime_ms = 0;                 // of its current worker, since its fork
 };
+const char* to_string(InstanceStatus::State s);  // "starting" | "up" | "backoff" | "errored" | "stopped"
 
 // Aggregates only: bounded by the number of slots however many workers came and went.
 struct SupervisorStats {
@@ -147,6 +161,10 @@ class Supervisor : public std::enable_shared_from_this<Supervisor> {
   void on_reload_done(std::function<void()> fn) { reload_done_.add(std::move(fn)); }
   // A replacement died (or timed out) before it was up; `id` is that replacement.
   void on_reload_failed(std::function<void(int id)> fn) { reload_failed_.add(std::move(fn)); }
+  // The worker stayed above max_memory_bytes: its slot is being reloaded (reload events follow).
+  void on_memory_limit(std::function<void(WorkerHandle&, int instance, uint64_t rss_bytes)> fn) {
+    memory_limit_.add(std::move(fn));
+  }
   void on_drain(std::function<void(const std::string& reason, size_t workers)> fn) { drain_.add(std::move(fn)); }
   // fatal: no worker ever listened and the address cannot be had (EADDRINUSE, EACCES,
   // EADDRNOTAVAIL): the supervisor drains with reason "listen-error". Otherwise it is the
@@ -157,7 +175,8 @@ class Supervisor : public std::enable_shared_from_this<Supervisor> {
   // worker: null when no worker could be forked. A spawn failure (ENOENT) drains: the command
   // cannot run at all.
   void on_error(std::function<void(WorkerHandle*, const Error&)> fn) { error_.add(std::move(fn)); }
-  // relay_output: one whole line (with its '\n'; the last piece of a stream may lack it).
+  // relay_output: one whole line (with its '\n'; unformatted, the last piece of a stream may
+  // lack it), formatted by line_format; lines written to a file do not come here.
   void on_output(std::function<void(WorkerHandle&, OutputStream, std::string_view)> fn) { output_.add(std::move(fn)); }
   void on_done(std::function<void(const SupervisorResult&)> fn) { done_.add(std::move(fn)); }
 
@@ -170,7 +189,8 @@ class Supervisor : public std::enable_shared_from_this<Supervisor> {
   void finish();
   void attach();
   void install_signals();
-  void relay(WorkerHandle& w);
+  void relay(WorkerHandle& w, int instance);
+  void deliver(WorkerHandle& w, int instance, OutputStream stream, std::string_view line);
   Slot* slot_of(int instance);
   Tracked* tracked(int id);
   void mark_up(WorkerHandle& w);
@@ -179,7 +199,8 @@ class Supervisor : public std::enable_shared_from_this<Supervisor> {
   void stop(Tracked& t);
   void signal_stopped(Tracked& t);
   void fail_start(Tracked& t);
-  void start_reload();
+  bool reload_slot(int instance);
+  void check_memory();
   void next_reload();
   void advance_reload();
   void maybe_finish();
@@ -225,6 +246,7 @@ class Supervisor : public std::enable_shared_from_this<Supervisor> {
   detail::Event<> reload_queued_;
   detail::Event<> reload_done_;
   detail::Event<int> reload_failed_;
+  detail::Event<WorkerHandle&, int, uint64_t> memory_limit_;
   detail::Event<const std::string&, size_t> drain_;
   detail::Event<WorkerHandle&, const Address&, const Error&, bool> listen_error_;
   detail::Event<WorkerHandle*, const Error&> error_;

@@ -3,6 +3,8 @@
 // until the close callback runs; destruction starts uv_close and the close callback frees it.
 #include <uv.h>
 
+#include <cstdio>
+#include <cstdlib>
 #include <functional>
 #include <memory>
 #include <utility>
@@ -33,6 +35,17 @@ class UvHandle {
   // Call after a successful uv_*_init: from then on the handle must be closed, not just freed.
   void mark_initialized() { h_->initialized = true; }
   bool initialized() const { return h_ && h_->initialized; }
+  // For the uv_*_init calls that cannot fail on a live loop (timer, idle, check; tcp and pipe
+  // before a socket is opened): checks `rc` and marks the handle initialized. A failure is a
+  // broken invariant, reported and aborted on, never ignored. Inits that can fail (signal, async,
+  // poll, loop) return their error instead.
+  void must_init(int rc, const char* what) {
+    if (rc != 0) {
+      std::fprintf(stderr, "uvcluster: %s failed: %s\n", what, uv_strerror(rc));
+      std::abort();
+    }
+    mark_initialized();
+  }
   bool active() const { return initialized() && uv_is_active(base()); }
 
   // Starts closing; `on_closed` runs from the close callback (never synchronously).

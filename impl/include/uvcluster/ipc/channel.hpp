@@ -1,14 +1,19 @@
 #pragma once
-// ipc::Channel: Node's IPC channel (child_process 'ipc' stdio, serialization "json") over a libuv
-// IPC pipe (Node's lib/internal/child_process.js: setupChannel, handleConversion). Wire format and
-// protocol: docs/protocol.md §1–§2.
+// ipc::Channel: Node's IPC channel (child_process 'ipc' stdio, serialization "json" or "advanced")
+// over a libuv IPC pipe (Node's lib/internal/child_process.js: setupChannel, handleConversion).
+// Wire format and protocol: docs/protocol.md §1–§2.
 //
-//   * Framing: one JSON text + '\n' per message, UTF-8. Any JSON value is a message.
+//   * Framing (json): one JSON text + '\n' per message, UTF-8. Any JSON value is a message.
+//   * Framing (advanced): a 4-byte big-endian length + V8 ValueSerializer data; non-JSON values
+//     (undefined, BigInt, Date, Map, Buffer, circular references, ...) are {"$v8":...} objects in
+//     the Json message (uvcluster/ipc/v8_serializer.hpp). Everything below holds in both modes;
+//     the internal messages (NODE_HANDLE, ACK, ...) are the same objects, serialized the same way.
 //   * Messages whose `cmd` is a string longer than 5 chars starting with "NODE_" are internal:
 //     they go to on_internal_message, never to on_message.
 //   * Handles travel as {"cmd":"NODE_HANDLE","type":...,"msg":<user message>[,"key":...]} with the
 //     fd attached (SCM_RIGHTS); the receiver answers NODE_HANDLE_ACK (or NODE_HANDLE_NACK when no
-//     fd arrived). One handle is in flight per channel; later sends queue behind it, in order.
+//     fd arrived). One handle is in flight per channel; later sends queue behind it, in order
+//     (SendOptions::pipelined handles excepted: a hand-off window).
 //
 // Lifetime: owned by the ChildProcess (parent side: child->channel()) or by the caller (child
 // side, from parent_channel()). Events are delivered on the loop, never from inside
@@ -28,8 +33,10 @@
 // ReceivedHandle; NODE_HANDLE_ACK/NACK also reach on_internal_message. User messages that arrive
 // before any on_message listener are kept and replayed (Node's kPendingMessages).
 //
-// Sending: a handle frame is one uv_write2 carrying a close-on-exec duplicate of the fd; the
-// channel keeps its own fd until the ACK. On NACK a net.Socket sent without keep_open is re-sent
+// Sending: when nothing is queued, a handle frame and its fd go out in one sendmsg on the
+// channel's socket (no duplicate, no libuv handle); otherwise it waits in the queue as a
+// close-on-exec duplicate written by uv_write2. An owned fd is kept until the ACK. Frames written
+// while a read is being handled (an ACK and the reply it triggers) leave in one write. On NACK a net.Socket sent without keep_open is re-sent
 // up to 3 times (Node's MAX_HANDLE_RETRANSMISSIONS), then given up with error
 // ERR_IPC_HANDLE_NOT_RECEIVED (Node: SentHandleNotReceivedWarning); other types just release
 // the queue. Deliberate difference, verified against node v20: Node re-sends the already
@@ -39,9 +46,14 @@
 //
 // Bad input (Node would throw an uncaught exception; we never crash or leak an fd):
 //   not JSON / empty line        → error ERR_IPC_BAD_FRAME, the line is skipped, reading goes on
+//   advanced: not V8 data, or a value we do not model (SharedArrayBuffer, WebAssembly, ...)
+//                                → error ERR_IPC_BAD_FRAME, the frame is skipped, reading goes on
+//   advanced: send() of a message that cannot be written (v8_serializer.hpp)
+//                                → ERR_IPC_UNSERIALIZABLE to `done` (or on_error), send() is false
 //   nested > max_nesting_depth   → error ERR_IPC_BAD_FRAME, the line is skipped (Node would take
 //                                  it; see framing.hpp for the bound's reason)
-//   line > max_frame_bytes       → error ERR_IPC_FRAME_TOO_LARGE, then disconnect + close
+//   line (advanced: announced length) > max_frame_bytes
+//                                → error ERR_IPC_FRAME_TOO_LARGE, then disconnect + close
 //   fd with no NODE_HANDLE       → error ERR_IPC_UNEXPECTED_HANDLE, the fd is closed (an fd left
 //                                  over when no partial frame is buffered can never be claimed)
 //   NODE_HANDLE without an fd    → NODE_HANDLE_NACK sent, nothing delivered, no error
@@ -69,6 +81,7 @@
 #include "uvcluster/error.hpp"
 #include "uvcluster/fd.hpp"
 #include "uvcluster/ipc/framing.hpp"
+#include "uvcluster/ipc/serialization.hpp"
 
 namespace uvcluster::ipc {
 
@@ -76,16 +89,28 @@ struct ChannelOwner;  // spawn() and parent_channel(): they open the pipe (impl/
 
 using Json = nlohmann::json;
 
-// What a passed handle is, as Node names it in NODE_HANDLE's `type`.
-enum class HandleType { server /*net.Server*/, socket /*net.Socket*/, native /*net.Native*/ };
-const char* handle_type_name(HandleType t);  // "net.Server", "net.Socket", "net.Native"
+// What a passed handle is, as Node names it in NODE_HANDLE's `type`. A `dgram` frame also carries
+// `dgramType` ("udp4"/"udp6", from the socket's family): a Node receiver makes a dgram.Socket of
+// that type around the fd; `dgram_native` is the raw UDP handle (what cluster's primary sends).
+enum class HandleType {
+  server /*net.Server*/,
+  socket /*net.Socket*/,
+  native /*net.Native*/,
+  dgram /*dgram.Socket*/,
+  dgram_native /*dgram.Native*/
+};
+// "net.Server", "net.Socket", "net.Native", "dgram.Socket", "dgram.Native"
+const char* handle_type_name(HandleType t);
 
-// A handle to send. The channel owns `fd` (pass Fd::dup_of(x) to keep your own) and closes it
+// A handle to send. The channel owns `fd` (pass Fd::dup(x).value() to keep your own) and closes it
 // once the receiver has ACKed (or the channel is gone).
 struct OutgoingHandle {
   HandleType type = HandleType::native;
   Fd fd{};
   std::optional<std::string> key{};  // net.Socket accepted by a server: the server's key
+  // Instead of `fd`: the caller's own descriptor, which it keeps. Sent as is when the frame can
+  // go out at once (no duplicate); duplicated only if the frame has to wait in a queue.
+  int borrowed = -1;
 };
 
 // A handle received with a message. A listener that wants it moves `fd` out; otherwise the
@@ -107,12 +132,19 @@ struct SendOptions {
   // close the original (Node closes the socket after ACK).
   bool keep_open = false;
   std::function<void()> on_acked{};
+  // A hand-off window: this handle does not wait for the ACK of the handles sent before it (nor
+  // does anything wait for its own). ACK/NACKs answer handles in the order they were sent. For
+  // net.Native handles, which are never re-sent.
+  bool pipelined = false;
 };
 
 struct ChannelOptions {
   size_t max_frame_bytes = 64 * 1024 * 1024;  // a longer line: error ERR_IPC_FRAME_TOO_LARGE, close
   // Deeper arrays/objects: error ERR_IPC_BAD_FRAME, the line is skipped (why 1000: framing.hpp).
   size_t max_nesting_depth = kMaxNestingDepth;
+  // Both ends must agree: fork()/spawn() tell a child through NODE_CHANNEL_SERIALIZATION_MODE,
+  // and parent_channel() follows that variable.
+  Serialization serialization = Serialization::json;
 };
 
 class Channel {
@@ -150,8 +182,9 @@ class Channel {
   void on_message(std::function<void(const Json&, ReceivedHandle*)> fn);
   void on_internal_message(std::function<void(const Json&, ReceivedHandle*)> fn);
   void on_disconnect(std::function<void()> fn);
-  // Protocol and I/O errors. Codes: ERR_IPC_BAD_FRAME (a line that is not JSON or empty; the
-  // line is skipped), ERR_IPC_FRAME_TOO_LARGE (channel closed), ERR_IPC_UNEXPECTED_HANDLE (fd
+  // Protocol and I/O errors. Codes: ERR_IPC_BAD_FRAME (a line that is not JSON or empty, or an
+  // advanced frame that is not V8 data we model; it is skipped), ERR_IPC_UNSERIALIZABLE (a send
+  // without `done` that advanced mode cannot write), ERR_IPC_FRAME_TOO_LARGE (channel closed), ERR_IPC_UNEXPECTED_HANDLE (fd
   // with no NODE_HANDLE; fd closed), ERR_IPC_TRUNCATED (peer closed mid-message), system codes.
   void on_error(std::function<void(const Error&)> fn);
   void on_close(std::function<void()> fn);
@@ -168,9 +201,10 @@ class Channel {
   std::shared_ptr<Impl> impl_;
 };
 
-// Child side: opens the channel the parent gave us through NODE_CHANNEL_FD (json mode only) and
-// removes NODE_CHANNEL_FD / NODE_CHANNEL_SERIALIZATION_MODE from the environment, as Node does.
-// Errors: ERR_IPC_NO_CHANNEL when the variable is missing or not an open fd.
+// Child side: opens the channel the parent gave us through NODE_CHANNEL_FD, in the mode
+// NODE_CHANNEL_SERIALIZATION_MODE names ("json" when unset; options.serialization is ignored),
+// and removes both variables from the environment, as Node does. Errors: ERR_IPC_NO_CHANNEL
+// when NODE_CHANNEL_FD is missing or not an open fd, or the mode is neither json nor advanced.
 Result<std::unique_ptr<Channel>> parent_channel(uv_loop_t* loop, ChannelOptions options = {});
 
 }  // namespace uvcluster::ipc

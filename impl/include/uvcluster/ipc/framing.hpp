@@ -23,8 +23,11 @@
 //   * A line (complete, or still incomplete in the buffer) longer than max_frame_bytes makes the
 //     reader fail for good (ERR_IPC_FRAME_TOO_LARGE); the channel then closes.
 #include <cstddef>
+#include <cstdlib>
 #include <functional>
+#include <memory>
 #include <nlohmann/json.hpp>
+#include <span>
 #include <string>
 #include <string_view>
 
@@ -36,22 +39,33 @@ class FrameReader {
  public:
   explicit FrameReader(size_t max_frame_bytes = 64 * 1024 * 1024) : max_(max_frame_bytes) {}
 
-  // Feeds bytes; calls on_line(line) for every complete line (without the '\n'), in order.
-  // Returns false once a line exceeded max_frame_bytes (then and on every later call; nothing
-  // more is delivered).
+  // Reading without a copy: space(min) is where the next read may write (at least `min` bytes,
+  // all the free room when there is more), commit(n, on_line) takes the n bytes just written
+  // there. Only those new bytes are scanned for '\n', so a long frame arriving in many reads
+  // costs one scan and no re-assembly. on_line(line) runs for every complete line (without the
+  // '\n'), in order; the view is valid during the call. commit returns false once a line
+  // exceeded max_frame_bytes (then and on every later call; nothing more is delivered).
+  std::span<char> space(size_t min);
+  bool commit(size_t n, const std::function<void(std::string_view)>& on_line);
+  // The same for bytes that are elsewhere: copies them in, then commit().
   bool feed(const char* data, size_t n, const std::function<void(std::string_view)>& on_line);
   // Bytes of an incomplete line held back (Node's channel.buffering).
-  bool buffering() const { return !buf_.empty(); }
-  size_t buffered() const { return buf_.size(); }
+  bool buffering() const { return end_ > begin_; }
+  size_t buffered() const { return end_ - begin_; }
   bool failed() const { return failed_; }
-  void reset() {
-    buf_.clear();
-    failed_ = false;
-  }
 
  private:
+  struct Free {
+    void operator()(char* p) const { std::free(p); }
+  };
+  bool fail();
   size_t max_;
-  std::string buf_;
+  // Held bytes are [begin_, end_) of a malloc'ed buffer of cap_ bytes: malloc so that growing a
+  // big buffer can be a realloc (mremap for large blocks) instead of a copy.
+  std::unique_ptr<char, Free> data_;
+  size_t cap_ = 0;
+  size_t begin_ = 0;
+  size_t end_ = 0;
   bool failed_ = false;
 };
 
@@ -65,6 +79,8 @@ Result<nlohmann::json> parse_frame(std::string_view line, size_t max_depth = kMa
 // Encodes a message as Node's JSON.stringify would (compact; WTF-8 lone surrogates as \udxxx;
 // other invalid UTF-8 becomes U+FFFD) plus the '\n'. Never throws.
 std::string encode_frame(const nlohmann::json& message);
+// The same into `out` (cleared first), re-using its capacity.
+void encode_frame_into(const nlohmann::json& message, std::string& out);
 // Node's isInternal: an object whose `cmd` is a string longer than 5 chars starting "NODE_".
 bool is_internal(const nlohmann::json& message);
 
