@@ -9,6 +9,7 @@
 #include <gtest/gtest.h>
 #include <signal.h>
 
+#include <algorithm>
 #include <chrono>
 #include <filesystem>
 #include <fstream>
@@ -160,15 +161,25 @@ struct Ticker {
 void stop_and_expect_nothing_left(uvc_test::TestLoop& loop, PrimaryRun& run, const std::string& label, Stop stop) {
   int port = run.port();
   ASSERT_FALSE(run.workers().empty());
-  // The check below can see them: the workers and their children carry the run's marker.
-  auto before = run.survivors();
+  Ticker poll(loop, 5);
+  // The check below can see them: the workers and their children carry the run's marker. A
+  // process may already be gone (a draining worker gets its kill signal once disconnected, and
+  // its children may follow it), and one just started may not show its environment yet (the
+  // spawning parent resumes once the child's exec has dropped the old memory, before the new
+  // environment is in place): wait, bounded, until each is seen or gone.
+  std::vector<int> before;
   auto seen = [&](int pid) { return std::find(before.begin(), before.end(), pid) != before.end(); };
-  // (A process may already be gone: a draining worker gets its kill signal once disconnected,
-  // and its children may follow it before this scan.)
+  auto each_seen_or_gone = [&] {
+    before = run.survivors();
+    auto ok = [&](int pid) { return !alive(pid) || seen(pid); };
+    auto workers = run.workers();
+    return std::all_of(workers.begin(), workers.end(), ok) &&
+           std::all_of(run.grandchildren.begin(), run.grandchildren.end(), ok);
+  };
+  loop.run_until(each_seen_or_gone, 5000);
   for (int pid : run.workers()) EXPECT_TRUE(!alive(pid) || seen(pid)) << pid;
   for (int pid : run.grandchildren) EXPECT_TRUE(!alive(pid) || seen(pid)) << pid;
 
-  Ticker poll(loop, 5);
   if (stop == Stop::sigterm_then_sigkill) {
     run.primary->kill("SIGTERM");
     auto t0 = std::chrono::steady_clock::now();
