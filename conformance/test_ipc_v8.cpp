@@ -73,6 +73,29 @@ TEST(IpcV8Codec, EncodesAsNodeWrites) {
   EXPECT_EQ(encode_hex(json(-5)), "ff0f4909");
 }
 
+// An Invalid Date (new Date(NaN)) and a Number object holding NaN, Infinity or -0 survive the
+// text form (the CLI's and the fuzzer's round trip): their value becomes {"$v8":"number"}, which
+// the encoder must take back. A fuzz input found the Date case failing.
+TEST(IpcV8Codec, DateAndNumberObjectsKeepNaNThroughTheTextForm) {
+  const char* payloads[] = {
+      "ff0f44000000000000f87f",   // new Date(NaN)
+      "ff0f6e000000000000f87f",   // new Number(NaN)
+      "ff0f6e000000000000f07f",   // new Number(Infinity)
+      "ff0f6e0000000000000080",   // new Number(-0)
+      "ff0f410244fcbfffffffffffff4400008056febc7842240002",  // the fuzz input: [Invalid Date, Date]
+  };
+  for (const char* hex : payloads) {
+    json text = decode_hex(hex);
+    ASSERT_FALSE(text.is_null()) << hex;
+    auto again = ipc::encode_v8_frame(text);
+    ASSERT_TRUE(again.ok()) << hex << ": " << text << ": " << again.error().message;
+    auto back = ipc::decode_v8_payload(std::string_view(again.value()).substr(4));
+    ASSERT_TRUE(back.ok()) << hex;
+    EXPECT_EQ(ipc::v8_text_form(back.value()), text) << hex;
+  }
+  EXPECT_EQ(decode_hex("ff0f44000000000000f87f"), json::parse(R"({"$v8":"Date","value":{"$v8":"number","value":"NaN"}})"));
+}
+
 TEST(IpcV8Codec, BadInputIsAnErrorNeverACrash) {
   for (const char* hex : {"", "ff", "ff10", "ff0f", "ff0f6f", "ff0f5e05", "ff0f75", "ff0f4102", "ff0f3b49023a02",
                           "ff0f5c000e0100", "ff0f5c00050300000000", "ff0f22ffff0f"}) {

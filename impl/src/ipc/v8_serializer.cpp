@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <optional>
 #include <unordered_map>
 #include <vector>
 
@@ -930,21 +931,42 @@ class Encoder {
     return fail(kind + " needs \"data\": binary or a hex string");
   }
 
-  bool number_text(const Json& v) {
+  // The "value" of a {"$v8":"number"} object: a JSON number, or the text of one JSON cannot
+  // hold ("NaN", "Infinity", "-Infinity", "-0").
+  static std::optional<double> number_text_value(const Json& v) {
     auto it = v.find("value");
-    if (it != v.end() && it->is_number()) {
-      number(it->get<double>());
+    if (it == v.end()) return std::nullopt;
+    if (it->is_number()) return it->get<double>();
+    if (!it->is_string()) return std::nullopt;
+    const std::string& text = it->get_ref<const std::string&>();
+    if (text == "NaN") return std::numeric_limits<double>::quiet_NaN();
+    if (text == "Infinity") return std::numeric_limits<double>::infinity();
+    if (text == "-Infinity") return -std::numeric_limits<double>::infinity();
+    if (text == "-0") return -0.0;
+    return std::nullopt;
+  }
+
+  // A number as v8_text_form leaves it: a JSON number, or {"$v8":"number"} (what a Date or a
+  // Number object holding NaN/±Infinity/-0 carries after the text form).
+  static std::optional<double> number_or_text(const Json* v) {
+    if (!v) return std::nullopt;
+    if (v->is_number()) return v->get<double>();
+    if (v->is_object()) {
+      auto kind = v->find("$v8");
+      if (kind != v->end() && kind->is_string() && *kind == "number") return number_text_value(*v);
+    }
+    return std::nullopt;
+  }
+
+  bool number_text(const Json& v) {
+    auto d = number_text_value(v);
+    if (!d) return fail("number value must be a number, NaN, Infinity, -Infinity or -0");
+    if (v.find("value")->is_number()) {
+      number(*d);
       return true;
     }
-    std::string text = it != v.end() && it->is_string() ? it->get<std::string>() : "";
-    double d = 0;
-    if (text == "NaN") d = std::numeric_limits<double>::quiet_NaN();
-    else if (text == "Infinity") d = std::numeric_limits<double>::infinity();
-    else if (text == "-Infinity") d = -std::numeric_limits<double>::infinity();
-    else if (text == "-0") d = -0.0;
-    else return fail("number value must be NaN, Infinity, -Infinity or -0");
     raw_tag(tag::double_value);
-    double_bits(d);
+    double_bits(*d);
     return true;
   }
 
@@ -1078,10 +1100,10 @@ class Encoder {
       return true;
     }
     if (kind == "Date") {
-      const Json* value = member("value");
-      if (!value || !value->is_number()) return fail("Date needs a number \"value\"");
+      auto value = number_or_text(member("value"));
+      if (!value) return fail("Date needs a number \"value\"");
       raw_tag(tag::date);
-      double_bits(value->get<double>());
+      double_bits(*value);
       return true;
     }
     if (kind == "RegExp") {
@@ -1125,10 +1147,10 @@ class Encoder {
       return true;
     }
     if (kind == "Number") {
-      const Json* value = member("value");
-      if (!value || !value->is_number()) return fail("Number needs a number \"value\"");
+      auto value = number_or_text(member("value"));
+      if (!value) return fail("Number needs a number \"value\"");
       raw_tag(tag::number_object);
-      double_bits(value->get<double>());
+      double_bits(*value);
       return true;
     }
     if (kind == "String") {
