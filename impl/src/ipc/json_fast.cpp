@@ -264,6 +264,12 @@ struct Parser {
     slot = nullptr;  // a duplicate key starts afresh: the last one wins, as in JSON.parse
     return &slot;
   }
+  // Where an open container's next value goes: a new last element, or the member whose key and
+  // ':' are parsed here (null if they are not there).
+  json* next_slot(json& container) {
+    if (container.is_array()) return &container.get_ref<json::array_t&>().emplace_back();
+    return member(container.get_ref<json::object_t&>());
+  }
   // One value into `root`, iteratively: the containers still open are an explicit stack, so
   // hostile nesting costs a bounded heap stack (max_depth pointers), never the thread's stack.
   // A pointer into a container stays valid while it is open: only its last element grows.
@@ -287,8 +293,7 @@ struct Parser {
           ++p;
         } else {
           open.push(out);
-          out = is_object ? member(out->get_ref<json::object_t&>())
-                          : &out->get_ref<json::array_t&>().emplace_back();
+          out = next_slot(*out);
           if (!out) return false;
           continue;
         }
@@ -303,8 +308,7 @@ struct Parser {
         if (p >= end) return false;
         if (*p == ',') {
           ++p;
-          out = container.is_object() ? member(container.get_ref<json::object_t&>())
-                                      : &container.get_ref<json::array_t&>().emplace_back();
+          out = next_slot(container);
           if (!out) return false;
           break;
         }
