@@ -3,6 +3,9 @@
 
 #include <algorithm>
 #include <cstring>
+#include <functional>
+#include <optional>
+#include <pthread.h>
 #include <string>
 #include <vector>
 
@@ -62,6 +65,19 @@ TEST(IpcFraming, TooLargeFailsForGood) {
   EXPECT_EQ(lines.size(), 1u);
   FrameReader r2(4);
   EXPECT_FALSE(r2.feed("123456\n", 7, cb));  // complete line over the limit
+}
+
+// Issue 8: an oversized line's buffer (up to the frame cap, 64 MiB by default) is freed when
+// the reader fails, not kept until the channel object goes away.
+TEST(IpcFraming, OversizedLineReleasesTheBuffer) {
+  FrameReader r(1024 * 1024);
+  auto cb = [](std::string_view) {};
+  std::string chunk(256 * 1024, 'a');
+  for (int i = 0; i < 4; ++i) ASSERT_TRUE(r.feed(chunk.data(), chunk.size(), cb));
+  EXPECT_GE(r.capacity(), 1024u * 1024);
+  EXPECT_FALSE(r.feed("b", 1, cb));
+  EXPECT_TRUE(r.failed());
+  EXPECT_EQ(r.capacity(), 0u);
 }
 
 TEST(IpcFraming, BadFramesAreErrors) {
@@ -150,6 +166,44 @@ TEST(IpcFraming, DeepNestingIsABadFrame) {
   }
   EXPECT_TRUE(parse_frame(nest(3, "[", "]"), 3).ok());
   EXPECT_FALSE(parse_frame(nest(4, "[", "]"), 3).ok());
+}
+
+namespace {
+// Runs `fn` on a thread whose whole stack is 64 KiB (a recursive parse needs ~136 B per level:
+// 1,000 levels would overflow it) and waits for it.
+void on_small_stack(std::function<void()> fn) {
+  pthread_attr_t attr;
+  ASSERT_EQ(pthread_attr_init(&attr), 0);
+  ASSERT_EQ(pthread_attr_setstacksize(&attr, 64 * 1024), 0);
+  pthread_t thread;
+  auto body = [](void* arg) -> void* {
+    (*static_cast<std::function<void()>*>(arg))();
+    return nullptr;
+  };
+  ASSERT_EQ(pthread_create(&thread, &attr, body, &fn), 0);
+  pthread_attr_destroy(&attr);
+  ASSERT_EQ(pthread_join(thread, nullptr), 0);
+}
+}  // namespace
+
+// Issue 8: the nesting check must not grow the stack with the input's nesting (a hostile frame
+// touched ~136 KB of the primary's main stack, kept in its RSS for good). The parse keeps its
+// open arrays/objects on a heap stack, so any depth parses or fails within a 64 KiB stack.
+TEST(IpcFraming, NestingCostsNoStack) {
+  const std::string million = std::string(1000000, '[') + std::string(1000000, ']');
+  const std::string hundred_thousand = std::string(100000, '[') + std::string(100000, ']');
+  std::optional<uvcluster::Result<json>> refused, accepted;
+  on_small_stack([&] {
+    refused = parse_frame(million);
+    accepted = parse_frame(hundred_thousand, 100000);
+    if (accepted->ok()) accepted->value() = nullptr;  // nlohmann's destructor is iterative too
+  });
+  ASSERT_TRUE(refused && accepted);
+  ASSERT_FALSE(refused->ok());
+  EXPECT_EQ(refused->error().code, "ERR_IPC_BAD_FRAME");
+  EXPECT_NE(refused->error().message.find("deeper than 1000 levels"), std::string::npos)
+      << refused->error().message;
+  EXPECT_TRUE(accepted->ok()) << accepted->error().message;
 }
 
 TEST(IpcFraming, LoneSurrogatesRoundTripAsJsonStringifyWritesThem) {

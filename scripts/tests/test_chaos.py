@@ -101,9 +101,9 @@ def test_strict_replaces_non_finite_values_and_says_why():
     json.dumps(doc, allow_nan=False)
 
 
-def synthetic_record(manager, fault, failed_beyond=0, outage=False):
+def synthetic_record(manager, fault, failed_beyond=0, outage=False, sent=100):
     return {"fault": fault, "manager": manager, "workers": 2, "profile": "quick", "status": "ok",
-            "requests": {"sent": 100, "ok": 100 - failed_beyond, "failed": failed_beyond,
+            "requests": {"sent": sent, "ok": sent - failed_beyond, "failed": failed_beyond,
                          "failed_connect": 0, "failed_inflight": failed_beyond, "unanswered_at_stop": 0,
                          "faulted_workers_own": 0, "failed_beyond_own": failed_beyond},
             "recovery": {"recovery_s": 0.0, "longest_gap_s": 0.1, "permanent_outage": outage,
@@ -141,25 +141,50 @@ def test_records_are_checked_and_the_report_states_the_goal_figures(tmp_path):
     assert "## sigstop" in text
 
 
-def test_each_manager_is_held_to_node_cluster_with_its_own_policy(tmp_path):
-    recs = [synthetic_record("uvc-none", "sigstop", failed_beyond=3),
-            synthetic_record("node-cluster", "sigstop", failed_beyond=0),
-            synthetic_record("node-cluster-none", "sigstop", failed_beyond=5),
-            synthetic_record("uvc-reuseport", "sigstop", failed_beyond=2)]
-    doc = {"schema": analysis.SCHEMA, "time": "t", "profile": "quick",
-           "settings": {"workers": 2, "conns": 8}, "environment": {},
-           "managers": ["uvc-none", "uvc-reuseport", "node-cluster", "node-cluster-none"],
-           "faults": ["sigstop"], "fault_descriptions": {}, "duration_s": 1.0, "records": recs}
+def chaos_report():
     # By path: another suite's `report` module (the strategy lab's) may be imported already.
     spec = importlib.util.spec_from_file_location("chaos_report", os.path.join(SRC, "scripts", "chaos", "report.py"))
     report = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(report)
-    g = report.goals(doc)
+    return report
+
+
+def goals_of(recs, managers, faults=("sigstop",)):
+    doc = {"schema": analysis.SCHEMA, "time": "t", "profile": "quick",
+           "settings": {"workers": 2, "conns": 8}, "environment": {}, "managers": managers,
+           "faults": list(faults), "fault_descriptions": {}, "duration_s": 1.0, "records": recs}
+    return chaos_report().goals(doc)
+
+
+def test_each_manager_is_held_to_node_cluster_with_its_own_policy(tmp_path):
+    recs = [synthetic_record("uvc-none", "sigstop", failed_beyond=3),
+            synthetic_record("node-cluster", "sigstop", failed_beyond=0),
+            synthetic_record("node-cluster-none", "sigstop", failed_beyond=5),
+            synthetic_record("uvc-reuseport", "sigstop", failed_beyond=6)]
+    g = goals_of(recs, ["uvc-none", "uvc-reuseport", "node-cluster", "node-cluster-none"])
     assert g["uvc-none"]["reference"] == "node-cluster-none"
     assert g["uvc-none"]["worse_than_node"] == []                 # 3 ≤ SCHED_NONE's 5
-    assert g["uvc-reuseport"]["reference"] == "node-cluster"      # no Node 20 counterpart
-    assert g["uvc-reuseport"]["worse_than_node"] == ["sigstop (2 vs 0)"]
+    assert g["uvc-reuseport"]["reference"] == "node-cluster-none"  # workers accept, as in NONE
+    assert g["uvc-reuseport"]["worse_than_node"] == [
+        "sigstop (60.0 vs 50.0 per 1,000 sent; 6 of 100 vs 5 of 100)"]
     assert g["node-cluster"]["reference"] is None
+
+
+def test_none_and_reuseport_compare_per_request_sent_rr_by_count(tmp_path):
+    # Twice the requests sent and 1.5 times the failures: fewer per request for uvc-none (the
+    # workers refuse, wrk reconnects at once), but more for uvc-rr and pm2 whose primary is on
+    # the path: their count is compared, a faster manager gets no allowance.
+    recs = [synthetic_record("uvc-none", "maxconn-refusals", failed_beyond=150, sent=2000),
+            synthetic_record("node-cluster-none", "maxconn-refusals", failed_beyond=100, sent=1000),
+            synthetic_record("uvc-rr", "maxconn-refusals", failed_beyond=150, sent=2000),
+            synthetic_record("pm2", "maxconn-refusals", failed_beyond=150, sent=2000),
+            synthetic_record("node-cluster", "maxconn-refusals", failed_beyond=100, sent=1000)]
+    g = goals_of(recs, ["uvc-none", "uvc-rr", "pm2", "node-cluster", "node-cluster-none"],
+                 faults=("maxconn-refusals",))
+    assert g["uvc-none"]["worse_than_node"] == []
+    assert g["uvc-rr"]["worse_than_node"] == ["maxconn-refusals (150 vs 100)"]
+    assert g["pm2"]["worse_than_node"] == ["maxconn-refusals (150 vs 100)"]
+    assert chaos_report().beyond_own_per_1000_sent({"failed_beyond_own": 1, "sent": 0}) == 0.0
 
 
 def test_smoke_one_fault_against_one_manager(tmp_path):

@@ -2,6 +2,7 @@
 // channel.hpp for behaviour).
 #include "uvcluster/ipc/channel.hpp"
 
+#include <malloc.h>
 #include <sys/socket.h>
 
 #include <algorithm>
@@ -84,6 +85,17 @@ struct Channel::Impl : std::enable_shared_from_this<Channel::Impl> {
         ack_frame(encode(Json{{"cmd", "NODE_HANDLE_ACK"}}).value()),
         nack_frame(encode(Json{{"cmd", "NODE_HANDLE_NACK"}}).value()) {}
 
+  // Declared first, so destroyed last. glibc keeps free memory at the heap's top up to its trim
+  // threshold (128 KiB, raised to twice the size of a freed multi-megabyte buffer) and never
+  // returns free pages inside the heap: a hostile frame's buffers would stay in the process's
+  // RSS for good. malloc_trim(0) returns both, once a channel that got a bad or oversized
+  // frame has freed all of its memory: once per hostile peer, never on the hot path.
+  struct TrimHeapWhenGone {
+    bool armed = false;
+    ~TrimHeapWhenGone() {
+      if (armed) malloc_trim(0);
+    }
+  } trim_heap_when_gone;
   uv_loop_t* loop;
   ChannelOptions options;
   detail::UvHandle<uv_pipe_t> pipe;
@@ -467,6 +479,7 @@ struct Channel::Impl : std::enable_shared_from_this<Channel::Impl> {
     pump();
     if (state != State::open) return;
     if (!ok) {
+      trim_heap_when_gone.armed = true;
       error_ev.emit(Error::make("ERR_IPC_FRAME_TOO_LARGE",
                                 "IPC frame exceeds " + std::to_string(options.max_frame_bytes) +
                                     " bytes"));
@@ -494,6 +507,7 @@ struct Channel::Impl : std::enable_shared_from_this<Channel::Impl> {
     }
     auto parsed = decode(line);
     if (!parsed) {
+      trim_heap_when_gone.armed = true;
       error_ev.emit(parsed.error());
       return;
     }

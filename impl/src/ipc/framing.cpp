@@ -40,6 +40,8 @@ std::span<char> FrameReader::space(size_t min) {
 bool FrameReader::fail() {
   failed_ = true;
   begin_ = end_ = 0;
+  data_.reset();  // up to max_frame_bytes of a frame that will never be read: give it back now
+  cap_ = 0;
   return false;
 }
 

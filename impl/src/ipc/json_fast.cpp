@@ -1,10 +1,12 @@
 #include "json_fast.hpp"
 
+#include <array>
 #include <charconv>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <locale.h>
+#include <vector>
 
 #if defined(__SSE2__)
 #include <emmintrin.h>
@@ -64,6 +66,29 @@ const char* skip_plain(const char* p, const char* end) {
   }
   return p;
 }
+
+// The arrays/objects open around the value being parsed, innermost last: inline for the usual
+// shallow message (no allocation), on the heap beyond that.
+class OpenContainers {
+ public:
+  bool empty() const { return size_ == 0; }
+  size_t size() const { return size_; }
+  void push(json* container) {
+    if (size_ < inline_.size()) inline_[size_] = container;
+    else spilled_.push_back(container);
+    ++size_;
+  }
+  json* back() const { return size_ <= inline_.size() ? inline_[size_ - 1] : spilled_.back(); }
+  void pop() {
+    if (size_ > inline_.size()) spilled_.pop_back();
+    --size_;
+  }
+
+ private:
+  std::array<json*, 32> inline_;
+  std::vector<json*> spilled_;
+  size_t size_ = 0;
+};
 
 struct Parser {
   const char* p;
@@ -201,76 +226,9 @@ struct Parser {
     out = r.ec == std::errc::result_out_of_range ? strtod_c(start, p) : d;
     return true;
   }
-  bool value(json& out, size_t depth) {
-    ws();
-    if (p >= end) return false;
+  // The scalar at p (not an array or object) into `out`.
+  bool scalar(json& out) {
     switch (*p) {
-      case '{': {
-        if (depth >= max_depth) {
-          too_deep = true;
-          return false;
-        }
-        ++p;
-        out = json::object();
-        auto& obj = out.get_ref<json::object_t&>();
-        ws();
-        if (p < end && *p == '}') {
-          ++p;
-          return true;
-        }
-        for (;;) {
-          ws();
-          if (p >= end || *p != '"') return false;
-          std::string key;
-          if (!string(key)) return false;
-          ws();
-          if (p >= end || *p != ':') return false;
-          ++p;
-          json v;
-          if (!value(v, depth + 1)) return false;
-          obj[std::move(key)] = std::move(v);  // last duplicate wins, as in nlohmann/JSON.parse
-          ws();
-          if (p >= end) return false;
-          if (*p == ',') {
-            ++p;
-            continue;
-          }
-          if (*p == '}') {
-            ++p;
-            return true;
-          }
-          return false;
-        }
-      }
-      case '[': {
-        if (depth >= max_depth) {
-          too_deep = true;
-          return false;
-        }
-        ++p;
-        out = json::array();
-        auto& arr = out.get_ref<json::array_t&>();
-        ws();
-        if (p < end && *p == ']') {
-          ++p;
-          return true;
-        }
-        for (;;) {
-          arr.emplace_back();
-          if (!value(arr.back(), depth + 1)) return false;
-          ws();
-          if (p >= end) return false;
-          if (*p == ',') {
-            ++p;
-            continue;
-          }
-          if (*p == ']') {
-            ++p;
-            return true;
-          }
-          return false;
-        }
-      }
       case '"': {
         std::string s;
         if (!string(s)) return false;
@@ -293,6 +251,73 @@ struct Parser {
         return number(out);
     }
   }
+  // After an object's '{' or ',': the member's key and ':'; returns its value's slot, or null.
+  json* member(json::object_t& obj) {
+    ws();
+    if (p >= end || *p != '"') return nullptr;
+    std::string key;
+    if (!string(key)) return nullptr;
+    ws();
+    if (p >= end || *p != ':') return nullptr;
+    ++p;
+    json& slot = obj[std::move(key)];
+    slot = nullptr;  // a duplicate key starts afresh: the last one wins, as in JSON.parse
+    return &slot;
+  }
+  // Where an open container's next value goes: a new last element, or the member whose key and
+  // ':' are parsed here (null if they are not there).
+  json* next_slot(json& container) {
+    if (container.is_array()) return &container.get_ref<json::array_t&>().emplace_back();
+    return member(container.get_ref<json::object_t&>());
+  }
+  // One value into `root`, iteratively: the containers still open are an explicit stack, so
+  // hostile nesting costs a bounded heap stack (max_depth pointers), never the thread's stack.
+  // A pointer into a container stays valid while it is open: only its last element grows.
+  bool value(json& root) {
+    OpenContainers open;
+    json* out = &root;
+    for (;;) {
+      ws();
+      if (p >= end) return false;
+      if (*p == '{' || *p == '[') {
+        if (open.size() >= max_depth) {
+          too_deep = true;
+          return false;
+        }
+        bool is_object = *p == '{';
+        ++p;
+        ws();
+        if (is_object) *out = json::object();
+        else *out = json::array();
+        if (p < end && *p == (is_object ? '}' : ']')) {
+          ++p;
+        } else {
+          open.push(out);
+          out = next_slot(*out);
+          if (!out) return false;
+          continue;
+        }
+      } else if (!scalar(*out)) {
+        return false;
+      }
+      // A value is complete: close the containers it completes, then find the next slot.
+      for (;;) {
+        if (open.empty()) return true;
+        json& container = *open.back();
+        ws();
+        if (p >= end) return false;
+        if (*p == ',') {
+          ++p;
+          out = next_slot(container);
+          if (!out) return false;
+          break;
+        }
+        if (*p != (container.is_object() ? '}' : ']')) return false;
+        ++p;
+        open.pop();
+      }
+    }
+  }
 };
 
 }  // namespace
@@ -300,7 +325,7 @@ struct Parser {
 ParseStatus parse(std::string_view text, nlohmann::json& out, size_t max_depth) {
   Parser ps{text.data(), text.data() + text.size(), max_depth};
   json v;
-  if (!ps.value(v, 0)) return ps.too_deep ? ParseStatus::too_deep : ParseStatus::syntax_error;
+  if (!ps.value(v)) return ps.too_deep ? ParseStatus::too_deep : ParseStatus::syntax_error;
   ps.ws();
   if (ps.p != ps.end) return ParseStatus::syntax_error;
   out = std::move(v);

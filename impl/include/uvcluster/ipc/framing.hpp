@@ -12,8 +12,9 @@
 //   * "\ud800"-style lone surrogate escapes (JSON.stringify emits them) are kept as WTF-8 inside
 //     the string and escaped back by encode_frame, so a message round-trips unchanged.
 //   * Arrays/objects nested deeper than the channel's max_nesting_depth (kMaxNestingDepth =
-//     1000 by default) make the line a bad frame, found with bounded work and stack. Node's
-//     JSON.parse takes any depth, but nlohmann's copy, compare and dump are recursive: measured,
+//     1000 by default) make the line a bad frame, found with bounded work; the parse keeps its
+//     open arrays/objects on a heap stack, so no input's nesting grows the thread's stack.
+//     Node's JSON.parse takes any depth, but nlohmann's copy, compare and dump are recursive: measured,
 //     they need ~250 B of stack per level in a release build and ~5.5 KB in the -O0
 //     AddressSanitizer build (a 1,600-level value overflows its 8 MiB stack). 1000 levels keep
 //     every walk of a parsed message within 8 MiB in every build we ship or test. Node's sender
@@ -21,7 +22,8 @@
 //     a Node message nested 1,001..4,170 levels deep is the one thing Node could receive and
 //     we refuse. A C++ peer that needs more can raise ChannelOptions::max_nesting_depth.
 //   * A line (complete, or still incomplete in the buffer) longer than max_frame_bytes makes the
-//     reader fail for good (ERR_IPC_FRAME_TOO_LARGE); the channel then closes.
+//     reader fail for good (ERR_IPC_FRAME_TOO_LARGE) and free its buffer; the channel then
+//     closes.
 #include <cstddef>
 #include <cstdlib>
 #include <functional>
@@ -53,6 +55,8 @@ class FrameReader {
   bool buffering() const { return end_ > begin_; }
   size_t buffered() const { return end_ - begin_; }
   bool failed() const { return failed_; }
+  // Bytes of buffer held (0 once failed: an oversized line's buffer is freed at once).
+  size_t capacity() const { return cap_; }
 
  private:
   struct Free {
@@ -74,7 +78,7 @@ inline constexpr size_t kMaxNestingDepth = 1000;
 
 // Parses one line into a message: ERR_IPC_BAD_FRAME if it is not a JSON text (as JSON.parse
 // sees it: no BOM, and a NUL byte is an error, not an end) or nests deeper than max_depth. Never throws; work is linear in the line and
-// stack is bounded by max_depth whatever the input.
+// stack use does not depend on the input (the parse is iterative).
 Result<nlohmann::json> parse_frame(std::string_view line, size_t max_depth = kMaxNestingDepth);
 // Encodes a message as Node's JSON.stringify would (compact; WTF-8 lone surrogates as \udxxx;
 // other invalid UTF-8 becomes U+FFFD) plus the '\n'. Never throws.
