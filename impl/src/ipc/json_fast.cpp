@@ -1,6 +1,5 @@
 #include "json_fast.hpp"
 
-#include <algorithm>
 #include <charconv>
 #include <cstdint>
 #include <cstdlib>
@@ -32,8 +31,8 @@ double strtod_c(const char* first, const char* last) {
 // "Plain" bytes are those a JSON string holds verbatim on the wire and in memory alike:
 // printable ASCII but '"' and '\\' (control characters, escapes and bytes >= 0x80 need a closer
 // look). Both the parser and the encoder spend most of a big string finding plain runs, so that
-// is vectorized: 64 bytes a step with AVX2 where the CPU has it (chosen at run time; ~3 cycles
-// a step, twice as fast as 16 SSE2 bytes a step on L2-resident text here), 16 with SSE2 (every
+// is vectorized: 64 bytes a step with AVX2 where the CPU has it (chosen at run time; ~3 times
+// as fast as 16 SSE2 bytes a step on 1 MiB of L2-resident text here), 16 with SSE2 (every
 // x86-64), else 8 with plain 64-bit arithmetic (a byte loop held a 1 MiB message to ~1 GB/s).
 // Signed compares: bytes >= 0x80 are negative, so "< 0x20" takes them too. A byte loop
 // finishes the block that holds a stop byte. (Copying while checking, in one loop, was tried:
@@ -119,10 +118,6 @@ const char* append_plain(const char* p, const char* end, std::string& out) {
   return stop;
 }
 
-// After a byte >= 0x80 inside a string: appends the run of non-ASCII characters that starts at
-// p to `out` as Node's StringDecoder decodes it (valid characters as they are, one U+FFFD per
-// maximal invalid subpart) and returns where the run ends. kWtf8Escapes (the encoder): WTF-8
-// lone surrogates, which the parser makes of "\ud800", are written back as \udxxx instead.
 const char kHex[] = "0123456789abcdef";
 
 void escape_u(unsigned cp, std::string& out) {
@@ -133,6 +128,10 @@ void escape_u(unsigned cp, std::string& out) {
   out.push_back(kHex[cp & 15]);
 }
 
+// After a byte >= 0x80 inside a string: appends the run of non-ASCII characters that starts at
+// p to `out` as Node's StringDecoder decodes it (valid characters as they are, one U+FFFD per
+// maximal invalid subpart) and returns where the run ends. kWtf8Escapes (the encoder): WTF-8
+// lone surrogates, which the parser makes of "\ud800", are written back as \udxxx instead.
 template <bool kWtf8Escapes>
 const char* append_non_ascii(const char* p, const char* end, std::string& out) {
   const char* run = p;  // valid bytes not yet appended
