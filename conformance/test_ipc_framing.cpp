@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "core/utf8.hpp"
 #include "uvcluster/ipc/framing.hpp"
 
 using namespace uvcluster::ipc;
@@ -296,4 +297,38 @@ TEST(IpcFraming, SplitAtEveryBoundary) {
       ASSERT_EQ(lines, whole) << a << " " << b;
     }
   }
+}
+
+// The parser checks UTF-8 while it scans strings (no separate pass), 64 bytes a step: every
+// kind of byte it must stop at, at every position around the steps' edges, in a string of
+// plain text, gives nlohmann's value for the line decoded first (Node's StringDecoder), and
+// the encoder gives nlohmann's text back (with lone surrogates, our documented difference).
+TEST(IpcFraming, OnePassDecoderMatchesDecodingFirstAtEveryPosition) {
+  const std::vector<std::string> specials = {
+      "\\\"", "\\\\", "\\n", "\\u00e9", "\\ud83d\\ude00", "\\/", "é", "€", "😀",
+      "\xff", "\xe2\x82", "\xed\xa0\x80", "\xc0\xaf", "\xf0\x9f\x98", "\x7f"};
+  for (const auto& special : specials) {
+    for (size_t at = 0; at <= 200; ++at) {
+      std::string body = std::string(at, 'a') + special + std::string(200 - at, 'b');
+      std::string line = "{\"k\":\"" + body + "\",\"n\":1}";
+      auto got = parse_frame(line);
+      ASSERT_TRUE(got.ok()) << at << " " << special;
+      std::string decoded = uvcluster::detail::utf8_sanitize(line);
+      auto ref = json::parse(decoded, nullptr, false);
+      ASSERT_FALSE(ref.is_discarded()) << at << " " << special;
+      ASSERT_EQ(got.value(), ref) << at << " " << special;
+      ASSERT_EQ(encode_frame(got.value()), ref.dump(-1, ' ', false, json::error_handler_t::replace) + "\n")
+          << at << " " << special;
+    }
+  }
+  // A raw control character or an unfinished string is still a syntax error at every position.
+  for (size_t at = 0; at <= 130; ++at) {
+    std::string body = std::string(at, 'a') + "\x01" + std::string(130 - at, 'b');
+    EXPECT_FALSE(parse_frame("\"" + body + "\"").ok()) << at;
+    EXPECT_FALSE(parse_frame("\"" + std::string(at, 'a')).ok()) << at;
+  }
+  // Errors report the size of the line as decoded (5 bytes, one U+FFFD for the FF byte makes them 7).
+  auto bad = parse_frame("[\"\xff\",");
+  ASSERT_FALSE(bad.ok());
+  EXPECT_NE(bad.error().message.find("(7 bytes)"), std::string::npos) << bad.error().message;
 }

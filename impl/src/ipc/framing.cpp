@@ -78,22 +78,18 @@ bool FrameReader::feed(const char* data, size_t n, const std::function<void(std:
 }
 
 Result<nlohmann::json> parse_frame(std::string_view line, size_t max_depth) {
-  std::string fixed;
-  if (!detail::utf8_valid(line)) {
-    fixed = detail::utf8_sanitize(line);
-    line = fixed;
-  }
+  // The parser decodes invalid UTF-8 inside strings as the line's decoding would (outside them
+  // it is a syntax error either way): a valid line is read once, not checked and then parsed.
   nlohmann::json j;
-  switch (detail_json::parse(line, j, max_depth)) {
-    case detail_json::ParseStatus::ok: return j;
-    case detail_json::ParseStatus::too_deep:
-      return Error::make("ERR_IPC_BAD_FRAME", "IPC frame nests arrays/objects deeper than " +
-                                                  std::to_string(max_depth) + " levels (" +
-                                                  std::to_string(line.size()) + " bytes)");
-    case detail_json::ParseStatus::syntax_error: break;
-  }
-  return Error::make("ERR_IPC_BAD_FRAME",
-                     "IPC frame is not a JSON text (" + std::to_string(line.size()) + " bytes)");
+  auto status = detail_json::parse(line, j, max_depth);
+  if (status == detail_json::ParseStatus::ok) return j;
+  // Errors give the size of the line as decoded (what Node's JSON.parse saw).
+  size_t decoded = detail::utf8_valid(line) ? line.size() : detail::utf8_sanitize(line).size();
+  if (status == detail_json::ParseStatus::too_deep)
+    return Error::make("ERR_IPC_BAD_FRAME", "IPC frame nests arrays/objects deeper than " +
+                                                std::to_string(max_depth) + " levels (" +
+                                                std::to_string(decoded) + " bytes)");
+  return Error::make("ERR_IPC_BAD_FRAME", "IPC frame is not a JSON text (" + std::to_string(decoded) + " bytes)");
 }
 
 void encode_frame_into(const nlohmann::json& message, std::string& out) {

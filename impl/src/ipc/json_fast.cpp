@@ -11,6 +11,9 @@
 #if defined(__SSE2__)
 #include <emmintrin.h>
 #endif
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
 
 #include "core/utf8.hpp"
 
@@ -27,22 +30,27 @@ double strtod_c(const char* first, const char* last) {
   return c_locale ? strtod_l(copy.c_str(), nullptr, c_locale) : std::strtod(copy.c_str(), nullptr);
 }
 
-// Skips the bytes a JSON string copies verbatim: everything but '"', '\\', control characters
-// (< 0x20) and, with kStopAtNonAscii, bytes >= 0x80. 16 bytes per step with SSE2 (every x86-64),
-// else 8 with plain 64-bit arithmetic; a byte-at-a-time loop held a 1 MiB message to ~1 GB/s on
-// each side of the channel. The byte loop finishes the block that holds a stop byte.
-template <bool kStopAtNonAscii>
-const char* skip_plain(const char* p, const char* end) {
+// "Plain" bytes are those a JSON string holds verbatim on the wire and in memory alike:
+// printable ASCII but '"' and '\\' (control characters, escapes and bytes >= 0x80 need a closer
+// look). Both the parser and the encoder spend most of a big string finding plain runs, so that
+// is vectorized: 64 bytes a step with AVX2 where the CPU has it (chosen at run time; ~3 times
+// as fast as 16 SSE2 bytes a step on 1 MiB of L2-resident text here), 16 with SSE2 (every
+// x86-64), else 8 with plain 64-bit arithmetic (a byte loop held a 1 MiB message to ~1 GB/s).
+// Signed compares: bytes >= 0x80 are negative, so "< 0x20" takes them too. A byte loop
+// finishes the block that holds a stop byte. (Copying while checking, in one loop, was tried:
+// the destination's first writes then cost what the separate check saved.)
+bool is_plain(char ch) {
+  unsigned char c = static_cast<unsigned char>(ch);
+  return c >= 0x20 && c < 0x80 && c != '"' && c != '\\';
+}
+
+const char* skip_plain_portable(const char* p, const char* end) {
 #if defined(__SSE2__)
-  const __m128i quote = _mm_set1_epi8('"'), backslash = _mm_set1_epi8('\\');
-  const __m128i below_space = _mm_set1_epi8(0x1F), space = _mm_set1_epi8(0x20);
+  const __m128i quote = _mm_set1_epi8('"'), backslash = _mm_set1_epi8('\\'), space = _mm_set1_epi8(0x20);
   while (end - p >= 16) {
     __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
-    __m128i stop = _mm_or_si128(_mm_cmpeq_epi8(v, quote), _mm_cmpeq_epi8(v, backslash));
-    if (kStopAtNonAscii)  // signed: bytes >= 0x80 are negative, so "< 0x20" catches them too
-      stop = _mm_or_si128(stop, _mm_cmplt_epi8(v, space));
-    else  // unsigned v <= 0x1F
-      stop = _mm_or_si128(stop, _mm_cmpeq_epi8(_mm_min_epu8(v, below_space), v));
+    __m128i stop = _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(v, quote), _mm_cmpeq_epi8(v, backslash)),
+                                _mm_cmplt_epi8(v, space));
     if (int mask = _mm_movemask_epi8(stop)) return p + __builtin_ctz(static_cast<unsigned>(mask));
     p += 16;
   }
@@ -54,16 +62,103 @@ const char* skip_plain(const char* p, const char* end) {
     uint64_t w;
     std::memcpy(&w, p, 8);
     uint64_t stop = has_zero_byte(w ^ (kOnes * '"')) | has_zero_byte(w ^ (kOnes * '\\')) |
-                    ((w - kOnes * 0x20) & ~w & kHigh);  // some byte < 0x20
-    if (kStopAtNonAscii) stop |= w & kHigh;
+                    ((w - kOnes * 0x20) & ~w & kHigh) | (w & kHigh);  // some byte < 0x20 or >= 0x80
     if (stop) break;
     p += 8;
   }
 #endif
-  for (; p < end; ++p) {
-    unsigned char c = static_cast<unsigned char>(*p);
-    if (c == '"' || c == '\\' || c < 0x20 || (kStopAtNonAscii && c >= 0x80)) break;
+  while (p < end && is_plain(*p)) ++p;
+  return p;
+}
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+// Bit i set when byte i of the 64 in a, b is not plain.
+__attribute__((target("avx2"))) inline uint64_t stops64_avx2(__m256i a, __m256i b) {
+  const __m256i quote = _mm256_set1_epi8('"'), backslash = _mm256_set1_epi8('\\');
+  const __m256i space = _mm256_set1_epi8(0x20);
+  __m256i sa = _mm256_or_si256(_mm256_or_si256(_mm256_cmpeq_epi8(a, quote), _mm256_cmpeq_epi8(a, backslash)),
+                               _mm256_cmpgt_epi8(space, a));
+  __m256i sb = _mm256_or_si256(_mm256_or_si256(_mm256_cmpeq_epi8(b, quote), _mm256_cmpeq_epi8(b, backslash)),
+                               _mm256_cmpgt_epi8(space, b));
+  return static_cast<uint32_t>(_mm256_movemask_epi8(sa)) |
+         static_cast<uint64_t>(static_cast<uint32_t>(_mm256_movemask_epi8(sb))) << 32;
+}
+
+__attribute__((target("avx2"))) const char* skip_plain_avx2(const char* p, const char* end) {
+  while (end - p >= 64) {
+    uint64_t stops = stops64_avx2(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)),
+                                  _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 32)));
+    if (stops) return p + __builtin_ctzll(stops);
+    p += 64;
   }
+  return skip_plain_portable(p, end);
+}
+
+#endif
+
+using SkipFn = const char* (*)(const char*, const char*);
+
+SkipFn choose_skip_plain() {
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx2")) return skip_plain_avx2;
+#endif
+  return skip_plain_portable;
+}
+
+// The first byte of [p, end) that is not plain (or end).
+const char* skip_plain(const char* p, const char* end) {
+  static const SkipFn chosen = choose_skip_plain();
+  return chosen(p, end);
+}
+
+// Appends the plain bytes that start at p to `out`; returns the first byte that is not plain.
+// The run is found first, so `out` grows once, by its exact length.
+const char* append_plain(const char* p, const char* end, std::string& out) {
+  const char* stop = skip_plain(p, end);
+  out.append(p, static_cast<size_t>(stop - p));
+  return stop;
+}
+
+const char kHex[] = "0123456789abcdef";
+
+void escape_u(unsigned cp, std::string& out) {
+  out += "\\u";
+  out.push_back(kHex[(cp >> 12) & 15]);
+  out.push_back(kHex[(cp >> 8) & 15]);
+  out.push_back(kHex[(cp >> 4) & 15]);
+  out.push_back(kHex[cp & 15]);
+}
+
+// After a byte >= 0x80 inside a string: appends the run of non-ASCII characters that starts at
+// p to `out` as Node's StringDecoder decodes it (valid characters as they are, one U+FFFD per
+// maximal invalid subpart) and returns where the run ends. kWtf8Escapes (the encoder): WTF-8
+// lone surrogates, which the parser makes of "\ud800", are written back as \udxxx instead.
+template <bool kWtf8Escapes>
+const char* append_non_ascii(const char* p, const char* end, std::string& out) {
+  const char* run = p;  // valid bytes not yet appended
+  while (p < end && static_cast<unsigned char>(*p) >= 0x80) {
+    std::string_view rest(p, static_cast<size_t>(end - p));
+    if (kWtf8Escapes) {
+      if (unsigned cp = detail::wtf8_surrogate_at(rest)) {
+        out.append(run, static_cast<size_t>(p - run));
+        escape_u(cp, out);
+        p += 3;
+        run = p;
+        continue;
+      }
+    }
+    size_t subpart = 1;
+    if (size_t n = detail::utf8_char_at(rest, &subpart)) {
+      p += n;
+      continue;
+    }
+    out.append(run, static_cast<size_t>(p - run));
+    out += "\xEF\xBF\xBD";
+    p += subpart;
+    run = p;
+  }
+  out.append(run, static_cast<size_t>(p - run));
   return p;
 }
 
@@ -134,15 +229,20 @@ struct Parser {
     }
     return true;
   }
-  // At the opening quote.
+  // At the opening quote. Invalid UTF-8 becomes U+FFFD here, as if the line had been decoded
+  // first (outside strings any byte >= 0x80 is a syntax error either way), so a valid line is
+  // read once instead of being checked and then parsed.
   bool string(std::string& s) {
     ++p;
     for (;;) {
-      const char* start = p;
-      p = skip_plain<false>(p, end);
-      s.append(start, static_cast<size_t>(p - start));
+      p = append_plain(p, end, s);
       if (p >= end) return false;
-      char c = *p++;
+      unsigned char c = static_cast<unsigned char>(*p);
+      if (c >= 0x80) {
+        p = append_non_ascii<false>(p, end, s);
+        continue;
+      }
+      ++p;
       if (c == '"') return true;
       if (c != '\\') return false;  // raw control character
       if (p >= end) return false;
@@ -334,16 +434,6 @@ ParseStatus parse(std::string_view text, nlohmann::json& out, size_t max_depth) 
 
 namespace {
 
-const char kHex[] = "0123456789abcdef";
-
-void escape_u(unsigned cp, std::string& out) {
-  out += "\\u";
-  out.push_back(kHex[(cp >> 12) & 15]);
-  out.push_back(kHex[(cp >> 8) & 15]);
-  out.push_back(kHex[(cp >> 4) & 15]);
-  out.push_back(kHex[cp & 15]);
-}
-
 // JSON.stringify of the string `s` holds: valid UTF-8 is copied as is, WTF-8 lone surrogates
 // (ED A0..BF xx, what parse() makes of "\ud800") are escaped back as \udxxx (well-formed
 // JSON.stringify), any other invalid byte sequence becomes one U+FFFD per maximal subpart.
@@ -354,26 +444,11 @@ void dump_string(const std::string& s, std::string& out) {
   const char* p = s.data();
   const char* end = p + s.size();
   while (p < end) {
-    const char* start = p;
-    p = skip_plain<true>(p, end);
-    out.append(start, static_cast<size_t>(p - start));
+    p = append_plain(p, end, out);
     if (p >= end) break;
     unsigned char c = static_cast<unsigned char>(*p);
     if (c >= 0x80) {
-      std::string_view rest(p, static_cast<size_t>(end - p));
-      if (unsigned cp = detail::wtf8_surrogate_at(rest)) {
-        escape_u(cp, out);
-        p += 3;
-        continue;
-      }
-      size_t subpart = 1;
-      if (size_t n = detail::utf8_char_at(rest, &subpart)) {
-        out.append(p, n);
-        p += n;
-      } else {
-        out += "\xEF\xBF\xBD";
-        p += subpart;
-      }
+      p = append_non_ascii<true>(p, end, out);
       continue;
     }
     ++p;

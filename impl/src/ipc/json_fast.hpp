@@ -6,7 +6,8 @@
 //     kept as WTF-8 (ED A0..BF xx), and fast_dump escapes them back, so a value round-trips;
 //   * arrays/objects nested deeper than max_depth are refused (too_deep), with bounded work
 //     and stack; numbers out of double range become ±inf / ±0 (JSON.parse gives the same).
-// Input must be valid UTF-8 (parse_frame sanitizes first).
+// Invalid UTF-8 in the input gives what decoding it first would (Node's StringDecoder: one U+FFFD
+// per maximal invalid subpart inside strings; a syntax error outside them).
 #include <cstddef>
 #include <nlohmann/json.hpp>
 #include <string_view>
