@@ -389,9 +389,10 @@ TEST_F(IpcProtocol, HandleAckAndTheReplyItTriggersLeaveInOneWrite) {
   uvc_test::TestLoop loop;
   int sv[2];
   ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
-  auto ch = std::make_unique<ipc::Channel>(loop.get());
-  ASSERT_EQ(ch->init(), 0);
-  ASSERT_EQ(uv_pipe_open(ch->pipe(), sv[0]), 0);
+  auto made = ipc::ChannelOwner::make(loop.get(), {});
+  ASSERT_TRUE(made.ok());
+  auto ch = std::move(*made);
+  ASSERT_EQ(uv_pipe_open(ipc::ChannelOwner::pipe(*ch), sv[0]), 0);
   int peer = sv[1];
   bool answered = false;
   ssize_t written_before_reply = -2;
@@ -402,7 +403,7 @@ TEST_F(IpcProtocol, HandleAckAndTheReplyItTriggersLeaveInOneWrite) {
     ch->send(Json{{"cmd", "NODE_CLUSTER"}, {"ack", m["seq"]}, {"accepted", true}});
     answered = true;
   });
-  ch->start();
+  ipc::ChannelOwner::start(*ch);
   int conn[2];
   ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, conn), 0);
   raw_send(peer, "{\"cmd\":\"NODE_HANDLE\",\"type\":\"net.Native\",\"msg\":{\"cmd\":\"NODE_CLUSTER\",\"seq\":7}}\n",
