@@ -14,6 +14,7 @@
 #include "uvcluster/cluster/reuseport_handle.hpp"
 #include "uvcluster/cluster/shared_handle.hpp"
 #include "uvcluster/cluster/worker.hpp"
+#include "uvcluster/ipc/framing.hpp"
 
 using namespace uvcluster;
 using namespace uvcluster::cluster;
@@ -43,6 +44,64 @@ TEST(ClusterProtocol, RepliesMatchOnAckAndOwnerBogusAcksFallThrough) {
   m.wrap({{"act", "x"}}, [](const Json&, ipc::ReceivedHandle*) {}, 3);
   m.drop_owner(3);
   EXPECT_EQ(m.pending(), 0u);
+}
+
+// The hand-off's fast path must put on the wire exactly what the general path does.
+TEST(ClusterProtocol, NewconnMessageIsByteIdenticalToTheGeneralEncoding) {
+  for (std::string key : {"127.0.0.1:0:4:undefined:0", "null:8000:4:undefined:0", "/tmp/a \"b\"\\c:-1:-1:-1:0",
+                          "\xC3\xA9t\xC3\xA9\x01\t:1:4:x:3", ""}) {
+    Messenger general;
+    Messenger fast;
+    NewconnMessage message(key);
+    for (int i = 0; i < 12; ++i) {  // seq 0..11: one and two digits
+      std::string expected = ipc::encode_frame(general.wrap({{"act", "newconn"}, {"key", key}}));
+      expected.pop_back();  // the newline
+      int64_t seq = fast.expect_answer([](bool) {}, 1);
+      EXPECT_EQ(message.with_seq(seq), expected) << key;
+    }
+  }
+}
+
+TEST(ClusterProtocol, NewconnAnswersAreRecognisedInOursAndNodesKeyOrderOnly) {
+  auto parsed = [](std::string_view line) { return parse_newconn_answer(line); };
+  auto a = parsed(R"({"accepted":true,"ack":7,"cmd":"NODE_CLUSTER","seq":3})");  // our worker
+  ASSERT_TRUE(a);
+  EXPECT_EQ(a->ack, 7);
+  EXPECT_TRUE(a->accepted);
+  auto b = parsed(R"({"cmd":"NODE_CLUSTER","ack":120,"accepted":false,"seq":0})");  // Node's worker
+  ASSERT_TRUE(b);
+  EXPECT_EQ(b->ack, 120);
+  EXPECT_FALSE(b->accepted);
+  // Anything else takes the general parse.
+  for (std::string_view other : {
+           R"({"accepted":true,"ack":7,"cmd":"NODE_CLUSTER"})",                   // no seq
+           R"({"accepted":true,"ack":7,"cmd":"NODE_CLUSTER","seq":3,"x":1})",     // more keys
+           R"({"accepted": true,"ack":7,"cmd":"NODE_CLUSTER","seq":3})",          // whitespace
+           R"({"accepted":1,"ack":7,"cmd":"NODE_CLUSTER","seq":3})",              // not a boolean
+           R"({"accepted":true,"ack":07,"cmd":"NODE_CLUSTER","seq":3})",          // not JSON
+           R"({"accepted":true,"ack":7.5,"cmd":"NODE_CLUSTER","seq":3})",         // not an integer
+           R"({"accepted":true,"ack":1234567890123456,"cmd":"NODE_CLUSTER","seq":3})",  // 16 digits
+           R"({"accepted":true,"ack":7,"cmd":"NODE_CLUSTER","seq":3}x)",
+           R"({"cmd":"NODE_CLUSTER","ack":7,"accepted":true,"seq":"3"})",
+           R"({"cmd":"NODE_HANDLE_ACK"})",
+       })
+    EXPECT_FALSE(parsed(other)) << other;
+}
+
+TEST(ClusterProtocol, NewconnAnswersRunOnceForTheirOwnerEitherWay) {
+  Messenger m;
+  std::vector<bool> answers;
+  int64_t s0 = m.expect_answer([&](bool accepted) { answers.push_back(accepted); }, 7);
+  int64_t s1 = m.expect_answer([&](bool accepted) { answers.push_back(accepted); }, 7);
+  Json plain = m.wrap({{"act", "x"}}, [](const Json&, ipc::ReceivedHandle*) {}, 7);
+  EXPECT_FALSE(m.take_answer(s0, true, 8));  // another worker's
+  EXPECT_TRUE(m.take_answer(s0, true, 7));
+  EXPECT_FALSE(m.take_answer(s0, true, 7));  // once
+  EXPECT_FALSE(m.take_answer(plain["seq"], true, 7));  // not a newconn: the general way
+  // The general way (e.g. --debug, or another key order) reaches a newconn's answer too.
+  EXPECT_TRUE(m.take_reply({{"cmd", "NODE_CLUSTER"}, {"ack", s1}, {"accepted", false}}, nullptr, 7));
+  EXPECT_EQ(answers, (std::vector<bool>{true, false}));
+  EXPECT_EQ(m.pending(), 1u);
 }
 
 TEST(ClusterProtocol, ServerKeyUsesJavaScriptStringsAsNodeDoes) {

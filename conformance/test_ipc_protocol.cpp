@@ -425,6 +425,49 @@ TEST_F(IpcProtocol, HandleAckAndTheReplyItTriggersLeaveInOneWrite) {
 
 // A hand-off window: pipelined handles go out without waiting for the ACKs of the ones before
 // them; the ACKs answer them in order, and a plain message is not held back by them.
+// send_encoded (the hand-off's fast path) writes the frame send() writes, at once and when it
+// has to wait behind an unacknowledged handle.
+TEST_F(IpcProtocol, SendEncodedWritesTheSameFramesAsSend) {
+  uvc_test::TestLoop loop;
+  Pair p(loop);
+  int sv[2];
+  ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+  Json message = {{"act", "newconn"}, {"cmd", "NODE_CLUSTER"}, {"key", "k \"\xC3\xA9\""}, {"seq", 12}};
+  std::string encoded = ipc::encode_frame(message);
+  encoded.pop_back();
+  auto borrowed = [&] { return ipc::OutgoingHandle{ipc::HandleType::native, Fd{}, std::nullopt, sv[0]}; };
+  EXPECT_TRUE(p.ch->send(message, borrowed()));
+  ASSERT_TRUE(loop.run_until([&] { return p.lines_from_channel() == 1; }));
+  EXPECT_TRUE(p.ch->send_encoded(encoded, borrowed()));  // queued behind the first one's ACK
+  raw_send(p.peer, "{\"cmd\":\"NODE_HANDLE_ACK\"}\n");
+  ASSERT_TRUE(loop.run_until([&] { return p.lines_from_channel() == 2; }));
+  raw_send(p.peer, "{\"cmd\":\"NODE_HANDLE_ACK\"}\n");
+  ipc::SendOptions o;
+  o.done_on_failure_only = true;
+  EXPECT_TRUE(p.ch->send_encoded(encoded, borrowed(), o));  // at once (after that ACK is read)
+  ASSERT_TRUE(loop.run_until([&] { return p.lines_from_channel() == 3; }));
+  std::string frame = "{\"cmd\":\"NODE_HANDLE\",\"type\":\"net.Native\",\"msg\":" + encoded + "}\n";
+  EXPECT_EQ(p.from_channel, frame + frame + frame);
+  EXPECT_TRUE(p.errors.empty());
+  close(sv[0]);
+  close(sv[1]);
+}
+
+// A line filter consumes the lines it recognises before any parse; the others go on as usual.
+TEST_F(IpcProtocol, LineFilterConsumesOnlyWhatItRecognises) {
+  uvc_test::TestLoop loop;
+  Pair p(loop);
+  std::vector<std::string> filtered;
+  p.ch->set_line_filter([&](std::string_view line) {
+    filtered.emplace_back(line);
+    return line == "{\"cmd\":\"NODE_X\",\"n\":1}";
+  });
+  raw_send(p.peer, "{\"cmd\":\"NODE_X\",\"n\":1}\n\"user\"\n{\"cmd\":\"NODE_HANDLE_ACK\"}\n");
+  ASSERT_TRUE(loop.run_until([&] { return p.messages.size() == 1; }));
+  EXPECT_EQ(p.messages[0], "user");
+  EXPECT_EQ(filtered, (std::vector<std::string>{"{\"cmd\":\"NODE_X\",\"n\":1}", "\"user\""}));  // not the ACK
+}
+
 TEST_F(IpcProtocol, PipelinedHandlesDoNotWaitForEarlierAcks) {
   uvc_test::TestLoop loop;
   Pair p(loop);

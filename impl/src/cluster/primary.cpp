@@ -167,6 +167,13 @@ Result<std::shared_ptr<WorkerHandle>> Primary::fork(const Env& extra) {
     ch->on_internal_message([wp, w](const Json& msg, ipc::ReceivedHandle* h) {
       if (auto p = wp.lock()) p->on_internal(w, msg, h);
     });
+    // A newconn's answer, once per connection, is matched on its bytes (no JSON value).
+    ch->set_line_filter([wp, id](std::string_view line) {
+      auto p = wp.lock();
+      if (!p || p->debug_) return false;  // --debug logs every message: the general way
+      auto answer = parse_newconn_answer(line);
+      return answer && p->messenger_.take_answer(answer->ack, answer->accepted, id);
+    });
     ch->on_message([wp, w](const Json& msg, ipc::ReceivedHandle*) {
       w->message_.emit(msg);
       if (auto p = wp.lock()) p->message_.emit(*w, msg);
@@ -244,29 +251,31 @@ std::optional<int64_t> Primary::send_to(WorkerHandle& w, Json payload, Messenger
   Json m = messenger_.wrap(std::move(payload), std::move(cb), w.id_);
   int64_t seq = m["seq"].get<int64_t>();
   if (debug_) std::fprintf(stderr, "[primary] -> %d %s%s\n", w.id_, m.dump().c_str(), handle ? " +fd" : "");
-  // The channel sends handles one at a time, in order, so ACK/NACKs answer them in this order.
-  std::function<void(const Error*)> done;
-  if (handle) {
-    auto slot = std::make_shared<std::function<void()>>(std::move(on_nack));
-    w.on_nack_.push_back(slot);
-    // A handle that could not leave because we are out of fds (the channel had to duplicate it
-    // to queue it) never reached the worker: that is a NACK, not a broken channel.
-    done = [wp = weak_from_this(), id = w.id_, slot](const Error* e) {
-      auto p = wp.lock();
-      if (!e || !p) return;
-      auto it = p->workers_.find(id);
-      if (it == p->workers_.end()) return;
-      WorkerHandle& wh = *it->second;
-      if (e->errnum != UV_EMFILE && e->errnum != UV_ENFILE) return p->on_channel_failure(wh, *e);
-      auto& q = wh.on_nack_;
-      if (auto pos = std::find(q.begin(), q.end(), slot); pos != q.end()) q.erase(pos);
-      if (*slot) (*slot)();
-    };
-  }
   ipc::SendOptions options;
   options.pipelined = pipelined;
+  std::function<void(const Error*)> done;
+  if (handle) done = handle_done(w, std::move(on_nack));
   w.process_->channel()->send(m, std::move(handle), std::move(options), std::move(done));
   return seq;
+}
+
+std::function<void(const Error*)> Primary::handle_done(WorkerHandle& w, std::function<void()> on_nack) {
+  // The channel sends handles one at a time, in order, so ACK/NACKs answer them in this order.
+  auto slot = std::make_shared<std::function<void()>>(std::move(on_nack));
+  w.on_nack_.push_back(slot);
+  // A handle that could not leave because we are out of fds (the channel had to duplicate it
+  // to queue it) never reached the worker: that is a NACK, not a broken channel.
+  return [wp = weak_from_this(), id = w.id_, slot](const Error* e) {
+    auto p = wp.lock();
+    if (!e || !p) return;
+    auto it = p->workers_.find(id);
+    if (it == p->workers_.end()) return;
+    WorkerHandle& wh = *it->second;
+    if (e->errnum != UV_EMFILE && e->errnum != UV_ENFILE) return p->on_channel_failure(wh, *e);
+    auto& q = wh.on_nack_;
+    if (auto pos = std::find(q.begin(), q.end(), slot); pos != q.end()) q.erase(pos);
+    if (*slot) (*slot)();
+  };
 }
 
 void Primary::on_handle_reply(WorkerHandle& w, bool acked) {
@@ -359,42 +368,49 @@ void Primary::drop_handle(std::map<std::string, std::unique_ptr<ServerHandle>>::
 
 HandOffSender Primary::newconn_sender(int worker, const std::string& key, uint64_t serial) {
   std::weak_ptr<Primary> wp = weak_from_this();
-  return [wp, worker, key, serial](int conn, HandOffReply reply) {
+  struct Route {
+    std::string key;
+    NewconnMessage message;  // encoded once: a hand-off only appends its seq
+  };
+  auto route = std::make_shared<const Route>(Route{key, NewconnMessage(key)});
+  return [wp, worker, route, serial](int conn, HandOffReply reply) {
     auto p = wp.lock();
     if (!p) return HandOffSend::gone;
     auto wit = p->workers_.find(worker);
     if (wit == p->workers_.end() || !wit->second->is_connected()) return HandOffSend::gone;
     WorkerHandle& w = *wit->second;
     std::weak_ptr<WorkerHandle> ww = wit->second;
-    auto still_ours = [wp, key, serial] {
+    auto still_ours = [wp, route, serial] {
       auto p2 = wp.lock();
       if (!p2) return false;
-      auto hit = p2->handles_.find(key);
+      auto hit = p2->handles_.find(route->key);
       return hit != p2->handles_.end() && hit->second->serial == serial;
     };
-    auto on_reply = [wp, sent_ns = uv_hrtime(), still_ours, ww, reply](const Json& r, ipc::ReceivedHandle*) {
+    auto on_answer = [wp, sent_ns = uv_hrtime(), still_ours, ww, reply](bool accepted) {
       if (auto p2 = wp.lock()) p2->handoff_latency_.record(static_cast<double>(uv_hrtime() - sent_ns) / 1e9);
       if (!still_ours()) return;
-      bool accepted = r.value("accepted", Json(false)) == Json(true);
       if (accepted)
         if (auto w2 = ww.lock()) ++w2->connections_;
       reply(accepted);
     };
-    auto seq = std::make_shared<int64_t>(-1);
+    int64_t seq = p->messenger_.expect_answer(std::move(on_answer), worker);
     // NACK: the fd never reached the worker (out of fds), so no act reply will come either.
     auto on_nack = [wp, still_ours, seq, worker, reply] {
       auto p2 = wp.lock();
       if (!p2) return;
-      p2->messenger_.drop(*seq, worker);
+      p2->messenger_.drop(seq, worker);
       if (still_ours()) reply(false);
     };
+    std::string message = route->message.with_seq(seq);
+    if (p->debug_) std::fprintf(stderr, "[primary] -> %d %s +fd\n", worker, message.c_str());
     // The scheduler keeps `conn` until the worker answers, so the channel borrows it: it goes out
     // as is, duplicated only if it has to wait in the channel's queue.
     ipc::OutgoingHandle handle{ipc::HandleType::native, Fd{}, std::nullopt, conn};
-    auto sent = p->send_to(w, {{"act", "newconn"}, {"key", key}}, on_reply, std::move(handle), on_nack,
-                           p->settings_.rr_window > 1);
-    if (!sent) return HandOffSend::gone;
-    *seq = *sent;
+    ipc::SendOptions options;
+    options.pipelined = p->settings_.rr_window > 1;
+    options.done_on_failure_only = true;
+    w.process_->channel()->send_encoded(message, std::move(handle), std::move(options),
+                                        p->handle_done(w, std::move(on_nack)));
     return HandOffSend::sent;
   };
 }

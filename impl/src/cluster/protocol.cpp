@@ -5,6 +5,8 @@
 #include <cmath>
 #include <vector>
 
+#include "uvcluster/ipc/framing.hpp"
+
 namespace uvcluster::cluster {
 
 bool is_cluster_message(const Json& m) {
@@ -61,7 +63,7 @@ Json Messenger::wrap(Json payload, Reply cb, int owner) {
   for (auto& [k, v] : payload.items()) m[k] = v;
   int64_t seq = seq_++;
   m["seq"] = seq;
-  if (cb) callbacks_[seq] = Pending{owner, std::move(cb)};
+  if (cb) callbacks_[seq] = Pending{owner, std::move(cb), {}};
   return m;
 }
 
@@ -70,10 +72,87 @@ bool Messenger::take_reply(const Json& msg, ipc::ReceivedHandle* handle, int own
   if (it == msg.end() || !it->is_number_integer()) return false;
   auto found = callbacks_.find(it->get<int64_t>());
   if (found == callbacks_.end() || found->second.owner != owner) return false;
-  Reply cb = std::move(found->second.cb);
+  Pending pending = std::move(found->second);
   callbacks_.erase(found);
-  cb(msg, handle);
+  if (pending.answer) pending.answer(msg.value("accepted", Json(false)) == Json(true));
+  else if (pending.cb) pending.cb(msg, handle);
   return true;
+}
+
+int64_t Messenger::expect_answer(Answer cb, int owner) {
+  int64_t seq = seq_++;
+  callbacks_[seq] = Pending{owner, {}, std::move(cb)};
+  return seq;
+}
+
+bool Messenger::take_answer(int64_t ack, bool accepted, int owner) {
+  auto found = callbacks_.find(ack);
+  if (found == callbacks_.end() || found->second.owner != owner || !found->second.answer) return false;
+  Answer cb = std::move(found->second.answer);
+  callbacks_.erase(found);
+  cb(accepted);
+  return true;
+}
+
+NewconnMessage::NewconnMessage(const std::string& key) {
+  // wrap()'s object has sorted keys: act, cmd, key, seq.
+  head_ = "{\"act\":\"newconn\",\"cmd\":\"";
+  head_ += kClusterCmd;
+  head_ += "\",\"key\":";
+  std::string k = ipc::encode_frame(Json(key));
+  k.pop_back();  // its newline
+  head_ += k;
+  head_ += ",\"seq\":";
+}
+
+std::string NewconnMessage::with_seq(int64_t seq) const {
+  std::string m;
+  m.reserve(head_.size() + 21);
+  m = head_;
+  m += std::to_string(seq);
+  m += '}';
+  return m;
+}
+
+namespace {
+// A cursor over one line that matches the answer templates exactly.
+struct Scan {
+  std::string_view rest;
+  bool lit(std::string_view s) {
+    if (!rest.starts_with(s)) return false;
+    rest.remove_prefix(s.size());
+    return true;
+  }
+  bool boolean(bool& out) {
+    if (lit("true")) return out = true, true;
+    if (lit("false")) return out = false, true;
+    return false;
+  }
+  // A JSON integer (no leading zeros) of at most 15 digits: exact in a double, as Node sent it.
+  bool integer(int64_t& out) {
+    bool negative = lit("-");
+    size_t n = 0;
+    int64_t v = 0;
+    while (n < rest.size() && n < 16 && rest[n] >= '0' && rest[n] <= '9') v = v * 10 + (rest[n++] - '0');
+    if (n == 0 || n > 15 || (n > 1 && rest[0] == '0')) return false;
+    rest.remove_prefix(n);
+    out = negative ? -v : v;
+    return true;
+  }
+};
+}  // namespace
+
+std::optional<NewconnAnswer> parse_newconn_answer(std::string_view line) {
+  Scan s{line};
+  NewconnAnswer a;
+  int64_t seq = 0;
+  bool ok = s.lit("{\"accepted\":")
+                ? s.boolean(a.accepted) && s.lit(",\"ack\":") && s.integer(a.ack) &&
+                      s.lit(",\"cmd\":\"NODE_CLUSTER\",\"seq\":")
+                : s.lit("{\"cmd\":\"NODE_CLUSTER\",\"ack\":") && s.integer(a.ack) && s.lit(",\"accepted\":") &&
+                      s.boolean(a.accepted) && s.lit(",\"seq\":");
+  if (!ok || !s.integer(seq) || !s.lit("}") || !s.rest.empty()) return std::nullopt;
+  return a;
 }
 
 void Messenger::drop(int64_t seq, int owner) {

@@ -144,6 +144,7 @@ struct Channel::Impl : std::enable_shared_from_this<Channel::Impl> {
   detail::Event<> disconnect_ev;
   detail::Event<const Error&> error_ev;
   detail::Event<> close_ev;
+  std::function<bool(std::string_view)> line_filter;
 
   // Runs fn on the loop's next turn if the channel still exists.
   void defer(std::function<void(Impl&)> fn) {
@@ -192,7 +193,7 @@ struct Channel::Impl : std::enable_shared_from_this<Channel::Impl> {
   // while a write is in flight, plain frames are coalesced into one buffer (fewer syscalls).
   // On failure `done` (or, unless swallow_errors, the error event) gets the error later.
   int write(std::string frame, int fd, std::function<void(const Error*)> done,
-            bool swallow_errors = false) {
+            bool swallow_errors = false, bool done_on_failure_only = false) {
     if (state != State::open) {
       if (done) fail_later(std::move(done), channel_closed());
       return UV_EPIPE;
@@ -200,7 +201,7 @@ struct Channel::Impl : std::enable_shared_from_this<Channel::Impl> {
     if (fd >= 0) {
       ssize_t sent = send_direct(frame, fd);
       if (sent == static_cast<ssize_t>(frame.size())) {
-        if (done) defer([done = std::move(done)](Impl&) { done(nullptr); });
+        if (done && !done_on_failure_only) defer([done = std::move(done)](Impl&) { done(nullptr); });
         return 0;
       }
       if (sent > 0) {  // the fd went with the first byte; the rest follows as plain bytes
@@ -352,21 +353,17 @@ struct Channel::Impl : std::enable_shared_from_this<Channel::Impl> {
       queue.push_back(std::move(q));
       return queue.size() == 1;
     }
-    if (q.handle && (q.handle->fd.valid() || q.handle->borrowed >= 0)) {
-      int raw = q.handle->fd.valid() ? q.handle->fd.get() : q.handle->borrowed;
-      auto encoded = handle_frame(q.handle->type, message, q.handle->key, raw);
+    if (has_fd(q.handle)) {
+      auto encoded = advanced() ? encode_v8_handle_frame(handle_type_name(q.handle->type), message,
+                                                          q.handle->key ? &*q.handle->key : nullptr,
+                                                          this->options.max_nesting_depth)
+                                : Result<std::string>(json_handle_frame(q.handle->type, encode_message(message),
+                                                                        q.handle->key, raw_fd(*q.handle)));
       if (!encoded) {
         fail_later(std::move(q.done), std::move(encoded.error()));
         return false;  // q.handle's fd closes here
       }
-      std::string frame = std::move(encoded.value());
-      if (write(frame, raw, std::move(q.done)) < 0)
-        return false;  // q.handle's fd closes here
-      Fd kept = std::move(q.handle->fd);
-      if (!kept && resendable(q.handle->type, q.options)) kept = Fd::dup(raw).value_or(Fd());  // a NACK re-sends it
-      bool pipelined = q.options.pipelined && !resendable(q.handle->type, q.options);
-      if (!pipelined) ++blocking;
-      unacked.push_back(InFlight{std::move(frame), q.handle->type, std::move(kept), std::move(q.options), 0});
+      if (!write_handle_frame(std::move(encoded.value()), q)) return false;
     } else {
       if (advanced()) {
         auto encoded = encode(message);
@@ -384,17 +381,44 @@ struct Channel::Impl : std::enable_shared_from_this<Channel::Impl> {
     return pending_bytes() < kHighWaterMark;
   }
 
+  // The json-mode hand-off fast path (Channel::send_encoded): `message_json` is already the
+  // message's encoding, so no JSON value is built or dumped. Same effects as send_now.
+  bool send_encoded_now(std::string_view message_json, Queued& q) {
+    if (!write_handle_frame(json_handle_frame(q.handle->type, message_json, q.handle->key, raw_fd(*q.handle)), q))
+      return false;
+    return pending_bytes() < kHighWaterMark;
+  }
+
+  static bool has_fd(const std::optional<OutgoingHandle>& h) { return h && (h->fd.valid() || h->borrowed >= 0); }
+  static int raw_fd(const OutgoingHandle& h) { return h.fd.valid() ? h.fd.get() : h.borrowed; }
+
+  // A message's json encoding without the newline (the wrapper ends the frame).
+  static std::string encode_message(const Json& message) {
+    std::string m = encode_frame(message);
+    m.pop_back();
+    return m;
+  }
+
+  // Writes a NODE_HANDLE frame with q's fd and keeps it until its ACK (a NACK may re-send it).
+  // False when the write failed (q's fd, if owned, closes with q).
+  bool write_handle_frame(std::string frame, Queued& q) {
+    int raw = raw_fd(*q.handle);
+    if (write(frame, raw, std::move(q.done), false, q.options.done_on_failure_only) < 0) return false;
+    Fd kept = std::move(q.handle->fd);
+    if (!kept && resendable(q.handle->type, q.options)) kept = Fd::dup(raw).value_or(Fd());  // a NACK re-sends it
+    bool pipelined = q.options.pipelined && !resendable(q.handle->type, q.options);
+    if (!pipelined) ++blocking;
+    unacked.push_back(InFlight{std::move(frame), q.handle->type, std::move(kept), std::move(q.options), 0});
+    return true;
+  }
+
   // The NODE_HANDLE wrapper, in Node's key order: cmd, type, msg, then key or dgramType.
-  Result<std::string> handle_frame(HandleType type, const Json& message, const std::optional<std::string>& key,
-                                   int fd) const {
-    if (advanced())
-      return encode_v8_handle_frame(handle_type_name(type), message, key ? &*key : nullptr,
-                                    options.max_nesting_depth);
+  static std::string json_handle_frame(HandleType type, std::string_view message_json,
+                                       const std::optional<std::string>& key, int fd) {
     std::string frame = "{\"cmd\":\"NODE_HANDLE\",\"type\":\"";
     frame += handle_type_name(type);
     frame += "\",\"msg\":";
-    frame += encode_frame(message);
-    frame.pop_back();  // the '\n'; the wrapper ends the frame
+    frame += message_json;
     if (type == HandleType::dgram) {
       frame += ",\"dgramType\":\"";
       frame += detail_handles::dgram_type_of(fd);
@@ -505,6 +529,7 @@ struct Channel::Impl : std::enable_shared_from_this<Channel::Impl> {
       if (state == State::open) internal_ev.emit(ack_message, nullptr);
       return;
     }
+    if (line_filter && !advanced() && line_filter(line)) return;
     auto parsed = decode(line);
     if (!parsed) {
       trim_heap_when_gone.armed = true;
@@ -731,6 +756,22 @@ Status Channel::disconnect() {
   return Ok{};
 }
 
+bool Channel::send_encoded(std::string_view message_json, OutgoingHandle handle, SendOptions options,
+                           std::function<void(const Error*)> done) {
+  auto& i = *impl_;
+  Impl::Queued q{Json(), std::move(handle), std::move(options), std::move(done)};
+  if (i.state != Impl::State::open || !i.connected || i.advanced() || i.blocking > 0 || !Impl::has_fd(q.handle)) {
+    // The general path (it may have to keep the message as a value in its queue).
+    auto parsed = parse_frame(message_json, i.options.max_nesting_depth);
+    if (!parsed) {
+      i.fail_later(std::move(q.done), std::move(parsed.error()));
+      return false;
+    }
+    return send(parsed.value(), std::move(q.handle), std::move(q.options), std::move(q.done));
+  }
+  return i.send_encoded_now(message_json, q);
+}
+
 bool Channel::connected() const { return impl_->state == Impl::State::open && impl_->connected; }
 
 void Channel::ref() {
@@ -751,6 +792,8 @@ void Channel::on_message(std::function<void(const Json&, ReceivedHandle*)> fn) {
 void Channel::on_internal_message(std::function<void(const Json&, ReceivedHandle*)> fn) {
   impl_->internal_ev.add(std::move(fn));
 }
+void Channel::set_line_filter(std::function<bool(std::string_view line)> fn) { impl_->line_filter = std::move(fn); }
+
 void Channel::on_disconnect(std::function<void()> fn) {
   impl_->disconnect_ev.add(std::move(fn));
   impl_->update_ref();

@@ -243,6 +243,8 @@ class Primary : public std::enable_shared_from_this<Primary> {
   std::optional<int64_t> send_to(WorkerHandle& w, Json payload, Messenger::Reply cb = {},
                                  std::optional<ipc::OutgoingHandle> handle = std::nullopt,
                                  std::function<void()> on_nack = {}, bool pipelined = false);
+  // The `done` of a handle sent to `w`: out of fds is its NACK (on_nack), other errors fail the channel.
+  std::function<void(const Error*)> handle_done(WorkerHandle& w, std::function<void()> on_nack);
 
   uv_loop_t* loop_;
   PrimarySettings settings_;

@@ -5,7 +5,9 @@
 #include <cstdint>
 #include <functional>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <string>
+#include <string_view>
 #include <unordered_map>
 
 #include "uvcluster/ipc/channel.hpp"
@@ -36,12 +38,18 @@ std::string errno_name(int negative_errno);
 class Messenger {
  public:
   using Reply = std::function<void(const Json& reply, ipc::ReceivedHandle* handle)>;
+  using Answer = std::function<void(bool accepted)>;  // a newconn's reply: only `accepted` counts
 
   // {"cmd":"NODE_CLUSTER", ...payload, "seq":n}; `cb` runs when a message with ack == n arrives.
   Json wrap(Json payload, Reply cb = {}, int owner = 0);
   // Runs and removes the callback for msg.ack (if owned by `owner`). False when the message is
   // not a reply we wait for — then it goes to the act handler (Node: bogus acks fall through).
   bool take_reply(const Json& msg, ipc::ReceivedHandle* handle, int owner = 0);
+  // The seq of a newconn about to be sent (NewconnMessage encodes it); `cb` waits for its ack.
+  int64_t expect_answer(Answer cb, int owner);
+  // A newconn answer read off the wire (parse_newconn_answer). False when no answer waits for
+  // that ack from `owner`: the line then goes the general way (take_reply).
+  bool take_answer(int64_t ack, bool accepted, int owner);
   void drop_owner(int owner);
   void drop(int64_t seq, int owner);  // a reply that cannot come any more (its message was lost)
   size_t pending() const { return callbacks_.size(); }
@@ -50,9 +58,31 @@ class Messenger {
   struct Pending {
     int owner;
     Reply cb;
+    Answer answer;  // instead of cb, for a newconn
   };
   int64_t seq_ = 0;
   std::unordered_map<int64_t, Pending> callbacks_;
 };
+
+// The hand-off's fast path, both ways, without JSON values. The newconn message of one server
+// key, encoded once: byte for byte what encode_frame(wrap({act: "newconn", key})) gives (no
+// newline), with the seq appended per hand-off.
+class NewconnMessage {
+ public:
+  explicit NewconnMessage(const std::string& key);
+  std::string with_seq(int64_t seq) const;
+
+ private:
+  std::string head_;
+};
+
+struct NewconnAnswer {
+  int64_t ack = 0;
+  bool accepted = false;
+};
+// A worker's answer to a newconn as our workers ({"accepted":b,"ack":n,"cmd":"NODE_CLUSTER",
+// "seq":m}) or Node's ({"cmd":"NODE_CLUSTER","ack":n,"accepted":b,"seq":m}) write it; nullopt
+// for any other line (which then takes the general parse).
+std::optional<NewconnAnswer> parse_newconn_answer(std::string_view line);
 
 }  // namespace uvcluster::cluster

@@ -136,6 +136,9 @@ struct SendOptions {
   // does anything wait for its own). ACK/NACKs answer handles in the order they were sent. For
   // net.Native handles, which are never re-sent.
   bool pipelined = false;
+  // The caller's `done` only acts on failures: a frame written at once schedules no success
+  // call (the hand-off sends one per connection). It may still get nullptr after a queued write.
+  bool done_on_failure_only = false;
 };
 
 struct ChannelOptions {
@@ -165,6 +168,13 @@ class Channel {
   bool send(const Json& message, std::optional<OutgoingHandle> handle = std::nullopt,
             SendOptions options = {}, std::function<void(const Error*)> done = {});
 
+  // send() with a handle, for a message already encoded as compact JSON (exactly what send()
+  // would encode it to, no newline): the hand-off's fast path, no JSON value built or dumped.
+  // Where the frame cannot leave at once (advanced mode, a queue behind an ACK, no fd) the
+  // message is parsed and takes send()'s path.
+  bool send_encoded(std::string_view message_json, OutgoingHandle handle, SendOptions options = {},
+                    std::function<void(const Error*)> done = {});
+
   // Closes the channel once queued sends and a pending handle ACK are done; emits `disconnect`
   // then `close`. A second call returns ERR_IPC_DISCONNECTED.
   Status disconnect();
@@ -182,6 +192,10 @@ class Channel {
   void on_message(std::function<void(const Json&, ReceivedHandle*)> fn);
   void on_internal_message(std::function<void(const Json&, ReceivedHandle*)> fn);
   void on_disconnect(std::function<void()> fn);
+  // json mode: sees each line before it is parsed (after the ACK fast path); returning true
+  // consumes it, no event follows. For a hot reply recognised without building a JSON value
+  // (the primary's hand-off answers). One filter per channel.
+  void set_line_filter(std::function<bool(std::string_view line)> fn);
   // Protocol and I/O errors. Codes: ERR_IPC_BAD_FRAME (a line that is not JSON or empty, or an
   // advanced frame that is not V8 data we model; it is skipped), ERR_IPC_UNSERIALIZABLE (a send
   // without `done` that advanced mode cannot write), ERR_IPC_FRAME_TOO_LARGE (channel closed), ERR_IPC_UNEXPECTED_HANDLE (fd
