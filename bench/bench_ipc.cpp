@@ -18,6 +18,16 @@ using ipc::Json;
 
 namespace {
 
+// Seconds each timed benchmark runs for: 2 by default; UVC_BENCH_MIN_TIME overrides it (the
+// A/B comparison takes many short samples, scripts/bench_compare.py). Registration happens during
+// static initialisation, where reading the environment is fine.
+double bench_min_time() {
+  const char* v = std::getenv("UVC_BENCH_MIN_TIME");
+  char* end = nullptr;
+  double s = v ? std::strtod(v, &end) : 0.0;
+  return (v && end != v && *end == '\0' && s > 0.0) ? s : 2.0;
+}
+
 struct EchoChild {
   uv_loop_t loop{};
   std::shared_ptr<ChildProcess> child;
@@ -61,7 +71,7 @@ void BM_IpcPingPong(benchmark::State& state) {
   }
   state.SetItemsProcessed(state.iterations());  // round trips
 }
-BENCHMARK(BM_IpcPingPong)->Unit(benchmark::kMicrosecond)->MinTime(2.0)->UseRealTime();
+BENCHMARK(BM_IpcPingPong)->Unit(benchmark::kMicrosecond)->MinTime(bench_min_time())->UseRealTime();
 
 void BM_IpcStream100k(benchmark::State& state) {
   EchoChild e;
@@ -94,9 +104,9 @@ void big_round_trip(benchmark::State& state, size_t chars) {
 void BM_Ipc64KiB(benchmark::State& state) { big_round_trip(state, size_t{64} << 10); }
 void BM_Ipc1MiB(benchmark::State& state) { big_round_trip(state, size_t{1} << 20); }
 void BM_Ipc16MiB(benchmark::State& state) { big_round_trip(state, size_t{16} << 20); }
-BENCHMARK(BM_Ipc64KiB)->Unit(benchmark::kMicrosecond)->MinTime(2.0)->UseRealTime();
-BENCHMARK(BM_Ipc1MiB)->Unit(benchmark::kMillisecond)->MinTime(2.0)->UseRealTime();
-BENCHMARK(BM_Ipc16MiB)->Unit(benchmark::kMillisecond)->MinTime(2.0)->UseRealTime();
+BENCHMARK(BM_Ipc64KiB)->Unit(benchmark::kMicrosecond)->MinTime(bench_min_time())->UseRealTime();
+BENCHMARK(BM_Ipc1MiB)->Unit(benchmark::kMillisecond)->MinTime(bench_min_time())->UseRealTime();
+BENCHMARK(BM_Ipc16MiB)->Unit(benchmark::kMillisecond)->MinTime(bench_min_time())->UseRealTime();
 
 void BM_IpcHandlePassing(benchmark::State& state) {
   EchoChild e;
@@ -115,7 +125,7 @@ void BM_IpcHandlePassing(benchmark::State& state) {
   ::close(fd);
   state.SetItemsProcessed(state.iterations());  // handle round trips (2 handles, 2 ACKs each)
 }
-BENCHMARK(BM_IpcHandlePassing)->Unit(benchmark::kMicrosecond)->MinTime(2.0)->UseRealTime();
+BENCHMARK(BM_IpcHandlePassing)->Unit(benchmark::kMicrosecond)->MinTime(bench_min_time())->UseRealTime();
 
 }  // namespace
 

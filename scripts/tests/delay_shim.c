@@ -3,7 +3,7 @@
  * so a side runs slower without a change to the library.
  *   UVC_DELAY_US     microseconds to add per call (default 0: the shim does nothing)
  *   UVC_DELAY_CALLS  comma-separated subset of sendmsg,accept4,writev (default sendmsg); an entry
- *                    may carry its own delay, e.g. "sendmsg:3,accept4:12" (µs)
+ *                    may carry its own delay, e.g. "sendmsg:1.5,accept4:12" (µs, fractions allowed)
  * sendmsg carries every fd the RR primary hands to a worker and every IPC message with a handle;
  * accept4 is every accepted connection. A busy wait, not a sleep: a sleep's wake-up latency on a
  * loaded machine would add noise, a spin adds the same CPU time every call. */
@@ -32,7 +32,7 @@ static void configure(void) {
     const char* at = strstr(calls, kNames[c]);
     if (!at) continue;
     at += strlen(kNames[c]);
-    delay_ns[c] = *at == ':' ? atol(at + 1) * 1000L : fallback_ns;
+    delay_ns[c] = *at == ':' ? (long)(strtod(at + 1, NULL) * 1000.0) : fallback_ns;
   }
 }
 

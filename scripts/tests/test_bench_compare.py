@@ -58,3 +58,19 @@ def test_result_is_strict_and_matches_schema(tmp_path):
     table = bench_compare.markdown(result)
     assert "| rr_conn_per_s |" in table and "regressed" in table and "(not gated)" in table
     assert bench_compare.box_plot(result, str(tmp_path / "r.png"))
+
+
+def test_short_ipc_samples_take_the_median_of_their_repetitions():
+    """The short profiles' IPC sample: bench_ipc honours UVC_BENCH_MIN_TIME (detected in the
+    binary, since older revisions do not) and the sample is the median of the repetitions."""
+    build = os.environ.get("UVC_BUILD_DIR", os.path.join(SRC, "build"))
+    if not os.path.exists(os.path.join(build, "bench", "bench_ipc")):
+        import pytest
+        pytest.skip("bench_ipc not built")
+    assert bench_compare.honours_ipc_min_time(build)
+    assert not bench_compare.honours_ipc_min_time(os.path.join(SRC, "no-such-build"))
+    opts = {"duration": 1, "ipc_sample": (0.02, 3), "rr_limits": False}
+    out = bench_compare.unit_ipc(build, dict(os.environ), opts, "BM_IpcHandlePassing/")
+    assert set(out) == {"ipc_handle_pingpong_us", "ipc_handle_pingpong_cpu_us"}
+    assert 0 < out["ipc_handle_pingpong_cpu_us"] and 0 < out["ipc_handle_pingpong_us"]
+    assert bench_compare.unit_metrics(["rr"], rr_limits=False) == ["rr_conn_per_s", "rr_primary_cpu_ms_per_1k"]
