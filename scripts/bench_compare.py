@@ -62,7 +62,8 @@ TARGETS = ["uvcluster_cli", "bench_ipc", "bench_spawn", "hello_native", "lab_pro
 OPTIONAL_TARGETS = ["limit_raw_rr"]  # built when the revision has them (the rr-vs-bare metrics need raw_rr)
 
 # Profiles: which units, wrk seconds per rr/lab sample, default k (None = sized to the budget)
-# and the budget (s) the sizing aims at; max_s is a hard stop for the whole run, builds included.
+# and the budget (s) of sampling the sizing aims at (builds excluded); max_s is a hard stop for
+# the whole run, builds included.
 # ipc_sample: (seconds per repetition, repetitions) of one bench_ipc sample, whose value is the
 # median of the repetitions; None = one run of the benchmark's own 2 s. The noise on a shared
 # machine is slow (seconds), so a 2 s run averages little of it away: five 0.1 s repetitions cost
@@ -389,7 +390,7 @@ def measure(sides, units, opts, samples, budget, max_s, max_k, started, min_k, p
         round_s = time.monotonic() - t0
         r += 1
         if k is None:  # size k to the budget from the first round's cost
-            fit = int((budget - (time.monotonic() - started)) / round_s) + 1
+            fit = int((budget - (time.monotonic() - started - sides["build_s"])) / round_s) + 1  # builds excluded
             k = max(min_k, min(max_k, fit))
     progress.done()
     return data, order, r
@@ -471,7 +472,7 @@ def parse_args(argv):
     ap.add_argument("--profile", choices=sorted(PROFILES), help="default: default (ci with --ci)")
     ap.add_argument("--set", help="comma-separated units: ipc,rr,lab (default: the profile's)")
     ap.add_argument("--samples", type=int, help="k samples per side (default: the profile's, or sized to --budget)")
-    ap.add_argument("--budget", type=float, help="seconds the sampling aims at when k is sized automatically")
+    ap.add_argument("--budget", type=float, help="seconds of sampling (builds excluded) that k aims at when sized automatically")
     ap.add_argument("--duration", type=int, help="wrk seconds per rr/lab sample (default: the profile's)")
     ap.add_argument("--alpha", type=float, help="family-wise significance level (default 0.05; 0.01 with --ci)")
     ap.add_argument("--min-effect", type=float, help="smallest effect that counts (default 0.05; 0.10 with --ci)")
