@@ -220,8 +220,8 @@ def render(doc, md_path):
           "worker with fds left takes it from the shared queue (3 runs each: 626–689 vs "
           "482–652 per 1,000 sent, uvc-reuseport answering more).",
           "- **uvc-rr sigterm-drain** (6 vs 5 here; 6, 6, 6 vs 7, 6, 4 over 3 runs each) is "
-          "noise: both close the listener, and the kernel resets the connections still in its "
-          "accept queue. **uvc-none maxconn-refusals**: the same answered count (977–1,147 vs "
+          "noise (most likely both lose what is still in the kernel's accept queue when the "
+          "listener closes). **uvc-none maxconn-refusals**: the same answered count (977–1,147 vs "
           "1,068–1,131 over 3 runs), refused at a faster pace, which raises the ‰.",
           "- **own** is read with the worker frozen, but a worker's `accepted` answer may still "
           "be on its way to the primary: such a connection counts as beyond own (at most one "
