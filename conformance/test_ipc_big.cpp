@@ -1,9 +1,12 @@
 // Big messages through a real channel: a C++ parent and `uvcluster ipc-echo` (issue 13 §2).
 #include <gtest/gtest.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include <string>
 
 #include "support.hpp"
+#include "uvcluster/detail/read_buffer.hpp"
 #include "uvcluster/fork.hpp"
 #include "uvcluster/ipc/channel.hpp"
 
@@ -38,6 +41,39 @@ TEST(IpcBig, EchoedByteForByte) {
   EXPECT_TRUE(errors.empty()) << errors.front().message;
   ASSERT_EQ(back.size(), sent.size());
   for (size_t i = 0; i < sent.size(); ++i) EXPECT_TRUE(back[i] == sent[i]) << "message " << i;
+  ASSERT_TRUE(child->channel()->disconnect().ok());
+  ASSERT_TRUE(loop.run_until([&] { return closed; }));
+}
+
+// Issue 8: between json frames a channel reads into its loop's shared buffer, which lives as long
+// as the loop, so any page of it a read fills stays resident for good. A big (or hostile) frame
+// must continue in the channel's own buffer after its first 16 KiB, leaving the rest of the
+// shared buffer untouched (it made 64 KB of the primary resident for good after ipc-oversized).
+TEST(IpcBig, BigFrameLeavesTheSharedReadBufferBeyond16KiBUntouched) {
+  uvc_test::TestLoop loop;
+  auto child = fork(loop.get(), uvc_test::cli(), {"ipc-echo"}).value();
+  auto shared = detail::SharedReadBuffer::for_loop(loop.get());  // the one the channel reads into
+  const size_t page = static_cast<size_t>(::sysconf(_SC_PAGESIZE));
+  auto first = (reinterpret_cast<uintptr_t>(shared->data()) + 16 * 1024 + page - 1) / page * page;
+  auto last = (reinterpret_cast<uintptr_t>(shared->data()) + detail::SharedReadBuffer::kSize) / page * page;
+  ASSERT_GT(last, first);
+  void* tail = reinterpret_cast<void*>(first);
+  size_t tail_bytes = last - first;
+  // The buffer is scratch space: drop those pages, then see whether the frame brings them back.
+  ASSERT_EQ(::madvise(tail, tail_bytes, MADV_DONTNEED), 0);
+  std::vector<Json> back;
+  child->channel()->on_message([&](const Json& m, ipc::ReceivedHandle*) { back.push_back(m); });
+  Json sent = {{"text", std::string(size_t{1} << 20, 'x')}};
+  child->channel()->send(sent);
+  ASSERT_TRUE(loop.run_until([&] { return !back.empty(); }, 60000));
+  EXPECT_TRUE(back.front() == sent);
+  std::vector<unsigned char> resident(tail_bytes / page);
+  ASSERT_EQ(::mincore(tail, tail_bytes, resident.data()), 0);
+  size_t touched = 0;
+  for (unsigned char r : resident) touched += r & 1;
+  EXPECT_EQ(touched, 0u) << "of " << resident.size() << " pages past the first 16 KiB";
+  bool closed = false;
+  child->on_close([&](const ExitStatus&) { closed = true; });
   ASSERT_TRUE(child->channel()->disconnect().ok());
   ASSERT_TRUE(loop.run_until([&] { return closed; }));
 }

@@ -81,6 +81,20 @@ TEST(IpcFraming, OversizedLineReleasesTheBuffer) {
   EXPECT_EQ(r.capacity(), 0u);
 }
 
+// Issue 8: the buffer doubles while a line grows, but never past the longest line (max + 1
+// bytes tell it is oversized): the line that crosses a 64 MiB cap reserved 128 MiB first.
+TEST(IpcFraming, BufferNeverGrowsPastTheFrameCap) {
+  const size_t max = 200 * 1024;
+  FrameReader r(max);
+  auto cb = [](std::string_view) {};
+  std::string chunk(150 * 1024, 'a');
+  ASSERT_TRUE(r.feed(chunk.data(), chunk.size(), cb));
+  ASSERT_TRUE(r.feed(chunk.data(), 40 * 1024, cb));
+  EXPECT_LE(r.capacity(), max + 1);
+  EXPECT_FALSE(r.feed(chunk.data(), 20 * 1024, cb));
+  EXPECT_EQ(r.capacity(), 0u);
+}
+
 TEST(IpcFraming, BadFramesAreErrors) {
   for (std::string bad : {"", " ", "{", "nope", "[1,]", "1 2", "\"unterminated"}) {
     auto r = parse_frame(bad);

@@ -5,7 +5,8 @@
   managers: uvc-rr, uvc-none, uvc-reuseport (`uvcluster run --policy X`), node-cluster and
             node-cluster-none (scripts/chaos/node_cluster.js, Node's cluster module with
             SCHED_RR / SCHED_NONE: the references of uvc-rr and uvc-none; Node 20 has no
-            reuseport counterpart, uvc-reuseport is compared with node-cluster, Node's default)
+            reuseport counterpart; its workers accept for themselves as under SCHED_NONE, so
+            uvc-reuseport is compared with node-cluster-none)
             and pm2 (`pm2-runtime` with an
             ecosystem file: cluster mode, N instances, kill_timeout = the grace; PM2_HOME in
             the run's temp dir; installed into node_modules/ by scripts/deps.sh).

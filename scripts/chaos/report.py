@@ -198,9 +198,11 @@ def render(doc, md_path):
           "reuse their pages: +64 KB after the first worker exits, flat after ~40. One buffer per "
           "loop now. The hostile frames no longer grow the stack (the nesting check is "
           "iterative), an oversized line's buffer is freed at once and a failed channel trims "
-          "the heap; what is left after `ipc-oversized` and `ipc-nested` (about +64–72 KB) is "
-          "free heap glibc keeps at its top after the frame's allocation peak (heap in use "
-          "unchanged).",
+          "the heap. The +64–72 KB once left after `ipc-oversized` and `ipc-nested` was the "
+          "loop's shared read buffer, filled whole by a big frame's first read and resident "
+          "for good: a json channel now reads at most 16 KiB into it between frames, and a "
+          "too-deep frame is refused before its levels are built (about +24 KB, under 0.5%, "
+          "remain).",
           "- **uvc-none, uvc-reuseport** against node-cluster-none: the workers are the same "
           "Node processes accepting for themselves, so a worker at `maxConnections` or out of "
           "fds closes what it accepts in all three (Node's net.Server and libuv's EMFILE "
@@ -213,7 +215,14 @@ def render(doc, md_path):
           "stopped worker (`sigstop`) keeps its socket open, so the kernel goes on hashing new "
           "connections to it and they wait in its queue past wrk's 2 s timeout: migration "
           "happens only when a socket closes. That is the price of kernel balancing, which no "
-          "primary sees; rr and none do not pay it.",
+          "primary sees; rr and none do not pay it. The same holds for `fd-exhaust-workers`: "
+          "a connection hashed to a worker out of fds is refused there, while under none a "
+          "worker with fds left takes it from the shared queue (3 runs each: 626–689 vs "
+          "482–652 per 1,000 sent, uvc-reuseport answering more).",
+          "- **uvc-rr sigterm-drain** (6 vs 5 here; 6, 6, 6 vs 7, 6, 4 over 3 runs each) is "
+          "noise (most likely both lose what is still in the kernel's accept queue when the "
+          "listener closes). **uvc-none maxconn-refusals**: the same answered count (977–1,147 vs "
+          "1,068–1,131 over 3 runs), refused at a faster pace, which raises the ‰.",
           "- **own** is read with the worker frozen, but a worker's `accepted` answer may still "
           "be on its way to the primary: such a connection counts as beyond own (at most one "
           "per kill, for every manager alike). The figures are noisy: 2 cores shared with "

@@ -13,11 +13,13 @@
 #include <cstring>
 #include <vector>
 
+#include "ipc/json_fast.hpp"
 #include "request_server.hpp"
 #include "uvcluster/cluster/metrics.hpp"
 #include "uvcluster/cluster/process_usage.hpp"
 #include "uvcluster/cluster/supervisor.hpp"
 #include "uvcluster/fd.hpp"
+#include "uvcluster/ipc/framing.hpp"
 
 namespace uvcluster::cluster {
 
@@ -27,6 +29,14 @@ namespace {
 
 constexpr int kMaxInstances = 1024;  // as `uvcluster run -i`
 constexpr size_t kMaxReplyBytes = 16 << 20;
+
+// nlohmann's parse of a peer's line, refused (discarded) without building anything when it
+// nests deeper than the IPC channel allows: nlohmann has no depth limit, and a 16 MiB reply of
+// '[' would build 16 million arrays.
+Json parse_bounded(std::string_view line) {
+  if (ipc::detail_json::nests_deeper_than(line, ipc::kMaxNestingDepth)) return Json(Json::value_t::discarded);
+  return Json::parse(line, nullptr, false);
+}
 
 Json error_reply(const std::string& code, const std::string& message) {
   return {{"ok", false}, {"error", {{"code", code}, {"message", message}}}};
@@ -246,7 +256,7 @@ void ControlServer::answer(uint64_t conn, const Json& reply) {
 }
 
 void ControlServer::handle(uint64_t conn, std::string_view line) {
-  Json req = Json::parse(line, nullptr, false);
+  Json req = parse_bounded(line);
   if (req.is_discarded() || !req.is_object())
     return answer(conn, error_reply("bad-request", "a request is one JSON object on one line"));
   auto cmd = req.find("cmd");
@@ -323,7 +333,7 @@ Result<Json> control_request(const std::string& path, const Json& request, int t
       return write_error ? *write_error : Error::make("EPROTO", "no reply from " + path);
     in.append(buf, static_cast<size_t>(n));
   }
-  Json reply = Json::parse(in.substr(0, in.find('\n')), nullptr, false);
+  Json reply = parse_bounded(std::string_view(in).substr(0, in.find('\n')));
   if (reply.is_discarded() || !reply.is_object() || !reply.contains("ok"))
     return Error::make("EPROTO", "not a control reply from " + path);
   return reply;

@@ -26,7 +26,9 @@ std::span<char> FrameReader::space(size_t min) {
       end_ = held;
     }
     if (cap_ - end_ < min) {
-      size_t cap = std::max({cap_ * 2, held + min, kInitialCapacity});
+      // Doubling, but not past the longest line (max_ + 1 bytes show a line is oversized): the
+      // line that crosses a 64 MiB cap does not reserve 128 MiB first.
+      size_t cap = std::max(held + min, std::min(std::max(cap_ * 2, kInitialCapacity), max_ + 1));
       char* grown = static_cast<char*>(std::realloc(data_.get(), cap));
       if (!grown) throw std::bad_alloc();  // as std::string would
       (void)data_.release();

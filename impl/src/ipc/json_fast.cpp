@@ -166,6 +166,7 @@ const char* append_non_ascii(const char* p, const char* end, std::string& out) {
 // shallow message (no allocation), on the heap beyond that.
 class OpenContainers {
  public:
+  static constexpr size_t kInline = 32;
   bool empty() const { return size_ == 0; }
   size_t size() const { return size_; }
   void push(json* container) {
@@ -180,7 +181,7 @@ class OpenContainers {
   }
 
  private:
-  std::array<json*, 32> inline_;
+  std::array<json*, kInline> inline_;
   std::vector<json*> spilled_;
   size_t size_ = 0;
 };
@@ -190,6 +191,7 @@ struct Parser {
   const char* end;
   size_t max_depth;
   bool too_deep = false;
+  bool scanned_ahead = false;  // the rest of the text is known not to nest too deep
 
   void ws() {
     while (p < end && (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r')) ++p;
@@ -384,6 +386,16 @@ struct Parser {
           too_deep = true;
           return false;
         }
+        // Deeper than the inline stack: scan the rest once before building more levels, so a
+        // too-deep frame is refused having built 32 of them, not max_depth (1,000 nested
+        // arrays are ~64 KB of heap, touched and then freed by every hostile frame).
+        if (open.size() == OpenContainers::kInline && !scanned_ahead) {
+          if (nests_deeper_than({p, static_cast<size_t>(end - p)}, max_depth, open.size())) {
+            too_deep = true;
+            return false;
+          }
+          scanned_ahead = true;
+        }
         bool is_object = *p == '{';
         ++p;
         ws();
@@ -421,6 +433,30 @@ struct Parser {
 };
 
 }  // namespace
+
+bool nests_deeper_than(std::string_view text, size_t max_depth, size_t depth) {
+  const char* p = text.data();
+  const char* end = p + text.size();
+  while (p < end) {
+    char c = *p++;
+    if (c == '[' || c == '{') {
+      if (++depth > max_depth) return true;
+    } else if (c == ']' || c == '}') {
+      if (depth > 0) --depth;
+    } else if (c == '"') {
+      for (;;) {  // to the closing quote: only '"' and '\\' matter inside a string
+        p = skip_plain(p, end);
+        if (p >= end) return false;
+        if (*p == '"') {
+          ++p;
+          break;
+        }
+        p += *p == '\\' && end - p >= 2 ? 2 : 1;
+      }
+    }
+  }
+  return false;
+}
 
 ParseStatus parse(std::string_view text, nlohmann::json& out, size_t max_depth) {
   Parser ps{text.data(), text.data() + text.size(), max_depth};

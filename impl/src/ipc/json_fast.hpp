@@ -5,7 +5,9 @@
 //   * lone UTF-16 surrogates in \u escapes (JSON.stringify emits them; nlohmann rejects them) are
 //     kept as WTF-8 (ED A0..BF xx), and fast_dump escapes them back, so a value round-trips;
 //   * arrays/objects nested deeper than max_depth are refused (too_deep), with bounded work
-//     and stack; numbers out of double range become ±inf / ±0 (JSON.parse gives the same).
+//     and stack, and before they are built: a text that opens a 33rd level is first scanned
+//     ahead with nests_deeper_than (shallow texts, all real traffic, never pay that scan);
+//     numbers out of double range become ±inf / ±0 (JSON.parse gives the same).
 // Invalid UTF-8 in the input gives what decoding it first would (Node's StringDecoder: one U+FFFD
 // per maximal invalid subpart inside strings; a syntax error outside them).
 #include <cstddef>
@@ -16,6 +18,12 @@ namespace uvcluster::ipc::detail_json {
 
 enum class ParseStatus { ok, syntax_error, too_deep };
 ParseStatus parse(std::string_view text, nlohmann::json& out, size_t max_depth);
+
+// Whether `text` nests arrays/objects deeper than max_depth when `depth` levels are already
+// open before it, judged on its bytes alone: the brackets outside strings are counted, no value
+// is built and nothing is allocated (linear; any parser can call it before it builds a value).
+// A text that is not JSON gets an answer too; its parse then reports what is wrong with it.
+bool nests_deeper_than(std::string_view text, size_t max_depth, size_t depth = 0);
 
 // Appends the compact JSON text of `v` to `out` as JSON.stringify would write the value it
 // stands for: byte-identical to v.dump(-1, ' ', false, error_handler_t::replace) for valid

@@ -4,7 +4,9 @@
 // inside its own callbacks, so two streams of one loop never need a buffer at the same time.
 // A buffer per stream cost 64 KiB per child pipe (two per worker for its stdout and stderr):
 // untouched at first, then resident once worker churn made the heap reuse those pages, which
-// is how a primary's RSS crept up after its first worker exits.
+// is how a primary's RSS crept up after its first worker exits. The buffer lives as long as the
+// loop, so the pages a read fills stay resident: a json IPC channel reads at most 16 KiB into it
+// between frames (a big frame continues in the channel's own buffer; see channel.cpp).
 #include <uv.h>
 
 #include <cstddef>
