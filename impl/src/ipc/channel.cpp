@@ -51,7 +51,7 @@ struct Channel::Impl : std::enable_shared_from_this<Channel::Impl> {
     std::function<void(const Error*)> done;
   };
   struct InFlight {
-    std::string frame;
+    std::string frame;  // kept for a re-send only (a resendable type); empty otherwise
     HandleType type = HandleType::native;
     Fd fd;  // kept for a re-send (or owned by us until the ACK); empty for a borrowed native fd
     SendOptions options;
@@ -486,12 +486,14 @@ struct Channel::Impl : std::enable_shared_from_this<Channel::Impl> {
   // False when the write failed (q's fd, if owned, closes with q).
   bool write_handle_frame(std::string frame, Queued& q) {
     int raw = raw_fd(*q.handle);
-    if (write(frame, raw, std::move(q.done), false, q.options.done_on_failure_only) < 0) return false;
+    bool resend = resendable(q.handle->type, q.options);
+    std::string kept_frame = resend ? frame : std::string();  // only a NACK's re-send needs it
+    if (write(std::move(frame), raw, std::move(q.done), false, q.options.done_on_failure_only) < 0) return false;
     Fd kept = std::move(q.handle->fd);
-    if (!kept && resendable(q.handle->type, q.options)) kept = Fd::dup(raw).value_or(Fd());  // a NACK re-sends it
-    bool pipelined = q.options.pipelined && !resendable(q.handle->type, q.options);
+    if (!kept && resend) kept = Fd::dup(raw).value_or(Fd());  // a NACK re-sends it
+    bool pipelined = q.options.pipelined && !resend;
     if (!pipelined) ++blocking;
-    unacked.push_back(InFlight{std::move(frame), q.handle->type, std::move(kept), std::move(q.options), 0});
+    unacked.push_back(InFlight{std::move(kept_frame), q.handle->type, std::move(kept), std::move(q.options), 0});
     return true;
   }
 
