@@ -8,13 +8,12 @@
 #include <unistd.h>
 
 #include <cerrno>
-#include <csignal>
 #include <cstring>
 #include <memory>
-#include <set>
 #include <string>
 #include <vector>
 
+#include "fd_leak_test.hpp"
 #include "support.hpp"
 #include "uvcluster/cluster/worker.hpp"
 
@@ -105,16 +104,7 @@ struct ScriptedWorker {
   }
 };
 
-class WorkerHandoff : public ::testing::Test {
- protected:
-  void SetUp() override {
-    signal(SIGPIPE, SIG_IGN);
-    { uvc_test::TestLoop warm_up; }  // libuv opens a process-wide signal pipe with the first loop
-    before_ = uvc_test::open_fds();
-  }
-  void TearDown() override { EXPECT_EQ(uvc_test::open_fds(), before_) << "fd leak"; }
-  std::set<int> before_;
-};
+class WorkerHandoff : public uvc_test::FdLeakTest {};
 
 }  // namespace
 

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "ipc/channel_owner.hpp"  // impl/src: white-box
+#include "fd_leak_test.hpp"
 #include "support.hpp"
 #include "uvcluster/detail/uv_handle.hpp"
 #include "uvcluster/ipc/channel.hpp"
@@ -132,16 +133,7 @@ int count_of(const std::vector<std::string>& v, const std::string& s) {
   return static_cast<int>(std::count(v.begin(), v.end(), s));
 }
 
-class IpcProtocol : public ::testing::Test {
- protected:
-  void SetUp() override {
-    signal(SIGPIPE, SIG_IGN);
-    { uvc_test::TestLoop warm_up; }  // libuv opens a process-wide signal pipe with the first loop
-    before_ = uvc_test::open_fds();
-  }
-  void TearDown() override { EXPECT_EQ(uvc_test::open_fds(), before_) << "fd leak"; }
-  std::set<int> before_;
-};
+class IpcProtocol : public uvc_test::FdLeakTest {};
 
 }  // namespace
 
