@@ -520,23 +520,23 @@ TEST_F(IpcProtocol, FramesWrittenDuringAReadKeepTheirOrder) {
       ++done_calls;
     });
     done_inside_send = done_calls > 0;
-    p.ch->send(Json(big));
-    p.ch->send_encoded("\"small2\"");
     p.ch->send(Json("with fd"), ipc::OutgoingHandle{ipc::HandleType::native, Fd{}, std::nullopt, conn[1]});
-    p.ch->send(Json("after the handle"));  // waits for that handle's ACK
+    p.ch->send(Json(big));  // these wait for that handle's ACK
+    p.ch->send_encoded("\"small2\"");
+    p.ch->send(Json("after the handle"));
     ASSERT_TRUE(p.ch->disconnect().ok());
   });
   raw_send(p.peer, R"({"cmd":"NODE_HANDLE","type":"net.Native","msg":{"cmd":"NODE_X"}})" "\n", conn[0]);
-  ASSERT_TRUE(loop.run_until([&] { return p.lines_from_channel() == 5; }));
+  ASSERT_TRUE(loop.run_until([&] { return p.lines_from_channel() == 3; }));
   EXPECT_FALSE(done_inside_send);
   raw_send(p.peer, "{\"cmd\":\"NODE_HANDLE_ACK\"}\n");
   ASSERT_TRUE(loop.run_until([&] { return p.peer_eof && p.closed; }));
   ::close(conn[0]);
   ::close(conn[1]);
   EXPECT_EQ(done_calls, 1);
-  EXPECT_EQ(p.from_channel, "{\"cmd\":\"NODE_HANDLE_ACK\"}\n\"small1\"\n\"" + big +
-                                "\"\n\"small2\"\n{\"cmd\":\"NODE_HANDLE\",\"type\":\"net.Native\",\"msg\":\"with fd\"}\n"
-                                "\"after the handle\"\n");
+  EXPECT_EQ(p.from_channel, "{\"cmd\":\"NODE_HANDLE_ACK\"}\n\"small1\"\n"
+                            "{\"cmd\":\"NODE_HANDLE\",\"type\":\"net.Native\",\"msg\":\"with fd\"}\n\"" +
+                                big + "\"\n\"small2\"\n\"after the handle\"\n");
   EXPECT_TRUE(p.errors.empty());
 }
 
