@@ -11,6 +11,9 @@ connection, primary and workers. Medians over the rounds; ratios are within this
 
 usage: bench/rr_limits.py [--build build] [--rounds 3] [--duration 3] [--strace-duration 2]
                           [--connections 50] [--cases a,b] [--json out.json] [--report-md REPORT.md]
+                          [--base-build DIR]
+--base-build DIR adds the case rr-base: `--policy rr` with DIR's uvcluster and hello-native (an
+older build), interleaved with the rest, for a before/after from one run.
 Output: one JSON line per measurement, a table, and --json (strict JSON, results/rr_limits.json);
 --report-md (re)writes the table as a section of make bench's results/REPORT.md.
 """
@@ -44,14 +47,14 @@ GOALS = [
 ]
 
 
-def cases(build):
+def cases(build, base=None):
     cli = os.path.join(build, "bin", "uvcluster")
     hello = os.path.join(build, "bin", "hello-native")
     raw = os.path.join(build, "bench", "limits", "raw_rr")
     node_primary = os.path.join(ROOT, "bench", "node", "lib", "cluster_primary.js")
     run = [cli, "run", "-i", str(WORKERS), "--json", "--restart", "never"]
     worker = ["--", hello, "--port", "0"]
-    return {
+    out = {
         "raw-k1": [raw, "--workers", str(WORKERS), "--window", "1"],
         "raw-k16": [raw, "--workers", str(WORKERS), "--window", "16"],
         "raw-noack": [raw, "--workers", str(WORKERS), "--no-ack"],
@@ -60,6 +63,10 @@ def cases(build):
         "reuseport": run + ["--policy", "reuseport"] + worker,
         "node-rr": ["/usr/bin/node", node_primary, str(WORKERS), "rr", hello, "--port", "0"],
     }
+    if base:
+        out["rr-base"] = [os.path.join(base, "bin", "uvcluster"), "run", "-i", str(WORKERS), "--json", "--restart",
+                          "never", "--policy", "rr", "--", os.path.join(base, "bin", "hello-native"), "--port", "0"]
+    return out
 
 
 class Case:
@@ -270,9 +277,11 @@ def main(argv=None):
     ap.add_argument("--cases", help="comma-separated subset of the cases")
     ap.add_argument("--json")
     ap.add_argument("--report-md", help="add the table as a section of this REPORT.md (if it exists)")
+    ap.add_argument("--base-build", help="an older build directory: adds the case rr-base (its uvcluster and "
+                    "hello-native under --policy rr) for a before/after in the same run")
     a = ap.parse_args(argv)
     build = os.path.abspath(a.build)
-    all_cases = cases(build)
+    all_cases = cases(build, os.path.abspath(a.base_build) if a.base_build else None)
     names = a.cases.split(",") if a.cases else list(all_cases)
     unknown = set(names) - set(all_cases)
     if unknown:

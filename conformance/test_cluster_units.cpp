@@ -104,6 +104,76 @@ TEST(ClusterProtocol, NewconnAnswersRunOnceForTheirOwnerEitherWay) {
   EXPECT_EQ(m.pending(), 1u);
 }
 
+// The worker's fast path: a newconn message recognised on its bytes must mean what the general
+// parse of the same bytes means (key and seq), and every other message must be left to it.
+TEST(ClusterProtocol, NewconnMessagesAreRecognisedExactlyAsTheGeneralParseReadsThem) {
+  // What the general path (Worker::Impl::on_internal) acts on: a newconn with a string key.
+  auto general = [](std::string_view m) -> std::optional<std::pair<std::string, Json>> {
+    auto j = ipc::parse_frame(m);
+    if (!j.ok() || !j.value().is_object() || j.value().size() != 4 || j.value().value("act", "") != "newconn" ||
+        j.value().value("cmd", "") != "NODE_CLUSTER" || !j.value()["key"].is_string() || !j.value().contains("seq"))
+      return std::nullopt;
+    return std::pair{j.value()["key"].get<std::string>(), j.value()["seq"]};
+  };
+  std::vector<std::string> recognised = {
+      NewconnMessage("127.0.0.1:0:4:undefined:0").with_seq(0),  // ours, as the primary encodes it
+      NewconnMessage("null:8000:4:undefined:0").with_seq(123456789012345),
+      NewconnMessage("::1:0:6:undefined:3").with_seq(7),
+      NewconnMessage("").with_seq(1),
+      R"({"cmd":"NODE_CLUSTER","act":"newconn","key":"127.0.0.1:0:4:undefined:0","seq":42})",  // Node's
+  };
+  std::vector<std::string> left = {
+      NewconnMessage("/tmp/a \"b\"\\c:-1:-1:-1:0").with_seq(1),  // escapes in the key
+      NewconnMessage("\xC3\xA9t\xC3\xA9:1:4:x:3").with_seq(1),     // non-ASCII key
+      NewconnMessage("a\tb").with_seq(1),                          // a control character (escaped)
+      R"({"act":"newconn","cmd":"NODE_CLUSTER","key":"k","seq":-1})",
+      R"({"act":"newconn","cmd":"NODE_CLUSTER","key":"k","seq":1.5})",
+      R"({"act":"newconn","cmd":"NODE_CLUSTER","key":"k","seq":1e3})",
+      R"({"act":"newconn","cmd":"NODE_CLUSTER","key":"k","seq":01})",
+      R"({"act":"newconn","cmd":"NODE_CLUSTER","key":"k","seq":1234567890123456})",
+      R"({"act":"newconn","cmd":"NODE_CLUSTER","key":"k","seq":"1"})",
+      R"({"act":"newconn","cmd":"NODE_CLUSTER","key":"k","seq":1,"x":2})",
+      R"({"act":"newconn","cmd":"NODE_CLUSTER","key":"k","seq":1)",  // truncated
+      R"({"act":"newconn","cmd":"NODE_CLUSTER","key":"k","seq":1}})",
+      R"({"act":"newconn","cmd":"NODE_CLUSTER","key":"k","seq":1},"key":"k2")",
+      R"({"act":"newconn","cmd":"NODE_CLUSTER","key":"k","seq":)",
+      R"({"act":"newconn","cmd":"NODE_CLUSTER","key":"k)",
+      R"({"act":"newconn", "cmd":"NODE_CLUSTER","key":"k","seq":1})",
+      R"({"act":"newconn","cmd":"NODE_CLUSTER","key":1,"seq":1})",
+      R"({"act":"newconn","cmd":"NODE_CLUSTER","seq":1,"key":"k"})",
+      R"({"seq":1,"key":"k","cmd":"NODE_CLUSTER","act":"newconn"})",
+      R"({"act":"newconnx","cmd":"NODE_CLUSTER","key":"k","seq":1})",
+      R"({"act":"disconnect","cmd":"NODE_CLUSTER","seq":1})",
+      R"({"cmd":"NODE_HANDLE","type":"net.Native","msg":{"act":"newconn","cmd":"NODE_CLUSTER","key":"k","seq":1}})",
+      "",
+  };
+  for (const auto& m : recognised) {
+    auto fast = parse_newconn_message(m);
+    auto slow = general(m);
+    ASSERT_TRUE(fast) << m;
+    ASSERT_TRUE(slow) << m;
+    EXPECT_EQ(std::string(fast->key), slow->first) << m;
+    EXPECT_EQ(Json(fast->seq), slow->second) << m;
+  }
+  for (const auto& m : left) EXPECT_FALSE(parse_newconn_message(m)) << m;
+}
+
+// ... and its answer must be byte for byte the general path's.
+TEST(ClusterProtocol, NewconnAnswerIsByteIdenticalToTheGeneralEncoding) {
+  Messenger general;
+  Messenger fast;
+  std::string out = "left over";
+  for (int64_t ack : {int64_t{0}, int64_t{9}, int64_t{10}, int64_t{123456789012345}}) {
+    for (bool accepted : {true, false}) {
+      std::string expected = ipc::encode_frame(general.wrap({{"ack", ack}, {"accepted", accepted}}));
+      expected.pop_back();
+      encode_newconn_answer(out, ack, accepted, fast.next_seq());
+      EXPECT_EQ(out, expected);
+      EXPECT_TRUE(parse_newconn_answer(out));  // and the primary's fast path reads it back
+    }
+  }
+}
+
 TEST(ClusterProtocol, ServerKeyUsesJavaScriptStringsAsNodeDoes) {
   EXPECT_EQ(server_key({{"address", nullptr}, {"port", 8000}, {"addressType", 4}, {"index", 0}}),
             "null:8000:4:undefined:0");

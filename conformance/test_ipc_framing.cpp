@@ -346,3 +346,52 @@ TEST(IpcFraming, OnePassDecoderMatchesDecodingFirstAtEveryPosition) {
   ASSERT_FALSE(bad.ok());
   EXPECT_NE(bad.error().message.find("(7 bytes)"), std::string::npos) << bad.error().message;
 }
+
+// match_handle_frame (the handle filter's view of a NODE_HANDLE line, no parse) against the
+// general parse of the same line: whenever the `message` bytes it gives are one JSON text, the
+// line is exactly the wrapper {cmd, type, msg} around that text. Hostile lines included.
+TEST(IpcFraming, HandleFrameBytesAgreeWithTheGeneralParse) {
+  const std::string head = R"({"cmd":"NODE_HANDLE","type":")";
+  const std::string newconn = R"({"act":"newconn","cmd":"NODE_CLUSTER","key":"127.0.0.1:0:4:undefined:0","seq":12})";
+  struct Case {
+    std::string line;
+    bool matches;          // match_handle_frame gives bytes
+    bool message_is_json;  // and they are one JSON text
+  };
+  std::vector<Case> cases = {
+      {head + R"(net.Native","msg":)" + newconn + "}", true, true},  // ours and Node's
+      {head + R"(net.Socket","msg":"text"})", true, true},
+      {head + R"(dgram.Native","msg":{"a":[1,{"b":"}"}]}})", true, true},
+      {head + R"(net.Native","msg": {"a":1} })", true, true},           // spaces inside msg: still one text
+      {head + R"(net.Native","msg":)" + newconn + R"(,"key":"k"})", true, false},  // a key: never one text
+      {head + R"(dgram.Socket","msg":1,"dgramType":"udp4"})", true, false},
+      {head + R"(net.Native","msg":)" + newconn, true, false},          // truncated: the inner '}' is taken
+      {head + R"(net.Native","msg":)" + newconn + "}}", true, false},   // one '}' too many
+      {head + R"(net.Native","msg":{"a":1}},"x":{})", true, false},
+      {head + R"(net.Native","msg":})", true, false},                    // no message at all
+      {head + R"(net.Native","msg":{"a":1)", false, false},              // no closing brace
+      {head + R"(net.\u004eative","msg":{}})", false, false},             // an escape in the type
+      {head + R"(","msg":{}})", false, false},                            // empty type
+      {head + R"(net Native","msg":{}})", false, false},
+      {R"({"cmd":"NODE_HANDLE","msg":{},"type":"net.Native"})", false, false},  // another order
+      {R"({ "cmd":"NODE_HANDLE","type":"net.Native","msg":{}})", false, false},
+      {R"({"cmd":"NODE_HANDLE_ACK"})", false, false},
+      {R"({"cmd":"NODE_HANDLE","type":"net.Native"})", false, false},
+      {"", false, false},
+  };
+  for (const auto& c : cases) {
+    auto m = match_handle_frame(c.line);
+    ASSERT_EQ(m.has_value(), c.matches) << c.line;
+    if (!m) continue;
+    auto message = parse_frame(m->message);
+    EXPECT_EQ(message.ok(), c.message_is_json) << c.line;
+    auto general = parse_frame(c.line);
+    if (!message.ok()) continue;
+    ASSERT_TRUE(general.ok()) << c.line;
+    EXPECT_EQ(general.value(), (json{{"cmd", "NODE_HANDLE"}, {"type", std::string(m->type)}, {"msg", message.value()}}))
+        << c.line;
+  }
+  auto ours = match_handle_frame(cases[0].line);
+  EXPECT_EQ(ours->type, "net.Native");
+  EXPECT_EQ(ours->message, newconn);
+}

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "ipc/channel_owner.hpp"  // impl/src: white-box
+#include "fd_leak_test.hpp"
 #include "support.hpp"
 #include "uvcluster/detail/uv_handle.hpp"
 #include "uvcluster/ipc/channel.hpp"
@@ -132,16 +133,7 @@ int count_of(const std::vector<std::string>& v, const std::string& s) {
   return static_cast<int>(std::count(v.begin(), v.end(), s));
 }
 
-class IpcProtocol : public ::testing::Test {
- protected:
-  void SetUp() override {
-    signal(SIGPIPE, SIG_IGN);
-    { uvc_test::TestLoop warm_up; }  // libuv opens a process-wide signal pipe with the first loop
-    before_ = uvc_test::open_fds();
-  }
-  void TearDown() override { EXPECT_EQ(uvc_test::open_fds(), before_) << "fd leak"; }
-  std::set<int> before_;
-};
+class IpcProtocol : public uvc_test::FdLeakTest {};
 
 }  // namespace
 
@@ -466,6 +458,86 @@ TEST_F(IpcProtocol, LineFilterConsumesOnlyWhatItRecognises) {
   ASSERT_TRUE(loop.run_until([&] { return p.messages.size() == 1; }));
   EXPECT_EQ(p.messages[0], "user");
   EXPECT_EQ(filtered, (std::vector<std::string>{"{\"cmd\":\"NODE_X\",\"n\":1}", "\"user\""}));  // not the ACK
+}
+
+// A handle filter sees the NODE_HANDLE frames match_handle_frame recognises; what it takes is
+// answered by accept() (ACK with the fd, or NACK without one) and never parsed or delivered; what
+// it declines goes the general way, bad frames included.
+TEST_F(IpcProtocol, HandleFilterTakesWhatItRecognisesAndLeavesTheRest) {
+  uvc_test::TestLoop loop;
+  Pair p(loop);
+  std::vector<std::string> offered;
+  std::vector<bool> taken;  // per accepted frame: a handle with an fd came back
+  p.ch->set_handle_filter([&](ipc::HandleFrame& f) {
+    offered.emplace_back(f.message_json());
+    if (f.message_json() != R"({"hot":1})" || f.type() != ipc::HandleType::native) return false;
+    ipc::ReceivedHandle* h = f.accept();
+    taken.push_back(h && h->fd.valid());
+    return true;
+  });
+  const std::string head = R"({"cmd":"NODE_HANDLE","type":"net.Native","msg":)";
+  int conn[2];
+  ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, conn), 0);
+  raw_send(p.peer, head + R"({"hot":1}})" "\n", conn[0]);  // taken: ACK
+  ASSERT_TRUE(loop.run_until([&] { return p.lines_from_channel() == 1; }));
+  raw_send(p.peer, head + R"({"cold":1}})" "\n", conn[0]);  // declined: the general path ACKs, delivers
+  ASSERT_TRUE(loop.run_until([&] { return p.messages.size() == 1; }));
+  raw_send(p.peer, head + R"({"hot":1}})" "\n");  // taken without an fd: NACK
+  ASSERT_TRUE(loop.run_until([&] { return p.lines_from_channel() == 3; }));
+  raw_send(p.peer, head + R"({"hot":1},"key":"k"})" "\n", conn[0]);  // a key: declined, delivered
+  ASSERT_TRUE(loop.run_until([&] { return p.messages.size() == 2; }));
+  raw_send(p.peer, head + R"({"hot":1}}})" "\n", conn[0]);  // not JSON: declined, a bad frame
+  ASSERT_TRUE(loop.run_until([&] { return p.errors.size() == 2; }));
+  raw_send(p.peer, R"({"cmd":"NODE_HANDLE","msg":{"hot":1},"type":"net.Native"})" "\n", conn[0]);  // not offered
+  ASSERT_TRUE(loop.run_until([&] { return p.messages.size() == 3; }));
+  ::close(conn[0]);
+  ::close(conn[1]);
+  EXPECT_EQ(offered, (std::vector<std::string>{R"({"hot":1})", R"({"cold":1})", R"({"hot":1})",
+                                               R"({"hot":1},"key":"k")", R"({"hot":1}})"}));
+  EXPECT_EQ(taken, (std::vector<bool>{true, false}));
+  EXPECT_EQ(p.messages, (std::vector<Json>{{{"cold", 1}}, {{"hot", 1}}, {{"hot", 1}}}));
+  EXPECT_EQ(p.keys[1], std::optional<std::string>("k"));
+  EXPECT_EQ(p.errors, (std::vector<std::string>{"ERR_IPC_BAD_FRAME", "ERR_IPC_UNEXPECTED_HANDLE"}));
+  const std::string ack = "{\"cmd\":\"NODE_HANDLE_ACK\"}\n", nack = "{\"cmd\":\"NODE_HANDLE_NACK\"}\n";
+  EXPECT_EQ(p.from_channel, ack + ack + nack + ack + ack);
+}
+
+// Frames written while a read is handled gather and leave after it, in the order they were sent,
+// whether they are small (gathered), big (queued) or carry a handle; a `done` runs once, later,
+// never inside send(); a disconnect asked for meanwhile waits until they are written.
+TEST_F(IpcProtocol, FramesWrittenDuringAReadKeepTheirOrder) {
+  uvc_test::TestLoop loop;
+  Pair p(loop);
+  int conn[2];
+  ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, conn), 0);
+  std::string big(100 * 1024, 'b');
+  int done_calls = 0;
+  bool done_inside_send = false;
+  p.ch->on_internal_message([&](const Json& m, ipc::ReceivedHandle* h) {
+    if (!h || m != Json{{"cmd", "NODE_X"}}) return;
+    p.ch->send(Json("small1"), std::nullopt, {}, [&](const Error* e) {
+      EXPECT_EQ(e, nullptr);
+      ++done_calls;
+    });
+    done_inside_send = done_calls > 0;
+    p.ch->send(Json("with fd"), ipc::OutgoingHandle{ipc::HandleType::native, Fd{}, std::nullopt, conn[1]});
+    p.ch->send(Json(big));  // these wait for that handle's ACK
+    p.ch->send_encoded("\"small2\"");
+    p.ch->send(Json("after the handle"));
+    ASSERT_TRUE(p.ch->disconnect().ok());
+  });
+  raw_send(p.peer, R"({"cmd":"NODE_HANDLE","type":"net.Native","msg":{"cmd":"NODE_X"}})" "\n", conn[0]);
+  ASSERT_TRUE(loop.run_until([&] { return p.lines_from_channel() == 3; }));
+  EXPECT_FALSE(done_inside_send);
+  raw_send(p.peer, "{\"cmd\":\"NODE_HANDLE_ACK\"}\n");
+  ASSERT_TRUE(loop.run_until([&] { return p.peer_eof && p.closed; }));
+  ::close(conn[0]);
+  ::close(conn[1]);
+  EXPECT_EQ(done_calls, 1);
+  EXPECT_EQ(p.from_channel, "{\"cmd\":\"NODE_HANDLE_ACK\"}\n\"small1\"\n"
+                            "{\"cmd\":\"NODE_HANDLE\",\"type\":\"net.Native\",\"msg\":\"with fd\"}\n\"" +
+                                big + "\"\n\"small2\"\n\"after the handle\"\n");
+  EXPECT_TRUE(p.errors.empty());
 }
 
 TEST_F(IpcProtocol, PipelinedHandlesDoNotWaitForEarlierAcks) {

@@ -1,6 +1,7 @@
 // libFuzzer target: FrameReader + parse_frame + encode_frame must never crash, the JSON parser
-// must accept exactly what nlohmann accepts (bar the documented differences), and any value we
-// parse must survive an encode/parse round trip. The same for the advanced (V8) framing: any
+// must accept exactly what nlohmann accepts (bar the documented differences), any value we
+// parse must survive an encode/parse round trip, and match_handle_frame (the NODE_HANDLE fast
+// path's view of a line) must agree with the parse. The same for the advanced (V8) framing: any
 // payload decode_v8_payload takes must encode again and decode to the same value.
 //
 // Input layout. First byte < 0x80: the rest is fed to a FrameReader (max 4096-byte lines) in
@@ -72,6 +73,14 @@ void check_line(std::string_view line) {
 
   auto r = ipc::parse_frame(line);
   if (r.ok() != fast_ok) __builtin_trap();
+  // The handle filter's view of a NODE_HANDLE line: when its message bytes are one JSON text,
+  // the line is exactly the wrapper {cmd, type, msg} around it.
+  if (auto h = ipc::match_handle_frame(line)) {
+    auto m = ipc::parse_frame(h->message);
+    if (m.ok() && (!r.ok() || !(r.value() == json{{"cmd", "NODE_HANDLE"}, {"type", std::string(h->type)},
+                                                  {"msg", m.value()}})))
+      __builtin_trap();
+  }
   // The parser decodes invalid UTF-8 in one pass: the same value as decoding the line first.
   if (r.ok() && !(r.value() == fast)) __builtin_trap();
   if (!r.ok()) {

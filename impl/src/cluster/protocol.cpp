@@ -155,6 +155,32 @@ std::optional<NewconnAnswer> parse_newconn_answer(std::string_view line) {
   return a;
 }
 
+std::optional<NewconnRequest> parse_newconn_message(std::string_view message) {
+  Scan s{message};
+  bool ok = s.lit("{\"act\":\"newconn\",\"cmd\":\"NODE_CLUSTER\",\"key\":\"") ||
+            s.lit("{\"cmd\":\"NODE_CLUSTER\",\"act\":\"newconn\",\"key\":\"");
+  if (!ok) return std::nullopt;
+  size_t end = 0;  // printable ASCII but '"' and '\\': the bytes are the string, nothing to decode
+  while (end < s.rest.size() && s.rest[end] >= 0x20 && s.rest[end] <= 0x7e && s.rest[end] != '"' && s.rest[end] != '\\')
+    ++end;
+  NewconnRequest r;
+  r.key = s.rest.substr(0, end);
+  s.rest.remove_prefix(end);
+  if (!s.lit("\",\"seq\":") || s.rest.empty() || s.rest[0] == '-' || !s.integer(r.seq) || s.rest != "}")
+    return std::nullopt;
+  return r;
+}
+
+void encode_newconn_answer(std::string& out, int64_t ack, bool accepted, int64_t seq) {
+  out.assign(accepted ? "{\"accepted\":true,\"ack\":" : "{\"accepted\":false,\"ack\":");
+  out += std::to_string(ack);
+  out += ",\"cmd\":\"";
+  out += kClusterCmd;
+  out += "\",\"seq\":";
+  out += std::to_string(seq);
+  out += '}';
+}
+
 void Messenger::drop(int64_t seq, int owner) {
   if (auto it = callbacks_.find(seq); it != callbacks_.end() && it->second.owner == owner) callbacks_.erase(it);
 }

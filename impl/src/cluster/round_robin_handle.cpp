@@ -83,10 +83,10 @@ size_t RoundRobinScheduler::in_flight() const {
 
 void RoundRobinScheduler::add(int worker, Sender send) {
   if (auto it = all_.find(worker); it != all_.end()) {
-    it->second.send = std::move(send);  // a repeated query: keep what is in flight to it
+    it->second.send = std::make_shared<const Sender>(std::move(send));  // a repeated query: keep what is in flight
     return;
   }
-  all_[worker].send = std::move(send);
+  all_[worker].send = std::make_shared<const Sender>(std::move(send));
   handed_out_.try_emplace(worker, 0);
   handoff(worker);
 }
@@ -190,8 +190,8 @@ void RoundRobinScheduler::handoff(int worker) {
     uint64_t id = next_id_++;
     int raw = conn->fd.get();
     m.in_flight.push_back(InFlight{id, std::move(*conn), now_()});
-    Sender send = m.send;  // the call may remove this worker (and its Member)
-    SendResult r = send(raw, [this, worker, id](bool accepted) { on_reply(worker, id, accepted); });
+    auto send = m.send;  // the call may remove this worker (and its Member)
+    SendResult r = (*send)(raw, [this, worker, id](bool accepted) { on_reply(worker, id, accepted); });
     if (r == SendResult::sent) continue;  // the next slot, if any
     if (r == SendResult::gone) {
       // The worker's channel is gone: it leaves the rotation, the connection is requeued.

@@ -60,6 +60,7 @@ struct Worker::Impl : std::enable_shared_from_this<Impl> {
   AcceptorCounters closed_servers;  // accept counters of servers already closed
   detail::Event<const Json&> message;
   detail::Event<> disconnected;
+  std::string answer_buf;  // the newconn answer's bytes, re-used
 
   bool send(Json payload, Messenger::Reply cb = {}) {
     if (!channel || !channel->connected()) return false;
@@ -67,7 +68,7 @@ struct Worker::Impl : std::enable_shared_from_this<Impl> {
     return true;
   }
 
-  Server* server_by_key(const std::string& key) {
+  Server* server_by_key(std::string_view key) {
     for (auto& [id, s] : servers)
       if (!s->closed && s->rr && s->key == key) return s.get();
     return nullptr;
@@ -80,21 +81,45 @@ struct Worker::Impl : std::enable_shared_from_this<Impl> {
     auto act = msg.find("act");
     if (act == msg.end() || !act->is_string()) return;
     if (*act == "newconn") {
-      Server* s = msg.contains("key") && msg["key"].is_string() ? server_by_key(msg["key"]) : nullptr;
+      Server* s = msg.contains("key") && msg["key"].is_string()
+                      ? server_by_key(msg["key"].get_ref<const std::string&>())
+                      : nullptr;
       bool accepted = s && h && h->fd.valid();
       send({{"ack", msg.contains("seq") ? msg["seq"] : Json()}, {"accepted", accepted}});
-      if (!accepted) {
-        ++counters.refused;
-        return;  // the channel closes the fd we did not take
-      }
-      // As it arrived: close-on-exec (received so), non-blocking (the primary accepted it so;
-      // the file status is shared). No per-connection fcntl/ioctl.
-      Fd conn = std::move(h->fd);
-      ++rr_accepted;
-      s->on_connection(std::move(conn));
+      take_newconn(s, h, accepted);
     } else if (*act == "disconnect") {
       do_disconnect(true);
     }
+  }
+
+  // The hand-off's fast path (the channel's handle filter): a newconn recognised on its bytes is
+  // answered and delivered as on_internal does, without a JSON value; anything else (another
+  // message, a key or seq written otherwise) returns false and takes on_internal's way.
+  bool on_newconn_frame(ipc::HandleFrame& frame) {
+    auto request = parse_newconn_message(frame.message_json());
+    if (!request) return false;
+    ipc::ReceivedHandle* h = frame.accept();
+    if (!h) return true;  // no fd came: NACKed, nothing delivered (the general path's rule)
+    Server* s = server_by_key(request->key);
+    bool accepted = s && h->fd.valid();
+    if (channel && channel->connected()) {
+      encode_newconn_answer(answer_buf, request->seq, accepted, messenger.next_seq());
+      channel->send_encoded(answer_buf);
+    }
+    take_newconn(s, h, accepted);
+    return true;
+  }
+
+  // After the answer: the connection goes to its server, or the refusal is counted (the channel
+  // closes an fd we did not take). As it arrived: close-on-exec (received so), non-blocking (the
+  // primary accepted it so; the file status is shared). No per-connection fcntl/ioctl.
+  void take_newconn(Server* s, ipc::ReceivedHandle* h, bool accepted) {
+    if (!accepted) {
+      ++counters.refused;
+      return;
+    }
+    ++rr_accepted;
+    s->on_connection(std::move(h->fd));
   }
 
   // Stops accepting (the acceptor goes before the fd it watches); its counters are kept.
@@ -167,6 +192,10 @@ Result<std::unique_ptr<Worker>> Worker::start(uv_loop_t* loop) {
   std::weak_ptr<Impl> wi = impl;
   impl->channel->on_internal_message([wi](const Json& m, ipc::ReceivedHandle* h) {
     if (auto i = wi.lock()) i->on_internal(m, h);
+  });
+  impl->channel->set_handle_filter([wi](ipc::HandleFrame& frame) {
+    auto i = wi.lock();
+    return i && i->on_newconn_frame(frame);
   });
   impl->channel->on_message([wi](const Json& m, ipc::ReceivedHandle*) {
     if (auto i = wi.lock()) i->message.emit(m);

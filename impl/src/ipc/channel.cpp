@@ -58,7 +58,7 @@ struct Channel::Impl : std::enable_shared_from_this<Channel::Impl> {
     std::function<void(const Error*)> done;
   };
   struct InFlight {
-    std::string frame;
+    std::string frame;  // kept for a re-send only (a resendable type); empty otherwise
     HandleType type = HandleType::native;
     Fd fd;  // kept for a re-send (or owned by us until the ACK); empty for a borrowed native fd
     SendOptions options;
@@ -130,6 +130,11 @@ struct Channel::Impl : std::enable_shared_from_this<Channel::Impl> {
   static constexpr size_t kSpareFrameMax = 4 * 1024 * 1024;
   bool write_in_flight = false;                 // one uv_write at a time; the rest waits here
   bool corked = false;  // a read is being handled: frames written meanwhile leave together after it
+  // While corked, with nothing queued before them, small plain frames gather here (an ACK and the
+  // reply it triggers) and leave in one write once the read is handled; the buffer is kept.
+  std::string cork_buf;
+  std::vector<Done> cork_dones;
+  static constexpr size_t kCorkMax = 64 * 1024;
   std::deque<std::unique_ptr<WriteReq>> outq;   // (plain frames are appended to the last one)
   size_t outq_bytes = 0;
 
@@ -137,6 +142,8 @@ struct Channel::Impl : std::enable_shared_from_this<Channel::Impl> {
   size_t blocking = 0;           // entries of `unacked` that hold later sends back (not pipelined)
   std::deque<Queued> queue;
   std::deque<Fd> received_fds;
+  // Takes each received fd out of the pipe (take_pending); never started.
+  detail::UvHandle<uv_tcp_t> fd_receiver;
   std::deque<Buffered> backlog;
   // Node's SocketListReceive per server key: keyed net.Sockets still held, and how many
   // NODE_SOCKET_NOTIFY_CLOSE requests wait for that count to reach 0.
@@ -152,6 +159,7 @@ struct Channel::Impl : std::enable_shared_from_this<Channel::Impl> {
   detail::Event<const Error&> error_ev;
   detail::Event<> close_ev;
   std::function<bool(std::string_view)> line_filter;
+  std::function<bool(HandleFrame&)> handle_filter;
 
   // Runs fn on the loop's next turn if the channel still exists.
   void defer(std::function<void(Impl&)> fn) {
@@ -205,6 +213,10 @@ struct Channel::Impl : std::enable_shared_from_this<Channel::Impl> {
       if (done) fail_later(std::move(done), channel_closed());
       return UV_EPIPE;
     }
+    if (fd < 0 && cork(frame, done, swallow_errors)) {
+      keep_spare(frame);
+      return 0;
+    }
     if (fd >= 0) {
       ssize_t sent = send_direct(frame, fd);
       if (sent == static_cast<ssize_t>(frame.size())) {
@@ -216,6 +228,7 @@ struct Channel::Impl : std::enable_shared_from_this<Channel::Impl> {
         fd = -1;
       }
     }
+    queue_corked();  // what gathered goes first
     if (fd < 0 && !outq.empty() && !outq.back()->fd && outq.back()->data.size() < kCoalesceMax) {
       outq_bytes += frame.size();
       outq.back()->data += frame;
@@ -240,12 +253,70 @@ struct Channel::Impl : std::enable_shared_from_this<Channel::Impl> {
     return 0;
   }
 
+  // A small plain frame written while a read is handled, with nothing queued or being written:
+  // appended to cork_buf (no write request) and written by uncork(). False: take the queue.
+  bool cork(std::string_view frame, std::function<void(const Error*)>& done, bool swallow_errors) {
+    if (!corked || write_in_flight || !outq.empty() || cork_buf.size() + frame.size() > kCorkMax) return false;
+    cork_buf += frame;
+    if (done || !swallow_errors) cork_dones.push_back(Done{std::move(done), swallow_errors});
+    return true;
+  }
+
+  // The internal answers (ACK/NACK): no copy of the frame when it can be corked.
+  void write_control(const std::string& frame) {
+    std::function<void(const Error*)> none;
+    if (state != State::open || !cork(frame, none, true)) write(frame, -1, {}, true);
+  }
+
+  // cork_buf becomes a queued write (something that cannot be corked follows it). Nothing is
+  // queued while cork_buf holds bytes: a frame that cannot join it queues it first.
+  void queue_corked() {
+    if (cork_buf.empty()) return;
+    auto w = std::make_unique<WriteReq>();
+    w->data = std::exchange(cork_buf, std::string());
+    w->dones = std::exchange(cork_dones, {});
+    w->impl = weak_from_this();
+    outq_bytes += w->data.size();
+    outq.push_back(std::move(w));
+  }
+
+  // The read is handled: what gathered is written at once when the socket takes it (no write
+  // request, so libuv neither re-arms the pipe's epoll entry nor defers a callback), else queued.
+  void uncork() {
+    corked = false;
+    if (!cork_buf.empty() && state == State::open && !write_in_flight) {
+      uv_buf_t buf = uv_buf_init(cork_buf.data(), static_cast<unsigned>(cork_buf.size()));
+      int n = uv_try_write(pipe.stream(), &buf, 1);
+      if (n == static_cast<int>(cork_buf.size())) {
+        written_now(cork_dones);
+        cork_buf.clear();
+        cork_dones.clear();
+      } else if (n > 0) {
+        cork_buf.erase(0, static_cast<size_t>(n));  // at most kCorkMax bytes
+      }
+    }
+    queue_corked();
+    pump();
+  }
+
+  // Frames written synchronously: their `done`s run on the next turn, as after a uv_write.
+  void written_now(std::vector<Done>& dones) {
+    if (std::any_of(dones.begin(), dones.end(), [](const Done& d) { return bool(d.fn); })) {
+      defer([dones = std::move(dones)](Impl&) {
+        for (auto& d : dones)
+          if (d.fn) d.fn(nullptr);
+      });
+    }
+    if (disconnect_when_drained) defer([](Impl& self) { self.maybe_finish_disconnect(); });
+  }
+
   // The hand-off's hot path: with nothing queued, the frame and `fd` leave in one sendmsg on the
   // channel's own socket: no duplicate of the fd, no libuv handle made to carry it. Returns the
   // bytes sent (the fd travels with the first), or -1 when the queued path must take the frame
   // (something is queued, EAGAIN, or an error that path then reports as usual).
   ssize_t send_direct(const std::string& frame, int fd) {
-    if (write_in_flight || !outq.empty() || uv_stream_get_write_queue_size(pipe.stream()) != 0) return -1;
+    if (write_in_flight || !outq.empty() || !cork_buf.empty() || uv_stream_get_write_queue_size(pipe.stream()) != 0)
+      return -1;
     uv_os_fd_t sock = -1;
     if (uv_fileno(pipe.base(), &sock) != 0) return -1;
     union {
@@ -278,6 +349,15 @@ struct Channel::Impl : std::enable_shared_from_this<Channel::Impl> {
 
   int submit(std::unique_ptr<WriteReq> w) {
     uv_buf_t buf = uv_buf_init(w->data.data(), static_cast<unsigned>(w->data.size()));
+    if (!w->fd) {  // written at once when the socket takes it all: no request, no epoll re-arm
+      int n = uv_try_write(pipe.stream(), &buf, 1);
+      if (n == static_cast<int>(buf.len)) {
+        written_now(w->dones);
+        keep_spare(w->data);
+        return 0;
+      }
+      if (n > 0) buf = uv_buf_init(buf.base + n, buf.len - static_cast<unsigned>(n));
+    }
     int rc;
     if (w->fd) {
       auto send = detail_handles::make_send_stream(loop, std::move(w->fd));
@@ -309,7 +389,7 @@ struct Channel::Impl : std::enable_shared_from_this<Channel::Impl> {
     }
   }
 
-  size_t pending_bytes() const { return uv_stream_get_write_queue_size(pipe.stream()) + outq_bytes; }
+  size_t pending_bytes() const { return uv_stream_get_write_queue_size(pipe.stream()) + outq_bytes + cork_buf.size(); }
 
   static void on_write(uv_write_t* req, int status) {
     std::unique_ptr<WriteReq> w(static_cast<WriteReq*>(req->data));
@@ -326,9 +406,12 @@ struct Channel::Impl : std::enable_shared_from_this<Channel::Impl> {
         d.fn(nullptr);
       }
     }
-    if (w->data.capacity() <= kSpareFrameMax && w->data.capacity() > self->spare_frame.capacity())
-      self->spare_frame = std::move(w->data);
+    self->keep_spare(w->data);
     self->maybe_finish_disconnect();
+  }
+
+  void keep_spare(std::string& data) {
+    if (data.capacity() <= kSpareFrameMax && data.capacity() > spare_frame.capacity()) spare_frame = std::move(data);
   }
 
   void fail_later(std::function<void(const Error*)> done, Error e) {
@@ -410,12 +493,14 @@ struct Channel::Impl : std::enable_shared_from_this<Channel::Impl> {
   // False when the write failed (q's fd, if owned, closes with q).
   bool write_handle_frame(std::string frame, Queued& q) {
     int raw = raw_fd(*q.handle);
-    if (write(frame, raw, std::move(q.done), false, q.options.done_on_failure_only) < 0) return false;
+    bool resend = resendable(q.handle->type, q.options);
+    std::string kept_frame = resend ? frame : std::string();  // only a NACK's re-send needs it
+    if (write(std::move(frame), raw, std::move(q.done), false, q.options.done_on_failure_only) < 0) return false;
     Fd kept = std::move(q.handle->fd);
-    if (!kept && resendable(q.handle->type, q.options)) kept = Fd::dup(raw).value_or(Fd());  // a NACK re-sends it
-    bool pipelined = q.options.pipelined && !resendable(q.handle->type, q.options);
+    if (!kept && resend) kept = Fd::dup(raw).value_or(Fd());  // a NACK re-sends it
+    bool pipelined = q.options.pipelined && !resend;
     if (!pipelined) ++blocking;
-    unacked.push_back(InFlight{std::move(frame), q.handle->type, std::move(kept), std::move(q.options), 0});
+    unacked.push_back(InFlight{std::move(kept_frame), q.handle->type, std::move(kept), std::move(q.options), 0});
     return true;
   }
 
@@ -500,15 +585,14 @@ struct Channel::Impl : std::enable_shared_from_this<Channel::Impl> {
       return;
     }
     while (state == State::open && uv_pipe_pending_count(pipe.get()) > 0) {
-      auto fd = detail_handles::take_pending(loop, pipe.get());
+      auto fd = detail_handles::take_pending(pipe.get(), fd_receiver.get());
       if (fd) received_fds.push_back(std::move(*fd));
       else error_ev.emit(std::move(fd).error());
     }
     corked = true;  // an ACK and the reply it triggers leave in one write
     bool ok = in_shared_buffer ? feed(static_cast<size_t>(nread))
                                : reader.commit(static_cast<size_t>(nread), [this](std::string_view line) { on_line(line); });
-    corked = false;
-    pump();
+    uncork();
     if (state != State::open) return;
     if (!ok) {
       trim_heap_when_gone.armed = true;
@@ -538,6 +622,7 @@ struct Channel::Impl : std::enable_shared_from_this<Channel::Impl> {
       return;
     }
     if (line_filter && !advanced() && line_filter(line)) return;
+    if (handle_filter && !advanced() && filter_handle_frame(line)) return;
     auto parsed = decode(line);
     if (!parsed) {
       trim_heap_when_gone.armed = true;
@@ -600,14 +685,33 @@ struct Channel::Impl : std::enable_shared_from_this<Channel::Impl> {
     }
   }
 
-  void receive_handle(Json& wrapper) {
+  // A NODE_HANDLE frame's answer: its fd (the oldest received) and an ACK at once, before
+  // anything is delivered (Node); or, when no fd arrived, a NACK and nothing to deliver.
+  std::optional<Fd> answer_handle_frame() {
     if (received_fds.empty()) {
-      write(nack_frame, -1, {}, true);  // Node: no fd arrived → NACK, nothing delivered
-      return;
+      write_control(nack_frame);
+      return std::nullopt;
     }
     Fd fd = std::move(received_fds.front());
     received_fds.pop_front();
-    write(ack_frame, -1, {}, true);  // ACK at once, before delivering (Node)
+    write_control(ack_frame);
+    return fd;
+  }
+
+  bool filter_handle_frame(std::string_view line) {
+    auto bytes = match_handle_frame(line);
+    if (!bytes) return false;
+    auto type = detail_handles::parse_handle_type(bytes->type);
+    if (!type) return false;  // the general path's rule for an unknown name
+    HandleFrame frame(*this, *type, bytes->message);
+    bool consumed = handle_filter(frame);
+    return consumed || frame.answered_;  // once answered, the frame is gone either way
+  }
+
+  void receive_handle(Json& wrapper) {
+    auto answered = answer_handle_frame();
+    if (!answered) return;
+    Fd fd = std::move(*answered);
     // Node's NACK retransmission wraps the wrapper again as net.Native: unwrap to the original.
     Json* inner = &wrapper;
     for (;;) {
@@ -653,7 +757,7 @@ struct Channel::Impl : std::enable_shared_from_this<Channel::Impl> {
   // ---- closing ----------------------------------------------------------------------------
 
   void maybe_finish_disconnect() {
-    if (disconnect_when_drained && !write_in_flight && outq.empty() && state == State::open)
+    if (disconnect_when_drained && !write_in_flight && outq.empty() && cork_buf.empty() && state == State::open)
       teardown(true);
   }
 
@@ -669,6 +773,7 @@ struct Channel::Impl : std::enable_shared_from_this<Channel::Impl> {
     queue.clear();
     for (auto& q : items)
       if (q.done) fail_later(std::move(q.done), channel_closed());
+    queue_corked();
     auto unsent = std::move(outq);
     outq.clear();
     outq_bytes = 0;
@@ -702,6 +807,7 @@ Channel::~Channel() {
   i.backlog.clear();
   i.state = Impl::State::closed;
   i.pipe.close();
+  i.fd_receiver.close();
   i.ticker.close();
 }
 
@@ -710,6 +816,7 @@ Status Channel::init() {
     return Error::from_uv(rc, "pipe");
   impl_->pipe.mark_initialized();
   impl_->pipe->data = impl_.get();
+  impl_->fd_receiver.must_init(uv_tcp_init(impl_->loop, impl_->fd_receiver.get()), "uv_tcp_init");
   impl_->state = Impl::State::open;
   impl_->connected = true;
   return Ok{};
@@ -780,6 +887,31 @@ bool Channel::send_encoded(std::string_view message_json, OutgoingHandle handle,
   return i.send_encoded_now(message_json, q);
 }
 
+bool Channel::send_encoded(std::string_view message_json, std::function<void(const Error*)> done) {
+  auto& i = *impl_;
+  if (i.state != Impl::State::open || !i.connected || i.advanced() || i.blocking > 0) {
+    auto parsed = parse_frame(message_json, i.options.max_nesting_depth);
+    if (!parsed) {
+      i.fail_later(std::move(done), std::move(parsed.error()));
+      return false;
+    }
+    return send(parsed.value(), std::nullopt, {}, std::move(done));
+  }
+  std::string frame = std::move(i.spare_frame);
+  frame.assign(message_json);
+  frame += '\n';
+  if (i.write(std::move(frame), -1, std::move(done)) < 0) return false;
+  return i.pending_bytes() < kHighWaterMark;
+}
+
+ReceivedHandle* HandleFrame::accept() {
+  if (!answered_) {
+    answered_ = true;
+    if (auto fd = channel_.answer_handle_frame()) handle_ = ReceivedHandle{type_, std::move(*fd), std::nullopt, nullptr};
+  }
+  return handle_ ? &*handle_ : nullptr;
+}
+
 bool Channel::connected() const { return impl_->state == Impl::State::open && impl_->connected; }
 
 void Channel::ref() {
@@ -801,6 +933,7 @@ void Channel::on_internal_message(std::function<void(const Json&, ReceivedHandle
   impl_->internal_ev.add(std::move(fn));
 }
 void Channel::set_line_filter(std::function<bool(std::string_view line)> fn) { impl_->line_filter = std::move(fn); }
+void Channel::set_handle_filter(std::function<bool(HandleFrame&)> fn) { impl_->handle_filter = std::move(fn); }
 
 void Channel::on_disconnect(std::function<void()> fn) {
   impl_->disconnect_ev.add(std::move(fn));

@@ -118,4 +118,16 @@ bool is_internal(const nlohmann::json& message) {
   return cmd.size() > 5 && cmd.compare(0, 5, "NODE_") == 0;
 }
 
+std::optional<HandleFrameBytes> match_handle_frame(std::string_view line) {
+  constexpr std::string_view kHead = "{\"cmd\":\"NODE_HANDLE\",\"type\":\"";
+  constexpr std::string_view kMsg = "\",\"msg\":";
+  if (!line.starts_with(kHead) || !line.ends_with('}')) return std::nullopt;
+  std::string_view rest = line.substr(kHead.size(), line.size() - kHead.size() - 1);
+  auto name_char = [](char c) { return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '.'; };
+  size_t type_end = 0;
+  while (type_end < rest.size() && name_char(rest[type_end])) ++type_end;
+  if (type_end == 0 || rest.substr(type_end, kMsg.size()) != kMsg) return std::nullopt;
+  return HandleFrameBytes{rest.substr(0, type_end), rest.substr(type_end + kMsg.size())};
+}
+
 }  // namespace uvcluster::ipc

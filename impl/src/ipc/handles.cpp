@@ -27,7 +27,7 @@ const char* dgram_type_of(int fd) {
   return "udp4";
 }
 
-std::optional<HandleType> parse_handle_type(const std::string& name) {
+std::optional<HandleType> parse_handle_type(std::string_view name) {
   if (name == "net.Server") return HandleType::server;
   if (name == "net.Socket") return HandleType::socket;
   if (name == "net.Native") return HandleType::native;
@@ -48,19 +48,15 @@ Result<std::unique_ptr<SendStream>> make_send_stream(uv_loop_t* loop, Fd dup) {
   return out;
 }
 
-Result<Fd> take_pending(uv_loop_t* loop, uv_pipe_t* ipc_pipe) {
+Result<Fd> take_pending(uv_pipe_t* ipc_pipe, uv_tcp_t* receiver) {
   // Whatever its type, the descriptor is accepted into a TCP handle: uv_accept only records it
   // there, whereas uv_pipe_pending_type would probe it (ioctl, fstat, getsockname, getsockopt).
-  uvcluster::detail::UvHandle<uv_tcp_t> tmp;
-  if (int rc = uv_tcp_init(loop, tmp.get()); rc < 0) return Error::from_uv(rc, "accept");
-  tmp.mark_initialized();
-  if (int rc = uv_accept(reinterpret_cast<uv_stream_t*>(ipc_pipe), tmp.stream()); rc < 0)
+  if (int rc = uv_accept(reinterpret_cast<uv_stream_t*>(ipc_pipe), reinterpret_cast<uv_stream_t*>(receiver)); rc < 0)
     return Error::from_uv(rc, "accept");
   // Take the descriptor out of the handle (libuv received it close-on-exec, MSG_CMSG_CLOEXEC):
-  // closing the handle then neither closes it nor asks epoll to forget an fd it never watched,
-  // and no duplicate is needed.
-  Fd fd(tmp->io_watcher.fd);
-  tmp->io_watcher.fd = -1;
+  // the handle, never started, is empty again for the next one; no epoll entry, no duplicate.
+  Fd fd(receiver->io_watcher.fd);
+  receiver->io_watcher.fd = -1;
   return fd;
 }
 

@@ -4,6 +4,7 @@
 
 #include <memory>
 #include <optional>
+#include <string_view>
 
 #include "uvcluster/detail/uv_handle.hpp"
 #include "uvcluster/fd.hpp"
@@ -22,10 +23,12 @@ struct SendStream {
 Result<std::unique_ptr<SendStream>> make_send_stream(uv_loop_t* loop, Fd fd);
 
 // Takes one pending descriptor from `ipc_pipe` (close-on-exec, without probing its type).
-Result<Fd> take_pending(uv_loop_t* loop, uv_pipe_t* ipc_pipe);
+// `receiver` is an initialized TCP handle that is never started: libuv puts the descriptor in
+// it and we take it out again, so one receiver serves every descriptor of a channel.
+Result<Fd> take_pending(uv_pipe_t* ipc_pipe, uv_tcp_t* receiver);
 
 // "net.Server", "net.Socket", "net.Native", "dgram.Socket", "dgram.Native"; nullopt otherwise.
-std::optional<HandleType> parse_handle_type(const std::string& name);
+std::optional<HandleType> parse_handle_type(std::string_view name);
 // A dgram.Socket frame's `dgramType`: "udp6" for an AF_INET6 socket, else "udp4".
 const char* dgram_type_of(int fd);
 

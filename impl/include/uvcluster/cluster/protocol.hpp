@@ -47,6 +47,8 @@ class Messenger {
   bool take_reply(const Json& msg, ipc::ReceivedHandle* handle, int owner = 0);
   // The seq of a newconn about to be sent (NewconnMessage encodes it); `cb` waits for its ack.
   int64_t expect_answer(Answer cb, int owner);
+  // The seq of a message that waits for no reply (a worker's newconn answer, encoded by hand).
+  int64_t next_seq() { return seq_++; }
   // A newconn answer read off the wire (parse_newconn_answer). False when no answer waits for
   // that ack from `owner`: the line then goes the general way (take_reply).
   bool take_answer(int64_t ack, bool accepted, int owner);
@@ -84,5 +86,20 @@ struct NewconnAnswer {
 // "seq":m}) or Node's ({"cmd":"NODE_CLUSTER","ack":n,"accepted":b,"seq":m}) write it; nullopt
 // for any other line (which then takes the general parse).
 std::optional<NewconnAnswer> parse_newconn_answer(std::string_view line);
+
+// The worker's side of the same fast path. A newconn message (a NODE_HANDLE frame's `msg`) as
+// our primary ({"act":"newconn","cmd":"NODE_CLUSTER","key":K,"seq":n}) or Node's
+// ({"cmd":"NODE_CLUSTER","act":"newconn","key":K,"seq":n}) writes it, K a string of printable
+// ASCII without escapes, n a non-negative integer of at most 15 digits; nullopt for anything
+// else (which then takes the general parse). `key` points into `message`.
+struct NewconnRequest {
+  std::string_view key;
+  int64_t seq = 0;
+};
+std::optional<NewconnRequest> parse_newconn_message(std::string_view message);
+// A worker's answer, byte for byte what encode_frame(wrap({ack, accepted})) gives with
+// Messenger seq `seq` (no newline): {"accepted":b,"ack":n,"cmd":"NODE_CLUSTER","seq":m}.
+// Replaces the contents of `out` (its capacity is re-used).
+void encode_newconn_answer(std::string& out, int64_t ack, bool accepted, int64_t seq);
 
 }  // namespace uvcluster::cluster

@@ -118,7 +118,7 @@ class RoundRobinScheduler {
     uint64_t sent_at;
   };
   struct Member {
-    Sender send;
+    std::shared_ptr<const Sender> send;  // shared: a hand-off holds it without copying the closure
     std::deque<InFlight> in_flight;  // oldest first, at most window_
     uint64_t stalled = 0;  // id of the oldest timed-out hand-off: no more until the worker answers it
     int refusals_in_row = 0;

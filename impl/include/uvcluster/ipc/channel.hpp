@@ -150,6 +150,8 @@ struct ChannelOptions {
   Serialization serialization = Serialization::json;
 };
 
+class HandleFrame;
+
 class Channel {
   struct Key {
     explicit Key() = default;
@@ -174,6 +176,9 @@ class Channel {
   // message is parsed and takes send()'s path.
   bool send_encoded(std::string_view message_json, OutgoingHandle handle, SendOptions options = {},
                     std::function<void(const Error*)> done = {});
+  // The same without a handle (a worker's answer to a newconn): in json mode with no handle of
+  // ours waiting for its ACK, the bytes are written as they are; otherwise parsed and send().
+  bool send_encoded(std::string_view message_json, std::function<void(const Error*)> done = {});
 
   // Closes the channel once queued sends and a pending handle ACK are done; emits `disconnect`
   // then `close`. A second call returns ERR_IPC_DISCONNECTED.
@@ -196,6 +201,13 @@ class Channel {
   // consumes it, no event follows. For a hot reply recognised without building a JSON value
   // (the primary's hand-off answers). One filter per channel.
   void set_line_filter(std::function<bool(std::string_view line)> fn);
+  // json mode: sees each NODE_HANDLE frame that match_handle_frame() recognises on its bytes
+  // (no key; see framing.hpp), before it is parsed: a hot handle message (a newconn) handled
+  // without building a JSON value. The filter either returns false without calling
+  // HandleFrame::accept() (the frame then takes the general path, as if there were no filter),
+  // or recognises the message's bytes in full as one JSON text, calls accept() and returns true.
+  // One filter per channel.
+  void set_handle_filter(std::function<bool(HandleFrame& frame)> fn);
   // Protocol and I/O errors. Codes: ERR_IPC_BAD_FRAME (a line that is not JSON or empty, or an
   // advanced frame that is not V8 data we model; it is skipped), ERR_IPC_UNSERIALIZABLE (a send
   // without `done` that advanced mode cannot write), ERR_IPC_FRAME_TOO_LARGE (channel closed), ERR_IPC_UNEXPECTED_HANDLE (fd
@@ -213,6 +225,30 @@ class Channel {
   void destroy();
 
   std::shared_ptr<Impl> impl_;
+};
+
+// A NODE_HANDLE frame offered to a handle filter (Channel::set_handle_filter), valid during the
+// call.
+class HandleFrame {
+ public:
+  HandleType type() const { return type_; }
+  // The bytes of the frame's `msg`, unchecked (match_handle_frame).
+  std::string_view message_json() const { return message_; }
+  // Answers the frame as the general path does: takes the oldest fd received and sends
+  // NODE_HANDLE_ACK, or, when no fd came, sends NODE_HANDLE_NACK and returns nullptr (nothing is
+  // to be delivered then). Move the fd out of the handle to keep it; the channel closes it after
+  // the filter otherwise. A second call returns the same.
+  ReceivedHandle* accept();
+
+ private:
+  friend struct Channel::Impl;
+  HandleFrame(Channel::Impl& channel, HandleType type, std::string_view message)
+      : channel_(channel), type_(type), message_(message) {}
+  Channel::Impl& channel_;
+  HandleType type_;
+  std::string_view message_;
+  bool answered_ = false;
+  std::optional<ReceivedHandle> handle_{};
 };
 
 // Child side: opens the channel the parent gave us through NODE_CHANNEL_FD, in the mode

@@ -29,6 +29,7 @@
 #include <functional>
 #include <memory>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -87,5 +88,17 @@ std::string encode_frame(const nlohmann::json& message);
 void encode_frame_into(const nlohmann::json& message, std::string& out);
 // Node's isInternal: an object whose `cmd` is a string longer than 5 chars starting "NODE_".
 bool is_internal(const nlohmann::json& message);
+
+// A NODE_HANDLE frame recognised on its bytes, as Node's and our senders write one without a
+// key: {"cmd":"NODE_HANDLE","type":"<type>","msg":<message>}, `type` a name of letters and dots.
+// `message` is every byte between "msg": and the line's last '}', unchecked: only when it is one
+// complete JSON text is the line that wrapper around it (then parse_frame(line) gives
+// {cmd, type, msg: parse_frame(message)}). A caller must recognise it in full before trusting it;
+// anything else (a key, other members, escapes, spaces) gives nullopt or an unrecognised message.
+struct HandleFrameBytes {
+  std::string_view type;
+  std::string_view message;
+};
+std::optional<HandleFrameBytes> match_handle_frame(std::string_view line);
 
 }  // namespace uvcluster::ipc
