@@ -57,7 +57,7 @@ Status Acceptor::init() {
 
   int polled = fd_;
   if (options_.wait == AcceptWait::exclusive) {
-    auto w = ExclusiveWaiter::start(loop_, fd_, [this] { on_ready(); });
+    auto w = ExclusiveWaiter::start(loop_, fd_, [this] { on_ready(); }, options_.turn);
     if (!w.ok()) return w.error();
     waiter_ = std::move(w.value());
     return Ok{};
