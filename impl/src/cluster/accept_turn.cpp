@@ -2,6 +2,7 @@
 
 #include <linux/futex.h>
 #include <sched.h>
+#include <signal.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -19,6 +20,12 @@ struct AcceptTurn::Shared {
   std::atomic<uint32_t> taken;      // turns taken (wraps); futex word of the yielders
   std::atomic<uint32_t> yielders;   // threads waiting for `taken` to move
   pthread_mutex_t mutex;            // robust, process-shared
+  // One slot per holder (process attached): who, connections accepted, queued for the turn now.
+  struct Slot {
+    std::atomic<int32_t> pid;
+    std::atomic<uint32_t> queued;
+    std::atomic<uint64_t> accepted;
+  } slots[AcceptTurn::kSlots];
 };
 
 namespace {
@@ -27,6 +34,8 @@ constexpr long kSliceNs = 100'000'000;  // how often a blocked thread re-checks 
 constexpr uint32_t kReady = 2;
 static_assert(sizeof(AcceptTurn::Shared) <= kPage);
 static_assert(std::atomic<uint32_t>::is_always_lock_free);
+
+bool gone(int32_t pid) { return pid > 0 && ::kill(pid, 0) != 0 && errno == ESRCH; }
 
 uint32_t* word(std::atomic<uint32_t>& a) { return reinterpret_cast<uint32_t*>(&a); }
 
@@ -53,7 +62,40 @@ Status init_mutex(pthread_mutex_t* m) {
 
 AcceptTurn::AcceptTurn(Key, Fd fd, Shared* shared) : fd_(std::move(fd)), shared_(shared) {}
 
-AcceptTurn::~AcceptTurn() { ::munmap(shared_, kPage); }
+AcceptTurn::~AcceptTurn() {
+  if (slot_ >= 0) shared_->slots[slot_].pid.store(0);
+  ::munmap(shared_, kPage);
+}
+
+void AcceptTurn::take_slot() {
+  // A free slot, or one whose process is gone. It starts at the fewest connections of the live
+  // holders, so a newcomer is dealt its share from now on instead of catching up on the past.
+  int32_t me = static_cast<int32_t>(::getpid());
+  for (int i = 0; i < kSlots && slot_ < 0; ++i) {
+    int32_t pid = shared_->slots[i].pid.load();
+    if ((pid == 0 || gone(pid)) && shared_->slots[i].pid.compare_exchange_strong(pid, me)) slot_ = i;
+  }
+  if (slot_ < 0) return;  // more holders than slots: this one takes turns without a count
+  uint64_t fewest = UINT64_MAX;
+  for (int i = 0; i < kSlots; ++i)
+    if (i != slot_ && shared_->slots[i].pid.load() != 0) fewest = std::min(fewest, shared_->slots[i].accepted.load());
+  shared_->slots[slot_].accepted.store(fewest == UINT64_MAX ? 0 : fewest);
+  shared_->slots[slot_].queued.store(0);
+}
+
+void AcceptTurn::note_accepted() {
+  if (slot_ >= 0) shared_->slots[slot_].accepted.fetch_add(1);
+}
+
+bool AcceptTurn::should_pass() const {
+  if (slot_ < 0) return false;
+  uint64_t mine = shared_->slots[slot_].accepted.load();
+  for (int i = 0; i < kSlots; ++i) {
+    const Shared::Slot& s = shared_->slots[i];
+    if (i != slot_ && s.pid.load() != 0 && s.queued.load() && s.accepted.load() + kSlack <= mine) return true;
+  }
+  return false;
+}
 
 Result<std::shared_ptr<AcceptTurn>> AcceptTurn::create() {
   Fd fd(::memfd_create("uvcluster-accept-turn", MFD_CLOEXEC));
@@ -87,6 +129,7 @@ Result<std::shared_ptr<AcceptTurn>> AcceptTurn::attach(int fd) {
       ::sched_yield();
     }
   }
+  turn->take_slot();
   return turn;
 }
 
@@ -109,9 +152,11 @@ bool AcceptTurn::acquire(const std::function<bool()>& stopping) {
     s->yielders.fetch_sub(1);
   }
   s->queued.fetch_add(1);
+  if (slot_ >= 0) s->slots[slot_].queued.store(1);
   for (;;) {
     if (stopping()) {
       s->queued.fetch_sub(1);
+      if (slot_ >= 0) s->slots[slot_].queued.store(0);
       return false;
     }
     timespec deadline = after_ns(CLOCK_MONOTONIC, kSliceNs);
@@ -120,10 +165,12 @@ bool AcceptTurn::acquire(const std::function<bool()>& stopping) {
     if (rc == 0) break;
     if (rc != ETIMEDOUT && rc != EINTR) {  // ENOTRECOVERABLE: nobody can take turns any more
       s->queued.fetch_sub(1);
+      if (slot_ >= 0) s->slots[slot_].queued.store(0);
       return false;
     }
   }
   s->queued.fetch_sub(1);
+  if (slot_ >= 0) s->slots[slot_].queued.store(0);
   s->taken.fetch_add(1);
   if (s->yielders.load() > 0) ::syscall(SYS_futex, word(s->taken), FUTEX_WAKE, INT_MAX, nullptr, nullptr, 0);
   return true;

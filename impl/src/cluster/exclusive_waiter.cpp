@@ -130,6 +130,7 @@ void ExclusiveWaiter::wait_loop() {
       if (turn_->acquire(stopping)) holding.turn = turn_.get();
       else if (stopping()) return;
       else use_turn = false;  // the turn is unusable (ENOTRECOVERABLE): wait as without one
+      if (holding.turn && turn_->should_pass()) continue;  // a queued peer is behind: its turn
     }
     epoll_event evs[2];
     int n = ::epoll_wait(epfd_.get(), evs, 2, -1);

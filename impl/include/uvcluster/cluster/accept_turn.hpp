@@ -38,6 +38,8 @@ class AcceptTurn {
 
  public:
   struct Shared;  // the shared page's layout (accept_turn.cpp)
+  static constexpr int kSlots = 64;     // holders with a connection count; more take turns without one
+  static constexpr uint64_t kSlack = 2;  // pass the turn to a queued holder this many connections behind
 
   // A new turn in a fresh memfd (close-on-exec; a launcher hands fd() to its workers).
   static Result<std::shared_ptr<AcceptTurn>> create();
@@ -57,6 +59,13 @@ class AcceptTurn {
   // after every wake_yielders().
   bool acquire(const std::function<bool()>& stopping);
   void release();
+  // The holder's loop accepted a connection (its count, for should_pass). Any thread.
+  void note_accepted();
+  // True when another holder is queued for the turn and kSlack or more connections behind this
+  // one: the holder then passes the turn on without accepting, so a burst is shared out even when
+  // a worker came back to the queue late (it was not scheduled in time). Only a queued holder is
+  // favoured, so a busy or stuck worker never holds the others up.
+  bool should_pass() const;
   // Wakes threads waiting in acquire() for the turn to move on (so they re-check `stopping`).
   void wake_yielders();
 
@@ -65,8 +74,11 @@ class AcceptTurn {
   uint64_t turns_taken() const;
 
  private:
+  void take_slot();
+
   Fd fd_;
   Shared* shared_;
+  int slot_ = -1;
   uint32_t taken_at_release_ = 0;  // the handoff count when we last released with others queued
   bool yield_ = false;             // ... and whether they were queued
 };
