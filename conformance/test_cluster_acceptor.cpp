@@ -235,7 +235,7 @@ std::vector<int> serve_burst(bool with_turn, int burst, std::vector<AcceptorCoun
     clients.push_back(tcp_socket());
     EXPECT_TRUE(connect_loopback(clients.back().get(), l.port));  // completes in the backlog
   }
-  if (with_turn) held->release();
+  if (with_turn) held->release(/*again=*/false);
   EXPECT_TRUE(wait_for([&] { return total.load() == burst; }));
   std::vector<int> per_worker;
   for (auto& w : workers) {

@@ -15,11 +15,13 @@
 namespace uvcluster::cluster {
 
 struct AcceptTurn::Shared {
-  std::atomic<uint32_t> state;      // 0 fresh page, 1 being initialised, 2 ready
-  std::atomic<uint32_t> queued;     // threads blocked on the mutex
-  std::atomic<uint32_t> taken;      // turns taken (wraps); futex word of the yielders
-  std::atomic<uint32_t> yielders;   // threads waiting for `taken` to move
-  pthread_mutex_t mutex;            // robust, process-shared
+  std::atomic<uint32_t> state;    // 0 fresh page, 1 being initialised, 2 ready
+  std::atomic<uint32_t> queued;   // threads waiting in acquire()
+  std::atomic<uint32_t> serving;  // the ticket whose holder has the turn; the waiters' futex word
+  std::atomic<uint32_t> next;     // the next ticket to hand out
+  // Who holds each ticket (by ticket % kSlots): a pid, or kAbandoned; a waiter that sees the turn
+  // stuck on a ticket whose process is gone or that was abandoned moves it on.
+  std::atomic<int32_t> owner[AcceptTurn::kSlots];
   // One slot per holder (process attached): who, connections accepted, queued for the turn now.
   struct Slot {
     std::atomic<int32_t> pid;
@@ -30,8 +32,9 @@ struct AcceptTurn::Shared {
 
 namespace {
 constexpr size_t kPage = 4096;
-constexpr long kSliceNs = 100'000'000;  // how often a blocked thread re-checks `stopping`
+constexpr long kSliceNs = 100'000'000;  // how often a waiter re-checks `stopping` and the holder
 constexpr uint32_t kReady = 2;
+constexpr int32_t kAbandoned = -1;
 static_assert(sizeof(AcceptTurn::Shared) <= kPage);
 static_assert(std::atomic<uint32_t>::is_always_lock_free);
 
@@ -39,30 +42,13 @@ bool gone(int32_t pid) { return pid > 0 && ::kill(pid, 0) != 0 && errno == ESRCH
 
 uint32_t* word(std::atomic<uint32_t>& a) { return reinterpret_cast<uint32_t*>(&a); }
 
-timespec after_ns(clockid_t clock, long ns) {
-  timespec t{};
-  ::clock_gettime(clock, &t);
-  t.tv_nsec += ns;
-  t.tv_sec += t.tv_nsec / 1'000'000'000;
-  t.tv_nsec %= 1'000'000'000;
-  return t;
-}
 
-Status init_mutex(pthread_mutex_t* m) {
-  pthread_mutexattr_t attr;
-  if (int rc = pthread_mutexattr_init(&attr); rc != 0) return Error::from_uv(-rc, "pthread_mutexattr_init");
-  int rc = pthread_mutexattr_setpshared(&attr, PTHREAD_PROCESS_SHARED);
-  if (rc == 0) rc = pthread_mutexattr_setrobust(&attr, PTHREAD_MUTEX_ROBUST);
-  if (rc == 0) rc = pthread_mutex_init(m, &attr);
-  pthread_mutexattr_destroy(&attr);
-  if (rc != 0) return Error::from_uv(-rc, "pthread_mutex_init");
-  return Ok{};
-}
 }  // namespace
 
 AcceptTurn::AcceptTurn(Key, Fd fd, Shared* shared) : fd_(std::move(fd)), shared_(shared) {}
 
 AcceptTurn::~AcceptTurn() {
+  abandon();
   if (slot_ >= 0) shared_->slots[slot_].pid.store(0);
   ::munmap(shared_, kPage);
 }
@@ -117,11 +103,7 @@ Result<std::shared_ptr<AcceptTurn>> AcceptTurn::attach(int fd) {
   Shared* s = turn->shared_;
   uint32_t fresh = 0;
   if (s->state.compare_exchange_strong(fresh, 1)) {
-    if (auto st2 = init_mutex(&s->mutex); !st2.ok()) {
-      s->state.store(0);
-      return st2.error();
-    }
-    s->state.store(kReady);
+    s->state.store(kReady);  // a zeroed page is a valid empty queue
   } else {
     // Another process is initialising the fresh page: a few microseconds.
     for (int spins = 0; s->state.load() != kReady; ++spins) {
@@ -133,60 +115,72 @@ Result<std::shared_ptr<AcceptTurn>> AcceptTurn::attach(int fd) {
   return turn;
 }
 
+void AcceptTurn::take_ticket() {
+  ticket_ = shared_->next.fetch_add(1);
+  shared_->owner[ticket_ % kSlots].store(static_cast<int32_t>(::getpid()));
+  has_ticket_ = true;
+}
+
+void AcceptTurn::advance_from(uint32_t ticket) {
+  // Moves the turn past `ticket` and past every abandoned ticket after it, then wakes the waiters.
+  for (uint32_t t = ticket; shared_->serving.compare_exchange_strong(t, t + 1); ++t) {
+    uint32_t next = t + 1;
+    if (next == shared_->next.load() || shared_->owner[next % kSlots].load() != kAbandoned) break;
+  }
+  ::syscall(SYS_futex, word(shared_->serving), FUTEX_WAKE, INT_MAX, nullptr, nullptr, 0);
+}
+
+void AcceptTurn::abandon() {
+  if (!has_ticket_) return;
+  has_ticket_ = false;
+  shared_->owner[ticket_ % kSlots].store(kAbandoned);
+  if (shared_->serving.load() == ticket_) advance_from(ticket_);
+}
+
 bool AcceptTurn::acquire(const std::function<bool()>& stopping) {
   Shared* s = shared_;
-  if (yield_) {
-    // We released with others queued: let one of them take the turn before we queue again. One
-    // bounded wait: a queued process that died would otherwise hold us here for ever.
-    yield_ = false;
-    timespec deadline = after_ns(CLOCK_MONOTONIC, kSliceNs);
-    s->yielders.fetch_add(1);
-    while (s->taken.load() == taken_at_release_ && !stopping()) {
-      timespec now{};
-      ::clock_gettime(CLOCK_MONOTONIC, &now);
-      long left = (deadline.tv_sec - now.tv_sec) * 1'000'000'000L + (deadline.tv_nsec - now.tv_nsec);
-      if (left <= 0) break;
-      timespec rel{left / 1'000'000'000L, left % 1'000'000'000L};
-      ::syscall(SYS_futex, word(s->taken), FUTEX_WAIT, taken_at_release_, &rel, nullptr, 0);
-    }
-    s->yielders.fetch_sub(1);
-  }
+  if (!has_ticket_) take_ticket();
   s->queued.fetch_add(1);
   if (slot_ >= 0) s->slots[slot_].queued.store(1);
+  bool got = false;
   for (;;) {
-    if (stopping()) {
-      s->queued.fetch_sub(1);
-      if (slot_ >= 0) s->slots[slot_].queued.store(0);
-      return false;
+    uint32_t cur = s->serving.load();
+    if (cur == ticket_) {
+      got = true;
+      break;
     }
-    timespec deadline = after_ns(CLOCK_MONOTONIC, kSliceNs);
-    int rc = pthread_mutex_clocklock(&s->mutex, CLOCK_MONOTONIC, &deadline);
-    if (rc == EOWNERDEAD) rc = pthread_mutex_consistent(&s->mutex);  // its holder died: ours now
-    if (rc == 0) break;
-    if (rc != ETIMEDOUT && rc != EINTR) {  // ENOTRECOVERABLE: nobody can take turns any more
-      s->queued.fetch_sub(1);
-      if (slot_ >= 0) s->slots[slot_].queued.store(0);
-      return false;
+    if (stopping()) break;
+    timespec slice{0, kSliceNs};
+    long rc = ::syscall(SYS_futex, word(s->serving), FUTEX_WAIT, cur, &slice, nullptr, 0);
+    if (rc != 0 && errno == ETIMEDOUT && s->serving.load() == cur) {
+      // The turn has not moved for a whole slice: its holder may be gone.
+      int32_t owner = s->owner[cur % kSlots].load();
+      if (owner == kAbandoned || gone(owner)) advance_from(cur);
     }
   }
   s->queued.fetch_sub(1);
   if (slot_ >= 0) s->slots[slot_].queued.store(0);
-  s->taken.fetch_add(1);
-  if (s->yielders.load() > 0) ::syscall(SYS_futex, word(s->taken), FUTEX_WAKE, INT_MAX, nullptr, nullptr, 0);
+  if (!got) {
+    abandon();
+    return false;
+  }
+  has_ticket_ = false;
   return true;
 }
 
-void AcceptTurn::release() {
-  taken_at_release_ = shared_->taken.load();
-  yield_ = shared_->queued.load() > 0;
-  pthread_mutex_unlock(&shared_->mutex);
+void AcceptTurn::release(bool again) {
+  uint32_t mine = ticket_;
+  // Queue again before passing the turn on: our place then does not depend on this thread being
+  // scheduled in time, so the turn goes round in a fixed order.
+  if (again) take_ticket();
+  advance_from(mine);
 }
 
-void AcceptTurn::wake_yielders() {
-  ::syscall(SYS_futex, word(shared_->taken), FUTEX_WAKE, INT_MAX, nullptr, nullptr, 0);
+void AcceptTurn::wake_waiters() {
+  ::syscall(SYS_futex, word(shared_->serving), FUTEX_WAKE, INT_MAX, nullptr, nullptr, 0);
 }
 
 uint32_t AcceptTurn::queued() const { return shared_->queued.load(); }
-uint64_t AcceptTurn::turns_taken() const { return shared_->taken.load(); }
+uint64_t AcceptTurn::turns_taken() const { return shared_->serving.load(); }
 
 }  // namespace uvcluster::cluster

@@ -101,29 +101,36 @@ ExclusiveWaiter::~ExclusiveWaiter() {
   cv_.notify_one();
   uint64_t one = 1;
   if (stopfd_) (void)!::write(stopfd_.get(), &one, sizeof one);
-  if (turn_) turn_->wake_yielders();  // a thread blocked on the turn's mutex notices within 100 ms
+  if (turn_) turn_->wake_waiters();
   if (thread_.joinable()) thread_.join();
   // Members then close async_ (no send can follow: the thread is gone) and the fds.
 }
 
 void ExclusiveWaiter::wait_loop() {
-  auto stopping = [this] {
+  std::function<bool()> stopping_fn = [this] {
     std::lock_guard lk(m_);
     return stop_;
   };
+  auto& stopping = stopping_fn;
   bool use_turn = turn_ != nullptr;
   for (;;) {
     // The turn, when there is one, is held from before the wait until the loop's accept pass is
     // done, and released at the end of this iteration whichever way it ends.
     struct Holding {
       AcceptTurn* turn = nullptr;
+      const std::function<bool()>* stopping;
       ~Holding() {
-        if (turn) turn->release();
+        if (turn) turn->release(/*again=*/!(*stopping)());
       }
-    } holding;
+    } holding{nullptr, &stopping_fn};
     if (use_turn) {
       {
         std::unique_lock lk(m_);
+        if (!joined_ && !stop_) {
+          lk.unlock();
+          turn_->leave_queue();  // not waiting on the socket: the turn must not stop at our ticket
+          lk.lock();
+        }
         cv_.wait(lk, [this] { return joined_ || stop_; });
         if (stop_) return;
       }

@@ -7,20 +7,21 @@
 // "readable" again; two of them then race for one connection (EAGAIN), and the worker that comes
 // back first takes a burst (wrk's 50 keep-alive connections) nearly alone. With a turn, only its
 // holder waits on the socket: it waits until the socket is readable, accepts one connection (its
-// loop's accept pass), passes the turn on, and queues for it again behind the others. The kernel
-// queues futex waiters first come, first served, so the turn goes round; a worker whose loop is
-// still busy is not queued and is skipped, as Node's rr skips a busy worker.
+// loop's accept pass), then takes a new ticket and passes the turn to the next ticket. Tickets
+// are served in order, so the turn goes round in a fixed order that does not depend on which
+// waiter thread the scheduler runs first (an earlier version on a mutex did: a worker whose thread
+// had not re-queued in time was skipped, and one worker could take most of a burst).
 //
-// What: a robust, process-shared pthread mutex (a holder that dies hands it on: EOWNERDEAD) and
-// two counters in one shared page of a memfd (close-on-exec). The launcher creates it and the
-// workers inherit the fd (hello-native --accept-turn-fd N); the first process that attaches a
-// fresh page initialises it, the others wait for that.
+// What: a ticket queue (futex on the serving ticket) in one shared page of a memfd
+// (close-on-exec), with the owner pid of each ticket and a connection count per holder. The
+// launcher creates it and the workers inherit the fd (hello-native --accept-turn-fd N); a zeroed
+// page is a valid empty queue. A waiter that sees the turn stuck for 100 ms on a ticket whose
+// process is gone (or that was abandoned) moves it on, so a worker that dies holding the turn
+// stops the others for at most that long.
 //
 // Threads: acquire/release from one thread at a time per holder (the ExclusiveWaiter's thread);
-// wake_yielders from any thread. Lifetime: the mapping lives as long as the AcceptTurn object;
-// the fd is only needed to attach.
-#include <pthread.h>
-
+// wake_waiters from any thread. Lifetime: the mapping lives as long as the AcceptTurn object, and
+// its destructor gives up a ticket it still holds; the fd is only needed to attach.
 #include <atomic>
 #include <cstdint>
 #include <functional>
@@ -53,12 +54,12 @@ class AcceptTurn {
 
   int fd() const { return fd_.get(); }
 
-  // Blocks until this thread holds the turn. If it released the turn while others were queued,
-  // it first waits until one of them has taken it (no barging: the turn goes round). Returns
-  // false, without the turn, once `stopping()` is true; it is checked at least every 100 ms and
-  // after every wake_yielders().
+  // Blocks until this holder's ticket is served (taking a ticket first if it has none). Returns
+  // false, without the turn and giving up the ticket, once `stopping()` is true; it is checked at
+  // least every 100 ms and after every wake_waiters().
   bool acquire(const std::function<bool()>& stopping);
-  void release();
+  // Passes the turn to the next ticket; `again`: take a new ticket first (queue behind the others).
+  void release(bool again = true);
   // The holder's loop accepted a connection (its count, for should_pass). Any thread.
   void note_accepted();
   // True when another holder is queued for the turn and kSlack or more connections behind this
@@ -66,21 +67,27 @@ class AcceptTurn {
   // a worker came back to the queue late (it was not scheduled in time). Only a queued holder is
   // favoured, so a busy or stuck worker never holds the others up.
   bool should_pass() const;
-  // Wakes threads waiting in acquire() for the turn to move on (so they re-check `stopping`).
-  void wake_yielders();
+  // Gives up a ticket taken by release(again) but not used (the holder stops waiting on the
+  // socket for a while), so the turn does not stop at it.
+  void leave_queue() { abandon(); }
+  // Wakes threads waiting in acquire() (so they re-check `stopping`).
+  void wake_waiters();
 
-  // Threads queued for the turn now, and turns taken since creation (tests, diagnostics).
+  // Threads waiting in acquire() now, and turns passed since creation (tests, diagnostics).
   uint32_t queued() const;
   uint64_t turns_taken() const;
 
  private:
   void take_slot();
+  void take_ticket();
+  void advance_from(uint32_t ticket);
+  void abandon();
 
   Fd fd_;
   Shared* shared_;
   int slot_ = -1;
-  uint32_t taken_at_release_ = 0;  // the handoff count when we last released with others queued
-  bool yield_ = false;             // ... and whether they were queued
+  uint32_t ticket_ = 0;
+  bool has_ticket_ = false;
 };
 
 }  // namespace uvcluster::cluster
