@@ -308,6 +308,10 @@ def parse_args(argv):
     p.add_argument("--rotate", type=int, default=1,
                    help="exclusive: re-register every K accepts (default 1: the next wake-up goes to a "
                         "peer, for fairness; 0 = never, EPOLLEXCLUSIVE's own order)")
+    p.add_argument("--turn", type=int, choices=[0, 1], default=1,
+                   help="exclusive (thread mode): 1 (default) = the workers accept in turn through one "
+                        "shared accept turn (an inherited memfd, hello-native --accept-turn-fd), so no "
+                        "one finds EAGAIN and a burst is dealt out in turn; 0 = no turn (rotation only)")
     p.add_argument("--exclusive-mode", choices=["thread", "nested"], default="thread",
                    help="exclusive via the harness: a thread blocks in epoll_wait on the private "
                         "EPOLLEXCLUSIVE set (thread) or the loop polls that set (nested)")

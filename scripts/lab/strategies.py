@@ -109,7 +109,23 @@ def launch_exclusive(cell):
         return launch_uvcluster_run(cell, "exclusive")
     flag = "--exclusive" if cell.a.exclusive_mode == "thread" else "--exclusive-nested"
     extra = (flag,) + (("--rotate", str(cell.a.rotate)) if cell.a.rotate else ())
-    return launch_inherited(cell, extra)
+    if not cell.a.turn or cell.a.exclusive_mode != "thread":
+        return launch_inherited(cell, extra)
+    # The accept turn (AcceptTurn): one shared page in a memfd that every worker inherits; the
+    # first worker to map it initialises it.
+    turn = os.memfd_create("uvcluster-accept-turn")
+    try:
+        os.ftruncate(turn, 4096)
+        cell.launcher = ("harness binds one socket and makes one accept-turn memfd; "
+                         "workers inherit both (fork/exec)")
+        sock = cell.listen_socket()
+        for _ in range(cell.a.workers):
+            fd = sock.fileno()
+            cell.spawn(cell.worker_cmd(fd=fd, extra=extra + ("--accept-turn-fd", str(turn))),
+                       pass_fds=(fd, turn))
+        sock.close()
+    finally:
+        os.close(turn)
 
 
 def launch_reuseport(cell):

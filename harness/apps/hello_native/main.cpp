@@ -9,7 +9,8 @@
 // --exclusive registers the listener with EPOLLEXCLUSIVE in a private epoll set that a thread
 // waits on (libuv 1.44 has no such flag; see ExclusiveWaiter); --exclusive-nested lets the loop
 // poll that set instead (which loses exclusivity; kept to measure it); --rotate K re-registers
-// the listener every K accepts (nginx 1.21.6).
+// the listener every K accepts (nginx 1.21.6); --accept-turn-fd N (with --exclusive) accepts in
+// turn with the other workers given the same inherited AcceptTurn memfd N.
 // Counters go to $UVC_LAB_STATS / $UVC_LAB_STATS_DIR on SIGTERM/SIGINT (then exit) and SIGUSR2.
 #include <arpa/inet.h>
 #include <errno.h>
@@ -201,7 +202,7 @@ namespace cl = uvcluster::cluster;
   std::fprintf(stderr, "hello-native: %s\n", msg);
   std::fprintf(stderr,
                "usage: hello-native (--port P [--reuseport] | --fd N) [--accept one|drain] "
-               "[--exclusive|--exclusive-nested [--rotate K]]\n");
+               "[--exclusive [--accept-turn-fd N] | --exclusive-nested] [--rotate K]\n");
   std::exit(2);
 }
 
@@ -312,7 +313,7 @@ int serve_cluster_worker(int port, cl::AcceptPolicy policy, bool exclusive, App&
 }
 
 int main(int argc, char** argv) {
-  int port = -1, inherited = -1, rotate = 0;
+  int port = -1, inherited = -1, rotate = 0, turn_fd = -1;
   bool reuseport = false, exclusive = false, nested = false;
   std::string policy_name = "one";
   // A Node cluster primary runs `execPath exec args` with execPath = exec = this binary.
@@ -329,10 +330,12 @@ int main(int argc, char** argv) {
     else if (a == "--exclusive") exclusive = true;
     else if (a == "--exclusive-nested") exclusive = nested = true;
     else if (a == "--rotate") rotate = std::atoi(value().c_str());
+    else if (a == "--accept-turn-fd") turn_fd = std::atoi(value().c_str());
     else if (a == "--accept") policy_name = value();
     else usage_error(("unknown option " + a).c_str());
   }
   if (policy_name != "one" && policy_name != "drain") usage_error("--accept must be one or drain");
+  if (turn_fd >= 0 && (!exclusive || nested)) usage_error("--accept-turn-fd needs --exclusive");
   cl::AcceptPolicy policy = policy_name == "one" ? cl::AcceptPolicy::one : cl::AcceptPolicy::drain;
   App app;
   app.policy = policy_name;
@@ -366,6 +369,15 @@ int main(int argc, char** argv) {
   ao.policy = policy;
   ao.wait = !exclusive ? cl::AcceptWait::poll : nested ? cl::AcceptWait::exclusive_nested : cl::AcceptWait::exclusive;
   ao.rotate = rotate;
+  if (turn_fd >= 0) {
+    Fd inherited_turn(turn_fd);  // mapped below; the fd itself is not needed after that
+    auto turn = cl::AcceptTurn::attach(inherited_turn.get());
+    if (!turn.ok()) {
+      std::fprintf(stderr, "hello-native: --accept-turn-fd %d: %s\n", turn_fd, turn.error().message.c_str());
+      return 1;
+    }
+    ao.turn = std::move(turn.value());
+  }
   ao.max_batch = 1 << 20;  // drain means until EAGAIN here, as Debian's libuv 1.44 does
   auto acceptor = cl::Acceptor::start(loop, lfd.get(), ao, [&server](Fd conn) { server.add(std::move(conn)); });
   if (!acceptor.ok()) {

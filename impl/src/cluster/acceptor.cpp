@@ -57,7 +57,7 @@ Status Acceptor::init() {
 
   int polled = fd_;
   if (options_.wait == AcceptWait::exclusive) {
-    auto w = ExclusiveWaiter::start(loop_, fd_, [this] { on_ready(); });
+    auto w = ExclusiveWaiter::start(loop_, fd_, [this] { on_ready(); }, options_.turn);
     if (!w.ok()) return w.error();
     waiter_ = std::move(w.value());
     return Ok{};
@@ -136,6 +136,7 @@ void Acceptor::on_ready() {
     }
     ++got;
     ++counters_.accepted;
+    if (options_.turn) options_.turn->note_accepted();
     if (options_.rotate > 0 && options_.wait != AcceptWait::poll && ++since_rotate_ >= options_.rotate) {
       // Leave and rejoin the listener's exclusive wait queue: the next wake-up goes to a peer.
       since_rotate_ = 0;

@@ -17,12 +17,14 @@ constexpr uint64_t kStopTag = 1;
 constexpr uint64_t kListenerTag = 2;
 }  // namespace
 
-ExclusiveWaiter::ExclusiveWaiter(Key, uv_loop_t*, int listen_fd, std::function<void()> on_ready)
-    : listen_fd_(listen_fd), on_ready_(std::move(on_ready)) {}
+ExclusiveWaiter::ExclusiveWaiter(Key, int listen_fd, std::function<void()> on_ready,
+                                 std::shared_ptr<AcceptTurn> turn)
+    : listen_fd_(listen_fd), on_ready_(std::move(on_ready)), turn_(std::move(turn)) {}
 
 Result<std::unique_ptr<ExclusiveWaiter>> ExclusiveWaiter::start(uv_loop_t* loop, int listen_fd,
-                                                               std::function<void()> on_ready) {
-  auto w = std::make_unique<ExclusiveWaiter>(Key{}, loop, listen_fd, std::move(on_ready));
+                                                               std::function<void()> on_ready,
+                                                               std::shared_ptr<AcceptTurn> turn) {
+  auto w = std::make_unique<ExclusiveWaiter>(Key{}, listen_fd, std::move(on_ready), std::move(turn));
   if (auto st = w->init(loop); !st.ok()) return st.error();
   return w;
 }
@@ -74,9 +76,21 @@ Status ExclusiveWaiter::rejoin() {
   return join();
 }
 
-void ExclusiveWaiter::leave() { ::epoll_ctl(epfd_.get(), EPOLL_CTL_DEL, listen_fd_, nullptr); }
+void ExclusiveWaiter::leave() {
+  ::epoll_ctl(epfd_.get(), EPOLL_CTL_DEL, listen_fd_, nullptr);
+  std::lock_guard lk(m_);
+  joined_ = false;
+}
 
-Status ExclusiveWaiter::join() { return add_listener(); }
+Status ExclusiveWaiter::join() {
+  if (auto st = add_listener(); !st.ok()) return st;
+  {
+    std::lock_guard lk(m_);
+    joined_ = true;
+  }
+  cv_.notify_one();
+  return Ok{};
+}
 
 ExclusiveWaiter::~ExclusiveWaiter() {
   *alive_ = false;
@@ -87,12 +101,44 @@ ExclusiveWaiter::~ExclusiveWaiter() {
   cv_.notify_one();
   uint64_t one = 1;
   if (stopfd_) (void)!::write(stopfd_.get(), &one, sizeof one);
+  if (turn_) turn_->wake_waiters();
   if (thread_.joinable()) thread_.join();
   // Members then close async_ (no send can follow: the thread is gone) and the fds.
 }
 
 void ExclusiveWaiter::wait_loop() {
+  std::function<bool()> stopping_fn = [this] {
+    std::lock_guard lk(m_);
+    return stop_;
+  };
+  auto& stopping = stopping_fn;
+  bool use_turn = turn_ != nullptr;
   for (;;) {
+    // The turn, when there is one, is held from before the wait until the loop's accept pass is
+    // done, and released at the end of this iteration whichever way it ends.
+    struct Holding {
+      AcceptTurn* turn = nullptr;
+      const std::function<bool()>* stopping;
+      ~Holding() {
+        if (turn) turn->release(/*again=*/!(*stopping)());
+      }
+    } holding{nullptr, &stopping_fn};
+    if (use_turn) {
+      {
+        std::unique_lock lk(m_);
+        if (!joined_ && !stop_) {
+          lk.unlock();
+          turn_->leave_queue();  // not waiting on the socket: the turn must not stop at our ticket
+          lk.lock();
+        }
+        cv_.wait(lk, [this] { return joined_ || stop_; });
+        if (stop_) return;
+      }
+      if (turn_->acquire(stopping)) holding.turn = turn_.get();
+      else if (stopping()) return;
+      else use_turn = false;  // the turn is unusable (ENOTRECOVERABLE): wait as without one
+      if (holding.turn && turn_->should_pass()) continue;  // a queued peer is behind: its turn
+    }
     epoll_event evs[2];
     int n = ::epoll_wait(epfd_.get(), evs, 2, -1);
     if (n < 0 && errno == EINTR) continue;

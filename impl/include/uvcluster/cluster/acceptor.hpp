@@ -9,7 +9,12 @@
 //   * wait: the loop polls the socket (uv_poll), or an ExclusiveWaiter thread blocks on a private
 //     EPOLLEXCLUSIVE set (one process woken per connection), or the loop polls that private set
 //     (`exclusive_nested`, which loses exclusivity: kept to measure it). `rotate` re-registers the
-//     socket every N accepts so the next wake-up goes to a peer (nginx's reorder).
+//     socket every N accepts so the next wake-up goes to a peer (nginx's reorder). That is not
+//     enough under a burst: the socket is level-triggered, so a worker back from its accept pass
+//     is told "readable" again while the backlog lasts and races the peer woken for the same
+//     connection (EAGAIN), and whoever comes back first takes most of the burst. `turn` (an
+//     AcceptTurn shared by the processes on the socket, exclusive waits only) fixes both: one
+//     holder at a time waits and accepts, and the turn goes round (accept_turn.hpp).
 //   * out of fds or memory (EMFILE, ENFILE, ENOBUFS, ENOMEM): the listening socket is level-
 //     triggered, so the pending connection would wake us again at once and the loop would spin.
 //     As nginx does, the acceptor stops watching the socket and retries after `retry_ms`; the
@@ -24,6 +29,7 @@
 #include <map>
 #include <memory>
 
+#include "uvcluster/cluster/accept_turn.hpp"
 #include "uvcluster/detail/uv_handle.hpp"
 #include "uvcluster/error.hpp"
 #include "uvcluster/fd.hpp"
@@ -49,6 +55,7 @@ struct AcceptorOptions {
   int max_batch = 256;   // drain: accepts per wake-up at most (keeps other handles served)
   int rotate = 0;        // exclusive waits: re-register every N accepts; 0 = never
   uint64_t retry_ms = 100;  // out of fds: how long the socket is left unwatched
+  std::shared_ptr<AcceptTurn> turn = nullptr;  // exclusive: accept in turn with the other holders; null = no turn
 };
 
 struct AcceptorCounters {

@@ -8,6 +8,12 @@
 // blocks on the private set and hands each readiness to the loop thread (uv_async); it then
 // waits until the loop has run `on_ready` (its accept pass) before waiting again, so it never
 // spins on a level-triggered readiness the loop has not consumed yet.
+//
+// With an AcceptTurn (shared by the processes on this socket), the thread first takes the turn,
+// then waits for the socket, and passes the turn on only after the loop's accept pass: one holder
+// at a time waits and accepts, so no one finds EAGAIN and a burst is dealt out in turn (see
+// accept_turn.hpp). While the waiter has left the socket (an Acceptor out of fds) it does not
+// queue for the turn, so its peers keep accepting.
 #include <uv.h>
 
 #include <condition_variable>
@@ -16,6 +22,7 @@
 #include <mutex>
 #include <thread>
 
+#include "uvcluster/cluster/accept_turn.hpp"
 #include "uvcluster/detail/uv_handle.hpp"
 #include "uvcluster/error.hpp"
 #include "uvcluster/fd.hpp"
@@ -30,9 +37,11 @@ class ExclusiveWaiter {
  public:
   // Registers `listen_fd` (borrowed: it must outlive the waiter) with EPOLLIN|EPOLLEXCLUSIVE in a
   // new private epoll set and starts the waiter thread. `on_ready` runs on the loop thread each
-  // time the set reports the socket readable; it may destroy the waiter.
+  // time the set reports the socket readable; it may destroy the waiter. `turn` (optional): take
+  // it before each wait.
   static Result<std::unique_ptr<ExclusiveWaiter>> start(uv_loop_t* loop, int listen_fd,
-                                                        std::function<void()> on_ready);
+                                                        std::function<void()> on_ready,
+                                                        std::shared_ptr<AcceptTurn> turn = nullptr);
   // Stops the thread (eventfd in the set), joins it, closes the async handle. Loop thread.
   ~ExclusiveWaiter();
   ExclusiveWaiter(const ExclusiveWaiter&) = delete;
@@ -45,7 +54,7 @@ class ExclusiveWaiter {
   void leave();
   Status join();
 
-  ExclusiveWaiter(Key, uv_loop_t* loop, int listen_fd, std::function<void()> on_ready);
+  ExclusiveWaiter(Key, int listen_fd, std::function<void()> on_ready, std::shared_ptr<AcceptTurn> turn);
 
  private:
   Status init(uv_loop_t* loop);
@@ -57,12 +66,14 @@ class ExclusiveWaiter {
   Fd epfd_;
   Fd stopfd_;
   std::function<void()> on_ready_;
+  std::shared_ptr<AcceptTurn> turn_;
   detail::UvHandle<uv_async_t> async_;
   std::thread thread_;
   std::mutex m_;
   std::condition_variable cv_;
   bool busy_ = false;  // the loop owes an accept pass; the thread waits for it
   bool stop_ = false;
+  bool joined_ = true;  // the socket is in the set (leave/join); the thread queues for the turn only then
   std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);  // on_ready may destroy us
 };
 
