@@ -96,6 +96,23 @@ TEST(IpcV8Codec, DateAndNumberObjectsKeepNaNThroughTheTextForm) {
   EXPECT_EQ(decode_hex("ff0f44000000000000f87f"), json::parse(R"({"$v8":"Date","value":{"$v8":"number","value":"NaN"}})"));
 }
 
+// Objects come back with sorted keys, so an object shared by several properties can be written
+// first under another key than it arrived under (the fuzz input: {x: o, y: o, "\x01": [o]}).
+// The graph is kept: one object, reached from all three places, and a second round trip is exact.
+TEST(IpcV8Codec, ASharedObjectKeepsItsGraphWhenSortedKeysMoveItsFirstPlace) {
+  auto first = ipc::decode_v8_payload(unhex("ff0f6f2201786f22017349027b012201795e0122010141015e012400017b03"));
+  ASSERT_TRUE(first.ok()) << first.error().message;
+  auto frame = ipc::encode_v8_frame(first.value());
+  ASSERT_TRUE(frame.ok());
+  auto again = ipc::decode_v8_payload(std::string_view(frame.value()).substr(4));
+  ASSERT_TRUE(again.ok());
+  EXPECT_EQ(ipc::v8_text_form(again.value()), json::parse(R"({"\u0001":[{"s":1}],
+      "x":{"$v8":"ref","path":"/\u0001/0"},"y":{"$v8":"ref","path":"/\u0001/0"}})"));
+  auto frame_again = ipc::encode_v8_frame(again.value());
+  ASSERT_TRUE(frame_again.ok());
+  EXPECT_EQ(frame_again.value(), frame.value());
+}
+
 TEST(IpcV8Codec, BadInputIsAnErrorNeverACrash) {
   for (const char* hex : {"", "ff", "ff10", "ff0f", "ff0f6f", "ff0f5e05", "ff0f75", "ff0f4102", "ff0f3b49023a02",
                           "ff0f5c000e0100", "ff0f5c00050300000000", "ff0f22ffff0f"}) {
