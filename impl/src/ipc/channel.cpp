@@ -285,18 +285,27 @@ struct Channel::Impl : std::enable_shared_from_this<Channel::Impl> {
   void uncork() {
     corked = false;
     if (!cork_buf.empty() && state == State::open && !write_in_flight) {
-      uv_buf_t buf = uv_buf_init(cork_buf.data(), static_cast<unsigned>(cork_buf.size()));
-      int n = uv_try_write(pipe.stream(), &buf, 1);
-      if (n == static_cast<int>(cork_buf.size())) {
-        written_now(cork_dones);
+      size_t n = write_now(cork_buf, cork_dones);
+      if (n == cork_buf.size()) {
         cork_buf.clear();
         cork_dones.clear();
-      } else if (n > 0) {
-        cork_buf.erase(0, static_cast<size_t>(n));  // at most kCorkMax bytes
+      } else {
+        cork_buf.erase(0, n);  // at most kCorkMax bytes
       }
     }
     queue_corked();
     pump();
+  }
+
+  // Writes what the socket takes at once (no write request, so libuv neither re-arms the pipe's
+  // epoll entry nor defers a callback) and returns how many bytes that was; when it took them
+  // all, the `done`s run as after a uv_write.
+  size_t write_now(std::string_view data, std::vector<Done>& dones) {
+    uv_buf_t buf = uv_buf_init(const_cast<char*>(data.data()), static_cast<unsigned>(data.size()));
+    int n = uv_try_write(pipe.stream(), &buf, 1);
+    size_t taken = n > 0 ? static_cast<size_t>(n) : 0;
+    if (taken == data.size()) written_now(dones);
+    return taken;
   }
 
   // Frames written synchronously: their `done`s run on the next turn, as after a uv_write.
@@ -349,14 +358,13 @@ struct Channel::Impl : std::enable_shared_from_this<Channel::Impl> {
 
   int submit(std::unique_ptr<WriteReq> w) {
     uv_buf_t buf = uv_buf_init(w->data.data(), static_cast<unsigned>(w->data.size()));
-    if (!w->fd) {  // written at once when the socket takes it all: no request, no epoll re-arm
-      int n = uv_try_write(pipe.stream(), &buf, 1);
-      if (n == static_cast<int>(buf.len)) {
-        written_now(w->dones);
+    if (!w->fd) {  // no request when the socket takes it all; else the rest is queued
+      size_t n = write_now(w->data, w->dones);
+      if (n == w->data.size()) {
         keep_spare(w->data);
         return 0;
       }
-      if (n > 0) buf = uv_buf_init(buf.base + n, buf.len - static_cast<unsigned>(n));
+      buf = uv_buf_init(buf.base + n, buf.len - static_cast<unsigned>(n));
     }
     int rc;
     if (w->fd) {
