@@ -41,6 +41,7 @@ class Timer {
 };
 
 constexpr int64_t kBackoffFirstMs = 100;
+constexpr uint64_t kHandedOutCheckMs = 5;
 constexpr int64_t kBackoffCapMs = 10000;
 // After the supervisor is done, worker pipes a grandchild still holds open are closed after this.
 constexpr uint64_t kOutputLingerMs = 1000;
@@ -80,8 +81,9 @@ struct Supervisor::Slot {
 };
 
 struct Supervisor::Handles {
-  explicit Handles(uv_loop_t* loop) : grace(loop), linger(loop), memory(loop) {}
+  explicit Handles(uv_loop_t* loop) : grace(loop), handed_out(loop), linger(loop), memory(loop) {}
   Timer grace;
+  Timer handed_out;  // a drain: the workers leave once the primary has handed out its queue
   Timer linger;
   Timer memory;
   std::vector<detail::UvHandle<uv_signal_t>> signals;
@@ -493,12 +495,30 @@ void Supervisor::drain(const std::string& reason, bool failure) {
     slot->restart_timer.stop();
   }
   drain_.emit(reason, live_.size());
+  handles_->grace.start(static_cast<uint64_t>(opt_.grace_ms), [this] { kill_all(); });
+  // The port closes first, then the workers leave once the primary has handed out what it had
+  // taken: a worker told to leave closes its server and refuses what reaches it after that, so
+  // a connection still queued in the primary (or in the kernel's backlog, which the close
+  // resets) would be lost. Beyond Node, whose primary disconnects the workers at once.
+  primary_->stop_accepting();
+  stop_workers_when_handed_out();
+  maybe_finish();
+}
+
+void Supervisor::stop_workers_when_handed_out() {
+  if (finished_ || !primary_) return;
+  bool someone_to_take_them = std::any_of(live_.begin(), live_.end(), [](const auto& entry) {
+    return !entry.second->stopping && entry.second->w->is_connected();
+  });
+  if (someone_to_take_them && primary_->connections_waiting() > 0) {
+    // Hand-off answers arrive through several paths; a short poll, bounded by the grace timer.
+    handles_->handed_out.start(kHandedOutCheckMs, [this] { stop_workers_when_handed_out(); });
+    return;
+  }
   std::vector<int> ids;
   for (auto& [id, t] : live_) ids.push_back(id);
   for (int id : ids)
     if (auto* t = tracked(id)) stop(*t);
-  handles_->grace.start(static_cast<uint64_t>(opt_.grace_ms), [this] { kill_all(); });
-  maybe_finish();
 }
 
 void Supervisor::kill_all() {
@@ -541,6 +561,7 @@ void Supervisor::maybe_finish() {
 void Supervisor::finish() {
   finished_ = true;
   handles_->grace.stop();
+  handles_->handed_out.stop();
   handles_->memory.stop();
   for (auto& s : handles_->signals) s.close();
   handles_->signals.clear();
