@@ -15,6 +15,7 @@
 #include "support.hpp"
 #include "uvcluster/cluster/primary.hpp"
 #include "uvcluster/cluster/sockets.hpp"
+#include "uvcluster/cluster/supervisor.hpp"
 
 using namespace uvcluster;
 using namespace uvcluster::cluster;
@@ -29,6 +30,35 @@ Fd connect_loopback(int port) {
   a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
   if (::connect(fd.get(), reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) return Fd{};
   return fd;
+}
+
+// Connects `n` clients to 127.0.0.1:port, each with a request written (the kernel holds both).
+std::vector<Fd> clients_with_requests(int port, int n) {
+  const std::string request = "GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+  std::vector<Fd> clients;
+  for (int i = 0; i < n; ++i) {
+    clients.push_back(connect_loopback(port));
+    if (!clients.back()) return {};
+    if (::send(clients.back().get(), request.data(), request.size(), MSG_NOSIGNAL) != static_cast<ssize_t>(request.size()))
+      return {};
+  }
+  return clients;
+}
+
+// Reads every client's answer to its end while the loop runs: how many were "200".
+int answered_ok(uvc_test::TestLoop& loop, std::vector<Fd>& clients) {
+  int answered = 0;
+  EXPECT_TRUE(uvc_test::run_client(loop, [&] {
+    for (auto& fd : clients) {
+      timeval tv{30, 0};
+      ::setsockopt(fd.get(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+      std::string got;
+      char buf[512];
+      for (ssize_t n; (n = ::recv(fd.get(), buf, sizeof buf, 0)) > 0;) got.append(buf, static_cast<size_t>(n));
+      answered += got.rfind("HTTP/1.1 200", 0) == 0;
+    }
+  }));
+  return answered;
 }
 
 struct Cluster {
@@ -296,27 +326,57 @@ TEST(ClusterFaults, ReusePortKilledWorkersQueuedConnectionsAreServedByTheOthers)
   ASSERT_TRUE(victim->pid());
   int pid = *victim->pid();
   ASSERT_EQ(::kill(pid, SIGSTOP), 0);
-  const std::string request = "GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
-  std::vector<Fd> clients;
-  for (int i = 0; i < 40; ++i) {
-    clients.push_back(connect_loopback(c.port));
-    ASSERT_TRUE(clients.back());
-    ASSERT_EQ(::send(clients.back().get(), request.data(), request.size(), MSG_NOSIGNAL),
-              static_cast<ssize_t>(request.size()));
-  }
+  auto clients = clients_with_requests(c.port, 40);
+  ASSERT_EQ(clients.size(), 40u);
   ASSERT_EQ(::kill(pid, SIGKILL), 0);
   ASSERT_TRUE(loop.run_until([&] { return c.exited == 1; }));
-  int answered = 0;
-  ASSERT_TRUE(uvc_test::run_client(loop, [&] {
-    for (auto& fd : clients) {
-      timeval tv{30, 0};
-      ::setsockopt(fd.get(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-      std::string got;
-      char buf[512];
-      for (ssize_t n; (n = ::recv(fd.get(), buf, sizeof buf, 0)) > 0;) got.append(buf, static_cast<size_t>(n));
-      answered += got.rfind("HTTP/1.1 200", 0) == 0;
-    }
-  }));
-  EXPECT_EQ(answered, 40);
+  EXPECT_EQ(answered_ok(loop, clients), 40);
   ASSERT_TRUE(c.stop());
 }
+
+// Issue 8 (drain): a drain used to disconnect the workers at once; a worker told to leave closes
+// its server and refuses or drops what reaches it after that, so the connections still waiting —
+// in the rr primary's queue, or in the shared socket's backlog under `none` — were closed
+// unanswered (Node's primary does the same). Now the port stops taking connections first (rr:
+// its socket closes; none: SYNs are dropped), what waits is handed out or accepted, and only
+// then do the workers leave. A stopped worker makes the waiting connections deterministic: under
+// rr one hand-off in flight to it and the others queued in the primary, under none all of them
+// in the backlog.
+class DrainWaiting : public ::testing::TestWithParam<Policy> {};
+
+TEST_P(DrainWaiting, ADrainServesWhatWaitsBeforeTheWorkersLeave) {
+  uvc_test::warm_up_libuv();
+  uvc_test::TestLoop loop;
+  SupervisorOptions o;
+  o.primary = cpp_workers(GetParam(), {"0", "127.0.0.1"});
+  o.instances = 1;
+  auto sup = Supervisor::create(loop, std::move(o));
+  int port = 0;
+  std::optional<SupervisorResult> done;
+  sup->on_listening([&](WorkerHandle&, const Address& a) { port = a.port; });
+  sup->on_done([&](const SupervisorResult& r) { done = r; });
+  sup->start();
+  ASSERT_TRUE(loop.run_until([&] { return port != 0; }));
+  auto worker = sup->primary()->workers().begin()->second;
+  ASSERT_TRUE(worker->pid());
+  int pid = *worker->pid();
+  ASSERT_EQ(::kill(pid, SIGSTOP), 0);
+  constexpr int kClients = 8;
+  auto clients = clients_with_requests(port, kClients);
+  ASSERT_EQ(clients.size(), static_cast<size_t>(kClients));
+  if (GetParam() == Policy::rr) {
+    ASSERT_TRUE(loop.run_until([&] {
+      auto st = sup->primary()->stats();
+      return st.in_flight == 1 && st.queued == kClients - 1;
+    }));
+  }
+  sup->drain();
+  ASSERT_EQ(::kill(pid, SIGCONT), 0);
+  EXPECT_EQ(answered_ok(loop, clients), kClients);
+  ASSERT_TRUE(loop.run_until([&] { return done.has_value(); }));
+  EXPECT_EQ(done->exit_code, 0);
+  EXPECT_FALSE(connect_loopback(port)) << "the port closed with the drain";
+}
+
+INSTANTIATE_TEST_SUITE_P(ClusterFaults, DrainWaiting, ::testing::Values(Policy::rr, Policy::none),
+                         [](const auto& info) { return std::string(policy_name(info.param)); });

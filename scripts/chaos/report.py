@@ -219,9 +219,13 @@ def render(doc, md_path):
           "a connection hashed to a worker out of fds is refused there, while under none a "
           "worker with fds left takes it from the shared queue (3 runs each: 626–689 vs "
           "482–652 per 1,000 sent, uvc-reuseport answering more).",
-          "- **uvc-rr sigterm-drain** (6 vs 5 here; 6, 6, 6 vs 7, 6, 4 over 3 runs each) is "
-          "noise (most likely both lose what is still in the kernel's accept queue when the "
-          "listener closes). **uvc-none maxconn-refusals**: the same answered count (977–1,147 vs "
+          "- **sigterm-drain**: Node's primary disconnects its workers at once, and what still "
+          "waits in its queue or in a socket's backlog is reset. A uvcluster drain stops the "
+          "port taking connections first (rr: the primary takes the backlog and closes its "
+          "socket; none: new SYNs are dropped) and stops the workers once the waiting ones are "
+          "served (README, \"Drain\"): 0 lost under uvc-rr and uvc-none in 6 and 3 runs. Not "
+          "uvc-reuseport yet (the primary holds no copy of the workers' sockets). "
+          "**uvc-none maxconn-refusals**: the same answered count (977–1,147 vs "
           "1,068–1,131 over 3 runs), refused at a faster pace, which raises the ‰.",
           "- **own** is read with the worker frozen, but a worker's `accepted` answer may still "
           "be on its way to the primary: such a connection counts as beyond own (at most one "

@@ -155,4 +155,30 @@ void Acceptor::on_ready() {
   }
 }
 
+int Acceptor::take_backlog(int max) {
+  auto alive = alive_;
+  int got = 0;
+  for (int calls = 0; got < max && calls < max + 64; ++calls) {
+    ++counters_.accept_calls;
+    auto accepted = accept_connection(fd_);
+    if (!accepted) {
+      int err = -accepted.error().errnum;
+      if (err == EAGAIN || err == EWOULDBLOCK) {
+        ++counters_.accept_eagain;
+        break;
+      }
+      if (err == EINTR) continue;
+      ++counters_.errors[err];
+      if (out_of_resources(err)) break;
+      continue;
+    }
+    ++got;
+    ++counters_.accepted;
+    auto deliver = on_connection_;  // a copy: the handler may destroy us
+    deliver(std::move(*accepted));
+    if (!*alive) break;
+  }
+  return got;
+}
+
 }  // namespace uvcluster::cluster

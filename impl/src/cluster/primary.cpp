@@ -109,6 +109,16 @@ PrimaryStats Primary::stats() const {
   return st;
 }
 
+void Primary::stop_accepting() {
+  for (auto& [key, h] : handles_) h->stop_accepting();
+}
+
+size_t Primary::connections_waiting() const {
+  size_t n = 0;
+  for (auto& [key, h] : handles_) n += h->waiting();
+  return n;
+}
+
 void PrimaryStats::HandOffLatency::record(double seconds) {
   ++count;
   sum_seconds += seconds;

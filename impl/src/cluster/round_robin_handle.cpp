@@ -328,14 +328,26 @@ Status RoundRobinHandle::start(uv_loop_t* loop) {
   return Ok{};
 }
 
-void RoundRobinHandle::close() {
+void RoundRobinHandle::close_listener() {
   if (acceptor_) closed_accept_ += acceptor_->counters();
   acceptor_.reset();
-  sweep_.close();
-  wake_.close();
   fd_.reset();
   file_.reset();
+}
+
+void RoundRobinHandle::close() {
+  close_listener();
+  sweep_.close();
+  wake_.close();
   sched_.close_queue();
+}
+
+void RoundRobinHandle::stop_accepting() {
+  // The connections the kernel completed but nobody accepted yet would be reset by the close:
+  // take them into the queue first. One that completes between the last accept and the close is
+  // still reset (a window of one syscall).
+  if (acceptor_) acceptor_->take_backlog(kMaxBacklogTaken);
+  close_listener();
 }
 
 Result<std::unique_ptr<RoundRobinHandle>> RoundRobinHandle::open(uv_loop_t* loop, const ServerQuery& q,

@@ -2,7 +2,9 @@
 
 #include <arpa/inet.h>
 #include <fcntl.h>
+#include <linux/filter.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/ioctl.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
@@ -12,6 +14,7 @@
 
 #include <cerrno>
 #include <cstring>
+#include <iterator>
 
 namespace uvcluster::cluster {
 namespace {
@@ -148,6 +151,36 @@ bool is_listening(int fd) {
   int v = 0;
   socklen_t len = sizeof v;
   return ::getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &v, &len) == 0 && v != 0;
+}
+
+bool is_listening_tcp(int fd) {
+  int type = 0;
+  socklen_t len = sizeof type;
+  return ::getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len) == 0 && type == SOCK_STREAM && is_inet(fd) &&
+         is_listening(fd);
+}
+
+Status refuse_new_connections(int fd) {
+  if (!is_listening_tcp(fd)) return Error::from_uv(UV_EINVAL, "refuse_new_connections");
+  // The filter sees the TCP header: byte 13 holds the flags; a SYN without ACK is dropped.
+  sock_filter code[] = {
+      BPF_STMT(BPF_LD | BPF_B | BPF_ABS, 13),
+      BPF_STMT(BPF_ALU | BPF_AND | BPF_K, 0x12),  // SYN | ACK
+      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, 0x02, 0, 1),
+      BPF_STMT(BPF_RET | BPF_K, 0),
+      BPF_STMT(BPF_RET | BPF_K, 0xffffffff),
+  };
+  sock_fprog prog{static_cast<unsigned short>(std::size(code)), code};
+  if (::setsockopt(fd, SOL_SOCKET, SO_ATTACH_FILTER, &prog, sizeof prog) != 0)
+    return Error::from_uv(-errno, "setsockopt(SO_ATTACH_FILTER)");
+  return Ok{};
+}
+
+Result<size_t> backlog_length(int fd) {
+  tcp_info info{};
+  socklen_t len = sizeof info;
+  if (::getsockopt(fd, IPPROTO_TCP, TCP_INFO, &info, &len) != 0) return Error::from_uv(-errno, "getsockopt(TCP_INFO)");
+  return static_cast<size_t>(info.tcpi_unacked);  // a listener's accept queue (sk_ack_backlog)
 }
 
 Result<SockName> local_address(int fd) {

@@ -3,6 +3,7 @@
 #include <signal.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <deque>
 
 #include "uvcluster/cluster/process_usage.hpp"
@@ -41,6 +42,8 @@ class Timer {
 };
 
 constexpr int64_t kBackoffFirstMs = 100;
+constexpr uint64_t kHandedOutCheckMs = 5;
+constexpr int kHandedOutChecksWithoutProgress = 100;  // 0.5 s
 constexpr int64_t kBackoffCapMs = 10000;
 // After the supervisor is done, worker pipes a grandchild still holds open are closed after this.
 constexpr uint64_t kOutputLingerMs = 1000;
@@ -80,8 +83,11 @@ struct Supervisor::Slot {
 };
 
 struct Supervisor::Handles {
-  explicit Handles(uv_loop_t* loop) : grace(loop), linger(loop), memory(loop) {}
+  explicit Handles(uv_loop_t* loop) : grace(loop), handed_out(loop), linger(loop), memory(loop) {}
   Timer grace;
+  Timer handed_out;  // a drain: the workers leave once the waiting connections are handed out
+  size_t least_waiting = SIZE_MAX;  // ... the fewest seen waiting, and the checks since it fell
+  int checks_without_progress = 0;
   Timer linger;
   Timer memory;
   std::vector<detail::UvHandle<uv_signal_t>> signals;
@@ -493,12 +499,41 @@ void Supervisor::drain(const std::string& reason, bool failure) {
     slot->restart_timer.stop();
   }
   drain_.emit(reason, live_.size());
+  handles_->grace.start(static_cast<uint64_t>(opt_.grace_ms), [this] { kill_all(); });
+  // The port stops taking connections first (rr: its socket closes, the backlog taken into the
+  // queue; shared: SYNs are dropped), then the workers leave once what waits is handed out or
+  // accepted: a worker told to leave closes its server and refuses what reaches it after that,
+  // so a connection still queued in the primary or in a socket's backlog would be lost. Beyond
+  // Node, whose primary disconnects the workers at once.
+  primary_->stop_accepting();
+  stop_workers_when_handed_out();
+  maybe_finish();
+}
+
+void Supervisor::stop_workers_when_handed_out() {
+  if (finished_ || !primary_) return;
+  bool someone_to_take_them = std::any_of(live_.begin(), live_.end(), [](const auto& entry) {
+    return !entry.second->stopping && entry.second->w->is_connected();
+  });
+  size_t waiting = primary_->connections_waiting();
+  auto& h = *handles_;
+  if (waiting < h.least_waiting) {
+    h.least_waiting = waiting;
+    h.checks_without_progress = 0;
+  } else {
+    ++h.checks_without_progress;
+  }
+  // Hand-off answers and workers' accepts arrive through several paths: a short poll, which
+  // gives up when the count stops falling (workers that cannot take more) and is bounded by the
+  // grace timer.
+  if (someone_to_take_them && waiting > 0 && h.checks_without_progress < kHandedOutChecksWithoutProgress) {
+    h.handed_out.start(kHandedOutCheckMs, [this] { stop_workers_when_handed_out(); });
+    return;
+  }
   std::vector<int> ids;
   for (auto& [id, t] : live_) ids.push_back(id);
   for (int id : ids)
     if (auto* t = tracked(id)) stop(*t);
-  handles_->grace.start(static_cast<uint64_t>(opt_.grace_ms), [this] { kill_all(); });
-  maybe_finish();
 }
 
 void Supervisor::kill_all() {
@@ -541,6 +576,7 @@ void Supervisor::maybe_finish() {
 void Supervisor::finish() {
   finished_ = true;
   handles_->grace.stop();
+  handles_->handed_out.stop();
   handles_->memory.stop();
   for (auto& s : handles_->signals) s.close();
   handles_->signals.clear();

@@ -92,6 +92,11 @@ class Acceptor {
 
   const AcceptorCounters& counters() const { return counters_; }
   bool paused() const { return paused_; }
+  // Accepts what the kernel already queued, until EAGAIN (at most `max`), and delivers each: a
+  // listener about to close passes its backlog on instead of having the kernel reset it. Stops
+  // early out of fds (those connections stay queued). Returns how many were delivered. May
+  // destroy the acceptor (through on_connection).
+  int take_backlog(int max);
 
  private:
   Status init();

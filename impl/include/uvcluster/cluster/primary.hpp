@@ -203,6 +203,11 @@ class Primary : public std::enable_shared_from_this<Primary> {
   Policy policy() const { return policy_; }
   size_t handle_count() const { return handles_.size(); }
   PrimaryStats stats() const;
+  // A drain's first step: every rr key stops accepting (its listening socket closes, what the
+  // kernel had queued on it taken first) while the connections already taken are handed out.
+  void stop_accepting();
+  // Connections the primary holds that no worker has been given yet.
+  size_t connections_waiting() const;
 
   void on_setup(std::function<void()> fn) { setup_.add(std::move(fn)); }
   void on_fork(std::function<void(WorkerHandle&)> fn) { fork_.add(std::move(fn)); }

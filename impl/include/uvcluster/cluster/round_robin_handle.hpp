@@ -155,6 +155,7 @@ class RoundRobinScheduler {
 class RoundRobinHandle : public ServerHandle {
  public:
   static constexpr uint64_t kDefaultHandoffTimeoutMs = 10000;
+  static constexpr int kMaxBacklogTaken = 65536;  // stop_accepting: at most the largest backlog
   RoundRobinHandle(uv_loop_t* loop, BoundSocket listening, uint64_t handoff_timeout_ms,
                    RoundRobinScheduler::Pick pick = RoundRobinScheduler::Pick::idle_worker);
   ~RoundRobinHandle() override;
@@ -176,6 +177,8 @@ class RoundRobinHandle : public ServerHandle {
     return c;
   }
   void close();
+  // Closes the listening socket (and a unix socket's path), keeping the queue and the timers.
+  void close_listener();
 
   // ServerHandle: the reply carries the sockname (Node's); connections follow as `newconn`.
   // Policy::sticky picks RoundRobinScheduler::Pick::sticky.
@@ -184,6 +187,8 @@ class RoundRobinHandle : public ServerHandle {
   bool remove(int worker, bool gone) override;
   bool has(int worker) const override { return sched_.has(worker); }
   void count(PrimaryStats& stats) const override;
+  void stop_accepting() override;
+  size_t waiting() const override { return sched_.queued(); }
 
  private:
   Status start(uv_loop_t* loop);

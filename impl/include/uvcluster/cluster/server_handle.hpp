@@ -67,6 +67,11 @@ class ServerHandle {
   virtual bool has(int worker) const = 0;
   // Adds this handle's hand-off and accept counters (rr only).
   virtual void count(PrimaryStats&) const {}
+  // A drain's first step (rr only): stop taking connections — the listening socket closes, what
+  // the kernel had queued on it taken first — and keep handing out those already taken.
+  virtual void stop_accepting() {}
+  // Connections the primary holds that no worker has been given yet (rr: its queue).
+  virtual size_t waiting() const { return 0; }
 
   Json data = nullptr;  // the first worker's server data (TLS ticket keys), returned to all
   uint64_t serial = 0;  // tells a reply for this handle from one for a later handle of the key

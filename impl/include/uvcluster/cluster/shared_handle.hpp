@@ -16,6 +16,9 @@ class SharedHandle : public SocketHandle {
 
   // A dup of the shared socket for `worker`.
   Result<Fd> socket_for(int worker) override;
+  // TCP: new connections are refused (their SYNs dropped); the workers empty the backlog.
+  void stop_accepting() override;
+  size_t waiting() const override;  // TCP: the socket's backlog
 
  protected:
   template <class Handle>
@@ -28,6 +31,7 @@ class SharedHandle : public SocketHandle {
  private:
   void on_last_removed() override { socket_ = {}; }
   BoundSocket socket_;
+  bool refusing_ = false;  // stop_accepting() attached the filter
 };
 
 }  // namespace uvcluster::cluster

@@ -72,6 +72,13 @@ bool is_inet(int fd);
 // listen(); backlog <= 0 means Node's default 511.
 Status listen_fd(int fd, int backlog);
 bool is_listening(int fd);
+// A drain's first step on a shared listening TCP socket: a classic BPF socket filter drops the
+// SYNs that reach it, so no new connection enters its backlog while the ones queued (and the
+// handshakes under way) stay for the workers to accept. A dropped client retransmits its SYN and
+// is refused once the socket closes. ENOTSOCK/EINVAL for a socket that is not listening TCP.
+Status refuse_new_connections(int fd);
+// Connections completed and waiting in a listening TCP socket's backlog (TCP_INFO).
+Result<size_t> backlog_length(int fd);
 
 struct SockName {
   std::string address;

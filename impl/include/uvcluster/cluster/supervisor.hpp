@@ -197,6 +197,7 @@ class Supervisor : public std::enable_shared_from_this<Supervisor> {
   void worker_exited(WorkerHandle& w, const ExitStatus& st);
   void schedule_restart(Slot& slot, const Tracked& t);
   void stop(Tracked& t);
+  void stop_workers_when_handed_out();
   void signal_stopped(Tracked& t);
   void fail_start(Tracked& t);
   bool reload_slot(int instance);
