@@ -3,17 +3,22 @@
 // waits on events and counters, never on time, and each failed before its fix.
 #include <gtest/gtest.h>
 #include <netinet/in.h>
-#include <sys/socket.h>
+#include <poll.h>
 #include <signal.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
 
 #include <atomic>
 #include <map>
+#include <optional>
+#include <set>
 #include <thread>
 #include <vector>
 
 #include "http_client.hpp"
 #include "support.hpp"
 #include "uvcluster/cluster/primary.hpp"
+#include "uvcluster/cluster/reuseport_steering.hpp"
 #include "uvcluster/cluster/sockets.hpp"
 
 using namespace uvcluster;
@@ -318,5 +323,155 @@ TEST(ClusterFaults, ReusePortKilledWorkersQueuedConnectionsAreServedByTheOthers)
     }
   }));
   EXPECT_EQ(answered, 40);
+  ASSERT_TRUE(c.stop());
+}
+
+namespace {
+
+// `n` requests on `n` connections open at once (a stopped worker's queue would hold its share);
+// the answer bodies, "" for none within `limit_ms` in all.
+std::vector<std::string> ask_at_once(int port, int n, int limit_ms = 20000) {
+  const std::string request = "GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+  std::vector<Fd> clients;
+  std::vector<std::string> got(static_cast<size_t>(n));
+  std::vector<bool> open(static_cast<size_t>(n), false);
+  for (int i = 0; i < n; ++i) {
+    clients.push_back(connect_loopback(port));
+    if (!clients.back()) continue;
+    open[static_cast<size_t>(i)] =
+        ::send(clients.back().get(), request.data(), request.size(), MSG_NOSIGNAL) == static_cast<ssize_t>(request.size());
+  }
+  uint64_t deadline = uv_hrtime() / 1000000 + static_cast<uint64_t>(limit_ms);
+  for (;;) {
+    std::vector<pollfd> waits;
+    std::vector<size_t> which;
+    for (size_t i = 0; i < clients.size(); ++i)
+      if (open[i]) {
+        waits.push_back({clients[i].get(), POLLIN, 0});
+        which.push_back(i);
+      }
+    uint64_t now = uv_hrtime() / 1000000;
+    if (waits.empty() || now >= deadline) break;
+    if (::poll(waits.data(), waits.size(), static_cast<int>(deadline - now)) <= 0) break;
+    for (size_t k = 0; k < waits.size(); ++k) {
+      if (!waits[k].revents) continue;
+      char buf[512];
+      ssize_t r = ::recv(waits[k].fd, buf, sizeof buf, 0);
+      if (r > 0) got[which[k]].append(buf, static_cast<size_t>(r));
+      else open[which[k]] = false;
+    }
+  }
+  for (auto& g : got) g = uvc_test::http_body(g);
+  return got;
+}
+
+// "worker <id> <pid>\n", as cluster_http_worker answers.
+std::string served_by(const WorkerHandle& w) { return "worker " + std::to_string(w.id()) + " " + std::to_string(*w.pid()) + "\n"; }
+
+struct Steered : Cluster {
+  std::vector<std::pair<int, SteeringChange>> changes;
+  std::optional<Error> off;
+  Steered(uvc_test::TestLoop& l, PrimarySettings s) : Cluster(l, std::move(s)) {
+    primary->on_steering([this](WorkerHandle& w, const SteeringChange& c) { changes.emplace_back(w.id(), c); });
+    primary->on_steering_unavailable([this](const Error& e) { off = e; });
+  }
+  bool saw(int worker, const char* reason) const {
+    for (auto& [id, c] : changes)
+      if (id == worker && c.reason == reason) return true;
+    return false;
+  }
+  // Forks two workers and waits until both listen.
+  bool start_two() {
+    for (int i = 0; i < 2; ++i)
+      if (!primary->fork().ok()) return false;
+    return loop.run_until([&] { return listening == 2; });
+  }
+};
+
+}  // namespace
+
+// Issue 8, reuseport under `sigstop`: a stopped worker keeps its socket in the SO_REUSEPORT group,
+// so the kernel went on hashing new connections to it, where they waited for the SIGCONT. The
+// primary learns the stop from SIGCHLD and its SK_REUSEPORT program sends every new connection to
+// the other worker; after SIGCONT both serve again. Without the steering, about half of the 40
+// requests wait in the stopped worker's queue and get no answer.
+TEST(ClusterFaults, ReusePortSteersNewConnectionsAwayFromAStoppedWorker) {
+  uvc_test::warm_up_libuv();
+  uvc_test::TestLoop loop;
+  Steered c(loop, cpp_workers(Policy::reuseport, {"0", "127.0.0.1"}));
+  ASSERT_TRUE(c.start_two());
+  if (c.off) GTEST_SKIP() << "no SK_REUSEPORT steering here: " << c.off->message;
+  auto victim = c.primary->workers().begin()->second;
+  auto other = std::next(c.primary->workers().begin())->second;
+  ASSERT_TRUE(victim->pid() && other->pid());
+  ASSERT_EQ(::kill(*victim->pid(), SIGSTOP), 0);
+  ASSERT_TRUE(loop.run_until([&] { return c.saw(victim->id(), "stopped"); }, 60000));
+  EXPECT_FALSE(c.changes.back().second.eligible);
+  EXPECT_EQ(c.changes.back().second.steered, 1u);
+  std::vector<std::string> answers;
+  ASSERT_TRUE(uvc_test::run_client(loop, [&] { answers = ask_at_once(c.port, 40); }));
+  int by_other = 0;
+  for (auto& a : answers) by_other += a == served_by(*other);
+  EXPECT_EQ(by_other, 40);
+
+  ASSERT_EQ(::kill(*victim->pid(), SIGCONT), 0);
+  ASSERT_TRUE(loop.run_until([&] { return c.saw(victim->id(), "continued"); }, 60000));
+  EXPECT_EQ(c.changes.back().second.steered, 2u);
+  ASSERT_TRUE(uvc_test::run_client(loop, [&] { answers = ask_at_once(c.port, 40); }));
+  std::set<std::string> servers(answers.begin(), answers.end());
+  EXPECT_EQ(servers, (std::set<std::string>{served_by(*victim), served_by(*other)}));
+  EXPECT_FALSE(c.off);
+  ASSERT_TRUE(c.stop());
+}
+
+// Issue 8, reuseport under `fd-exhaust-workers`: a worker with fewer than 2 fds free refuses (or,
+// as libuv does, accepts and closes) what the kernel hashes to it. The primary checks every
+// worker's fds against its RLIMIT_NOFILE and steers around it until 8 are free again.
+TEST(ClusterFaults, ReusePortSteersNewConnectionsAwayFromAWorkerOutOfFds) {
+  uvc_test::warm_up_libuv();
+  uvc_test::TestLoop loop;
+  Steered c(loop, cpp_workers(Policy::reuseport, {"0", "127.0.0.1"}));
+  ASSERT_TRUE(c.start_two());
+  if (c.off) GTEST_SKIP() << "no SK_REUSEPORT steering here: " << c.off->message;
+  auto full = c.primary->workers().begin()->second;
+  auto other = std::next(c.primary->workers().begin())->second;
+  auto use = fd_use(*full->pid());
+  ASSERT_TRUE(use.ok());
+  rlimit saved{};
+  ASSERT_EQ(::prlimit(*full->pid(), RLIMIT_NOFILE, nullptr, &saved), 0);
+  rlimit tight{use->open + 1, saved.rlim_max};  // one fd free: not enough
+  ASSERT_EQ(::prlimit(*full->pid(), RLIMIT_NOFILE, &tight, nullptr), 0);
+  ASSERT_TRUE(loop.run_until([&] { return c.saw(full->id(), "fds-low"); }, 60000));
+  std::vector<std::string> answers;
+  ASSERT_TRUE(uvc_test::run_client(loop, [&] { answers = ask_at_once(c.port, 40); }));
+  int by_other = 0;
+  for (auto& a : answers) by_other += a == served_by(*other);
+  EXPECT_EQ(by_other, 40);
+
+  ASSERT_EQ(::prlimit(*full->pid(), RLIMIT_NOFILE, &saved, nullptr), 0);
+  ASSERT_TRUE(loop.run_until([&] { return c.saw(full->id(), "fds-free"); }, 60000));
+  ASSERT_TRUE(uvc_test::run_client(loop, [&] { answers = ask_at_once(c.port, 40); }));
+  std::set<std::string> servers(answers.begin(), answers.end());
+  EXPECT_EQ(servers, (std::set<std::string>{served_by(*full), served_by(*other)}));
+  ASSERT_TRUE(c.stop());
+}
+
+// When a steering step fails (here: turned off, as a non-root primary or an old kernel would
+// fail it), the primary says so once and the cluster serves as without steering.
+TEST(ClusterFaults, ReusePortWithoutSteeringStillServes) {
+  uvc_test::warm_up_libuv();
+  uvc_test::TestLoop loop;
+  auto settings = cpp_workers(Policy::reuseport, {"0", "127.0.0.1"});
+  settings.reuseport_steering = false;
+  Steered c(loop, std::move(settings));
+  ASSERT_TRUE(c.start_two());
+  ASSERT_TRUE(c.off);
+  EXPECT_EQ(c.off->code, "ERR_STEERING_DISABLED");
+  std::vector<std::string> answers;
+  ASSERT_TRUE(uvc_test::run_client(loop, [&] { answers = ask_at_once(c.port, 40); }));
+  int served = 0;
+  for (auto& a : answers) served += a.rfind("worker ", 0) == 0;
+  EXPECT_EQ(served, 40);
+  EXPECT_TRUE(c.changes.empty());
   ASSERT_TRUE(c.stop());
 }
