@@ -9,6 +9,7 @@
 #include <sys/socket.h>
 
 #include <atomic>
+#include <functional>
 #include <map>
 #include <optional>
 #include <set>
@@ -390,22 +391,21 @@ struct Steered : Cluster {
 
 }  // namespace
 
-// Issue 8, reuseport under `sigstop`: a stopped worker keeps its socket in the SO_REUSEPORT group,
-// so the kernel went on hashing new connections to it, where they waited for the SIGCONT. The
-// primary learns the stop from SIGCHLD and its SK_REUSEPORT program sends every new connection to
-// the other worker; after SIGCONT both serve again. Without the steering, about half of the 40
-// requests wait in the stopped worker's queue and get no answer.
-TEST(ClusterFaults, ReusePortSteersNewConnectionsAwayFromAStoppedWorker) {
+// Two reuseport workers; `fault` on the first must take it out of the steering (event `out`):
+// then all of 40 new connections reach the second. After `undo` it comes back (event `back`) and
+// connections reach both again.
+void expect_steered_around(const std::function<void(WorkerHandle&)>& fault, const char* out,
+                           const std::function<void(WorkerHandle&)>& undo, const char* back) {
   uvc_test::warm_up_libuv();
   uvc_test::TestLoop loop;
   Steered c(loop, cpp_workers(Policy::reuseport, {"0", "127.0.0.1"}));
   ASSERT_TRUE(c.start_two());
   if (c.off) GTEST_SKIP() << "no SK_REUSEPORT steering here: " << c.off->message;
-  auto victim = c.primary->workers().begin()->second;
+  auto faulted = c.primary->workers().begin()->second;
   auto other = std::next(c.primary->workers().begin())->second;
-  ASSERT_TRUE(victim->pid() && other->pid());
-  ASSERT_EQ(::kill(*victim->pid(), SIGSTOP), 0);
-  ASSERT_TRUE(loop.run_until([&] { return c.saw(victim->id(), "stopped"); }, 60000));
+  ASSERT_TRUE(faulted->pid() && other->pid());
+  fault(*faulted);
+  ASSERT_TRUE(loop.run_until([&] { return c.saw(faulted->id(), out); }, 60000));
   EXPECT_FALSE(c.changes.back().second.eligible);
   EXPECT_EQ(c.changes.back().second.steered, 1u);
   std::vector<std::string> answers;
@@ -414,46 +414,40 @@ TEST(ClusterFaults, ReusePortSteersNewConnectionsAwayFromAStoppedWorker) {
   for (auto& a : answers) by_other += a == served_by(*other);
   EXPECT_EQ(by_other, 40);
 
-  ASSERT_EQ(::kill(*victim->pid(), SIGCONT), 0);
-  ASSERT_TRUE(loop.run_until([&] { return c.saw(victim->id(), "continued"); }, 60000));
+  undo(*faulted);
+  ASSERT_TRUE(loop.run_until([&] { return c.saw(faulted->id(), back); }, 60000));
   EXPECT_EQ(c.changes.back().second.steered, 2u);
   ASSERT_TRUE(uvc_test::run_client(loop, [&] { answers = ask_at_once(c.port, 40); }));
   std::set<std::string> servers(answers.begin(), answers.end());
-  EXPECT_EQ(servers, (std::set<std::string>{served_by(*victim), served_by(*other)}));
+  EXPECT_EQ(servers, (std::set<std::string>{served_by(*faulted), served_by(*other)}));
   EXPECT_FALSE(c.off);
   ASSERT_TRUE(c.stop());
+}
+
+// Issue 8, reuseport under `sigstop`: a stopped worker keeps its socket in the SO_REUSEPORT group,
+// so the kernel went on hashing new connections to it, where they waited for the SIGCONT. The
+// primary learns the stop from SIGCHLD and its SK_REUSEPORT program sends every new connection to
+// the other worker; after SIGCONT both serve again. Without the steering, about half of the 40
+// requests wait in the stopped worker's queue and get no answer.
+TEST(ClusterFaults, ReusePortSteersNewConnectionsAwayFromAStoppedWorker) {
+  expect_steered_around([](WorkerHandle& w) { ASSERT_EQ(::kill(*w.pid(), SIGSTOP), 0); }, "stopped",
+                        [](WorkerHandle& w) { ASSERT_EQ(::kill(*w.pid(), SIGCONT), 0); }, "continued");
 }
 
 // Issue 8, reuseport under `fd-exhaust-workers`: a worker with fewer than 2 fds free refuses (or,
 // as libuv does, accepts and closes) what the kernel hashes to it. The primary checks every
 // worker's fds against its RLIMIT_NOFILE and steers around it until 8 are free again.
 TEST(ClusterFaults, ReusePortSteersNewConnectionsAwayFromAWorkerOutOfFds) {
-  uvc_test::warm_up_libuv();
-  uvc_test::TestLoop loop;
-  Steered c(loop, cpp_workers(Policy::reuseport, {"0", "127.0.0.1"}));
-  ASSERT_TRUE(c.start_two());
-  if (c.off) GTEST_SKIP() << "no SK_REUSEPORT steering here: " << c.off->message;
-  auto full = c.primary->workers().begin()->second;
-  auto other = std::next(c.primary->workers().begin())->second;
-  auto use = fd_use(*full->pid());
-  ASSERT_TRUE(use.ok());
   rlimit saved{};
-  ASSERT_EQ(::prlimit(*full->pid(), RLIMIT_NOFILE, nullptr, &saved), 0);
-  rlimit tight{use->open + 1, saved.rlim_max};  // one fd free: not enough
-  ASSERT_EQ(::prlimit(*full->pid(), RLIMIT_NOFILE, &tight, nullptr), 0);
-  ASSERT_TRUE(loop.run_until([&] { return c.saw(full->id(), "fds-low"); }, 60000));
-  std::vector<std::string> answers;
-  ASSERT_TRUE(uvc_test::run_client(loop, [&] { answers = ask_at_once(c.port, 40); }));
-  int by_other = 0;
-  for (auto& a : answers) by_other += a == served_by(*other);
-  EXPECT_EQ(by_other, 40);
-
-  ASSERT_EQ(::prlimit(*full->pid(), RLIMIT_NOFILE, &saved, nullptr), 0);
-  ASSERT_TRUE(loop.run_until([&] { return c.saw(full->id(), "fds-free"); }, 60000));
-  ASSERT_TRUE(uvc_test::run_client(loop, [&] { answers = ask_at_once(c.port, 40); }));
-  std::set<std::string> servers(answers.begin(), answers.end());
-  EXPECT_EQ(servers, (std::set<std::string>{served_by(*full), served_by(*other)}));
-  ASSERT_TRUE(c.stop());
+  auto one_fd_free = [&](WorkerHandle& w) {
+    auto use = fd_use(*w.pid());
+    ASSERT_TRUE(use.ok());
+    ASSERT_EQ(::prlimit(*w.pid(), RLIMIT_NOFILE, nullptr, &saved), 0);
+    rlimit tight{use->open + 1, saved.rlim_max};
+    ASSERT_EQ(::prlimit(*w.pid(), RLIMIT_NOFILE, &tight, nullptr), 0);
+  };
+  auto restore = [&](WorkerHandle& w) { ASSERT_EQ(::prlimit(*w.pid(), RLIMIT_NOFILE, &saved, nullptr), 0); };
+  expect_steered_around(one_fd_free, "fds-low", restore, "fds-free");
 }
 
 // When a steering step fails (here: turned off, as a non-root primary or an old kernel would
