@@ -8,6 +8,7 @@
 #include <sys/resource.h>
 #include <sys/socket.h>
 
+#include <algorithm>
 #include <atomic>
 #include <functional>
 #include <map>
@@ -329,19 +330,24 @@ TEST(ClusterFaults, ReusePortKilledWorkersQueuedConnectionsAreServedByTheOthers)
 
 namespace {
 
-// `n` requests on `n` connections open at once (a stopped worker's queue would hold its share);
-// the answer bodies, "" for none within `limit_ms` in all.
-std::vector<std::string> ask_at_once(int port, int n, int limit_ms = 20000) {
+// `n` connections, each with a request sent (nothing read yet).
+std::vector<Fd> send_requests(int port, int n) {
   const std::string request = "GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
   std::vector<Fd> clients;
-  std::vector<std::string> got(static_cast<size_t>(n));
-  std::vector<bool> open(static_cast<size_t>(n), false);
   for (int i = 0; i < n; ++i) {
-    clients.push_back(connect_loopback(port));
-    if (!clients.back()) continue;
-    open[static_cast<size_t>(i)] =
-        ::send(clients.back().get(), request.data(), request.size(), MSG_NOSIGNAL) == static_cast<ssize_t>(request.size());
+    Fd fd = connect_loopback(port);
+    if (fd && ::send(fd.get(), request.data(), request.size(), MSG_NOSIGNAL) != static_cast<ssize_t>(request.size())) fd.reset();
+    clients.push_back(std::move(fd));
   }
+  return clients;
+}
+
+// The answer bodies of `clients`, "" for none within `limit_ms` in all (read side by side: a
+// stopped worker's queue holds its share).
+std::vector<std::string> read_answers(std::vector<Fd>& clients, int limit_ms = 20000) {
+  std::vector<std::string> got(clients.size());
+  std::vector<bool> open(clients.size());
+  for (size_t i = 0; i < clients.size(); ++i) open[i] = clients[i].valid();
   uint64_t deadline = uv_hrtime() / 1000000 + static_cast<uint64_t>(limit_ms);
   for (;;) {
     std::vector<pollfd> waits;
@@ -366,6 +372,11 @@ std::vector<std::string> ask_at_once(int port, int n, int limit_ms = 20000) {
   return got;
 }
 
+std::vector<std::string> ask_at_once(int port, int n) {
+  auto clients = send_requests(port, n);
+  return read_answers(clients);
+}
+
 // "worker <id> <pid>\n", as cluster_http_worker answers.
 std::string served_by(const WorkerHandle& w) { return "worker " + std::to_string(w.id()) + " " + std::to_string(*w.pid()) + "\n"; }
 
@@ -381,11 +392,26 @@ struct Steered : Cluster {
       if (id == worker && c.reason == reason) return true;
     return false;
   }
+  std::shared_ptr<WorkerHandle> first, second;
   // Forks two workers and waits until both listen.
   bool start_two() {
     for (int i = 0; i < 2; ++i)
       if (!primary->fork().ok()) return false;
-    return loop.run_until([&] { return listening == 2; });
+    if (!loop.run_until([&] { return listening == 2; })) return false;
+    first = primary->workers().begin()->second;
+    second = std::next(primary->workers().begin())->second;
+    return first->pid() && second->pid();
+  }
+  // How many of `answers` `w` gave.
+  static int count_by(const std::vector<std::string>& answers, const WorkerHandle& w) {
+    return static_cast<int>(std::count(answers.begin(), answers.end(), served_by(w)));
+  }
+  // 40 new connections reach both workers.
+  bool both_serve() {
+    std::vector<std::string> answers;
+    if (!uvc_test::run_client(loop, [&] { answers = ask_at_once(port, 40); })) return false;
+    return count_by(answers, *first) + count_by(answers, *second) == 40 && count_by(answers, *first) > 0 &&
+           count_by(answers, *second) > 0;
   }
 };
 
@@ -401,25 +427,18 @@ void expect_steered_around(const std::function<void(WorkerHandle&)>& fault, cons
   Steered c(loop, cpp_workers(Policy::reuseport, {"0", "127.0.0.1"}));
   ASSERT_TRUE(c.start_two());
   if (c.off) GTEST_SKIP() << "no SK_REUSEPORT steering here: " << c.off->message;
-  auto faulted = c.primary->workers().begin()->second;
-  auto other = std::next(c.primary->workers().begin())->second;
-  ASSERT_TRUE(faulted->pid() && other->pid());
-  fault(*faulted);
-  ASSERT_TRUE(loop.run_until([&] { return c.saw(faulted->id(), out); }, 60000));
+  fault(*c.first);
+  ASSERT_TRUE(loop.run_until([&] { return c.saw(c.first->id(), out); }, 60000));
   EXPECT_FALSE(c.changes.back().second.eligible);
   EXPECT_EQ(c.changes.back().second.steered, 1u);
   std::vector<std::string> answers;
   ASSERT_TRUE(uvc_test::run_client(loop, [&] { answers = ask_at_once(c.port, 40); }));
-  int by_other = 0;
-  for (auto& a : answers) by_other += a == served_by(*other);
-  EXPECT_EQ(by_other, 40);
+  EXPECT_EQ(Steered::count_by(answers, *c.second), 40);
 
-  undo(*faulted);
-  ASSERT_TRUE(loop.run_until([&] { return c.saw(faulted->id(), back); }, 60000));
+  undo(*c.first);
+  ASSERT_TRUE(loop.run_until([&] { return c.saw(c.first->id(), back); }, 60000));
   EXPECT_EQ(c.changes.back().second.steered, 2u);
-  ASSERT_TRUE(uvc_test::run_client(loop, [&] { answers = ask_at_once(c.port, 40); }));
-  std::set<std::string> servers(answers.begin(), answers.end());
-  EXPECT_EQ(servers, (std::set<std::string>{served_by(*faulted), served_by(*other)}));
+  EXPECT_TRUE(c.both_serve());
   EXPECT_FALSE(c.off);
   ASSERT_TRUE(c.stop());
 }
@@ -450,6 +469,30 @@ TEST(ClusterFaults, ReusePortSteersNewConnectionsAwayFromAWorkerOutOfFds) {
   expect_steered_around(one_fd_free, "fds-low", restore, "fds-free");
 }
 
+// Issue 8, reuseport under `sigstop`, the connections already queued on the stopped worker's
+// socket: sent before the primary learns of the stop, about half of 40 requests land there. The
+// primary cycles that socket under the stopped worker (shutdown, listen again): the kernel moves
+// the queue to the other worker through the program, and the socket rejoins the group, so after
+// SIGCONT the worker gets new connections again. Without the move, its share waits unanswered.
+TEST(ClusterFaults, ReusePortMovesWhatAStoppedWorkerHadQueuedToTheOthers) {
+  uvc_test::warm_up_libuv();
+  uvc_test::TestLoop loop;
+  Steered c(loop, cpp_workers(Policy::reuseport, {"0", "127.0.0.1"}));
+  ASSERT_TRUE(c.start_two());
+  if (c.off) GTEST_SKIP() << "no SK_REUSEPORT steering here: " << c.off->message;
+  ASSERT_EQ(::kill(*c.first->pid(), SIGSTOP), 0);
+  auto clients = send_requests(c.port, 40);  // the loop has not turned: the stop is not known yet
+  std::vector<std::string> answers;
+  ASSERT_TRUE(uvc_test::run_client(loop, [&] { answers = read_answers(clients); }));
+  EXPECT_TRUE(c.saw(c.first->id(), "stopped"));
+  EXPECT_EQ(Steered::count_by(answers, *c.second), 40);
+
+  ASSERT_EQ(::kill(*c.first->pid(), SIGCONT), 0);
+  ASSERT_TRUE(loop.run_until([&] { return c.saw(c.first->id(), "continued"); }, 60000));
+  EXPECT_TRUE(c.both_serve());
+  ASSERT_TRUE(c.stop());
+}
+
 // When a steering step fails (here: turned off, as a non-root primary or an old kernel would
 // fail it), the primary says so once and the cluster serves as without steering.
 TEST(ClusterFaults, ReusePortWithoutSteeringStillServes) {
@@ -461,11 +504,7 @@ TEST(ClusterFaults, ReusePortWithoutSteeringStillServes) {
   ASSERT_TRUE(c.start_two());
   ASSERT_TRUE(c.off);
   EXPECT_EQ(c.off->code, "ERR_STEERING_DISABLED");
-  std::vector<std::string> answers;
-  ASSERT_TRUE(uvc_test::run_client(loop, [&] { answers = ask_at_once(c.port, 40); }));
-  int served = 0;
-  for (auto& a : answers) served += a.rfind("worker ", 0) == 0;
-  EXPECT_EQ(served, 40);
+  EXPECT_TRUE(c.both_serve());
   EXPECT_TRUE(c.changes.empty());
   ASSERT_TRUE(c.stop());
 }

@@ -10,6 +10,10 @@ Result<std::unique_ptr<ReusePortHandle>> ReusePortHandle::open(BindSpec spec) {
   if (!probe.ok()) return probe.error();
   if (spec.port == 0) {
     if (auto n = local_address(probe->get()); n.ok()) spec.port = n->port;
+    // The port fixed, a second socket binds it by number and replaces the probe: a socket bound
+    // to port 0 gives its port up on shutdown(), which steering's move_queue relies on keeping.
+    if (spec.port != 0)
+      if (auto fixed = bind_tcp(spec); fixed.ok()) probe = std::move(fixed);
   }
   return std::make_unique<ReusePortHandle>(std::move(spec), std::move(*probe));
 }
@@ -125,15 +129,31 @@ void ReusePortHandle::apply(const std::vector<SteeringChange>& changes) {
 
 void ReusePortHandle::check_stops() {
   std::vector<SteeringChange> changes;
+  std::vector<int> just_stopped;
   for (auto& [id, m] : members_) {
     if (!m.pid) continue;
     auto stopped = child_stopped(*m.pid);
     if (!stopped || *stopped == m.stopped) continue;
     bool was = m.eligible();
     m.stopped = *stopped;
+    if (m.stopped) just_stopped.push_back(id);
     if (m.eligible() != was) changes.push_back({id, m.eligible(), m.stopped ? "stopped" : "continued"});
   }
-  if (!changes.empty()) apply(changes);
+  if (changes.empty() && just_stopped.empty()) return;
+  apply(changes);
+  if (!steering_ || eligible_count() == 0) return;  // with no one eligible the queue stays
+  for (int id : just_stopped) {
+    auto it = members_.find(id);
+    // Read again right before: the socket is cycled only under a worker that cannot run.
+    if (it == members_.end() || child_stopped(*it->second.pid) != true) continue;
+    (void)steering_->move_queue(it->second.socket.get(), backlog_);  // best effort: else it waits
+  }
+}
+
+size_t ReusePortHandle::eligible_count() const {
+  size_t n = 0;
+  for (auto& [id, m] : members_) n += m.eligible();
+  return n;
 }
 
 void ReusePortHandle::check_fds() {

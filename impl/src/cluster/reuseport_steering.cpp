@@ -4,6 +4,8 @@
 // kernel-internal BPF_* macros of include/linux/filter.h, which <linux/bpf.h> does not export.
 #include "uvcluster/cluster/reuseport_steering.hpp"
 
+#include "uvcluster/cluster/sockets.hpp"
+
 #include <dirent.h>
 #include <errno.h>
 #include <linux/bpf.h>
@@ -123,7 +125,9 @@ Result<ReusePortSteering> ReusePortSteering::create() {
   auto code = steering_program(count->get(), sockets->get());
   // SELECT_OR_MIGRATE (Linux >= 5.14) first; EINVAL from an older kernel: selection only.
   Result<int> program = Error::from_uv(UV_EINVAL, "bpf(BPF_PROG_LOAD)");
+  bool migrates = false;
   for (bpf_attach_type type : {BPF_SK_REUSEPORT_SELECT_OR_MIGRATE, BPF_SK_REUSEPORT_SELECT}) {
+    migrates = type == BPF_SK_REUSEPORT_SELECT_OR_MIGRATE;
     static const char license[] = "GPL";
     bpf_attr attr{};
     attr.prog_type = BPF_PROG_TYPE_SK_REUSEPORT;
@@ -136,7 +140,7 @@ Result<ReusePortSteering> ReusePortSteering::create() {
     if (program.ok() || program.error().errnum != UV_EINVAL) break;
   }
   if (!program.ok()) return program.error();
-  ReusePortSteering s(std::move(*count), std::move(*sockets), Fd(*program));
+  ReusePortSteering s(std::move(*count), std::move(*sockets), Fd(*program), migrates);
   if (auto st = s.set_count(0); !st.ok()) return st.error();
   return s;
 }
@@ -170,6 +174,12 @@ Status ReusePortSteering::steer_to(const std::vector<int>& listening_fds) {
     ++filled_;
   }
   return set_count(filled_);
+}
+
+Status ReusePortSteering::move_queue(int listening_fd, int backlog) const {
+  if (!migrates_) return Error::from_uv(UV_ENOTSUP, "shutdown");  // it would reset the queue
+  if (::shutdown(listening_fd, SHUT_RD) != 0) return Error::from_uv(-errno, "shutdown");
+  return listen_fd(listening_fd, backlog);
 }
 
 bool has_fd_headroom(bool eligible_now, const FdUse& use) {

@@ -6,8 +6,9 @@
 // Steering (reuseport_steering.hpp; root, Linux >= 4.19): the primary listens on each socket
 // before handing it out, attaches the port's SK_REUSEPORT program and keeps a duplicate, so that
 // the program's array can hold exactly the eligible workers' sockets. A worker is taken out while
-// it is stopped (SIGCHLD, then waitid) or short of fds (checked every kFdCheckMs), and put back
-// after; with no eligible worker left the kernel's own hash applies. The duplicate is closed when
+// it is stopped (SIGCHLD, then waitid; what its socket had queued is moved to the others) or
+// short of fds (checked every kFdCheckMs), and put back after; with no eligible worker left the
+// kernel's own hash applies. The duplicate is closed when
 // the worker leaves (remove), so its socket still leaves the group and its queue migrates. When
 // any steering step fails, the handle says so once (ServerHandleContext::steering_unavailable)
 // and runs as without steering: no duplicate, the worker listens itself.
@@ -52,6 +53,7 @@ class ReusePortHandle : public SocketHandle {
   Result<Member> steer(int fd, int worker);
   // Applies the members' eligibility to the program's array, then reports `changes`.
   void apply(const std::vector<SteeringChange>& changes);
+  size_t eligible_count() const;
   void check_stops();
   void check_fds();
 

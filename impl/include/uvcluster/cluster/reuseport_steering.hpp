@@ -16,7 +16,8 @@
 //
 // Eligibility (ReusePortHandle decides it): a worker is out while it is stopped (SIGSTOP, learnt
 // from SIGCHLD with waitid(WSTOPPED | WCONTINUED | WNOWAIT)) or while fewer than kFdsOutBelow of
-// its fds are free, and back once continued and with at least kFdsBackAt free.
+// its fds are free, and back once continued and with at least kFdsBackAt free. What a stopped
+// worker's socket already queued is moved to the others (move_queue).
 #include <cstdint>
 #include <optional>
 #include <vector>
@@ -43,17 +44,29 @@ class ReusePortSteering {
   // socket can sit in one slot only), so for a few syscalls the kernel's hash applies.
   Status steer_to(const std::vector<int>& listening_fds);
 
+  // Moves the connections queued on `listening_fd`, a stopped worker's socket already out of the
+  // array, to the eligible workers, and leaves it listening in the group: shutdown() ends its
+  // listen, and the kernel migrates each queued connection through the program; listen() again
+  // puts it back (the kernel resurrects a shut-down reuseport socket). Only a worker that cannot
+  // run may have its socket cycled: one that ran between the two calls would see its accept
+  // fail (EINVAL). The socket must be bound to its port explicitly (else shutdown frees the
+  // port). ENOTSUP when the program was loaded for selection only (Linux < 5.14): there
+  // shutdown() would reset the queue unless tcp_migrate_req is on.
+  Status move_queue(int listening_fd, int backlog) const;
+
   ReusePortSteering(ReusePortSteering&&) noexcept = default;
   ReusePortSteering& operator=(ReusePortSteering&&) noexcept = default;
 
  private:
-  ReusePortSteering(Fd count_map, Fd socket_map, Fd program)
-      : count_map_(std::move(count_map)), socket_map_(std::move(socket_map)), program_(std::move(program)) {}
+  ReusePortSteering(Fd count_map, Fd socket_map, Fd program, bool migrates)
+      : count_map_(std::move(count_map)), socket_map_(std::move(socket_map)), program_(std::move(program)),
+        migrates_(migrates) {}
   Status set_count(uint32_t n);
 
   Fd count_map_;   // ARRAY, 1 entry: n
   Fd socket_map_;  // REUSEPORT_SOCKARRAY, kCapacity entries
   Fd program_;
+  bool migrates_ = false;  // loaded as BPF_SK_REUSEPORT_SELECT_OR_MIGRATE
   uint32_t filled_ = 0;  // slots written by the last steer_to
 };
 
