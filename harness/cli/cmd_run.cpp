@@ -47,8 +47,9 @@ options:
                                        as root it turns on net.ipv4.tcp_migrate_req so a dying
                                        worker's queued connections move to the others, and an
                                        SK_REUSEPORT program steers new connections away from a
-                                       stopped worker or one with fewer than 2 fds free (back
-                                       once continued / at 8 free): `steering` events
+                                       stopped worker (its queue moves to the others) or one
+                                       with fewer than 2 fds free (back once continued / at 8
+                                       free): `steering` events
                             exclusive  shared socket, C++ workers wait with EPOLLEXCLUSIVE
                                        (Node workers behave as with none)
   --rr-window K           rr: up to K connections in flight to each worker, sent without waiting

@@ -82,7 +82,8 @@ struct PrimarySettings {
   int rr_window = 1;
   // reuseport: turn on net.ipv4.tcp_migrate_req (sockets.hpp) so a dying worker's queued
   // connections move to the other workers instead of being reset. It is a setting of the whole
-  // network namespace and needs root; without it a killed worker's queue is lost.
+  // network namespace and needs root; without it a killed worker's queue is lost, unless the
+  // steering program below is attached (Linux >= 5.14: it migrates queues by itself).
   bool reuseport_migrate_queues = true;
   // reuseport: steer new connections away from stopped workers and workers out of fds with an
   // SK_REUSEPORT program (reuseport_steering.hpp; root only). false: as if loading it failed
