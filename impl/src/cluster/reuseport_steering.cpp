@@ -8,6 +8,7 @@
 
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <linux/bpf.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
@@ -18,7 +19,6 @@
 
 #include <cstddef>
 #include <cstring>
-#include <memory>
 #include <string>
 
 namespace uvcluster::cluster {
@@ -193,11 +193,22 @@ Result<FdUse> fd_use(int pid) {
   if (::prlimit(pid, RLIMIT_NOFILE, nullptr, &limit) != 0) return Error::from_uv(-errno, "prlimit");
   use.soft_limit = limit.rlim_cur;
   std::string dir = "/proc/" + std::to_string(pid) + "/fd";
-  std::unique_ptr<DIR, int (*)(DIR*)> d(::opendir(dir.c_str()), &::closedir);  // glibc: O_CLOEXEC
-  if (!d) return Error::from_uv(-errno, "opendir", dir);
-  while (const dirent* e = ::readdir(d.get()))
-    if (e->d_name[0] != '.') ++use.open;
-  return use;
+  Fd d(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  if (!d) return Error::from_uv(-errno, "open", dir);
+  // getdents64 into the stack, not opendir(): its 32 KiB heap buffer, taken and freed every
+  // check, left heap pages resident in the primary (fault lab, sighup-reload: +56-68 KB of RSS
+  // after the reload with it, +28 KB without; main +32 KB).
+  alignas(dirent64) char buf[4096];
+  for (;;) {
+    ssize_t n = ::getdents64(d.get(), buf, sizeof buf);
+    if (n < 0) return Error::from_uv(-errno, "getdents64", dir);
+    if (n == 0) return use;
+    for (ssize_t at = 0; at < n;) {
+      const auto* e = reinterpret_cast<const dirent64*>(buf + at);
+      if (e->d_name[0] != '.') ++use.open;
+      at += e->d_reclen;
+    }
+  }
 }
 
 std::optional<bool> child_stopped(int pid) {
