@@ -1,6 +1,7 @@
 // Unit tests of the transport-free cluster parts: the NODE_CLUSTER envelope and seq/ack
 // bookkeeping, server keys, the round-robin scheduler (with a fake transport), and sockets.
 #include <gtest/gtest.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 
 #include <deque>
@@ -12,6 +13,7 @@
 #include "uvcluster/cluster/primary.hpp"
 #include "uvcluster/cluster/round_robin_handle.hpp"
 #include "uvcluster/cluster/reuseport_handle.hpp"
+#include "uvcluster/cluster/reuseport_steering.hpp"
 #include "uvcluster/cluster/shared_handle.hpp"
 #include "uvcluster/cluster/worker.hpp"
 #include "uvcluster/ipc/framing.hpp"
@@ -560,6 +562,19 @@ TEST(ClusterSockets, BindErrorsAreValuesAndListenZeroSharesAPort) {
   auto taken = SharedHandle::open_for({}, {.spec = {.address = "127.0.0.1", .port = port}});
   ASSERT_FALSE(taken.ok());
   EXPECT_EQ(taken.error().errnum, UV_EADDRINUSE);
+}
+
+// reuseport steering's fd rule: out below 2 free fds, back at 8 free (hysteresis), an unlimited
+// table never short.
+TEST(ReusePortSteering, FdHeadroomGoesOutBelowTwoFreeAndComesBackAtEight) {
+  EXPECT_TRUE(has_fd_headroom(true, {.open = 62, .soft_limit = 64}));
+  EXPECT_FALSE(has_fd_headroom(true, {.open = 63, .soft_limit = 64}));
+  EXPECT_FALSE(has_fd_headroom(true, {.open = 64, .soft_limit = 64}));
+  EXPECT_FALSE(has_fd_headroom(true, {.open = 70, .soft_limit = 64}));  // limit lowered below use
+  EXPECT_FALSE(has_fd_headroom(false, {.open = 62, .soft_limit = 64}));  // 2 free: not back yet
+  EXPECT_FALSE(has_fd_headroom(false, {.open = 57, .soft_limit = 64}));
+  EXPECT_TRUE(has_fd_headroom(false, {.open = 56, .soft_limit = 64}));
+  EXPECT_TRUE(has_fd_headroom(false, {.open = 100000, .soft_limit = RLIM_INFINITY}));
 }
 
 TEST(RoundRobinScheduler, GracefulLeaveStillHonoursTheAnswerInFlight) {

@@ -45,7 +45,11 @@ options:
                             none       every worker accepts on one shared socket (Node's SCHED_NONE)
                             reuseport  one SO_REUSEPORT socket per worker (kernel balancing);
                                        as root it turns on net.ipv4.tcp_migrate_req so a dying
-                                       worker's queued connections move to the others
+                                       worker's queued connections move to the others, and an
+                                       SK_REUSEPORT program steers new connections away from a
+                                       stopped worker (its queue moves to the others) or one
+                                       with fewer than 2 fds free (back once continued / at 8
+                                       free): `steering` events
                             exclusive  shared socket, C++ workers wait with EPOLLEXCLUSIVE
                                        (Node workers behave as with none)
   --rr-window K           rr: up to K connections in flight to each worker, sent without waiting
@@ -89,8 +93,8 @@ options:
   --json                  one JSON event per line on stdout (fork, online, listening, ready,
                           disconnect, exit, restart, errored, reload, reload-queued, reload-done,
                           reload-failed, drain, kill, startup-timeout, error, memory-restart,
-                          control, metrics, stats); worker stdout
-                          goes to stderr
+                          control, metrics, stats; reuseport: steering, steering-off);
+                          worker stdout goes to stderr
   -h, --help              this text
 
 Stopping a worker (reload, drain, fewer instances): disconnect, then --kill-signal once it has
@@ -291,6 +295,14 @@ void attach_printer(Supervisor& sup, Printer& out, const cluster::SupervisorOpti
   // next, and its exit is handled like a crash.
   sup.primary()->on_channel_error([=](WorkerHandle& w, const Error& e) {
     print(w, "error", {{"code", e.code}, {"message", e.message}});
+  });
+  // --policy reuseport: a worker left or rejoined the set new connections are steered to (it
+  // stopped, continued, ran short of fds or has some again), or steering is off (once).
+  sup.primary()->on_steering([=](WorkerHandle& w, const cluster::SteeringChange& c) {
+    print(w, "steering", {{"eligible", c.eligible}, {"reason", c.reason}, {"steered", c.steered}});
+  });
+  sup.primary()->on_steering_unavailable([&out](const Error& e) {
+    out.emit({{"event", "steering-off"}, {"code", e.code}, {"message", e.message}});
   });
 }
 

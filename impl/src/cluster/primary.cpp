@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
+#include <utility>
 
 #include "ipc/channel_owner.hpp"
 #include "uvcluster/cluster/server_handle.hpp"
@@ -433,6 +434,18 @@ Result<ServerHandle*> Primary::handle_for(const ServerQuery& q) {
   ctx.handoff_timeout_ms = settings_.handoff_timeout_ms;
   ctx.rr_window = settings_.rr_window;
   ctx.reuseport_migrate_queues = settings_.reuseport_migrate_queues;
+  ctx.reuseport_steering = settings_.reuseport_steering;
+  ctx.pid_of = [this](int worker) -> std::optional<int> {
+    auto it = workers_.find(worker);
+    return it == workers_.end() ? std::nullopt : it->second->pid();
+  };
+  ctx.steering_changed = [this](const SteeringChange& change) {
+    if (auto it = workers_.find(change.worker); it != workers_.end()) steering_.emit(*it->second, change);
+  };
+  ctx.steering_unavailable = [this](const Error& e) {
+    if (std::exchange(steering_unavailable_reported_, true)) return;  // once: every key fails alike
+    steering_unavailable_.emit(e);
+  };
   uint64_t serial = ++handle_serial_;
   ctx.newconn = [this, key = q.key, serial](int worker) { return newconn_sender(worker, key, serial); };
   for (const HandleKind& kind : handle_kinds()) {

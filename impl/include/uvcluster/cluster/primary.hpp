@@ -82,8 +82,22 @@ struct PrimarySettings {
   int rr_window = 1;
   // reuseport: turn on net.ipv4.tcp_migrate_req (sockets.hpp) so a dying worker's queued
   // connections move to the other workers instead of being reset. It is a setting of the whole
-  // network namespace and needs root; without it a killed worker's queue is lost.
+  // network namespace and needs root; without it a killed worker's queue is lost, unless the
+  // steering program below is attached (Linux >= 5.14: it migrates queues by itself).
   bool reuseport_migrate_queues = true;
+  // reuseport: steer new connections away from stopped workers and workers out of fds with an
+  // SK_REUSEPORT program (reuseport_steering.hpp; root only). false: as if loading it failed
+  // (`steering_unavailable` is emitted, the kernel's hash applies), for tests.
+  bool reuseport_steering = true;
+};
+
+// reuseport steering: a worker left (eligible false) or rejoined the set of sockets a port's
+// SK_REUSEPORT program picks from.
+struct SteeringChange {
+  int worker = 0;
+  bool eligible = true;
+  std::string reason;  // "stopped" | "continued" | "fds-low" | "fds-free"
+  size_t steered = 0;  // sockets picked among from now on; 0: the kernel's own hash, over all
 };
 
 // Counters over the primary's life (rr hand-offs and the primary's own accepts).
@@ -224,6 +238,10 @@ class Primary : public std::enable_shared_from_this<Primary> {
   // ERR_IPC_UNEXPECTED_HANDLE, ERR_IPC_TRUNCATED, or an I/O error). The worker is disconnected
   // right after this event (`disconnect` follows) unless its channel was already closed.
   void on_channel_error(std::function<void(WorkerHandle&, const Error&)> fn) { channel_error_.add(std::move(fn)); }
+  // Beyond Node, policy reuseport: a worker's eligibility for new connections changed
+  // (SteeringChange), or steering could not be set up (emitted once; the kernel's hash applies).
+  void on_steering(std::function<void(WorkerHandle&, const SteeringChange&)> fn) { steering_.add(std::move(fn)); }
+  void on_steering_unavailable(std::function<void(const Error&)> fn) { steering_unavailable_.add(std::move(fn)); }
 
  private:
   friend class WorkerHandle;
@@ -275,6 +293,9 @@ class Primary : public std::enable_shared_from_this<Primary> {
   detail::Event<WorkerHandle&, const ExitStatus&> exit_;
   detail::Event<WorkerHandle&, const Address&, const Error&> listen_error_;
   detail::Event<WorkerHandle&, const Error&> channel_error_;
+  detail::Event<WorkerHandle&, const SteeringChange&> steering_;
+  detail::Event<const Error&> steering_unavailable_;
+  bool steering_unavailable_reported_ = false;
 };
 
 }  // namespace uvcluster::cluster

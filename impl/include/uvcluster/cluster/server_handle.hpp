@@ -101,6 +101,10 @@ struct ServerHandleContext {
   uint64_t handoff_timeout_ms = 10000;
   int rr_window = 1;  // rr: hand-offs in flight per worker
   bool reuseport_migrate_queues = true;
+  bool reuseport_steering = true;
+  std::function<std::optional<int>(int worker)> pid_of{};
+  std::function<void(const SteeringChange&)> steering_changed{};
+  std::function<void(const Error&)> steering_unavailable{};
   // rr: how a connection reaches `worker` ({act:"newconn"} + the fd, with the primary's seq/ack).
   std::function<HandOffSender(int worker)> newconn{};
 };
