@@ -168,14 +168,14 @@ Result<std::shared_ptr<WorkerHandle>> Primary::fork(const Env& extra) {
       if (auto p = wp.lock()) p->on_internal(w, msg, h);
     });
     // A newconn's answer, once per connection, is matched on its bytes (no JSON value).
-    ch->set_line_filter([wp, raw = w.get()](std::string_view line) {
+    ch->set_line_filter([wp, w](std::string_view line) {
       auto p = wp.lock();
       if (!p || p->debug_) return false;  // --debug logs every message: the general way
       auto answer = parse_newconn_answer(line);
       if (!answer) return false;
-      auto record = raw->handoffs_.take(answer->ack);  // the listener holds `w`: `raw` lives
+      auto record = w->handoffs_.take(answer->ack);  // only this worker's newconns
       if (!record) return false;
-      p->finish_handoff(*raw, *record, answer->accepted);
+      p->finish_handoff(*w, *record, answer->accepted);
       return true;
     });
     ch->on_message([wp, w](const Json& msg, ipc::ReceivedHandle*) {
