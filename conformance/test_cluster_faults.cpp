@@ -122,7 +122,8 @@ uint64_t emfile_errors(const Json& c) {
 // Issue 8 defect 2: a worker whose fd table is full NACKs the handed socket. The hand-off must
 // end (the connection goes to another worker, or is closed after its budget) so the worker's slot
 // frees; once the idle connections are gone the cluster serves again by itself. C++ workers
-// (RLIMIT_NOFILE set by the helper) and unmodified Node workers (under `ulimit -n`).
+// (RLIMIT_NOFILE set by the helper) and unmodified Node workers (under `ulimit -n`); and C++
+// workers with 4 hand-offs in flight each (`--rr-window 4`: NACKs among pipelined newconns).
 class RrWorkersOutOfFds : public ::testing::TestWithParam<const char*> {};
 
 TEST_P(RrWorkersOutOfFds, TheyNackAndTheClusterRecovers) {
@@ -134,7 +135,9 @@ TEST_P(RrWorkersOutOfFds, TheyNackAndTheClusterRecovers) {
                                .args = {"-c", "ulimit -n 64; exec " + uvc_test::node() + " " +
                                                   uvc_test::fixture("cluster_http_worker.js") + " 0 127.0.0.1"},
                                .policy = Policy::rr};
-  Cluster c(loop, node ? node_workers : cpp_workers(Policy::rr, {"0", "127.0.0.1", "--nofile", "48"}));
+  PrimarySettings cpp = cpp_workers(Policy::rr, {"0", "127.0.0.1", "--nofile", "48"});
+  if (std::string(GetParam()) == "cpp_window4") cpp.rr_window = 4;
+  Cluster c(loop, node ? node_workers : cpp);
   for (int i = 0; i < 2; ++i) ASSERT_TRUE(c.primary->fork().ok());
   ASSERT_TRUE(loop.run_until([&] { return c.listening == 2; }));
   std::vector<Fd> idle;
@@ -162,7 +165,7 @@ TEST_P(RrWorkersOutOfFds, TheyNackAndTheClusterRecovers) {
   ASSERT_TRUE(c.stop());
 }
 
-INSTANTIATE_TEST_SUITE_P(ClusterFaults, RrWorkersOutOfFds, ::testing::Values("cpp", "node"),
+INSTANTIATE_TEST_SUITE_P(ClusterFaults, RrWorkersOutOfFds, ::testing::Values("cpp", "node", "cpp_window4"),
                          [](const auto& info) { return std::string(info.param); });
 
 // Issue 8 defect 5: a C++ worker (shared socket, policy none) out of fds spun at 100% CPU on the

@@ -179,11 +179,15 @@ Result<std::shared_ptr<WorkerHandle>> Primary::fork(const Env& extra) {
       if (auto p = wp.lock()) p->on_internal(w, msg, h);
     });
     // A newconn's answer, once per connection, is matched on its bytes (no JSON value).
-    ch->set_line_filter([wp, id](std::string_view line) {
+    ch->set_line_filter([wp, w](std::string_view line) {
       auto p = wp.lock();
       if (!p || p->debug_) return false;  // --debug logs every message: the general way
       auto answer = parse_newconn_answer(line);
-      return answer && p->messenger_.take_answer(answer->ack, answer->accepted, id);
+      if (!answer) return false;
+      auto record = w->handoffs_.take(answer->ack);  // only this worker's newconns
+      if (!record) return false;
+      p->finish_handoff(*w, *record, answer->accepted);
+      return true;
     });
     ch->on_message([wp, w](const Json& msg, ipc::ReceivedHandle*) {
       w->message_.emit(msg);
@@ -208,6 +212,7 @@ Result<std::shared_ptr<WorkerHandle>> Primary::fork(const Env& extra) {
     w->exited_after_disconnect_ = w->exited_after_disconnect_.value_or(false);
     w->state_ = WorkerHandle::State::dead;
     p->messenger_.drop_owner(w->id_);
+    w->handoffs_.clear();
     w->on_nack_.clear();
     w->exit_.emit(st);
     p->exit_.emit(*w, st);
@@ -270,13 +275,14 @@ std::optional<int64_t> Primary::send_to(WorkerHandle& w, Json payload, Messenger
   return seq;
 }
 
-std::function<void(const Error*)> Primary::handle_done(WorkerHandle& w, std::function<void()> on_nack) {
+std::function<void(const Error*)> Primary::handle_done(WorkerHandle& w, std::function<void()> on_nack,
+                                                       int64_t newconn_seq) {
   // The channel sends handles one at a time, in order, so ACK/NACKs answer them in this order.
-  auto slot = std::make_shared<std::function<void()>>(std::move(on_nack));
-  w.on_nack_.push_back(slot);
+  uint64_t ticket = w.next_ticket_++;
+  w.on_nack_.push_back(WorkerHandle::HandleSent{ticket, newconn_seq, std::move(on_nack)});
   // A handle that could not leave because we are out of fds (the channel had to duplicate it
   // to queue it) never reached the worker: that is a NACK, not a broken channel.
-  return [wp = weak_from_this(), id = w.id_, slot](const Error* e) {
+  return [wp = weak_from_this(), id = w.id_, ticket](const Error* e) {
     auto p = wp.lock();
     if (!e || !p) return;
     auto it = p->workers_.find(id);
@@ -284,16 +290,48 @@ std::function<void(const Error*)> Primary::handle_done(WorkerHandle& w, std::fun
     WorkerHandle& wh = *it->second;
     if (e->errnum != UV_EMFILE && e->errnum != UV_ENFILE) return p->on_channel_failure(wh, *e);
     auto& q = wh.on_nack_;
-    if (auto pos = std::find(q.begin(), q.end(), slot); pos != q.end()) q.erase(pos);
-    if (*slot) (*slot)();
+    auto pos = std::find_if(q.begin(), q.end(), [ticket](const auto& h) { return h.ticket == ticket; });
+    if (pos == q.end()) return;
+    WorkerHandle::HandleSent sent = std::move(*pos);
+    q.erase(pos);
+    p->handle_nacked(wh, sent);
   };
+}
+
+void Primary::handle_nacked(WorkerHandle& w, const WorkerHandle::HandleSent& sent) {
+  // A newconn's fd never reached the worker, so no act answer will come either.
+  if (sent.newconn_seq >= 0) {
+    if (auto record = w.handoffs_.take(sent.newconn_seq)) finish_handoff(w, *record, false, /*answered=*/false);
+  } else if (sent.on_nack) {
+    sent.on_nack();
+  }
 }
 
 void Primary::on_handle_reply(WorkerHandle& w, bool acked) {
   if (w.on_nack_.empty()) return;  // a stray ACK/NACK (the channel ignores it too)
-  auto on_nack = std::move(w.on_nack_.front());
+  WorkerHandle::HandleSent sent = std::move(w.on_nack_.front());
   w.on_nack_.pop_front();
-  if (!acked && *on_nack) (*on_nack)();
+  if (!acked) handle_nacked(w, sent);
+}
+
+std::optional<HandOffTable::Record> HandOffTable::take(int64_t seq) {
+  auto it = std::find_if(records_.begin(), records_.end(), [seq](const Record& r) { return r.seq == seq; });
+  if (it == records_.end()) return std::nullopt;
+  Record r = *it;
+  records_.erase(it);
+  return r;
+}
+
+bool Primary::serves(uint64_t handle_serial) const {
+  return std::any_of(handles_.begin(), handles_.end(),
+                     [handle_serial](const auto& h) { return h.second->serial == handle_serial; });
+}
+
+void Primary::finish_handoff(WorkerHandle& w, const HandOffTable::Record& r, bool accepted, bool answered) {
+  if (answered) handoff_latency_.record(static_cast<double>(uv_hrtime() - r.sent_ns) / 1e9);
+  if (!serves(r.serial)) return;  // its server closed: nothing waits for the answer
+  if (accepted) ++w.connections_;
+  r.reply(accepted);
 }
 
 void Primary::on_channel_failure(WorkerHandle& w, const Error& e) {
@@ -323,12 +361,16 @@ void Primary::on_internal(const std::shared_ptr<WorkerHandle>& w, const Json& ra
   if (debug_) std::fprintf(stderr, "[primary] <- %d %s%s\n", w->id_, raw.dump().c_str(), h ? " +fd" : "");
   if (raw.is_object()) {
     if (auto cmd = raw.find("cmd"); cmd != raw.end() && cmd->is_string()) {
-      if (*cmd == "NODE_HANDLE_ACK") return on_handle_reply(*w, true);
-      if (*cmd == "NODE_HANDLE_NACK") return on_handle_reply(*w, false);
+      const std::string& name = cmd->get_ref<const std::string&>();  // no Json made to compare
+      if (name == "NODE_HANDLE_ACK") return on_handle_reply(*w, true);
+      if (name == "NODE_HANDLE_NACK") return on_handle_reply(*w, false);
     }
   }
   const Json& msg = unwrap_handle_message(raw);
   if (!is_cluster_message(msg)) return;
+  if (auto answer = newconn_answer_of(msg)) {  // a newconn's answer off the fast path (--debug, another shape)
+    if (auto record = w->handoffs_.take(answer->ack)) return finish_handoff(*w, *record, answer->accepted);
+  }
   if (messenger_.take_reply(msg, h, w->id_)) return;
   auto act = msg.find("act");
   if (act == msg.end() || !act->is_string()) return;  // e.g. a bogus ack: ignored
@@ -378,50 +420,27 @@ void Primary::drop_handle(std::map<std::string, std::unique_ptr<ServerHandle>>::
 }
 
 HandOffSender Primary::newconn_sender(int worker, const std::string& key, uint64_t serial) {
-  std::weak_ptr<Primary> wp = weak_from_this();
-  struct Route {
-    std::string key;
-    NewconnMessage message;  // encoded once: a hand-off only appends its seq
-  };
-  auto route = std::make_shared<const Route>(Route{key, NewconnMessage(key)});
-  return [wp, worker, route, serial](int conn, HandOffReply reply) {
+  // Made once per worker and server; a hand-off then allocates nothing: its record goes in the
+  // worker's table, its message into a reused buffer, its fd out with it in one sendmsg.
+  auto message = std::make_shared<const NewconnMessage>(key);  // encoded once: a hand-off appends its seq
+  return [wp = weak_from_this(), worker, message, serial](int conn, HandOffReply reply) {
     auto p = wp.lock();
     if (!p) return HandOffSend::gone;
     auto wit = p->workers_.find(worker);
     if (wit == p->workers_.end() || !wit->second->is_connected()) return HandOffSend::gone;
     WorkerHandle& w = *wit->second;
-    std::weak_ptr<WorkerHandle> ww = wit->second;
-    auto still_ours = [wp, route, serial] {
-      auto p2 = wp.lock();
-      if (!p2) return false;
-      auto hit = p2->handles_.find(route->key);
-      return hit != p2->handles_.end() && hit->second->serial == serial;
-    };
-    auto on_answer = [wp, sent_ns = uv_hrtime(), still_ours, ww, reply](bool accepted) {
-      if (auto p2 = wp.lock()) p2->handoff_latency_.record(static_cast<double>(uv_hrtime() - sent_ns) / 1e9);
-      if (!still_ours()) return;
-      if (accepted)
-        if (auto w2 = ww.lock()) ++w2->connections_;
-      reply(accepted);
-    };
-    int64_t seq = p->messenger_.expect_answer(std::move(on_answer), worker);
-    // NACK: the fd never reached the worker (out of fds), so no act reply will come either.
-    auto on_nack = [wp, still_ours, seq, worker, reply] {
-      auto p2 = wp.lock();
-      if (!p2) return;
-      p2->messenger_.drop(seq, worker);
-      if (still_ours()) reply(false);
-    };
-    std::string message = route->message.with_seq(seq);
-    if (p->debug_) std::fprintf(stderr, "[primary] -> %d %s +fd\n", worker, message.c_str());
+    int64_t seq = p->messenger_.next_seq();
+    w.handoffs_.add({seq, reply, uv_hrtime(), serial});
+    message->write_with_seq(seq, p->newconn_message_);
+    if (p->debug_) std::fprintf(stderr, "[primary] -> %d %s +fd\n", worker, p->newconn_message_.c_str());
     // The scheduler keeps `conn` until the worker answers, so the channel borrows it: it goes out
     // as is, duplicated only if it has to wait in the channel's queue.
     ipc::OutgoingHandle handle{ipc::HandleType::native, Fd{}, std::nullopt, conn};
     ipc::SendOptions options;
     options.pipelined = p->settings_.rr_window > 1;
     options.done_on_failure_only = true;
-    w.process_->channel()->send_encoded(message, std::move(handle), std::move(options),
-                                        p->handle_done(w, std::move(on_nack)));
+    w.process_->channel()->send_encoded(p->newconn_message_, std::move(handle), std::move(options),
+                                        p->handle_done(w, {}, seq));
     return HandOffSend::sent;
   };
 }

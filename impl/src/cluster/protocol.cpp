@@ -2,6 +2,7 @@
 
 #include <uv.h>
 
+#include <charconv>
 #include <cmath>
 #include <vector>
 
@@ -63,7 +64,7 @@ Json Messenger::wrap(Json payload, Reply cb, int owner) {
   for (auto& [k, v] : payload.items()) m[k] = v;
   int64_t seq = seq_++;
   m["seq"] = seq;
-  if (cb) callbacks_[seq] = Pending{owner, std::move(cb), {}};
+  if (cb) callbacks_[seq] = Pending{owner, std::move(cb)};
   return m;
 }
 
@@ -74,23 +75,7 @@ bool Messenger::take_reply(const Json& msg, ipc::ReceivedHandle* handle, int own
   if (found == callbacks_.end() || found->second.owner != owner) return false;
   Pending pending = std::move(found->second);
   callbacks_.erase(found);
-  if (pending.answer) pending.answer(msg.value("accepted", Json(false)) == Json(true));
-  else if (pending.cb) pending.cb(msg, handle);
-  return true;
-}
-
-int64_t Messenger::expect_answer(Answer cb, int owner) {
-  int64_t seq = seq_++;
-  callbacks_[seq] = Pending{owner, {}, std::move(cb)};
-  return seq;
-}
-
-bool Messenger::take_answer(int64_t ack, bool accepted, int owner) {
-  auto found = callbacks_.find(ack);
-  if (found == callbacks_.end() || found->second.owner != owner || !found->second.answer) return false;
-  Answer cb = std::move(found->second.answer);
-  callbacks_.erase(found);
-  cb(accepted);
+  if (pending.cb) pending.cb(msg, handle);
   return true;
 }
 
@@ -107,11 +92,16 @@ NewconnMessage::NewconnMessage(const std::string& key) {
 
 std::string NewconnMessage::with_seq(int64_t seq) const {
   std::string m;
-  m.reserve(head_.size() + 21);
-  m = head_;
-  m += std::to_string(seq);
-  m += '}';
+  write_with_seq(seq, m);
   return m;
+}
+
+void NewconnMessage::write_with_seq(int64_t seq, std::string& out) const {
+  out.assign(head_);
+  char digits[24];
+  auto end = std::to_chars(digits, digits + sizeof digits, seq).ptr;
+  out.append(digits, end);
+  out += '}';
 }
 
 namespace {
@@ -155,6 +145,13 @@ std::optional<NewconnAnswer> parse_newconn_answer(std::string_view line) {
   return a;
 }
 
+std::optional<NewconnAnswer> newconn_answer_of(const Json& msg) {
+  auto ack = msg.find("ack");
+  if (ack == msg.end() || !ack->is_number_integer()) return std::nullopt;
+  auto accepted = msg.find("accepted");
+  return NewconnAnswer{ack->get<int64_t>(), accepted != msg.end() && accepted->is_boolean() && accepted->get<bool>()};
+}
+
 std::optional<NewconnRequest> parse_newconn_message(std::string_view message) {
   Scan s{message};
   bool ok = s.lit("{\"act\":\"newconn\",\"cmd\":\"NODE_CLUSTER\",\"key\":\"") ||
@@ -179,10 +176,6 @@ void encode_newconn_answer(std::string& out, int64_t ack, bool accepted, int64_t
   out += "\",\"seq\":";
   out += std::to_string(seq);
   out += '}';
-}
-
-void Messenger::drop(int64_t seq, int owner) {
-  if (auto it = callbacks_.find(seq); it != callbacks_.end() && it->second.owner == owner) callbacks_.erase(it);
 }
 
 void Messenger::drop_owner(int owner) {

@@ -99,7 +99,7 @@ bool RoundRobinScheduler::remove(int worker, bool gone) {
   }
   std::deque<InFlight> in_flight = std::move(it->second.in_flight);
   all_.erase(it);
-  free_.remove(worker);
+  std::erase(free_, worker);
   for (auto& f : in_flight) orphans_.emplace(f.id, Orphan{worker, std::move(f.conn)});
   if (!in_flight.empty() && gone) worker_gone(worker);
   if (pick_ == Pick::sticky) {
@@ -134,7 +134,7 @@ void RoundRobinScheduler::dispatch(int not_to) {
     std::vector<int> idle(free_.begin(), free_.end());
     for (int worker : idle) {
       if (queue_.empty()) return;
-      free_.remove(worker);
+      std::erase(free_, worker);
       handoff(worker);
     }
     return;
@@ -191,7 +191,7 @@ void RoundRobinScheduler::handoff(int worker) {
     int raw = conn->fd.get();
     m.in_flight.push_back(InFlight{id, std::move(*conn), now_()});
     auto send = m.send;  // the call may remove this worker (and its Member)
-    SendResult r = (*send)(raw, [this, worker, id](bool accepted) { on_reply(worker, id, accepted); });
+    SendResult r = (*send)(raw, Reply(&RoundRobinScheduler::reply_to, this, worker, id));
     if (r == SendResult::sent) continue;  // the next slot, if any
     if (r == SendResult::gone) {
       // The worker's channel is gone: it leaves the rotation, the connection is requeued.
@@ -220,6 +220,10 @@ void RoundRobinScheduler::requeue(Conn conn, int failed_worker) {
   conn.refused_by = failed_worker;
   queue_.push_front(std::move(conn));
   dispatch(failed_worker);
+}
+
+void RoundRobinScheduler::reply_to(void* scheduler, int worker, uint64_t id, bool accepted) {
+  static_cast<RoundRobinScheduler*>(scheduler)->on_reply(worker, id, accepted);
 }
 
 void RoundRobinScheduler::on_reply(int worker, uint64_t id, bool accepted) {

@@ -221,6 +221,7 @@ struct Channel::Impl : std::enable_shared_from_this<Channel::Impl> {
       ssize_t sent = send_direct(frame, fd);
       if (sent == static_cast<ssize_t>(frame.size())) {
         if (done && !done_on_failure_only) defer([done = std::move(done)](Impl&) { done(nullptr); });
+        keep_spare(frame);
         return 0;
       }
       if (sent > 0) {  // the fd went with the first byte; the rest follows as plain bytes
@@ -456,7 +457,7 @@ struct Channel::Impl : std::enable_shared_from_this<Channel::Impl> {
                                                           q.handle->key ? &*q.handle->key : nullptr,
                                                           this->options.max_nesting_depth)
                                 : Result<std::string>(json_handle_frame(q.handle->type, encode_message(message),
-                                                                        q.handle->key, raw_fd(*q.handle)));
+                                                                        q.handle->key, raw_fd(*q.handle), {}));
       if (!encoded) {
         fail_later(std::move(q.done), std::move(encoded.error()));
         return false;  // q.handle's fd closes here
@@ -482,7 +483,9 @@ struct Channel::Impl : std::enable_shared_from_this<Channel::Impl> {
   // The json-mode hand-off fast path (Channel::send_encoded): `message_json` is already the
   // message's encoding, so no JSON value is built or dumped. Same effects as send_now.
   bool send_encoded_now(std::string_view message_json, Queued& q) {
-    if (!write_handle_frame(json_handle_frame(q.handle->type, message_json, q.handle->key, raw_fd(*q.handle)), q))
+    // Built in the spare buffer, which a frame sent at once gives back (write): no allocation.
+    if (!write_handle_frame(
+            json_handle_frame(q.handle->type, message_json, q.handle->key, raw_fd(*q.handle), std::move(spare_frame)), q))
       return false;
     return pending_bytes() < kHighWaterMark;
   }
@@ -514,8 +517,8 @@ struct Channel::Impl : std::enable_shared_from_this<Channel::Impl> {
 
   // The NODE_HANDLE wrapper, in Node's key order: cmd, type, msg, then key or dgramType.
   static std::string json_handle_frame(HandleType type, std::string_view message_json,
-                                       const std::optional<std::string>& key, int fd) {
-    std::string frame = "{\"cmd\":\"NODE_HANDLE\",\"type\":\"";
+                                       const std::optional<std::string>& key, int fd, std::string frame) {
+    frame.assign("{\"cmd\":\"NODE_HANDLE\",\"type\":\"");
     frame += handle_type_name(type);
     frame += "\",\"msg\":";
     frame += message_json;
@@ -552,10 +555,12 @@ struct Channel::Impl : std::enable_shared_from_this<Channel::Impl> {
     if (was_blocking) --blocking;
     if (!done.options.keep_open && done.options.on_acked) done.options.on_acked();
     if (blocking > 0) return;
-    auto items = std::move(queue);
-    queue.clear();
-    for (auto& item : items)
-      send_now(item.message, std::move(item.handle), std::move(item.options), std::move(item.done));
+    if (!queue.empty()) {  // (moving a deque allocates, even an empty one: not per hand-off)
+      auto items = std::move(queue);
+      queue.clear();
+      for (auto& item : items)
+        send_now(item.message, std::move(item.handle), std::move(item.options), std::move(item.done));
+    }
     if (disconnect_after_ack && unacked.empty()) {
       disconnect_after_ack = false;
       disconnect_when_drained = true;

@@ -134,8 +134,45 @@ enum class HandOffSend {
   gone,    // the worker's channel is closed: it leaves the rotation
   failed,  // nothing sent for lack of resources (no fd for the copy): the connection is closed
 };
-using HandOffReply = std::function<void(bool accepted)>;
+// A hand-off's way back to the scheduler that sent it: a plain value (a function, its target,
+// the worker and the hand-off's id), so sending a connection allocates nothing for it.
+class HandOffReply {
+ public:
+  using Fn = void (*)(void* target, int worker, uint64_t id, bool accepted);
+  HandOffReply() = default;
+  HandOffReply(Fn fn, void* target, int worker, uint64_t id) : fn_(fn), target_(target), worker_(worker), id_(id) {}
+  void operator()(bool accepted) const {
+    if (fn_) fn_(target_, worker_, id_, accepted);
+  }
+  explicit operator bool() const { return fn_ != nullptr; }
+
+ private:
+  Fn fn_ = nullptr;
+  void* target_ = nullptr;
+  int worker_ = 0;
+  uint64_t id_ = 0;
+};
 using HandOffSender = std::function<HandOffSend(int conn, HandOffReply reply)>;
+
+// The newconns sent to one worker that await its answer (at most its window): a record each,
+// matched on the message's seq, in place of a callback per connection.
+class HandOffTable {
+ public:
+  struct Record {
+    int64_t seq = 0;
+    HandOffReply reply;
+    uint64_t sent_ns = 0;  // uv_hrtime() at the send, for the hand-off latency
+    uint64_t serial = 0;   // the server handle that sent it: its answer is passed on only while it lives
+  };
+  void add(const Record& r) { records_.push_back(r); }
+  // The record of `seq`, removed; nullopt when none waits (answered already, or not a newconn).
+  std::optional<Record> take(int64_t seq);
+  void clear() { records_.clear(); }
+  size_t size() const { return records_.size(); }
+
+ private:
+  std::vector<Record> records_;  // oldest first; a few entries (the window), so a scan is cheapest
+};
 
 
 class Primary;
@@ -185,7 +222,14 @@ class WorkerHandle {
   uint64_t connections_ = 0;
   // One entry per handle-bearing message in flight on its channel, oldest first: what to do if
   // the worker answers NODE_HANDLE_NACK (the fd did not arrive) instead of NODE_HANDLE_ACK.
-  std::deque<std::shared_ptr<std::function<void()>>> on_nack_;  // per handle in flight, oldest first
+  struct HandleSent {
+    uint64_t ticket = 0;      // finds the entry again when its send fails
+    int64_t newconn_seq = -1; // a newconn: its hand-off fails (handoffs_); else on_nack runs
+    std::function<void()> on_nack;
+  };
+  std::deque<HandleSent> on_nack_;
+  uint64_t next_ticket_ = 1;
+  HandOffTable handoffs_;  // newconns awaiting this worker's answer
   detail::Event<> online_;
   detail::Event<const Address&> listening_;
   detail::Event<const Json&> message_;
@@ -266,8 +310,15 @@ class Primary : public std::enable_shared_from_this<Primary> {
   std::optional<int64_t> send_to(WorkerHandle& w, Json payload, Messenger::Reply cb = {},
                                  std::optional<ipc::OutgoingHandle> handle = std::nullopt,
                                  std::function<void()> on_nack = {}, bool pipelined = false);
-  // The `done` of a handle sent to `w`: out of fds is its NACK (on_nack), other errors fail the channel.
-  std::function<void(const Error*)> handle_done(WorkerHandle& w, std::function<void()> on_nack);
+  // The `done` of a handle sent to `w`: out of fds is its NACK (on_nack, or for a newconn its
+  // hand-off fails), other errors fail the channel.
+  std::function<void(const Error*)> handle_done(WorkerHandle& w, std::function<void()> on_nack,
+                                                int64_t newconn_seq = -1);
+  // A newconn's answer (or, not `answered`, its NACK: refused) reaches the scheduler that sent
+  // it, if its server is still open.
+  void finish_handoff(WorkerHandle& w, const HandOffTable::Record& r, bool accepted, bool answered = true);
+  void handle_nacked(WorkerHandle& w, const WorkerHandle::HandleSent& sent);
+  bool serves(uint64_t handle_serial) const;
 
   uv_loop_t* loop_;
   PrimarySettings settings_;
@@ -281,6 +332,7 @@ class Primary : public std::enable_shared_from_this<Primary> {
   uint64_t handle_serial_ = 0;
   PrimaryStats retired_;  // counters of handles already closed
   PrimaryStats::HandOffLatency handoff_latency_;
+  std::string newconn_message_;  // the newconn being sent (its buffer is reused)
   std::vector<std::function<void()>> disconnect_cbs_;
   std::unique_ptr<Watchdog> watchdog_;  // started at the first fork when workers_die_with_primary
 

@@ -38,29 +38,22 @@ std::string errno_name(int negative_errno);
 class Messenger {
  public:
   using Reply = std::function<void(const Json& reply, ipc::ReceivedHandle* handle)>;
-  using Answer = std::function<void(bool accepted)>;  // a newconn's reply: only `accepted` counts
 
   // {"cmd":"NODE_CLUSTER", ...payload, "seq":n}; `cb` runs when a message with ack == n arrives.
   Json wrap(Json payload, Reply cb = {}, int owner = 0);
   // Runs and removes the callback for msg.ack (if owned by `owner`). False when the message is
   // not a reply we wait for — then it goes to the act handler (Node: bogus acks fall through).
   bool take_reply(const Json& msg, ipc::ReceivedHandle* handle, int owner = 0);
-  // The seq of a newconn about to be sent (NewconnMessage encodes it); `cb` waits for its ack.
-  int64_t expect_answer(Answer cb, int owner);
-  // The seq of a message that waits for no reply (a worker's newconn answer, encoded by hand).
+  // The seq of a message encoded by hand: a newconn (its answer is matched by the primary's
+  // HandOffTable) or a worker's newconn answer (which waits for no reply).
   int64_t next_seq() { return seq_++; }
-  // A newconn answer read off the wire (parse_newconn_answer). False when no answer waits for
-  // that ack from `owner`: the line then goes the general way (take_reply).
-  bool take_answer(int64_t ack, bool accepted, int owner);
   void drop_owner(int owner);
-  void drop(int64_t seq, int owner);  // a reply that cannot come any more (its message was lost)
   size_t pending() const { return callbacks_.size(); }
 
  private:
   struct Pending {
     int owner;
     Reply cb;
-    Answer answer;  // instead of cb, for a newconn
   };
   int64_t seq_ = 0;
   std::unordered_map<int64_t, Pending> callbacks_;
@@ -73,6 +66,7 @@ class NewconnMessage {
  public:
   explicit NewconnMessage(const std::string& key);
   std::string with_seq(int64_t seq) const;
+  void write_with_seq(int64_t seq, std::string& out) const;  // into `out` (its buffer reused)
 
  private:
   std::string head_;
@@ -86,6 +80,9 @@ struct NewconnAnswer {
 // "seq":m}) or Node's ({"cmd":"NODE_CLUSTER","ack":n,"accepted":b,"seq":m}) write it; nullopt
 // for any other line (which then takes the general parse).
 std::optional<NewconnAnswer> parse_newconn_answer(std::string_view line);
+// The general way to the same answer, from a parsed NODE_CLUSTER message: an integer `ack`, and
+// `accepted` true only when it is the boolean true (Node's test); nullopt without an integer ack.
+std::optional<NewconnAnswer> newconn_answer_of(const Json& msg);
 
 // The worker's side of the same fast path. A newconn message (a NODE_HANDLE frame's `msg`) as
 // our primary ({"act":"newconn","cmd":"NODE_CLUSTER","key":K,"seq":n}) or Node's

@@ -32,11 +32,11 @@
 #include <cstdint>
 #include <deque>
 #include <functional>
-#include <list>
 #include <map>
 #include <memory>
 #include <optional>
 #include <unordered_map>
+#include <vector>
 
 #include "uvcluster/cluster/acceptor.hpp"
 #include "uvcluster/cluster/server_handle.hpp"
@@ -130,6 +130,7 @@ class RoundRobinScheduler {
   };
   void handoff(int worker);
   void on_reply(int worker, uint64_t id, bool accepted);
+  static void reply_to(void* scheduler, int worker, uint64_t id, bool accepted);  // a Reply's function
   void requeue(Conn conn, int failed_worker);
   void dispatch(int not_to = 0);  // hands the queue's front to a free worker (not `not_to`)
   std::optional<Conn> take_for(int worker);
@@ -142,7 +143,7 @@ class RoundRobinScheduler {
   std::function<void(uint64_t)> on_rest_;
   std::map<uint64_t, Orphan> orphans_;  // by hand-off id
   std::map<int, Member> all_;
-  std::list<int> free_;  // idle workers, oldest first
+  std::vector<int> free_;  // idle workers, oldest first
   std::deque<Conn> queue_;
   std::map<int, uint64_t> handed_out_;
   Counters counters_;
