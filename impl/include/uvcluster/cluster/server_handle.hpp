@@ -67,6 +67,10 @@ class ServerHandle {
   virtual bool has(int worker) const = 0;
   // Adds this handle's hand-off and accept counters (rr only).
   virtual void count(PrimaryStats&) const {}
+  // The accept turn's memfd (accept_turn.hpp) that `worker`'s acceptor shares with the other
+  // workers on this socket, for the worker's {act:"acceptTurn"} (exclusive only); an error
+  // otherwise.
+  virtual Result<Fd> accept_turn_for(int /*worker*/) const { return Error::from_uv(UV_ENOENT, "acceptTurn"); }
 
   Json data = nullptr;  // the first worker's server data (TLS ticket keys), returned to all
   uint64_t serial = 0;  // tells a reply for this handle from one for a later handle of the key
