@@ -2,6 +2,7 @@
 
 #include <sys/epoll.h>
 
+#include <algorithm>
 #include <cerrno>
 
 #include "uvcluster/cluster/exclusive_waiter.hpp"
@@ -118,6 +119,15 @@ void Acceptor::on_ready() {
     (void)::epoll_wait(nested_epfd_.get(), &ev, 1, 0);
   }
   int batch = options_.policy == AcceptPolicy::one ? 1 : options_.max_batch;
+  if (options_.turn) {
+    // Nobody else accepts while we hold the turn: take our share of what is queued (split with
+    // the holders waiting for the turn, so a burst is still dealt out), up to the batch, and stop
+    // before an accept that would find EAGAIN. An unknown length (not TCP): one.
+    uint32_t limit = static_cast<uint32_t>(options_.policy == AcceptPolicy::one ? std::max(options_.turn_batch, 1) : options_.max_batch);
+    uint32_t sharers = options_.turn->queued() + 1;
+    auto queued = accept_queue_length(fd_);
+    batch = queued.ok() ? static_cast<int>(std::clamp((queued.value() + sharers - 1) / sharers, 1u, limit)) : 1;
+  }
   // Calls are bounded too: EINTR/ECONNABORTED retries must not loop forever.
   for (int calls = 0, got = 0; got < batch && calls < batch + 64; ++calls) {
     ++counters_.accept_calls;

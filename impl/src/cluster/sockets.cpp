@@ -3,6 +3,7 @@
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/ioctl.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
@@ -142,6 +143,14 @@ bool is_inet(int fd) {
 Status listen_fd(int fd, int backlog) {
   if (::listen(fd, backlog > 0 ? backlog : 511) != 0) return Error::from_uv(-errno, "listen");
   return Ok{};
+}
+
+Result<uint32_t> accept_queue_length(int listen_fd) {
+  tcp_info info{};
+  socklen_t len = sizeof info;
+  if (::getsockopt(listen_fd, IPPROTO_TCP, TCP_INFO, &info, &len) != 0) return Error::from_uv(-errno, "getsockopt");
+  if (info.tcpi_state != TCP_LISTEN) return Error::from_uv(UV_EINVAL, "getsockopt");
+  return info.tcpi_unacked;
 }
 
 bool is_listening(int fd) {

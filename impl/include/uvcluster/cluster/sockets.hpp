@@ -72,6 +72,9 @@ bool is_inet(int fd);
 // listen(); backlog <= 0 means Node's default 511.
 Status listen_fd(int fd, int backlog);
 bool is_listening(int fd);
+// Connections waiting in a listening TCP socket's accept queue (TCP_INFO's tcpi_unacked in the
+// LISTEN state); ENOPROTOOPT for a non-TCP socket, EINVAL for one that is not listening.
+Result<uint32_t> accept_queue_length(int listen_fd);
 
 struct SockName {
   std::string address;
