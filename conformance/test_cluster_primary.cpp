@@ -118,8 +118,9 @@ TEST_P(PrimaryWithNodeWorkers, EveryRequestAnsweredAndEveryWorkerServes) {
   EXPECT_EQ(uvc_test::open_fds(), fds_before);
 }
 
+// exclusive: Node workers ignore the reply's acceptTurn and accept as under `none`.
 INSTANTIATE_TEST_SUITE_P(Policies, PrimaryWithNodeWorkers,
-                         ::testing::Values(Policy::rr, Policy::none, Policy::reuseport),
+                         ::testing::Values(Policy::rr, Policy::none, Policy::reuseport, Policy::exclusive),
                          [](const auto& info) { return std::string(policy_name(info.param)); });
 
 }  // namespace
