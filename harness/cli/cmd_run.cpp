@@ -46,8 +46,9 @@ options:
                             reuseport  one SO_REUSEPORT socket per worker (kernel balancing);
                                        as root it turns on net.ipv4.tcp_migrate_req so a dying
                                        worker's queued connections move to the others
-                            exclusive  shared socket, C++ workers wait with EPOLLEXCLUSIVE
-                                       (Node workers behave as with none)
+                            exclusive  shared socket, C++ workers wait with EPOLLEXCLUSIVE and
+                                       accept in turn (one accept turn per server key, made
+                                       here); Node workers behave as with none
   --rr-window K           rr: up to K connections in flight to each worker, sent without waiting
                           for its answer to the previous ones (default 1, Node's; 1..1024)
   --restart on-crash|never  restart workers that exit without being asked to (default on-crash;
