@@ -6,11 +6,12 @@
 // triggered, so every worker that comes back to epoll_wait while the backlog is not empty is told
 // "readable" again; two of them then race for one connection (EAGAIN), and the worker that comes
 // back first takes a burst (wrk's 50 keep-alive connections) nearly alone. With a turn, only its
-// holder waits on the socket: it waits until the socket is readable, accepts one connection (its
-// loop's accept pass), then takes a new ticket and passes the turn to the next ticket. Tickets
-// are served in order, so the turn goes round in a fixed order that does not depend on which
-// waiter thread the scheduler runs first (an earlier version on a mutex did: a worker whose thread
-// had not re-queued in time was skipped, and one worker could take most of a burst).
+// holder waits on the socket: it waits until the socket is readable, accepts its share of the
+// queued connections (its loop's accept pass; AcceptorOptions::turn_batch), then takes a new
+// ticket and passes the turn to the next ticket. Tickets are served in order, so the turn goes
+// round in a fixed order that does not depend on which waiter thread the scheduler runs first
+// (an earlier version on a mutex did: a worker whose thread had not re-queued in time was skipped,
+// and one worker could take most of a burst).
 //
 // What: a ticket queue (futex on the serving ticket; each waiter sleeps with its ticket's bit and a
 // hand-off wakes only the next ticket's holder, not the whole queue) in one shared page of a memfd
