@@ -102,6 +102,7 @@ int main(int argc, char** argv) {
       ::setrlimit(RLIMIT_NOFILE, &lim);
     }
     std::string listen_mode;  // "rr" | "shared" | "exclusive": which accept path the library chose
+    bool accept_turn = false;  // exclusive: accepting in turn with the other workers
     std::string body = "worker " + std::to_string(worker.id()) + " " + std::to_string(::getpid()) + "\n";
     response = "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nConnection: close\r\nContent-Length: " +
                std::to_string(body.size()) + "\r\n\r\n" + body;
@@ -115,6 +116,7 @@ int main(int argc, char** argv) {
             return;
           }
           listen_mode = cluster::to_string(r->mode);
+          accept_turn = r->accept_turn;
         },
         [&](Fd conn) {
           auto c = std::make_unique<Conn>();
@@ -143,7 +145,8 @@ int main(int argc, char** argv) {
                                    {"empty_wakeups", k.empty_wakeups}, {"rotations", k.rotations},
                                    {"wakeups", k.wakeups}, {"pauses", k.pauses}, {"resumes", k.resumes},
                                    {"refused", k.refused}, {"open_connections", conns.size()},
-                                   {"accept_errors", errors}, {"mode", listen_mode}}}});
+                                   {"accept_errors", errors}, {"mode", listen_mode},
+                                   {"accept_turn", accept_turn}}}});
       }
     });
     uv_run(&loop, UV_RUN_DEFAULT);

@@ -50,8 +50,9 @@ options:
                                        stopped worker (its queue moves to the others) or one
                                        with fewer than 2 fds free (back once continued / at 8
                                        free): `steering` events
-                            exclusive  shared socket, C++ workers wait with EPOLLEXCLUSIVE
-                                       (Node workers behave as with none)
+                            exclusive  shared socket, C++ workers wait with EPOLLEXCLUSIVE and
+                                       accept in turn (one accept turn per server key, made
+                                       here); Node workers behave as with none
   --rr-window K           rr: up to K connections in flight to each worker, sent without waiting
                           for its answer to the previous ones (default 1, Node's; 1..1024)
   --restart on-crash|never  restart workers that exit without being asked to (default on-crash;

@@ -312,6 +312,9 @@ def parse_args(argv):
                    help="exclusive (thread mode): 1 (default) = the workers accept in turn through one "
                         "shared accept turn (an inherited memfd, hello-native --accept-turn-fd), so no "
                         "one finds EAGAIN and a burst is dealt out in turn; 0 = no turn (rotation only)")
+    p.add_argument("--turn-batch", type=int, default=4,
+                   help="with the turn: a holder accepts up to K of the connections already queued per "
+                        "turn (hello-native --turn-batch K; default 4, its default); 1 = one per turn")
     p.add_argument("--exclusive-mode", choices=["thread", "nested"], default="thread",
                    help="exclusive via the harness: a thread blocks in epoll_wait on the private "
                         "EPOLLEXCLUSIVE set (thread) or the loop polls that set (nested)")

@@ -121,7 +121,8 @@ def launch_exclusive(cell):
         sock = cell.listen_socket()
         for _ in range(cell.a.workers):
             fd = sock.fileno()
-            cell.spawn(cell.worker_cmd(fd=fd, extra=extra + ("--accept-turn-fd", str(turn))),
+            turn_args = ("--accept-turn-fd", str(turn), "--turn-batch", str(cell.a.turn_batch))
+            cell.spawn(cell.worker_cmd(fd=fd, extra=extra + turn_args),
                        pass_fds=(fd, turn))
         sock.close()
     finally:

@@ -10,7 +10,8 @@
 // waits on (libuv 1.44 has no such flag; see ExclusiveWaiter); --exclusive-nested lets the loop
 // poll that set instead (which loses exclusivity; kept to measure it); --rotate K re-registers
 // the listener every K accepts (nginx 1.21.6); --accept-turn-fd N (with --exclusive) accepts in
-// turn with the other workers given the same inherited AcceptTurn memfd N.
+// turn with the other workers given the same inherited AcceptTurn memfd N, taking up to
+// --turn-batch K (default 4) of the connections already queued per turn.
 // Counters go to $UVC_LAB_STATS / $UVC_LAB_STATS_DIR on SIGTERM/SIGINT (then exit) and SIGUSR2.
 #include <arpa/inet.h>
 #include <errno.h>
@@ -202,7 +203,7 @@ namespace cl = uvcluster::cluster;
   std::fprintf(stderr, "hello-native: %s\n", msg);
   std::fprintf(stderr,
                "usage: hello-native (--port P [--reuseport] | --fd N) [--accept one|drain] "
-               "[--exclusive [--accept-turn-fd N] | --exclusive-nested] [--rotate K]\n");
+               "[--exclusive [--accept-turn-fd N [--turn-batch K]] | --exclusive-nested] [--rotate K]\n");
   std::exit(2);
 }
 
@@ -313,7 +314,7 @@ int serve_cluster_worker(int port, cl::AcceptPolicy policy, bool exclusive, App&
 }
 
 int main(int argc, char** argv) {
-  int port = -1, inherited = -1, rotate = 0, turn_fd = -1;
+  int port = -1, inherited = -1, rotate = 0, turn_fd = -1, turn_batch = cl::AcceptorOptions{}.turn_batch;
   bool reuseport = false, exclusive = false, nested = false;
   std::string policy_name = "one";
   // A Node cluster primary runs `execPath exec args` with execPath = exec = this binary.
@@ -331,11 +332,13 @@ int main(int argc, char** argv) {
     else if (a == "--exclusive-nested") exclusive = nested = true;
     else if (a == "--rotate") rotate = std::atoi(value().c_str());
     else if (a == "--accept-turn-fd") turn_fd = std::atoi(value().c_str());
+    else if (a == "--turn-batch") turn_batch = std::atoi(value().c_str());
     else if (a == "--accept") policy_name = value();
     else usage_error(("unknown option " + a).c_str());
   }
   if (policy_name != "one" && policy_name != "drain") usage_error("--accept must be one or drain");
   if (turn_fd >= 0 && (!exclusive || nested)) usage_error("--accept-turn-fd needs --exclusive");
+  if (turn_batch < 1) usage_error("--turn-batch must be 1 or more");
   cl::AcceptPolicy policy = policy_name == "one" ? cl::AcceptPolicy::one : cl::AcceptPolicy::drain;
   App app;
   app.policy = policy_name;
@@ -369,6 +372,7 @@ int main(int argc, char** argv) {
   ao.policy = policy;
   ao.wait = !exclusive ? cl::AcceptWait::poll : nested ? cl::AcceptWait::exclusive_nested : cl::AcceptWait::exclusive;
   ao.rotate = rotate;
+  ao.turn_batch = turn_batch;
   if (turn_fd >= 0) {
     Fd inherited_turn(turn_fd);  // mapped below; the fd itself is not needed after that
     auto turn = cl::AcceptTurn::attach(inherited_turn.get());

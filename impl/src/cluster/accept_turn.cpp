@@ -17,8 +17,11 @@ namespace uvcluster::cluster {
 struct AcceptTurn::Shared {
   std::atomic<uint32_t> state;    // 0 fresh page, 1 being initialised, 2 ready
   std::atomic<uint32_t> queued;   // threads waiting in acquire()
-  std::atomic<uint32_t> serving;  // the ticket whose holder has the turn; the waiters' futex word
+  // The ticket whose holder has the turn; the waiters' futex word. Each waiter sleeps with its
+  // ticket's bit (FUTEX_WAIT_BITSET) and a hand-off wakes only the next ticket's bit.
+  std::atomic<uint32_t> serving;
   std::atomic<uint32_t> next;     // the next ticket to hand out
+  std::atomic<uint64_t> woken;    // threads woken by hand-offs (diagnostics)
   // Who holds each ticket (by ticket % kSlots): a pid, or kAbandoned; a waiter that sees the turn
   // stuck on a ticket whose process is gone or that was abandoned moves it on.
   std::atomic<int32_t> owner[AcceptTurn::kSlots];
@@ -42,6 +45,31 @@ bool gone(int32_t pid) { return pid > 0 && ::kill(pid, 0) != 0 && errno == ESRCH
 
 uint32_t* word(std::atomic<uint32_t>& a) { return reinterpret_cast<uint32_t*>(&a); }
 
+// A waiter sleeps on `serving` with its ticket's bit, so a hand-off wakes the next ticket's holder
+// and not the whole queue. Bits repeat every 32 tickets: with more than 32 queued, a hand-off may
+// also wake a thread 32 tickets further, which re-checks and sleeps again. Not FUTEX_PRIVATE: the
+// word is shared between processes.
+uint32_t ticket_bit(uint32_t ticket) { return 1u << (ticket % 32); }
+
+// Sleeps while `serving` is `expected`, until woken with `bit` or for at most kSliceNs. True when
+// the slice ran out (FUTEX_WAIT_BITSET's timeout is absolute, on CLOCK_MONOTONIC).
+bool sleep_on(std::atomic<uint32_t>& serving, uint32_t expected, uint32_t bit) {
+  timespec deadline{};
+  ::clock_gettime(CLOCK_MONOTONIC, &deadline);
+  deadline.tv_nsec += kSliceNs;
+  if (deadline.tv_nsec >= 1'000'000'000) {
+    deadline.tv_nsec -= 1'000'000'000;
+    ++deadline.tv_sec;
+  }
+  long rc = ::syscall(SYS_futex, word(serving), FUTEX_WAIT_BITSET, expected, &deadline, nullptr, bit);
+  return rc != 0 && errno == ETIMEDOUT;
+}
+
+// Wakes the threads sleeping with `bit`; returns how many.
+long wake(std::atomic<uint32_t>& serving, uint32_t bit) {
+  long n = ::syscall(SYS_futex, word(serving), FUTEX_WAKE_BITSET, INT_MAX, nullptr, nullptr, bit);
+  return n > 0 ? n : 0;
+}
 
 }  // namespace
 
@@ -83,13 +111,19 @@ bool AcceptTurn::should_pass() const {
   return false;
 }
 
-Result<std::shared_ptr<AcceptTurn>> AcceptTurn::create() {
+Result<Fd> AcceptTurn::new_page() {
   Fd fd(::memfd_create("uvcluster-accept-turn", MFD_CLOEXEC));
   if (!fd) return Error::from_uv(-errno, "memfd_create");
   if (::ftruncate(fd.get(), kPage) != 0) return Error::from_uv(-errno, "ftruncate");
-  auto turn = attach(fd.get());
+  return fd;
+}
+
+Result<std::shared_ptr<AcceptTurn>> AcceptTurn::create() {
+  auto fd = new_page();
+  if (!fd.ok()) return fd.error();
+  auto turn = attach(fd->get());
   if (!turn.ok()) return turn.error();
-  turn.value()->fd_ = std::move(fd);
+  turn.value()->fd_ = std::move(fd.value());
   return turn;
 }
 
@@ -122,12 +156,13 @@ void AcceptTurn::take_ticket() {
 }
 
 void AcceptTurn::advance_from(uint32_t ticket) {
-  // Moves the turn past `ticket` and past every abandoned ticket after it, then wakes the waiters.
+  // Moves the turn past `ticket` and past every abandoned ticket after it, then wakes the holder
+  // of the ticket now served (only it: the others' tickets are not due).
   for (uint32_t t = ticket; shared_->serving.compare_exchange_strong(t, t + 1); ++t) {
     uint32_t next = t + 1;
     if (next == shared_->next.load() || shared_->owner[next % kSlots].load() != kAbandoned) break;
   }
-  ::syscall(SYS_futex, word(shared_->serving), FUTEX_WAKE, INT_MAX, nullptr, nullptr, 0);
+  if (long n = wake(shared_->serving, ticket_bit(shared_->serving.load())); n > 0) shared_->woken.fetch_add(n);
 }
 
 void AcceptTurn::abandon() {
@@ -150,10 +185,9 @@ bool AcceptTurn::acquire(const std::function<bool()>& stopping) {
       break;
     }
     if (stopping()) break;
-    timespec slice{0, kSliceNs};
-    long rc = ::syscall(SYS_futex, word(s->serving), FUTEX_WAIT, cur, &slice, nullptr, 0);
-    if (rc != 0 && errno == ETIMEDOUT && s->serving.load() == cur) {
-      // The turn has not moved for a whole slice: its holder may be gone.
+    if (sleep_on(s->serving, cur, ticket_bit(ticket_)) && s->serving.load() == cur) {
+      // The turn has not moved for a whole slice: its holder may be gone. (Hand-offs to other
+      // tickets do not wake us, so a dead holder is seen within two slices.)
       int32_t owner = s->owner[cur % kSlots].load();
       if (owner == kAbandoned || gone(owner)) advance_from(cur);
     }
@@ -176,11 +210,10 @@ void AcceptTurn::release(bool again) {
   advance_from(mine);
 }
 
-void AcceptTurn::wake_waiters() {
-  ::syscall(SYS_futex, word(shared_->serving), FUTEX_WAKE, INT_MAX, nullptr, nullptr, 0);
-}
+void AcceptTurn::wake_waiters() { wake(shared_->serving, FUTEX_BITSET_MATCH_ANY); }
 
 uint32_t AcceptTurn::queued() const { return shared_->queued.load(); }
 uint64_t AcceptTurn::turns_taken() const { return shared_->serving.load(); }
+uint64_t AcceptTurn::threads_woken() const { return shared_->woken.load(); }
 
 }  // namespace uvcluster::cluster

@@ -2,6 +2,7 @@
 
 #include <sys/epoll.h>
 
+#include <algorithm>
 #include <cerrno>
 
 #include "uvcluster/cluster/exclusive_waiter.hpp"
@@ -110,7 +111,6 @@ void Acceptor::pause() {
 
 void Acceptor::on_ready() {
   if (paused_) return;  // a readiness report queued before the pause
-  auto alive = alive_;
   ++counters_.wakeups;
   if (nested_epfd_) {
     // Consume the inner readiness report; the listener itself is level-triggered.
@@ -118,20 +118,42 @@ void Acceptor::on_ready() {
     (void)::epoll_wait(nested_epfd_.get(), &ev, 1, 0);
   }
   int batch = options_.policy == AcceptPolicy::one ? 1 : options_.max_batch;
+  if (options_.turn) {
+    // Nobody else accepts while we hold the turn: take our share of what is queued (split with
+    // the holders waiting for the turn, so a burst is still dealt out), up to the batch, and stop
+    // before an accept that would find EAGAIN. An unknown length (not TCP): one.
+    uint32_t limit = static_cast<uint32_t>(options_.policy == AcceptPolicy::one ? std::max(options_.turn_batch, 1) : options_.max_batch);
+    uint32_t sharers = options_.turn->queued() + 1;
+    auto queued = accept_queue_length(fd_);
+    batch = queued.ok() ? static_cast<int>(std::clamp((queued.value() + sharers - 1) / sharers, 1u, limit)) : 1;
+  }
+  accept_up_to(batch, true);
+}
+
+int Acceptor::take_backlog(int max) {
+  return paused_ ? 0 : accept_up_to(max, false);
+}
+
+int Acceptor::accept_up_to(int batch, bool woken) {
+  auto alive = alive_;
+  int got = 0;
   // Calls are bounded too: EINTR/ECONNABORTED retries must not loop forever.
-  for (int calls = 0, got = 0; got < batch && calls < batch + 64; ++calls) {
+  for (int calls = 0; got < batch && calls < batch + 64; ++calls) {
     ++counters_.accept_calls;
     auto accepted = accept_connection(fd_);
     if (!accepted) {
       int err = -accepted.error().errnum;
       if (err == EAGAIN || err == EWOULDBLOCK) {
         ++counters_.accept_eagain;
-        if (got == 0) ++counters_.empty_wakeups;
-        return;
+        if (woken && got == 0) ++counters_.empty_wakeups;
+        return got;
       }
       if (err == EINTR) continue;
       ++counters_.errors[err];
-      if (out_of_resources(err)) return pause();
+      if (out_of_resources(err)) {
+        pause();
+        return got;
+      }
       continue;  // ECONNABORTED, EPERM (firewall)...: that connection is gone, try the next
     }
     ++got;
@@ -151,32 +173,7 @@ void Acceptor::on_ready() {
     }
     auto deliver = on_connection_;  // a copy: the handler may destroy us, and with us on_connection_
     deliver(std::move(*accepted));
-    if (!*alive) return;
-  }
-}
-
-int Acceptor::take_backlog(int max) {
-  auto alive = alive_;
-  int got = 0;
-  for (int calls = 0; got < max && calls < max + 64; ++calls) {
-    ++counters_.accept_calls;
-    auto accepted = accept_connection(fd_);
-    if (!accepted) {
-      int err = -accepted.error().errnum;
-      if (err == EAGAIN || err == EWOULDBLOCK) {
-        ++counters_.accept_eagain;
-        break;
-      }
-      if (err == EINTR) continue;
-      ++counters_.errors[err];
-      if (out_of_resources(err)) break;
-      continue;
-    }
-    ++got;
-    ++counters_.accepted;
-    auto deliver = on_connection_;  // a copy: the handler may destroy us
-    deliver(std::move(*accepted));
-    if (!*alive) break;
+    if (!*alive) return got;
   }
   return got;
 }

@@ -352,6 +352,7 @@ const std::map<std::string, Primary::ActHandler, std::less<>>& Primary::acts() {
       {"listening", &Primary::act_listening},
       {"exitedAfterDisconnect", &Primary::act_exited_after_disconnect},
       {"close", &Primary::act_close},
+      {"acceptTurn", &Primary::act_accept_turn},
   };
   return table;
 }
@@ -511,6 +512,22 @@ void Primary::act_query_server(const std::shared_ptr<WorkerHandle>& w, const Jso
     for (auto& [k, v] : fields.items()) reply[k] = v;
     send_to(*w, std::move(reply), {}, std::move(fd));
   });
+}
+
+// Ours (policy exclusive): a C++ worker told {acceptTurn: true} by its queryServer reply asks for
+// the key's accept turn; the reply carries the turn's memfd, or only an errno (no such key, or the
+// worker no longer in it): the worker then accepts without a turn.
+void Primary::act_accept_turn(const std::shared_ptr<WorkerHandle>& w, const Json& msg) {
+  Json ack = msg.contains("seq") ? msg["seq"] : Json();
+  std::string key = msg.value("key", std::string());
+  auto it = handles_.find(key);
+  Result<Fd> page = it != handles_.end() ? it->second->accept_turn_for(w->id_) : Error::from_uv(UV_ENOENT, "acceptTurn");
+  if (!page.ok()) {
+    send_to(*w, {{"errno", page.error().errnum}, {"key", key}, {"ack", ack}});
+    return;
+  }
+  send_to(*w, {{"errno", 0}, {"key", key}, {"ack", ack}}, {},
+          ipc::OutgoingHandle{ipc::HandleType::native, std::move(page.value()), std::nullopt});
 }
 
 void Primary::remove_handles_for(WorkerHandle& w, bool gone) {

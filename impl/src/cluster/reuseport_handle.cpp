@@ -180,7 +180,7 @@ size_t ReusePortHandle::waiting() const {
   if (!refusing_) return 0;
   size_t n = 0;
   for (auto& [worker, m] : members_)
-    if (m.socket) n += backlog_length(m.socket.get()).value_or(0);
+    if (m.socket) n += accept_queue_length(m.socket.get()).value_or(0);
   return n;
 }
 

@@ -116,6 +116,7 @@ const std::vector<HandleKind>& handle_kinds() {
        &RoundRobinHandle::open_for},
       {"reuseport", [](Policy p, const ServerQuery& q) { return p == Policy::reuseport && q.transport == Transport::tcp && !q.fd; },
        &ReusePortHandle::open_for},
+      {"exclusive", [](Policy p, const ServerQuery&) { return p == Policy::exclusive; }, &ExclusiveHandle::open_for},
       {"shared", [](Policy, const ServerQuery&) { return true; }, &SharedHandle::open_for},
   };
   return kinds;

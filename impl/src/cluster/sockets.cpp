@@ -147,6 +147,14 @@ Status listen_fd(int fd, int backlog) {
   return Ok{};
 }
 
+Result<uint32_t> accept_queue_length(int listen_fd) {
+  tcp_info info{};
+  socklen_t len = sizeof info;
+  if (::getsockopt(listen_fd, IPPROTO_TCP, TCP_INFO, &info, &len) != 0) return Error::from_uv(-errno, "getsockopt");
+  if (info.tcpi_state != TCP_LISTEN) return Error::from_uv(UV_EINVAL, "getsockopt");
+  return info.tcpi_unacked;
+}
+
 bool is_listening(int fd) {
   int v = 0;
   socklen_t len = sizeof v;
@@ -174,13 +182,6 @@ Status refuse_new_connections(int fd) {
   if (::setsockopt(fd, SOL_SOCKET, SO_ATTACH_FILTER, &prog, sizeof prog) != 0)
     return Error::from_uv(-errno, "setsockopt(SO_ATTACH_FILTER)");
   return Ok{};
-}
-
-Result<size_t> backlog_length(int fd) {
-  tcp_info info{};
-  socklen_t len = sizeof info;
-  if (::getsockopt(fd, IPPROTO_TCP, TCP_INFO, &info, &len) != 0) return Error::from_uv(-errno, "getsockopt(TCP_INFO)");
-  return static_cast<size_t>(info.tcpi_unacked);  // a listener's accept queue (sk_ack_backlog)
 }
 
 Result<SockName> local_address(int fd) {

@@ -42,6 +42,20 @@ struct Server {
   std::function<void(Fd)> on_connection;
 };
 
+// A listen() between its queryServer and its `listening`: what the callbacks need.
+struct PendingListen {
+  Json query;
+  std::function<void(Result<ListenAddress>)> on_listening;
+
+  // Node's bind error for this listen (code "EADDRINUSE", syscall "bind").
+  void fail(const Server& s, int errnum) const {
+    Error e = Error::from_uv(errnum, "bind");
+    e.message = "bind " + e.code + " " + (s.options.host ? *s.options.host : "null") + ":" +
+                std::to_string(s.options.port);
+    on_listening(e);
+  }
+};
+
 }  // namespace
 
 struct Worker::Impl : std::enable_shared_from_this<Impl> {
@@ -148,6 +162,41 @@ struct Worker::Impl : std::enable_shared_from_this<Impl> {
 
   void close_all() {
     for (auto& [id, s] : servers) close_server(*s);
+  }
+
+  // Starts the Acceptor on a shared socket (`turn`: accept in turn with the other workers), then
+  // completes the listen.
+  void accept_shared(Server& s, ListenAddress la, std::shared_ptr<AcceptTurn> turn, const PendingListen& pending) {
+    AcceptorOptions ao;
+    ao.policy = s.options.accept_policy;
+    ao.wait = la.mode == ListenMode::exclusive ? AcceptWait::exclusive : AcceptWait::poll;
+    ao.rotate = s.options.exclusive_rotate;
+    ao.max_batch = 1024;
+    ao.turn = std::move(turn);
+    la.accept_turn = ao.turn != nullptr;
+    Server* sp = &s;  // a Server outlives its acceptor (stop_accepting / ~Worker reset it first)
+    auto a = Acceptor::start(loop, s.fd.get(), ao, [sp](Fd conn) { sp->on_connection(std::move(conn)); });
+    if (!a.ok()) {
+      close_server(s);
+      return pending.fail(s, a.error().errnum);
+    }
+    s.acceptor = std::move(a.value());
+    complete_listen(s, la, pending);
+  }
+
+  // net.js checkBindError, then {act:"listening"} to the primary and the caller's callback.
+  void complete_listen(Server& s, const ListenAddress& la, const PendingListen& pending) {
+    // A fixed port must be the one we got.
+    if (s.options.port > 0 && la.port != s.options.port) {
+      close_server(s);
+      return pending.fail(s, UV_EADDRINUSE);
+    }
+    Json listening = pending.query;
+    listening["act"] = "listening";
+    listening["port"] = la.port;
+    send(listening);
+    state = Worker::State::listening;
+    pending.on_listening(la);
   }
 
   // child.js _disconnect: servers closed first, then (worker-initiated) the flag is recorded in
@@ -257,15 +306,9 @@ int Worker::listen(ListenOptions options, std::function<void(Result<ListenAddres
                 {"address", address},   {"port", options.port}, {"addressType", address_type},
                 {"backlog", options.backlog}};
 
+  auto pending = std::make_shared<PendingListen>(PendingListen{query, std::move(on_listening)});
   std::weak_ptr<Impl> wi = impl;
-  auto fail = [on_listening, options](int errnum) {
-    Error e = Error::from_uv(errnum, "bind");
-    e.message = "bind " + e.code + " " + (options.host ? *options.host : "null") + ":" +
-                std::to_string(options.port);
-    on_listening(e);
-  };
-  bool sent = impl->send(query, [wi, sid, query, on_listening, fail](const Json& reply,
-                                                                     ipc::ReceivedHandle* h) {
+  bool sent = impl->send(query, [wi, sid, pending](const Json& reply, ipc::ReceivedHandle* h) {
     auto i = wi.lock();
     if (!i) return;
     auto it = i->servers.find(sid);
@@ -273,44 +316,13 @@ int Worker::listen(ListenOptions options, std::function<void(Result<ListenAddres
     Server& s = *it->second;
     s.key = reply.value("key", std::string());
     ListenAddress la;
-    la.address_type = query["addressType"];
-    if (h && h->fd.valid()) {
-      // Shared handle: we listen and accept on it ourselves.
-      s.fd = std::move(h->fd);
-      make_nonblocking_cloexec(s.fd.get());
-      if (!is_listening(s.fd.get())) {
-        if (auto st = listen_fd(s.fd.get(), s.options.backlog); !st.ok()) {
-          i->close_server(s);
-          return fail(st.error().errnum);
-        }
-      }
-      auto name = local_address(s.fd.get());
-      if (!name.ok()) {
-        i->close_server(s);
-        return fail(name.error().errnum);
-      }
-      la.address = name->address;
-      la.port = name->port;
-      bool exclusive = s.options.exclusive.value_or(i->exclusive_default);
-      la.mode = exclusive ? ListenMode::exclusive : ListenMode::shared;
-      AcceptorOptions ao;
-      ao.policy = s.options.accept_policy;
-      ao.wait = exclusive ? AcceptWait::exclusive : AcceptWait::poll;
-      ao.rotate = s.options.exclusive_rotate;
-      ao.max_batch = 1024;
-      Server* sp = &s;  // a Server outlives its acceptor (stop_accepting / ~Worker reset it first)
-      auto a = Acceptor::start(i->loop, s.fd.get(), ao, [sp](Fd conn) { sp->on_connection(std::move(conn)); });
-      if (!a.ok()) {
-        i->close_server(s);
-        return fail(a.error().errnum);
-      }
-      s.acceptor = std::move(a.value());
-    } else {
+    la.address_type = pending->query["addressType"];
+    if (!(h && h->fd.valid())) {
       Json err = reply.value("errno", Json());
       if (err.is_number_integer() && err.get<int>() != 0) {
         s.closed = true;
         s.key.clear();  // the primary dropped the key; nothing to close there
-        return fail(err.get<int>());
+        return pending->fail(s, err.get<int>());
       }
       s.rr = true;
       la.mode = ListenMode::rr;
@@ -319,23 +331,50 @@ int Worker::listen(ListenOptions options, std::function<void(Result<ListenAddres
         la.address = sn.value("address", std::string());
         la.port = sn.value("port", 0);
       }
+      return i->complete_listen(s, la, *pending);
     }
-    // net.js checkBindError: a fixed port must be the one we got.
-    if (s.options.port > 0 && la.port != s.options.port) {
+    // Shared handle: we listen and accept on it ourselves.
+    s.fd = std::move(h->fd);
+    make_nonblocking_cloexec(s.fd.get());
+    if (!is_listening(s.fd.get())) {
+      if (auto st = listen_fd(s.fd.get(), s.options.backlog); !st.ok()) {
+        i->close_server(s);
+        return pending->fail(s, st.error().errnum);
+      }
+    }
+    auto name = local_address(s.fd.get());
+    if (!name.ok()) {
       i->close_server(s);
-      return fail(UV_EADDRINUSE);
+      return pending->fail(s, name.error().errnum);
     }
-    Json listening = query;
-    listening["act"] = "listening";
-    listening["port"] = la.port;
-    i->send(listening);
-    i->state = Worker::State::listening;
-    on_listening(la);
+    la.address = name->address;
+    la.port = name->port;
+    bool exclusive = s.options.exclusive.value_or(i->exclusive_default);
+    la.mode = exclusive ? ListenMode::exclusive : ListenMode::shared;
+    auto offered = reply.find("acceptTurn");
+    if (exclusive && s.options.accept_turn && offered != reply.end() && *offered == true) {
+      // The primary shares an accept turn among the workers on this socket: ask for its page
+      // before accepting. Without it (an errno reply) we accept with rotation only.
+      bool asked = i->send({{"act", "acceptTurn"}, {"key", s.key}}, [wi, sid, la, pending](const Json&, ipc::ReceivedHandle* th) {
+        auto i = wi.lock();
+        if (!i) return;
+        auto it = i->servers.find(sid);
+        if (it == i->servers.end() || it->second->closed) return;
+        std::shared_ptr<AcceptTurn> turn;
+        if (th && th->fd.valid()) {
+          auto attached = AcceptTurn::attach(th->fd.get());  // the mapping stays; the fd closes
+          if (attached.ok()) turn = std::move(attached.value());
+        }
+        i->accept_shared(*it->second, la, std::move(turn), *pending);
+      });
+      if (asked) return;
+    }
+    i->accept_shared(s, la, nullptr, *pending);
   });
   if (!sent) {
     impl->servers[sid]->closed = true;
     Error e = Error::make("ERR_IPC_CHANNEL_CLOSED", "Channel closed");
-    on_listening(e);
+    pending->on_listening(e);
   }
   return sid;
 }

@@ -6,18 +6,23 @@
 // triggered, so every worker that comes back to epoll_wait while the backlog is not empty is told
 // "readable" again; two of them then race for one connection (EAGAIN), and the worker that comes
 // back first takes a burst (wrk's 50 keep-alive connections) nearly alone. With a turn, only its
-// holder waits on the socket: it waits until the socket is readable, accepts one connection (its
-// loop's accept pass), then takes a new ticket and passes the turn to the next ticket. Tickets
-// are served in order, so the turn goes round in a fixed order that does not depend on which
-// waiter thread the scheduler runs first (an earlier version on a mutex did: a worker whose thread
-// had not re-queued in time was skipped, and one worker could take most of a burst).
+// holder waits on the socket: it waits until the socket is readable, accepts its share of the
+// queued connections (its loop's accept pass; AcceptorOptions::turn_batch), then takes a new
+// ticket and passes the turn to the next ticket. Tickets are served in order, so the turn goes
+// round in a fixed order that does not depend on which waiter thread the scheduler runs first
+// (an earlier version on a mutex did: a worker whose thread had not re-queued in time was skipped,
+// and one worker could take most of a burst).
 //
-// What: a ticket queue (futex on the serving ticket) in one shared page of a memfd
-// (close-on-exec), with the owner pid of each ticket and a connection count per holder. The
-// launcher creates it and the workers inherit the fd (hello-native --accept-turn-fd N); a zeroed
-// page is a valid empty queue. A waiter that sees the turn stuck for 100 ms on a ticket whose
-// process is gone (or that was abandoned) moves it on, so a worker that dies holding the turn
-// stops the others for at most that long.
+// What: a ticket queue (futex on the serving ticket; each waiter sleeps with its ticket's bit and a
+// hand-off wakes only the next ticket's holder, not the whole queue) in one shared page of a memfd
+// (close-on-exec), with the owner pid of each ticket and a connection count per holder. A
+// launcher creates it (new_page()) and hands the fd to the workers: hello-native inherits it
+// (--accept-turn-fd N); under cluster::Primary with policy exclusive, the primary makes one per
+// server key and a C++ worker asks for it after its queryServer (worker.hpp). A zeroed page is a
+// valid empty queue. A waiter that sees the turn stuck for 100 ms on a ticket whose process is
+// gone (or that was abandoned) moves it on, so a worker that dies holding or awaiting the turn
+// stops the others for at most two such slices (hand-offs to other tickets do not wake a waiter).
+// "Gone" is kill(pid, 0) == ESRCH: a dead worker counts once its parent has reaped it.
 //
 // Threads: acquire/release from one thread at a time per holder (the ExclusiveWaiter's thread);
 // wake_waiters from any thread. Lifetime: the mapping lives as long as the AcceptTurn object, and
@@ -42,7 +47,10 @@ class AcceptTurn {
   static constexpr int kSlots = 64;     // holders with a connection count; more take turns without one
   static constexpr uint64_t kSlack = 2;  // pass the turn to a queued holder this many connections behind
 
-  // A new turn in a fresh memfd (close-on-exec; a launcher hands fd() to its workers).
+  // A fresh turn's memfd (close-on-exec), not mapped: a launcher that takes no turn itself hands
+  // it to its workers.
+  static Result<Fd> new_page();
+  // A new turn in a fresh memfd, mapped here too (a holder; fd() can be handed to others).
   static Result<std::shared_ptr<AcceptTurn>> create();
   // Maps the turn behind an inherited memfd (borrowed: the caller may close it afterwards).
   static Result<std::shared_ptr<AcceptTurn>> attach(int fd);
@@ -73,9 +81,11 @@ class AcceptTurn {
   // Wakes threads waiting in acquire() (so they re-check `stopping`).
   void wake_waiters();
 
-  // Threads waiting in acquire() now, and turns passed since creation (tests, diagnostics).
+  // Threads waiting in acquire() now, turns passed since creation, and threads that passing the
+  // turn woke (at most one per hand-off while 32 or fewer are queued) (tests, diagnostics).
   uint32_t queued() const;
   uint64_t turns_taken() const;
+  uint64_t threads_woken() const;
 
  private:
   void take_slot();

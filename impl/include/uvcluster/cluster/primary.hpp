@@ -299,6 +299,7 @@ class Primary : public std::enable_shared_from_this<Primary> {
   void act_listening(const std::shared_ptr<WorkerHandle>& w, const Json& msg);
   void act_exited_after_disconnect(const std::shared_ptr<WorkerHandle>& w, const Json& msg);
   void act_close(const std::shared_ptr<WorkerHandle>& w, const Json& msg);
+  void act_accept_turn(const std::shared_ptr<WorkerHandle>& w, const Json& msg);
   Result<ServerHandle*> handle_for(const ServerQuery& q);
   HandOffSender newconn_sender(int worker, const std::string& key, uint64_t serial);
   void drop_handle(std::map<std::string, std::unique_ptr<ServerHandle>>::iterator it);

@@ -67,11 +67,16 @@ class ServerHandle {
   virtual bool has(int worker) const = 0;
   // Adds this handle's hand-off and accept counters (rr only).
   virtual void count(PrimaryStats&) const {}
-  // A drain's first step (rr only): stop taking connections — the listening socket closes, what
-  // the kernel had queued on it taken first — and keep handing out those already taken.
+  // A drain's first step: stop taking connections and keep serving those already taken (rr: the
+  // listening socket closes, what the kernel had queued on it taken first; a shared or steered
+  // reuseport TCP socket: new SYNs are dropped). Default: nothing to stop.
   virtual void stop_accepting() {}
-  // Connections the primary holds that no worker has been given yet (rr: its queue).
+  // Connections taken that no worker has yet (rr: the queue; a refusing socket: its backlog).
   virtual size_t waiting() const { return 0; }
+  // The accept turn's memfd (accept_turn.hpp) that `worker`'s acceptor shares with the other
+  // workers on this socket, for the worker's {act:"acceptTurn"} (exclusive only); an error
+  // otherwise.
+  virtual Result<Fd> accept_turn_for(int /*worker*/) const { return Error::from_uv(UV_ENOENT, "acceptTurn"); }
 
   Json data = nullptr;  // the first worker's server data (TLS ticket keys), returned to all
   uint64_t serial = 0;  // tells a reply for this handle from one for a later handle of the key

@@ -34,4 +34,20 @@ class SharedHandle : public SocketHandle {
   bool refusing_ = false;  // stop_accepting() attached the filter
 };
 
+// Policy exclusive (ours): a SharedHandle whose workers also share an accept turn, one memfd
+// page per key made here (the primary never takes the turn itself). The queryServer reply says
+// {acceptTurn: true}; a C++ worker then asks for the page ({act:"acceptTurn", key}) and accepts
+// in turn with its peers; a Node worker ignores the field and accepts as under `none`.
+class ExclusiveHandle : public SharedHandle {
+ public:
+  ExclusiveHandle(BoundSocket socket, Fd turn_page) : SharedHandle(std::move(socket)), turn_page_(std::move(turn_page)) {}
+  static Result<std::unique_ptr<ServerHandle>> open_for(const ServerHandleContext& ctx, const ServerQuery& q);
+
+  void add(int worker, AddReply reply) override;
+  Result<Fd> accept_turn_for(int worker) const override;
+
+ private:
+  Fd turn_page_;
+};
+
 }  // namespace uvcluster::cluster

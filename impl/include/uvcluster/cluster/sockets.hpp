@@ -77,8 +77,9 @@ bool is_listening(int fd);
 // handshakes under way) stay for the workers to accept. A dropped client retransmits its SYN and
 // is refused once the socket closes. ENOTSOCK/EINVAL for a socket that is not listening TCP.
 Status refuse_new_connections(int fd);
-// Connections completed and waiting in a listening TCP socket's backlog (TCP_INFO).
-Result<size_t> backlog_length(int fd);
+// Connections waiting in a listening TCP socket's accept queue (TCP_INFO's tcpi_unacked in the
+// LISTEN state); ENOPROTOOPT for a non-TCP socket, EINVAL for one that is not listening.
+Result<uint32_t> accept_queue_length(int listen_fd);
 
 struct SockName {
   std::string address;

@@ -46,6 +46,9 @@ struct ListenOptions {
   // exclusive only: after this many accepts, re-register the socket in the epoll set so this
   // worker moves to the back of the wait queue (nginx 1.21.6 does it every 16). 0 = never.
   int exclusive_rotate = 0;
+  // exclusive only: when the primary offers one (cluster::Primary with policy exclusive), accept
+  // in turn with the other workers on the socket (accept_turn.hpp); false = rotation only.
+  bool accept_turn = true;
 };
 
 // How a server's connections reach this worker: handed over by the primary (rr), accepted here
@@ -59,6 +62,7 @@ struct ListenAddress {
   int port = 0;
   int address_type = 4;
   ListenMode mode = ListenMode::rr;
+  bool accept_turn = false;  // exclusive: this worker accepts in turn with its peers
 };
 
 // The accept counters of this worker's shared sockets, summed over its servers (AcceptorCounters:
