@@ -46,6 +46,7 @@ Status ExclusiveWaiter::init(uv_loop_t* loop) {
   if (rc != 0) return Error::from_uv(rc, "uv_async_init");
   async_.mark_initialized();
   async_->data = this;
+  if (turn_) turn_->queue_up();  // before the thread runs: in the queue once start() returns
   // Signals stay with the loop thread (libuv's signal pipe, EINTR-free waiter): the thread
   // inherits a fully blocked mask.
   sigset_t all, old;

@@ -66,6 +66,11 @@ class AcceptTurn {
   // false, without the turn and giving up the ticket, once `stopping()` is true; it is checked at
   // least every 100 ms and after every wake_waiters().
   bool acquire(const std::function<bool()>& stopping);
+  // Takes this holder's ticket now, if it has none: a holder that reports itself ready (a worker's
+  // `listening`) is then in the queue already, and the turn cannot go round without it.
+  void queue_up() {
+    if (!has_ticket_) take_ticket();
+  }
   // Passes the turn to the next ticket; `again`: take a new ticket first (queue behind the others).
   void release(bool again = true);
   // The holder's loop accepted a connection (its count, for should_pass). Any thread.
