@@ -101,12 +101,6 @@ TEST(ClusterAcceptor, PolicyOneAcceptsOnePerWakeUpDrainAcceptsAll) {
 // EMFILE while the pending connection kept the level-triggered socket readable. Each loop turn
 // below would wake the acceptor and fail one more accept; paused, it fails once per retry.
 TEST(ClusterAcceptor, OutOfFdsPausesInsteadOfSpinningAndRecoversByItself) {
-#if defined(__SANITIZE_ADDRESS__)
-  // The sanitizer runtime needs fds of its own: UBSan's vptr check probes memory through a pipe
-  // (IsAccessibleMemoryRange), so with the fd table full it reports every virtual call as
-  // "invalid vptr". The plain build runs this test; the fd-starved worker tests cover ASan.
-  GTEST_SKIP() << "needs a full fd table, which the sanitizer runtime cannot work in";
-#endif
   uvc_test::TestLoop loop;
   Listening l = listen_loopback();
   std::vector<Fd> got;
