@@ -33,9 +33,10 @@ double strtod_c(const char* first, const char* last) {
 // "Plain" bytes are those a JSON string holds verbatim on the wire and in memory alike:
 // printable ASCII but '"' and '\\' (control characters, escapes and bytes >= 0x80 need a closer
 // look). Both the parser and the encoder spend most of a big string finding plain runs, so that
-// is vectorized: 64 bytes a step with AVX-512 or AVX2 where the CPU has it (chosen at run time;
-// AVX2 is ~3 times as fast as 16 SSE2 bytes a step on 1 MiB of L2-resident text here), 16 with
-// SSE2 (every x86-64), else 8 with plain 64-bit arithmetic (a byte loop held a 1 MiB message to ~1 GB/s).
+// is vectorized: 64 bytes a step with AVX-512 or AVX2 where the CPU has it (chosen at run
+// time; AVX2 is ~3 times as fast as 16 SSE2 bytes a step on 1 MiB of L2-resident text here), 16
+// with SSE2 (every x86-64), else 8 with plain 64-bit arithmetic (a byte loop held a 1 MiB
+// message to ~1 GB/s).
 // Signed compares: bytes >= 0x80 are negative, so "< 0x20" takes them too. A byte loop
 // finishes the block that holds a stop byte. (Copying while checking, in one loop, was tried:
 // the destination's first writes then cost what the separate check saved.)

@@ -151,7 +151,7 @@ struct ChannelOptions {
   // Buffers the channel keeps between messages (json mode: the read buffer, the last frame
   // written) above 4 MiB are given back once no such big message has been read or written for
   // this long (an unref'd timer): a stream of 16 MiB messages re-uses them instead of
-  // page-faulting ~48 MiB per message, and a single huge message does not pin its memory.
+  // page-faulting them anew for each, and a single huge message does not pin its memory.
   unsigned big_buffer_idle_ms = 1000;
 };
 
