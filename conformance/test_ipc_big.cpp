@@ -1,10 +1,12 @@
 // Big messages through a real channel: a C++ parent and `uvcluster ipc-echo` (issue 13 §2).
 #include <gtest/gtest.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <string>
 
+#include "ipc/channel_owner.hpp"  // impl/src: two channels over one socketpair
 #include "support.hpp"
 #include "uvcluster/detail/read_buffer.hpp"
 #include "uvcluster/fork.hpp"
@@ -43,6 +45,74 @@ TEST(IpcBig, EchoedByteForByte) {
   for (size_t i = 0; i < sent.size(); ++i) EXPECT_TRUE(back[i] == sent[i]) << "message " << i;
   ASSERT_TRUE(child->channel()->disconnect().ok());
   ASSERT_TRUE(loop.run_until([&] { return closed; }));
+}
+
+namespace {
+// Two channels of this process over one socketpair (both ends ours, so both sides' buffers can
+// be looked at), reading as spawn() and parent_channel() start them.
+struct ChannelPair {
+  std::unique_ptr<ipc::Channel> a, b;
+  std::vector<Json> at_b;
+  size_t at_a = 0;
+  std::vector<std::string> errors;
+  ChannelPair(uv_loop_t* loop, ipc::ChannelOptions options) {
+    int sv[2];
+    EXPECT_EQ(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+    a = ipc::ChannelOwner::make(loop, options).value();
+    b = ipc::ChannelOwner::make(loop, options).value();
+    EXPECT_EQ(uv_pipe_open(ipc::ChannelOwner::pipe(*a), sv[0]), 0);
+    EXPECT_EQ(uv_pipe_open(ipc::ChannelOwner::pipe(*b), sv[1]), 0);
+    a->on_message([this](const Json&, ipc::ReceivedHandle*) { ++at_a; });
+    b->on_message([this](const Json& m, ipc::ReceivedHandle*) { at_b.push_back(m); });
+    for (auto* c : {a.get(), b.get()}) c->on_error([this](const Error& e) { errors.push_back(e.code); });
+    ipc::ChannelOwner::start(*a);
+    ipc::ChannelOwner::start(*b);
+  }
+};
+constexpr size_t kAbove4MiB = size_t{6} << 20;
+}  // namespace
+
+// Issue 13: buffers above 4 MiB used to be given back after every message, so a stream of
+// 16 MiB messages page-faulted ~16,000 times per round trip (its buffers made anew each time).
+// Now the reader's buffer and the sent frame's buffer stay for the next big message (here the
+// idle delay is longer than the test, so they are still there when it looks).
+TEST(IpcBig, BuffersAbove4MiBStayForTheNextBigMessage) {
+  uvc_test::TestLoop loop;
+  ChannelPair pair(loop.get(), ipc::ChannelOptions{.big_buffer_idle_ms = 600000});
+  bool written = false;
+  Json big = std::string(kAbove4MiB, 'x');
+  pair.a->send(big, std::nullopt, {}, [&](const Error* e) { written = !e; });
+  ASSERT_TRUE(loop.run_until([&] { return (written && !pair.at_b.empty()) || !pair.errors.empty(); }, 120000));
+  ASSERT_TRUE(pair.errors.empty()) << pair.errors.front();
+  EXPECT_TRUE(pair.at_b.front() == big);
+  EXPECT_GE(pair.a->buffer_bytes_held(), kAbove4MiB) << "the sent frame's buffer was given back";
+  EXPECT_GE(pair.b->buffer_bytes_held(), kAbove4MiB) << "the read buffer was given back";
+}
+
+// ... and given back once big messages stop, even while small ones keep coming (a small frame
+// written from the kept buffer, or read into it, must not keep it).
+TEST(IpcBig, BuffersAbove4MiBAreGivenBackWhileOnlySmallMessagesFollow) {
+  uvc_test::TestLoop loop;
+  ChannelPair pair(loop.get(), ipc::ChannelOptions{.big_buffer_idle_ms = 50});
+  pair.a->send(Json(std::string(kAbove4MiB, 'x')));
+  ASSERT_TRUE(loop.run_until([&] { return !pair.at_b.empty() || !pair.errors.empty(); }, 120000));
+  // Small messages both ways, one in flight at a time, until both sides hold at most 4 MiB.
+  size_t small_sent = 0;
+  auto released = [&] {
+    return pair.a->buffer_bytes_held() <= ipc::FrameReader::kRetainedCapacity &&
+           pair.b->buffer_bytes_held() <= ipc::FrameReader::kRetainedCapacity;
+  };
+  pair.b->on_message([&](const Json& m, ipc::ReceivedHandle*) {
+    if (m.is_number()) pair.b->send(m);
+  });
+  pair.a->on_message([&](const Json&, ipc::ReceivedHandle*) {
+    if (!released() && small_sent < 1000000) pair.a->send(Json(++small_sent));
+  });
+  pair.a->send(Json(++small_sent));
+  EXPECT_TRUE(loop.run_until([&] { return released() || !pair.errors.empty(); }, 120000))
+      << "held after " << small_sent << " small round trips: " << pair.a->buffer_bytes_held() << " and "
+      << pair.b->buffer_bytes_held() << " bytes";
+  EXPECT_TRUE(pair.errors.empty());
 }
 
 // Issue 8: between json frames a channel reads into its loop's shared buffer, which lives as long

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "core/utf8.hpp"
+#include "ipc/json_fast.hpp"  // impl/src: white-box (every scan variant)
 #include "uvcluster/ipc/framing.hpp"
 
 using namespace uvcluster::ipc;
@@ -394,4 +395,29 @@ TEST(IpcFraming, HandleFrameBytesAgreeWithTheGeneralParse) {
   auto ours = match_handle_frame(cases[0].line);
   EXPECT_EQ(ours->type, "net.Native");
   EXPECT_EQ(ours->message, newconn);
+}
+
+// The scan for a string's plain runs is chosen at run time (AVX-512, AVX2, SSE2/64-bit words);
+// the tests above only reach the chosen one, so every variant this CPU can run is checked here
+// against a byte loop: each kind of stop byte at every offset of runs up to 3 vector steps
+// long, and at no offset (the scan must stop at the end, never read past it: the buffer ends
+// exactly at `end`, so ASan sees an over-read).
+TEST(IpcFraming, EveryPlainScanStopsWhereTheByteLoopDoes) {
+  const unsigned char stops[] = {'"', '\\', 0x00, 0x1F, 0x80, 0xFF};
+  for (const auto& scan : uvcluster::ipc::detail_json::plain_scans()) {
+    SCOPED_TRACE(scan.name);
+    for (size_t len = 0; len <= 200; ++len) {
+      std::vector<char> buf(len, 'a');
+      const char* begin = buf.data();
+      ASSERT_EQ(scan.skip_plain(begin, begin + len), begin + len) << "no stop, " << len << " bytes";
+      for (size_t at = 0; at < len; ++at) {
+        for (unsigned char stop : stops) {
+          buf[at] = static_cast<char>(stop);
+          ASSERT_EQ(scan.skip_plain(begin, begin + len) - begin, static_cast<ptrdiff_t>(at))
+              << "byte " << int(stop) << " at " << at << " of " << len;
+        }
+        buf[at] = ' ';  // plain (the lowest plain byte), and the next offset's run goes on past it
+      }
+    }
+  }
 }

@@ -11,9 +11,15 @@ hits all of them alike (interleaved, not one block per program):
   spawn  at 0 and 1 GiB of parent RSS: bench/limits/raw_spawn (vfork + exec /bin/true + waitpid),
          then bench_spawn spawn_true / spawn_true_1gib, then bench/node/spawn.js (Node's
          child_process.spawn of /bin/true, stdio 'ignore', to 'close').
+Each uvcluster figure is bracketed by its limit program, run just before and just after it,
+and compared with the mean of the two, so a load that changes during a round moves both sides of the ratio alike;
+bench_ipc runs for the same SECONDS as the limit programs (UVC_BENCH_MIN_TIME).
 Per figure: the median over rounds of the time per operation; ratios are medians of the
-per-round ratios (each from programs run back to back). Goals (issue 13): uvcluster 1 MiB IPC
->= 5x faster than Node and <= 2x the limit; spawn <= 1.3x the vfork limit at 0 and 1 GiB.
+per-round ratios, reported with their spread (min and max over the rounds, and every one).
+IPC also gets CPU time per round trip (both processes: raw_ipc's cpu_ns_per_op, bench_ipc's
+cpu_ns_per_rt counter): on a shared machine wall time depends on whether the two processes got
+a core each, CPU time much less. Goals (issue 13): uvcluster 1 MiB IPC >= 5x faster than Node
+and <= 2x the limit; spawn <= 1.3x the vfork limit at 0 and 1 GiB.
 
 Writes results/limits_ipc_spawn.json (strict JSON, results/schema/limits_ipc_spawn.schema.json),
 prints the table, and (re)writes a section of results/REPORT.md between markers.
@@ -54,18 +60,20 @@ def json_lines(cmd, timeout, env=None):
 
 
 def google_benchmark(exe, pattern, min_time):
-    """ns per iteration (real time) of the one benchmark matching pattern, or None."""
+    """(ns per iteration in real time, CPU ns per round trip or None) of the one benchmark
+    matching pattern, or (None, None)."""
+    env = dict(os.environ, UVC_BENCH_MIN_TIME=str(min_time))  # bench_ipc's MinTime
     p = subprocess.run([exe, "--benchmark_format=json", f"--benchmark_filter={pattern}",
                         f"--benchmark_min_time={min_time}"], capture_output=True, text=True,
-                       timeout=600, stdin=subprocess.DEVNULL, check=False)
+                       timeout=600, stdin=subprocess.DEVNULL, check=False, env=env)
     if p.returncode != 0:
         print(f"  {os.path.basename(exe)} {pattern} failed ({p.returncode}): {p.stderr.strip()[-300:]}")
-        return None
+        return None, None
     scale = {"ns": 1, "us": 1e3, "ms": 1e6, "s": 1e9}
     for b in json.loads(p.stdout)["benchmarks"]:
         if not b.get("error_occurred"):
-            return b["real_time"] * scale[b.get("time_unit", "ns")]
-    return None
+            return b["real_time"] * scale[b.get("time_unit", "ns")], b.get("cpu_ns_per_rt")
+    return None, None
 
 
 def node_twin(script, seconds, only=None):
@@ -89,12 +97,26 @@ def measure(build, profile):
     def add(name, v):
         samples.setdefault(name, []).append(v)
 
-    def limit_then_ours(kind, label, arg, bm):
-        """The limit program, then the uvcluster benchmark it bounds, back to back."""
+    def limit(kind, label, arg):
+        """(ns, CPU ns or None) per operation of one run of the limit program, or (None, None)."""
         for row in json_lines([os.path.join(limits, f"raw_{kind}"), str(arg), str(seconds),
                                f"limit_{kind}_{label}"], 300):
-            add(row["name"], row["ns_per_op"])
-        add(f"uvcluster_{kind}_{label}", google_benchmark(os.path.join(bench, f"bench_{kind}"), f"^{bm}/", seconds))
+            return row["ns_per_op"], row.get("cpu_ns_per_op")
+        return None, None
+
+    def mean(a, b):
+        return (a + b) / 2 if a and b else (a or b)
+
+    def limit_then_ours(kind, label, arg, bm):
+        """The uvcluster benchmark between two runs of its limit program, back to back."""
+        before = limit(kind, label, arg)
+        ours, ours_cpu = google_benchmark(os.path.join(bench, f"bench_{kind}"), f"^{bm}/", seconds)
+        after = limit(kind, label, arg)
+        add(f"limit_{kind}_{label}", mean(before[0], after[0]))
+        add(f"uvcluster_{kind}_{label}", ours)
+        if kind == "ipc":
+            add(f"limit_cpu_{kind}_{label}", mean(before[1], after[1]))
+            add(f"uvcluster_cpu_{kind}_{label}", ours_cpu)
 
     for r in range(ROUNDS[profile]):
         print(f"limits: round {r + 1}/{ROUNDS[profile]} ipc ...", flush=True)
@@ -110,26 +132,41 @@ def measure(build, profile):
     return samples
 
 
+def med(xs):
+    xs = [x for x in xs if x]
+    return statistics.median(xs) if xs else None
+
+
+def ratios(a, b):
+    """The per-round ratios a/b (rounds where both gave a figure)."""
+    return [x / y for x, y in zip(a, b) if x and y]
+
+
 def summarize(samples, kind, labels):
     rows = []
     for label in labels:
         lim = samples.get(f"limit_{kind}_{label}", [])
         ours = samples.get(f"uvcluster_{kind}_{label}", [])
         node = samples.get(f"node_{kind}_{label}", [])
-
-        def med(xs):
-            xs = [x for x in xs if x]
-            return statistics.median(xs) if xs else None
-
-        def per_round(a, b):
-            pairs = [x / y for x, y in zip(a, b) if x and y]
-            return statistics.median(pairs) if pairs else None
-
-        rows.append({"item": kind, "size": label, "rounds": len(ours),
-                     "limit_ns": med(lim), "uvcluster_ns": med(ours), "node_ns": med(node),
-                     "uvcluster_over_limit": per_round(ours, lim), "node_over_limit": per_round(node, lim),
-                     "uvcluster_over_node": per_round(ours, node),
-                     "samples": {"limit": lim, "uvcluster": ours, "node": node}})
+        lim_cpu = samples.get(f"limit_cpu_{kind}_{label}", [])
+        ours_cpu = samples.get(f"uvcluster_cpu_{kind}_{label}", [])
+        per_round = {"uvcluster_over_limit": ratios(ours, lim), "node_over_limit": ratios(node, lim),
+                     "uvcluster_over_node": ratios(ours, node)}
+        if kind == "ipc":
+            per_round["uvcluster_over_limit_cpu"] = ratios(ours_cpu, lim_cpu)
+        row = {"item": kind, "size": label, "rounds": len(ours),
+               "limit_ns": med(lim), "uvcluster_ns": med(ours), "node_ns": med(node),
+               "uvcluster_over_limit": med(per_round["uvcluster_over_limit"]),
+               "node_over_limit": med(per_round["node_over_limit"]),
+               "uvcluster_over_node": med(per_round["uvcluster_over_node"]),
+               "per_round": per_round,
+               "spread": {k: ([min(v), max(v)] if v else None) for k, v in per_round.items()},
+               "samples": {"limit": lim, "uvcluster": ours, "node": node}}
+        if kind == "ipc":
+            row.update({"limit_cpu_ns": med(lim_cpu), "uvcluster_cpu_ns": med(ours_cpu),
+                        "uvcluster_over_limit_cpu": med(per_round["uvcluster_over_limit_cpu"])})
+            row["samples"].update({"limit_cpu": lim_cpu, "uvcluster_cpu": ours_cpu})
+        rows.append(row)
     return rows
 
 
@@ -146,14 +183,24 @@ def ratio(x):
     return "-" if x is None else f"{x:.2f}×"
 
 
+def ratio_spread(r, key):
+    """The median of the per-round ratios with their range: "1.90× (1.85–2.10)"."""
+    spread = r.get("spread", {}).get(key)
+    if r.get(key) is None:
+        return "-"
+    return ratio(r[key]) + (f" ({spread[0]:.2f}–{spread[1]:.2f})" if spread and len(r["per_round"][key]) > 1 else "")
+
+
 def table(rows):
-    L = ["| item | size | limit | uvcluster | Node | uvcluster / limit | Node / limit | uvcluster / Node |",
-         "|---|---|---:|---:|---:|---:|---:|---:|"]
+    L = ["| item | size | limit | uvcluster | Node | uvcluster / limit (min–max) | uvcluster / limit, CPU time "
+         "| Node / limit | uvcluster / Node |",
+         "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         size = {"0": "0 (small parent)", "1gib": "1 GiB parent RSS"}.get(r["size"], r["size"].replace("kib", " KiB").replace("mib", " MiB"))
         item = "IPC string message, there and back" if r["item"] == "ipc" else "spawn /bin/true to close"
         L.append(f"| {item} | {size} | {human(r['limit_ns'])} | {human(r['uvcluster_ns'])} | {human(r['node_ns'])} "
-                 f"| {ratio(r['uvcluster_over_limit'])} | {ratio(r['node_over_limit'])} | {ratio(r['uvcluster_over_node'])} |")
+                 f"| {ratio_spread(r, 'uvcluster_over_limit')} | {ratio_spread(r, 'uvcluster_over_limit_cpu')} "
+                 f"| {ratio(r['node_over_limit'])} | {ratio(r['uvcluster_over_node'])} |")
     return "\n".join(L)
 
 

@@ -127,7 +127,11 @@ struct Channel::Impl : std::enable_shared_from_this<Channel::Impl> {
   // The buffer of the last finished write, kept for the next frame: a channel sending 1 MiB
   // messages does not allocate and page-fault a new 1 MiB buffer for each.
   std::string spare_frame;
-  static constexpr size_t kSpareFrameMax = 4 * 1024 * 1024;
+  static constexpr size_t kSpareFrameMax = FrameReader::kRetainedCapacity;
+  // Buffers above 4 MiB (the reader's, spare_frame) are kept only while this runs: started by
+  // every message big enough to need one, it gives them back after big_buffer_idle_ms without.
+  // Unref'd: it never keeps the loop alive.
+  detail::UvHandle<uv_timer_t> big_buffer_timer;
   bool write_in_flight = false;                 // one uv_write at a time; the rest waits here
   bool corked = false;  // a read is being handled: frames written meanwhile leave together after it
   // While corked, with nothing queued before them, small plain frames gather here (an ACK and the
@@ -420,7 +424,35 @@ struct Channel::Impl : std::enable_shared_from_this<Channel::Impl> {
   }
 
   void keep_spare(std::string& data) {
-    if (data.capacity() <= kSpareFrameMax && data.capacity() > spare_frame.capacity()) spare_frame = std::move(data);
+    if (data.size() > kBigMessage) hold_big_buffers();
+    bool allowed = data.capacity() <= kSpareFrameMax || big_buffer_timer.active();
+    if (allowed && data.capacity() > spare_frame.capacity()) spare_frame = std::move(data);
+  }
+
+  // ---- big buffers ------------------------------------------------------------------------
+
+  // A message this long may have grown a buffer past 4 MiB (they grow by doubling).
+  static constexpr size_t kBigMessage = FrameReader::kRetainedCapacity / 2;
+
+  void hold_big_buffers() {
+    if (!big_buffer_timer.initialized()) return;
+    reader.keep_big_buffer(true);
+    uv_timer_start(big_buffer_timer.get(), on_big_buffers_idle, options.big_buffer_idle_ms, 0);
+  }
+
+  static void on_big_buffers_idle(uv_timer_t* t) { static_cast<Impl*>(t->data)->release_big_buffers(); }
+
+  // The reader gives its buffer back now, or when the line it holds is done.
+  void release_big_buffers() {
+    reader.keep_big_buffer(false);
+    bool released = reader.release_big_buffer();
+    if (spare_frame.capacity() > kSpareFrameMax) {
+      spare_frame = std::string();
+      released = true;
+    }
+    // glibc keeps freed memory below its trim threshold (twice the largest freed mmap'ed
+    // block, up to 64 MiB) at the heap's top: give it back, once per idle period.
+    if (released) malloc_trim(0);
   }
 
   void fail_later(std::function<void(const Error*)> done, Error e) {
@@ -634,6 +666,7 @@ struct Channel::Impl : std::enable_shared_from_this<Channel::Impl> {
       if (state == State::open) internal_ev.emit(ack_message, nullptr);
       return;
     }
+    if (line.size() > kBigMessage && !advanced()) hold_big_buffers();
     if (line_filter && !advanced() && line_filter(line)) return;
     if (handle_filter && !advanced() && filter_handle_frame(line)) return;
     auto parsed = decode(line);
@@ -821,6 +854,7 @@ Channel::~Channel() {
   i.state = Impl::State::closed;
   i.pipe.close();
   i.fd_receiver.close();
+  i.big_buffer_timer.close();
   i.ticker.close();
 }
 
@@ -830,6 +864,9 @@ Status Channel::init() {
   impl_->pipe.mark_initialized();
   impl_->pipe->data = impl_.get();
   impl_->fd_receiver.must_init(uv_tcp_init(impl_->loop, impl_->fd_receiver.get()), "uv_tcp_init");
+  impl_->big_buffer_timer.must_init(uv_timer_init(impl_->loop, impl_->big_buffer_timer.get()), "uv_timer_init");
+  impl_->big_buffer_timer->data = impl_.get();
+  uv_unref(impl_->big_buffer_timer.base());
   impl_->state = Impl::State::open;
   impl_->connected = true;
   return Ok{};
@@ -926,6 +963,11 @@ ReceivedHandle* HandleFrame::accept() {
 }
 
 bool Channel::connected() const { return impl_->state == Impl::State::open && impl_->connected; }
+
+size_t Channel::buffer_bytes_held() const {
+  auto& i = *impl_;
+  return i.reader.capacity() + i.spare_frame.capacity() + i.cork_buf.capacity();
+}
 
 void Channel::ref() {
   impl_->explicit_ref = true;

@@ -11,10 +11,6 @@ namespace uvcluster::ipc {
 
 namespace {
 constexpr size_t kInitialCapacity = 64 * 1024;
-// A drained buffer up to this size is kept for the next frame (a channel that carries 1 MiB
-// messages re-uses it instead of growing and page-faulting a new one for each); a bigger one is
-// given back, so one huge message does not pin its memory for the channel's life.
-constexpr size_t kRetainedCapacity = 4 * 1024 * 1024;
 }  // namespace
 
 std::span<char> FrameReader::space(size_t min) {
@@ -64,11 +60,16 @@ bool FrameReader::commit(size_t n, const std::function<void(std::string_view)>& 
   if (end_ - begin_ > max_) return fail();
   if (begin_ == end_) {
     begin_ = end_ = 0;
-    if (cap_ > kRetainedCapacity) {
-      data_.reset();
-      cap_ = 0;
-    }
+    if (!keep_big_) release_big_buffer();
   }
+  return true;
+}
+
+bool FrameReader::release_big_buffer() {
+  if (cap_ <= kRetainedCapacity || buffering()) return false;
+  begin_ = end_ = 0;
+  data_.reset();
+  cap_ = 0;
   return true;
 }
 

@@ -33,9 +33,10 @@ double strtod_c(const char* first, const char* last) {
 // "Plain" bytes are those a JSON string holds verbatim on the wire and in memory alike:
 // printable ASCII but '"' and '\\' (control characters, escapes and bytes >= 0x80 need a closer
 // look). Both the parser and the encoder spend most of a big string finding plain runs, so that
-// is vectorized: 64 bytes a step with AVX2 where the CPU has it (chosen at run time; ~3 times
-// as fast as 16 SSE2 bytes a step on 1 MiB of L2-resident text here), 16 with SSE2 (every
-// x86-64), else 8 with plain 64-bit arithmetic (a byte loop held a 1 MiB message to ~1 GB/s).
+// is vectorized: 64 bytes a step with AVX-512 or AVX2 where the CPU has it (chosen at run
+// time; AVX2 is ~3 times as fast as 16 SSE2 bytes a step on 1 MiB of L2-resident text here), 16
+// with SSE2 (every x86-64), else 8 with plain 64-bit arithmetic (a byte loop held a 1 MiB
+// message to ~1 GB/s).
 // Signed compares: bytes >= 0x80 are negative, so "< 0x20" takes them too. A byte loop
 // finishes the block that holds a stop byte. (Copying while checking, in one loop, was tried:
 // the destination's first writes then cost what the separate check saved.)
@@ -94,6 +95,22 @@ __attribute__((target("avx2"))) const char* skip_plain_avx2(const char* p, const
   return skip_plain_portable(p, end);
 }
 
+// 64 bytes a step as one 512-bit vector, a mask register per compare (AVX-512BW): ~30 % faster
+// than the AVX2 loop on 1 MiB of L2-resident text on this machine's Xeon (32-40 µs against
+// 48-57 µs per MiB).
+__attribute__((target("avx512bw"))) const char* skip_plain_avx512(const char* p, const char* end) {
+  const __m512i quote = _mm512_set1_epi8('"'), backslash = _mm512_set1_epi8('\\');
+  const __m512i space = _mm512_set1_epi8(0x20);
+  while (end - p >= 64) {
+    __m512i v = _mm512_loadu_si512(p);
+    uint64_t stops = _mm512_cmpeq_epi8_mask(v, quote) | _mm512_cmpeq_epi8_mask(v, backslash) |
+                     _mm512_cmplt_epi8_mask(v, space);
+    if (stops) return p + __builtin_ctzll(stops);
+    p += 64;
+  }
+  return skip_plain_portable(p, end);
+}
+
 #endif
 
 using SkipFn = const char* (*)(const char*, const char*);
@@ -101,6 +118,9 @@ using SkipFn = const char* (*)(const char*, const char*);
 SkipFn choose_skip_plain() {
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
   __builtin_cpu_init();
+  // AVX-512 only where 512-bit integer work does not slow the clock much: VBMI2 marks Ice Lake
+  // and later (simdjson draws the same line); older AVX-512 parts take the AVX2 path.
+  if (__builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vbmi2")) return skip_plain_avx512;
   if (__builtin_cpu_supports("avx2")) return skip_plain_avx2;
 #endif
   return skip_plain_portable;
@@ -433,6 +453,17 @@ struct Parser {
 };
 
 }  // namespace
+
+std::vector<PlainScan> plain_scans() {
+  std::vector<PlainScan> scans;
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx512bw")) scans.push_back({"avx512", skip_plain_avx512});
+  if (__builtin_cpu_supports("avx2")) scans.push_back({"avx2", skip_plain_avx2});
+#endif
+  scans.push_back({"portable", skip_plain_portable});
+  return scans;
+}
 
 bool nests_deeper_than(std::string_view text, size_t max_depth, size_t depth) {
   const char* p = text.data();

@@ -13,6 +13,7 @@
 #include <cstddef>
 #include <nlohmann/json.hpp>
 #include <string_view>
+#include <vector>
 
 namespace uvcluster::ipc::detail_json {
 
@@ -30,5 +31,14 @@ bool nests_deeper_than(std::string_view text, size_t max_depth, size_t depth = 0
 // UTF-8 strings; WTF-8 surrogates are written as \udxxx, other invalid UTF-8 as U+FFFD per
 // maximal subpart.
 void fast_dump(const nlohmann::json& v, std::string& out);
+
+// The scans for a string's first byte that is not plain (printable ASCII but '"' and '\\') this
+// CPU can run, each by name ("avx512", "avx2", "portable"): one is chosen at run time, so tests
+// check every one against a byte loop.
+struct PlainScan {
+  const char* name;
+  const char* (*skip_plain)(const char* p, const char* end);
+};
+std::vector<PlainScan> plain_scans();
 
 }  // namespace uvcluster::ipc::detail_json

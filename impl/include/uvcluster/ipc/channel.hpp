@@ -148,6 +148,11 @@ struct ChannelOptions {
   // Both ends must agree: fork()/spawn() tell a child through NODE_CHANNEL_SERIALIZATION_MODE,
   // and parent_channel() follows that variable.
   Serialization serialization = Serialization::json;
+  // Buffers the channel keeps between messages (json mode: the read buffer, the last frame
+  // written) above 4 MiB are given back once no such big message has been read or written for
+  // this long (an unref'd timer): a stream of 16 MiB messages re-uses them instead of
+  // page-faulting them anew for each, and a single huge message does not pin its memory.
+  unsigned big_buffer_idle_ms = 1000;
 };
 
 class HandleFrame;
@@ -184,6 +189,10 @@ class Channel {
   // then `close`. A second call returns ERR_IPC_DISCONNECTED.
   Status disconnect();
   bool connected() const;
+  // Bytes of buffer held between messages (read buffer, spare write buffer, corked replies):
+  // up to a few MiB for the channel's life, more only until big_buffer_idle_ms after the last
+  // message above 4 MiB.
+  size_t buffer_bytes_held() const;
 
   // Whether the channel keeps the loop alive (Node refs it while there are message listeners).
   void ref();

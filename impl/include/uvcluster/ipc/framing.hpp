@@ -59,6 +59,15 @@ class FrameReader {
   // Bytes of buffer held (0 once failed: an oversized line's buffer is freed at once).
   size_t capacity() const { return cap_; }
 
+  // A drained buffer up to kRetainedCapacity is kept for the next line (a channel carrying
+  // 1 MiB messages re-uses it instead of page-faulting a new one for each); a bigger one is
+  // given back at once unless keep_big_buffer(true): then its owner gives it back with
+  // release_big_buffer() once big lines stop coming (the channel: after an idle delay).
+  static constexpr size_t kRetainedCapacity = 4 * 1024 * 1024;
+  void keep_big_buffer(bool on) { keep_big_ = on; }
+  // Frees a buffer above kRetainedCapacity that holds no partial line; true if it did.
+  bool release_big_buffer();
+
  private:
   struct Free {
     void operator()(char* p) const { std::free(p); }
@@ -72,6 +81,7 @@ class FrameReader {
   size_t begin_ = 0;
   size_t end_ = 0;
   bool failed_ = false;
+  bool keep_big_ = false;
 };
 
 // Default deepest nesting of arrays/objects a frame may have ("[[]]" is 2); see above.
