@@ -668,3 +668,29 @@ TEST(ClusterHandOffGiven, ARefusalWithoutTheConnectionLosesItVisiblyAndLeaksNoth
   EXPECT_EQ(answered_ok(loop, second), 1);
   ASSERT_TRUE(c.stop());
 }
+
+TEST(ClusterHandOffGiven, AfterANackTheWorkersNextConnectionsKeepACopyInThePrimary) {
+  uvc_test::warm_up_libuv();
+  uvc_test::TestLoop loop;
+  Cluster c(loop, scripted_worker("nack"));
+  auto w = c.primary->fork();
+  ASSERT_TRUE(w.ok());
+  std::vector<std::string> errors;
+  w.value()->on_error([&](const Error& e) { errors.push_back(e.code); });
+  ASSERT_TRUE(loop.run_until([&] { return c.listening == 1; }));
+  auto first = clients_with_requests(c.port, 1);
+  ASSERT_EQ(first.size(), 1u);
+  EXPECT_TRUE(connection_ends(loop, first[0]));  // NACKed: the only copy was dropped with the fd
+  ASSERT_TRUE(loop.run_until([&] { return c.primary->stats().handoffs.dropped == 1; }));
+  // Out of fds is when refusals follow: the next one still has the primary's copy to requeue.
+  auto second = clients_with_requests(c.port, 1);
+  ASSERT_EQ(second.size(), 1u);
+  EXPECT_EQ(answered_ok(loop, second), 1);
+  auto st = c.primary->stats();
+  EXPECT_EQ(st.handoffs.refused, 2u);
+  EXPECT_EQ(st.handoffs.requeued, 1u);
+  EXPECT_EQ(st.handoffs.accepted, 1u);
+  EXPECT_EQ(st.handoffs.dropped, 1u);
+  EXPECT_TRUE(errors.empty());
+  ASSERT_TRUE(c.stop());
+}

@@ -301,6 +301,7 @@ std::function<void(const Error*)> Primary::handle_done(WorkerHandle& w, std::fun
 void Primary::handle_nacked(WorkerHandle& w, const WorkerHandle::HandleSent& sent) {
   // A newconn's fd never reached the worker, so no act answer will come either.
   if (sent.newconn_seq >= 0) {
+    w.copies_to_keep_ = WorkerHandle::kCopiesKeptAfterNack;
     if (auto record = w.handoffs_.take(sent.newconn_seq)) finish_handoff(w, *record, false, /*answered=*/false);
   } else if (sent.on_nack) {
     sent.on_nack();
@@ -440,7 +441,8 @@ HandOffSender Primary::newconn_sender(int worker, const std::string& key, uint64
     if (wit == p->workers_.end() || !wit->second->is_connected()) return HandOffSend::gone;
     WorkerHandle& w = *wit->second;
     int64_t seq = p->messenger_.next_seq();
-    bool give = w.returns_refused_;
+    bool give = w.returns_refused_ && w.copies_to_keep_ == 0;
+    if (w.copies_to_keep_ > 0) --w.copies_to_keep_;
     w.handoffs_.add({seq, reply, uv_hrtime(), serial, give});
     message->write_with_seq(seq, p->newconn_message_);
     if (p->debug_) std::fprintf(stderr, "[primary] -> %d %s +fd\n", worker, p->newconn_message_.c_str());

@@ -228,8 +228,12 @@ class WorkerHandle {
   State state_ = State::none;
   std::optional<bool> exited_after_disconnect_{};
   uint64_t connections_ = 0;
-  // It declared `returnRefused` in a queryServer (a C++ worker): its newconns are given away.
+  // It declared `returnRefused` in a queryServer (a C++ worker): its newconns are given away,
+  // except for the next `copies_to_keep_` after a NACK (out of fds: the kernel dropped the fd, so
+  // only a copy we kept can go to another worker while that lasts).
   bool returns_refused_ = false;
+  uint32_t copies_to_keep_ = 0;
+  static constexpr uint32_t kCopiesKeptAfterNack = 256;
   // One entry per handle-bearing message in flight on its channel, oldest first: what to do if
   // the worker answers NODE_HANDLE_NACK (the fd did not arrive) instead of NODE_HANDLE_ACK.
   struct HandleSent {
