@@ -9,6 +9,8 @@
 #include <sys/socket.h>
 
 #include <algorithm>
+#include <cerrno>
+#include <filesystem>
 #include <atomic>
 #include <functional>
 #include <map>
@@ -559,5 +561,136 @@ TEST(ClusterFaults, ReusePortWithoutSteeringStillServes) {
   EXPECT_EQ(c.off->code, "ERR_STEERING_DISABLED");
   EXPECT_TRUE(c.both_serve());
   EXPECT_TRUE(c.changes.empty());
+  ASSERT_TRUE(c.stop());
+}
+
+// Issue 13 §1: a C++ worker declares `returnRefused`, so the primary closes its copy of each
+// connection right after the newconn's sendmsg (its close is then never the socket's last: the
+// teardown is the worker's) and the worker gives a refused connection back with its answer.
+namespace {
+
+size_t open_sockets() {  // sockets in this process's fd table (the primary runs in-process)
+  size_t n = 0;
+  std::error_code ec;
+  for (const auto& e : std::filesystem::directory_iterator("/proc/self/fd", ec)) {
+    std::error_code link_ec;
+    auto target = std::filesystem::read_symlink(e.path(), link_ec);
+    if (!link_ec && target.string().rfind("socket:", 0) == 0) ++n;
+  }
+  return n;
+}
+
+// Waits (the loop running) for the client's connection to end: EOF or a reset, not a timeout.
+bool connection_ends(uvc_test::TestLoop& loop, const Fd& client) {
+  bool ended = false;
+  EXPECT_TRUE(uvc_test::run_client(loop, [&] {
+    timeval tv{30, 0};
+    ::setsockopt(client.get(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    char buf[512];
+    ssize_t n;
+    while ((n = ::recv(client.get(), buf, sizeof buf, 0)) > 0) {
+    }
+    ended = n == 0 || errno == ECONNRESET;
+  }));
+  return ended;
+}
+
+// The scripted worker fixtures/cluster_return_refused_worker.py in `mode`.
+PrimarySettings scripted_worker(const char* mode) {
+  return {.exec = "/usr/bin/python3", .args = {uvc_test::fixture("cluster_return_refused_worker.py"), mode},
+          .policy = Policy::rr};
+}
+
+}  // namespace
+
+TEST(ClusterHandOffGiven, TheNewconnTakesTheOnlyCopyOfTheConnectionToACppWorker) {
+  uvc_test::warm_up_libuv();
+  uvc_test::TestLoop loop;
+  Cluster c(loop, cpp_workers(Policy::rr, {"0", "127.0.0.1"}));
+  ASSERT_TRUE(c.primary->fork().ok());
+  ASSERT_TRUE(loop.run_until([&] { return c.listening == 1; }));
+  int pid = c.primary->workers().begin()->second->pid().value_or(0);
+  ASSERT_GT(pid, 0);
+  ASSERT_EQ(::kill(pid, SIGSTOP), 0);  // it cannot answer: the hand-off stays in flight
+  size_t before = open_sockets();
+  auto clients = clients_with_requests(c.port, 1);
+  ASSERT_EQ(clients.size(), 1u);
+  ASSERT_TRUE(loop.run_until([&] { return c.primary->stats().in_flight == 1; }));
+  EXPECT_EQ(open_sockets(), before + 1);  // the client's socket only: the primary kept no copy
+  ASSERT_EQ(::kill(pid, SIGCONT), 0);
+  EXPECT_EQ(answered_ok(loop, clients), 1);
+  EXPECT_EQ(c.primary->stats().handoffs.accepted, 1u);
+  ASSERT_TRUE(c.stop());
+}
+
+TEST(ClusterHandOffGiven, ARefusedConnectionComesBackWithTheAnswerAndIsServed) {
+  uvc_test::warm_up_libuv();
+  uvc_test::TestLoop loop;
+  Cluster c(loop, scripted_worker("give-back"));
+  ASSERT_TRUE(c.primary->fork().ok());
+  ASSERT_TRUE(loop.run_until([&] { return c.listening == 1; }));
+  auto clients = clients_with_requests(c.port, 1);
+  ASSERT_EQ(clients.size(), 1u);
+  // Refused once (given back), requeued, handed out again to the same worker and served.
+  EXPECT_EQ(answered_ok(loop, clients), 1);
+  auto st = c.primary->stats();
+  EXPECT_EQ(st.handoffs.refused, 1u);
+  EXPECT_EQ(st.handoffs.requeued, 1u);
+  EXPECT_EQ(st.handoffs.accepted, 1u);
+  EXPECT_EQ(st.handoffs.dropped, 0u);
+  ASSERT_TRUE(c.stop());
+  EXPECT_EQ(c.exited, 1);
+}
+
+TEST(ClusterHandOffGiven, ARefusalWithoutTheConnectionLosesItVisiblyAndLeaksNothing) {
+  uvc_test::warm_up_libuv();
+  uvc_test::TestLoop loop;
+  Cluster c(loop, scripted_worker("keep"));
+  auto w = c.primary->fork();
+  ASSERT_TRUE(w.ok());
+  std::vector<std::string> errors;
+  w.value()->on_error([&](const Error& e) { errors.push_back(e.code); });
+  ASSERT_TRUE(loop.run_until([&] { return c.listening == 1; }));
+  size_t before = open_sockets();
+  auto first = clients_with_requests(c.port, 1);
+  ASSERT_EQ(first.size(), 1u);
+  ASSERT_TRUE(loop.run_until([&] { return !errors.empty(); }));
+  EXPECT_EQ(errors, std::vector<std::string>{"ERR_UVC_REFUSED_NOT_RETURNED"});
+  EXPECT_TRUE(connection_ends(loop, first[0]));  // the client is not left hanging
+  auto st = c.primary->stats();
+  EXPECT_EQ(st.handoffs.refused, 1u);
+  EXPECT_EQ(st.handoffs.dropped, 1u);
+  EXPECT_EQ(st.in_flight + st.queued, 0u);
+  first.clear();
+  EXPECT_EQ(open_sockets(), before);  // nothing of it left in the primary
+  auto second = clients_with_requests(c.port, 1);  // the worker stays in the rotation
+  ASSERT_EQ(second.size(), 1u);
+  EXPECT_EQ(answered_ok(loop, second), 1);
+  ASSERT_TRUE(c.stop());
+}
+
+TEST(ClusterHandOffGiven, AfterANackTheWorkersNextConnectionsKeepACopyInThePrimary) {
+  uvc_test::warm_up_libuv();
+  uvc_test::TestLoop loop;
+  Cluster c(loop, scripted_worker("nack"));
+  auto w = c.primary->fork();
+  ASSERT_TRUE(w.ok());
+  std::vector<std::string> errors;
+  w.value()->on_error([&](const Error& e) { errors.push_back(e.code); });
+  ASSERT_TRUE(loop.run_until([&] { return c.listening == 1; }));
+  auto first = clients_with_requests(c.port, 1);
+  ASSERT_EQ(first.size(), 1u);
+  EXPECT_TRUE(connection_ends(loop, first[0]));  // NACKed: the only copy was dropped with the fd
+  ASSERT_TRUE(loop.run_until([&] { return c.primary->stats().handoffs.dropped == 1; }));
+  // Out of fds is when refusals follow: the next one still has the primary's copy to requeue.
+  auto second = clients_with_requests(c.port, 1);
+  ASSERT_EQ(second.size(), 1u);
+  EXPECT_EQ(answered_ok(loop, second), 1);
+  auto st = c.primary->stats();
+  EXPECT_EQ(st.handoffs.refused, 2u);
+  EXPECT_EQ(st.handoffs.requeued, 1u);
+  EXPECT_EQ(st.handoffs.accepted, 1u);
+  EXPECT_EQ(st.handoffs.dropped, 1u);
+  EXPECT_TRUE(errors.empty());
   ASSERT_TRUE(c.stop());
 }

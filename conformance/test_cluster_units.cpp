@@ -135,7 +135,7 @@ TEST(ClusterProtocol, HandOffRecordsAreTakenOnceFromTheirWorkersTable) {
     bool accepted;
   };
   std::vector<Got> got;
-  auto to = [](void* target, int worker, uint64_t id, bool accepted) {
+  auto to = [](void* target, int worker, uint64_t id, bool accepted, Fd) {
     static_cast<std::vector<Got>*>(target)->push_back({worker, id, accepted});
   };
   static_assert(std::is_trivially_copyable_v<HandOffReply>);

@@ -5,6 +5,7 @@
 // socketpair, one sendmsg per step.
 #include <gtest/gtest.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -48,6 +49,32 @@ int connection_fd() {
   EXPECT_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
   ::close(sv[1]);
   return sv[0];
+}
+
+// Takes what is waiting on `sock` (never blocks), and the fds that came with it.
+void receive_with_fds(int sock, std::string& data, std::vector<Fd>& fds) {
+  for (;;) {
+    char buf[4096];
+    alignas(cmsghdr) char ctrl[CMSG_SPACE(sizeof(int) * 4)] = {};
+    iovec iov{buf, sizeof buf};
+    msghdr msg{};
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = ctrl;
+    msg.msg_controllen = sizeof ctrl;
+    ssize_t n = ::recvmsg(sock, &msg, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+    if (n <= 0) return;
+    data.append(buf, static_cast<size_t>(n));
+    for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
+      if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+      size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+      for (size_t i = 0; i < count; ++i) {
+        int fd;
+        std::memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof fd);
+        fds.emplace_back(fd);
+      }
+    }
+  }
 }
 
 constexpr const char* kKey = "127.0.0.1:0:4:undefined:0";
@@ -184,4 +211,60 @@ TEST_F(WorkerHandoff, FastPathAndGeneralPathAnswerEveryFrameAlike) {
   EXPECT_NE(fast.written.find("{\"cmd\":\"NODE_HANDLE_NACK\"}\n"), std::string::npos);
   EXPECT_EQ(fast.connections.size(), 11u);  // all but the refused, the fd-less and the 2 bad frames
   EXPECT_EQ(fast.worker->counters().refused, 1u);
+}
+
+// Issue 13 §1: a C++ worker declares `returnRefused` in its queryServer; under a primary that
+// confirms it (ours) a refused connection goes back attached to the answer, on the fast and the
+// general path alike; without the confirmation (Node's primary) the answer is the plain one.
+TEST_F(WorkerHandoff, ARefusedConnectionGoesBackOnlyWhenThePrimaryAskedForIt) {
+  for (bool confirmed : {true, false}) {
+    for (bool fast_path : {true, false}) {
+      SCOPED_TRACE(std::string(confirmed ? "confirmed" : "not confirmed") + (fast_path ? ", fast path" : ", general path"));
+      uvc_test::TestLoop loop;
+      ScriptedWorker w(loop, fast_path);
+      ASSERT_TRUE(w.worker);
+      ASSERT_TRUE(loop.run_until([&] { return w.wrote_line_containing("\"queryServer\""); }));
+      EXPECT_NE(w.written.find("\"returnRefused\":true"), std::string::npos) << w.written;
+      send_with_fds(w.primary,
+                    std::string(R"({"cmd":"NODE_CLUSTER","ack":1,"key":")") + kKey + R"(",)" +
+                        (confirmed ? R"("returnRefused":true,)" : "") +
+                        R"("sockname":{"address":"127.0.0.1","family":"IPv4","port":4321},"seq":0})" + "\n",
+                    {});
+      ASSERT_TRUE(loop.run_until([&] { return w.listening; }));
+      w.drain();
+      int conn = connection_fd();
+      struct stat sent{};
+      ASSERT_EQ(::fstat(conn, &sent), 0);
+      send_with_fds(w.primary,
+                    R"({"cmd":"NODE_HANDLE","type":"net.Native","msg":{"act":"newconn","cmd":"NODE_CLUSTER",)"
+                    R"("key":"127.0.0.1:1:4:undefined:0","seq":7}})" "\n",  // a key it does not serve: refused
+                    {conn});
+      ::close(conn);
+      std::string got;
+      std::vector<Fd> fds;
+      ASSERT_TRUE(loop.run_until([&] {
+        receive_with_fds(w.primary, got, fds);
+        return got.find("\"ack\":7") != std::string::npos;
+      }));
+      if (confirmed) {
+        EXPECT_NE(got.find(R"({"cmd":"NODE_HANDLE","type":"net.Native","msg":{"accepted":false,"ack":7,)"),
+                  std::string::npos) << got;
+        ASSERT_EQ(fds.size(), 1u);
+        struct stat back{};
+        ASSERT_EQ(::fstat(fds[0].get(), &back), 0);
+        EXPECT_EQ(back.st_ino, sent.st_ino);  // the very connection
+        send_with_fds(w.primary, "{\"cmd\":\"NODE_HANDLE_ACK\"}\n", {});
+      } else {
+        EXPECT_NE(got.find("{\"accepted\":false,\"ack\":7,"), std::string::npos) << got;
+        EXPECT_TRUE(fds.empty());
+      }
+      EXPECT_EQ(w.worker->counters().refused, 1u);
+      EXPECT_TRUE(w.connections.empty());
+      send_with_fds(w.primary, R"({"cmd":"NODE_CLUSTER","act":"disconnect","seq":99})" "\n", {});
+      ASSERT_TRUE(loop.run_until([&] {
+        w.drain();
+        return w.eof;
+      }));
+    }
+  }
 }

@@ -87,3 +87,57 @@ def test_second_bind_gets_eaddrinuse(server):
     port, _, _ = server
     r = subprocess.run([BIN, "--port", str(port)], capture_output=True, text=True, timeout=10)
     assert r.returncode == 3 and "EADDRINUSE" in r.stderr
+
+
+def test_connection_close_ends_with_a_fin_while_the_primary_still_holds_the_socket(tmp_path):
+    """Under `--policy rr` the primary keeps its copy of a handed-off connection until the
+    worker's answer reaches it. hello-native's `Connection: close` answer must still end with the
+    worker's FIN (shutdown before close), not when the primary's copy closes: a scripted primary
+    hands one connection over and never closes its copy."""
+    if not os.access(BIN, os.X_OK):
+        pytest.skip(f"{BIN} not built")
+    primary, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener = socket.create_server(("127.0.0.1", 0))
+    env = dict(os.environ, NODE_UNIQUE_ID="1", NODE_CHANNEL_FD=str(child.fileno()),
+               UVC_LAB_STATS_DIR=str(tmp_path))
+    env.pop("NODE_CHANNEL_SERIALIZATION_MODE", None)
+    p = subprocess.Popen([BIN, "--port", "0"], env=env, pass_fds=(child.fileno(),))
+    child.close()
+    primary.settimeout(10)
+    lines = primary.makefile("rb")
+    try:
+        key = "127.0.0.1:0:4:undefined:0"
+        while True:  # online, then queryServer: answer it as the primary does
+            msg = json.loads(lines.readline())
+            if msg.get("act") == "queryServer":
+                break
+        sockname = {"address": "127.0.0.1", "family": "IPv4", "port": listener.getsockname()[1]}
+        primary.sendall(json.dumps({"ack": msg["seq"], "cmd": "NODE_CLUSTER", "data": None, "errno": None,
+                                    "key": key, "seq": 0, "sockname": sockname}).encode() + b"\n")
+        while json.loads(lines.readline()).get("act") != "listening":
+            pass
+        with socket.create_connection(listener.getsockname()) as client:
+            conn, _ = listener.accept()  # our copy: kept open until the end of the test
+            frame = {"cmd": "NODE_HANDLE", "type": "net.Native",
+                     "msg": {"act": "newconn", "cmd": "NODE_CLUSTER", "key": key, "seq": 1}}
+            socket.send_fds(primary, [json.dumps(frame).encode() + b"\n"], [conn.fileno()])
+            answers = [json.loads(lines.readline()), json.loads(lines.readline())]
+            assert answers[0] == {"cmd": "NODE_HANDLE_ACK"}
+            assert answers[1]["ack"] == 1 and answers[1]["accepted"] is True
+            client.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            client.settimeout(10)
+            data = b""
+            while chunk := client.recv(65536):  # a socket.timeout here: no FIN came
+                data += chunk
+            assert data.startswith(OK) and data.endswith(b"hello world\n")
+            conn.close()
+    finally:
+        lines.close()
+        primary.close()  # the channel's end: a worker exits when its primary is gone
+        listener.close()
+        try:
+            p.wait(timeout=10)
+        finally:
+            if p.poll() is None:
+                p.kill()
+                p.wait()

@@ -70,6 +70,7 @@ class Conn {
   Conn(HttpServer& server, uv_loop_t* loop, Fd fd);
   bool ok() const { return ok_; }
   void close();
+  void finish();
   static int on_message_complete(http_parser* p);
 
  private:
@@ -177,12 +178,23 @@ void Conn::flush() {
   if (uv_write(&w->req, tcp_.stream(), &b, 1, [](uv_write_t* req, int status) {
         std::unique_ptr<WriteReq> owned(static_cast<WriteReq*>(req->data));
         if (status == UV_ECANCELED) return;  // the connection is closing already
-        if (status < 0 || owned->close_after) owned->conn->close();
+        if (status < 0) owned->conn->close();
+        else if (owned->close_after) owned->conn->finish();
       }) == 0) {
     w.release();  // owned by libuv until the callback
   } else {
     close();
   }
+}
+
+// The answer is out and the connection ends here: send our FIN now, from this process. Under
+// `uvcluster run --policy rr` the primary may still hold its copy of the socket until our answer
+// to the newconn reaches it; a plain close would then leave the FIN (and the socket's teardown)
+// to the primary's close. Node's HTTP server also ends with a shutdown (socket.end()).
+void Conn::finish() {
+  uv_os_fd_t fd = -1;
+  if (!closing_ && uv_fileno(tcp_.base(), &fd) == 0) ::shutdown(fd, SHUT_WR);
+  close();
 }
 
 void Conn::close() {

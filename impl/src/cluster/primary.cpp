@@ -301,6 +301,7 @@ std::function<void(const Error*)> Primary::handle_done(WorkerHandle& w, std::fun
 void Primary::handle_nacked(WorkerHandle& w, const WorkerHandle::HandleSent& sent) {
   // A newconn's fd never reached the worker, so no act answer will come either.
   if (sent.newconn_seq >= 0) {
+    w.copies_to_keep_ = WorkerHandle::kCopiesKeptAfterNack;
     if (auto record = w.handoffs_.take(sent.newconn_seq)) finish_handoff(w, *record, false, /*answered=*/false);
   } else if (sent.on_nack) {
     sent.on_nack();
@@ -327,11 +328,18 @@ bool Primary::serves(uint64_t handle_serial) const {
                      [handle_serial](const auto& h) { return h.second->serial == handle_serial; });
 }
 
-void Primary::finish_handoff(WorkerHandle& w, const HandOffTable::Record& r, bool accepted, bool answered) {
+void Primary::finish_handoff(WorkerHandle& w, const HandOffTable::Record& r, bool accepted, bool answered,
+                             Fd returned) {
   if (answered) handoff_latency_.record(static_cast<double>(uv_hrtime() - r.sent_ns) / 1e9);
+  if (answered && !accepted && r.given && !returned) {
+    // It declared returnRefused, had the only copy and kept it: the client's connection is lost.
+    w.error_.emit(Error::make("ERR_UVC_REFUSED_NOT_RETURNED",
+                              "worker " + std::to_string(w.id_) +
+                                  " refused a connection without giving it back: the connection is lost"));
+  }
   if (!serves(r.serial)) return;  // its server closed: nothing waits for the answer
   if (accepted) ++w.connections_;
-  r.reply(accepted);
+  r.reply(accepted, std::move(returned));
 }
 
 void Primary::on_channel_failure(WorkerHandle& w, const Error& e) {
@@ -369,8 +377,10 @@ void Primary::on_internal(const std::shared_ptr<WorkerHandle>& w, const Json& ra
   }
   const Json& msg = unwrap_handle_message(raw);
   if (!is_cluster_message(msg)) return;
-  if (auto answer = newconn_answer_of(msg)) {  // a newconn's answer off the fast path (--debug, another shape)
-    if (auto record = w->handoffs_.take(answer->ack)) return finish_handoff(*w, *record, answer->accepted);
+  if (auto answer = newconn_answer_of(msg)) {  // off the fast path: --debug, another shape, a returned fd
+    if (auto record = w->handoffs_.take(answer->ack)) {
+      return finish_handoff(*w, *record, answer->accepted, true, h && !answer->accepted ? std::move(h->fd) : Fd{});
+    }
   }
   if (messenger_.take_reply(msg, h, w->id_)) return;
   auto act = msg.find("act");
@@ -431,18 +441,21 @@ HandOffSender Primary::newconn_sender(int worker, const std::string& key, uint64
     if (wit == p->workers_.end() || !wit->second->is_connected()) return HandOffSend::gone;
     WorkerHandle& w = *wit->second;
     int64_t seq = p->messenger_.next_seq();
-    w.handoffs_.add({seq, reply, uv_hrtime(), serial});
+    bool give = w.returns_refused_ && w.copies_to_keep_ == 0;
+    if (w.copies_to_keep_ > 0) --w.copies_to_keep_;
+    w.handoffs_.add({seq, reply, uv_hrtime(), serial, give});
     message->write_with_seq(seq, p->newconn_message_);
     if (p->debug_) std::fprintf(stderr, "[primary] -> %d %s +fd\n", worker, p->newconn_message_.c_str());
-    // The scheduler keeps `conn` until the worker answers, so the channel borrows it: it goes out
-    // as is, duplicated only if it has to wait in the channel's queue.
+    // The scheduler keeps `conn` at least until this returns (until the answer unless it is given
+    // away), so the channel borrows it: it goes out as is, duplicated only if it has to wait in
+    // the channel's queue.
     ipc::OutgoingHandle handle{ipc::HandleType::native, Fd{}, std::nullopt, conn};
     ipc::SendOptions options;
     options.pipelined = p->settings_.rr_window > 1;
     options.done_on_failure_only = true;
     w.process_->channel()->send_encoded(p->newconn_message_, std::move(handle), std::move(options),
                                         p->handle_done(w, {}, seq));
-    return HandOffSend::sent;
+    return give ? HandOffSend::given : HandOffSend::sent;
   };
 }
 
@@ -499,6 +512,9 @@ void Primary::act_query_server(const std::shared_ptr<WorkerHandle>& w, const Jso
   if (!handle.ok()) return fail(query->where, handle.error().errnum);
   ServerHandle& h = *handle.value();
   if (h.data.is_null() && msg.contains("data")) h.data = msg["data"];
+  // Ours, not Node's: a C++ worker that gives refused connections back; confirmed in the reply.
+  auto returns = msg.find("returnRefused");
+  bool return_refused = returns != msg.end() && *returns == true;
   std::weak_ptr<WorkerHandle> ww = w;
   h.add(w->id_, [&](int errnum, Json fields, std::optional<ipc::OutgoingHandle> fd) {
     if (errnum != 0) {
@@ -509,6 +525,10 @@ void Primary::act_query_server(const std::shared_ptr<WorkerHandle>& w, const Jso
       return fail(query->where, errnum);
     }
     Json reply = {{"errno", fd ? Json(0) : Json(nullptr)}, {"key", key}, {"ack", ack}, {"data", h.data}};
+    if (return_refused) {  // newconns are given away from now on (the reply leaves first)
+      w->returns_refused_ = true;
+      reply["returnRefused"] = true;
+    }
     for (auto& [k, v] : fields.items()) reply[k] = v;
     send_to(*w, std::move(reply), {}, std::move(fd));
   });

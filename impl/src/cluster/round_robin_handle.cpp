@@ -192,6 +192,15 @@ void RoundRobinScheduler::handoff(int worker) {
     m.in_flight.push_back(InFlight{id, std::move(*conn), now_()});
     auto send = m.send;  // the call may remove this worker (and its Member)
     SendResult r = (*send)(raw, Reply(&RoundRobinScheduler::reply_to, this, worker, id));
+    if (r == SendResult::given) {
+      // The worker holds the only copy now (the kernel's, in flight): ours closes here, so the
+      // socket's last close is never the primary's.
+      if (auto again = all_.find(worker); again != all_.end() && !again->second.in_flight.empty() &&
+                                          again->second.in_flight.back().id == id) {
+        again->second.in_flight.back().conn.fd.reset();
+      }
+      continue;
+    }
     if (r == SendResult::sent) continue;  // the next slot, if any
     if (r == SendResult::gone) {
       // The worker's channel is gone: it leaves the rotation, the connection is requeued.
@@ -211,6 +220,10 @@ void RoundRobinScheduler::handoff(int worker) {
 }
 
 void RoundRobinScheduler::requeue(Conn conn, int failed_worker) {
+  if (!conn.fd) {  // given away and not given back (a NACK, a worker gone, a refusal without it)
+    ++counters_.dropped;
+    return;
+  }
   int budget = attempts_per_worker_ * static_cast<int>(std::max<size_t>(all_.size(), 1));
   if (++conn.attempts >= budget) {
     ++counters_.dropped;  // closes it: the client sees the connection end, not a hang
@@ -222,17 +235,22 @@ void RoundRobinScheduler::requeue(Conn conn, int failed_worker) {
   dispatch(failed_worker);
 }
 
-void RoundRobinScheduler::reply_to(void* scheduler, int worker, uint64_t id, bool accepted) {
-  static_cast<RoundRobinScheduler*>(scheduler)->on_reply(worker, id, accepted);
+void RoundRobinScheduler::reply_to(void* scheduler, int worker, uint64_t id, bool accepted, Fd returned) {
+  static_cast<RoundRobinScheduler*>(scheduler)->on_reply(worker, id, accepted, std::move(returned));
 }
 
-void RoundRobinScheduler::on_reply(int worker, uint64_t id, bool accepted) {
+void RoundRobinScheduler::on_reply(int worker, uint64_t id, bool accepted, Fd returned) {
   if (accepted) ++counters_.accepted;
   else ++counters_.refused;
+  // A connection given away comes back with its refusal; a copy we kept is used first.
+  auto take_back = [&returned](Conn& conn) {
+    if (!conn.fd) conn.fd = std::move(returned);
+  };
   if (auto o = orphans_.find(id); o != orphans_.end()) {
     // The worker left the rotation while this was in flight; it still answered.
     Conn conn = std::move(o->second.conn);
     orphans_.erase(o);
+    take_back(conn);
     if (accepted) ++handed_out_[worker];
     else requeue(std::move(conn), worker);
     return;
@@ -250,6 +268,7 @@ void RoundRobinScheduler::on_reply(int worker, uint64_t id, bool accepted) {
   if (f == m.in_flight.end()) return;  // stale
   Conn conn = std::move(f->conn);
   m.in_flight.erase(f);
+  take_back(conn);
   if (accepted) {
     ++handed_out_[worker];
     m.refusals_in_row = 0;

@@ -75,6 +75,9 @@ struct Worker::Impl : std::enable_shared_from_this<Impl> {
   detail::Event<const Json&> message;
   detail::Event<> disconnected;
   std::string answer_buf;  // the newconn answer's bytes, re-used
+  // The primary confirmed `returnRefused` (ours): it closed its copy of each connection it sent,
+  // so a refused one goes back with the answer for another worker.
+  bool return_refused = false;
 
   bool send(Json payload, Messenger::Reply cb = {}) {
     if (!channel || !channel->connected()) return false;
@@ -99,7 +102,8 @@ struct Worker::Impl : std::enable_shared_from_this<Impl> {
                       ? server_by_key(msg["key"].get_ref<const std::string&>())
                       : nullptr;
       bool accepted = s && h && h->fd.valid();
-      send({{"ack", msg.contains("seq") ? msg["seq"] : Json()}, {"accepted", accepted}});
+      Json ack = msg.contains("seq") ? msg["seq"] : Json();
+      if (accepted || !give_back(ack, h)) send({{"ack", ack}, {"accepted", accepted}});
       take_newconn(s, h, accepted);
     } else if (*act == "disconnect") {
       do_disconnect(true);
@@ -116,11 +120,20 @@ struct Worker::Impl : std::enable_shared_from_this<Impl> {
     if (!h) return true;  // no fd came: NACKed, nothing delivered (the general path's rule)
     Server* s = server_by_key(request->key);
     bool accepted = s && h->fd.valid();
-    if (channel && channel->connected()) {
+    if (channel && channel->connected() && (accepted || !give_back(request->seq, h))) {
       encode_newconn_answer(answer_buf, request->seq, accepted, messenger.next_seq());
       channel->send_encoded(answer_buf);
     }
     take_newconn(s, h, accepted);
+    return true;
+  }
+
+  // A refusal under returnRefused: {ack, accepted: false} with the connection attached (a
+  // net.Native frame). False when there is nothing to give back: the plain answer goes instead.
+  bool give_back(const Json& ack, ipc::ReceivedHandle* h) {
+    if (!return_refused || !h || !h->fd.valid() || !channel || !channel->connected()) return false;
+    channel->send(messenger.wrap({{"ack", ack}, {"accepted", false}}),
+                  ipc::OutgoingHandle{ipc::HandleType::native, std::move(h->fd), std::nullopt});
     return true;
   }
 
@@ -302,15 +315,20 @@ int Worker::listen(ListenOptions options, std::function<void(Result<ListenAddres
   std::string tuple = js_string(&address) + ":" + std::to_string(options.port) + ":" +
                       std::to_string(address_type) + ":undefined";
   int index = impl->index_counters[tuple]++;
+  // returnRefused (ours; Node's primary ignores it): we can give a refused connection back.
   Json query = {{"act", "queryServer"}, {"index", index},      {"data", nullptr},
                 {"address", address},   {"port", options.port}, {"addressType", address_type},
-                {"backlog", options.backlog}};
+                {"backlog", options.backlog}, {"returnRefused", true}};
 
   auto pending = std::make_shared<PendingListen>(PendingListen{query, std::move(on_listening)});
   std::weak_ptr<Impl> wi = impl;
   bool sent = impl->send(query, [wi, sid, pending](const Json& reply, ipc::ReceivedHandle* h) {
     auto i = wi.lock();
     if (!i) return;
+    // Even for a server closed meanwhile: the primary gives this worker its connections from now on.
+    if (auto confirmed = reply.find("returnRefused"); confirmed != reply.end() && *confirmed == true) {
+      i->return_refused = true;
+    }
     auto it = i->servers.find(sid);
     if (it == i->servers.end() || it->second->closed) return;  // closed meanwhile: stale reply
     Server& s = *it->second;

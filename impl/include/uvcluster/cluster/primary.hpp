@@ -106,7 +106,8 @@ struct PrimaryStats {
     uint64_t accepted = 0;
     uint64_t refused = 0;    // accepted:false or NACK
     uint64_t requeued = 0;
-    uint64_t dropped = 0;    // closed: attempt budget spent, or no fd for the primary's copy
+    uint64_t dropped = 0;    // closed: attempt budget spent, no fd for the primary's copy, or
+                             // lost by a worker that had it (see HandOffSend::given)
     uint64_t timed_out = 0;
   } handoffs;
   AcceptorCounters accept;  // the rr listening sockets (pauses = out-of-fds pauses)
@@ -131,6 +132,11 @@ struct ServerQuery;
 // How the rr handle reaches a worker: the primary sends {act:"newconn"} with a copy of `conn`.
 enum class HandOffSend {
   sent,    // `reply` will be called once (or the worker leaves)
+  // Sent, and the connection is the worker's now: the scheduler closes its copy at once (the
+  // primary's close is then never the socket's last, so the teardown is not the primary's). The
+  // worker gives a refused connection back with its answer (`returnRefused`, docs/protocol.md);
+  // one that never reached it (NACK) or that it does not give back is lost.
+  given,
   gone,    // the worker's channel is closed: it leaves the rotation
   failed,  // nothing sent for lack of resources (no fd for the copy): the connection is closed
 };
@@ -138,11 +144,12 @@ enum class HandOffSend {
 // the worker and the hand-off's id), so sending a connection allocates nothing for it.
 class HandOffReply {
  public:
-  using Fn = void (*)(void* target, int worker, uint64_t id, bool accepted);
+  // `returned`: the connection a worker gave back with its refusal (HandOffSend::given), if any.
+  using Fn = void (*)(void* target, int worker, uint64_t id, bool accepted, Fd returned);
   HandOffReply() = default;
   HandOffReply(Fn fn, void* target, int worker, uint64_t id) : fn_(fn), target_(target), worker_(worker), id_(id) {}
-  void operator()(bool accepted) const {
-    if (fn_) fn_(target_, worker_, id_, accepted);
+  void operator()(bool accepted, Fd returned = {}) const {
+    if (fn_) fn_(target_, worker_, id_, accepted, std::move(returned));
   }
   explicit operator bool() const { return fn_ != nullptr; }
 
@@ -163,6 +170,7 @@ class HandOffTable {
     HandOffReply reply;
     uint64_t sent_ns = 0;  // uv_hrtime() at the send, for the hand-off latency
     uint64_t serial = 0;   // the server handle that sent it: its answer is passed on only while it lives
+    bool given = false;    // HandOffSend::given: a refusal must bring the connection back
   };
   void add(const Record& r) { records_.push_back(r); }
   // The record of `seq`, removed; nullopt when none waits (answered already, or not a newconn).
@@ -220,6 +228,12 @@ class WorkerHandle {
   State state_ = State::none;
   std::optional<bool> exited_after_disconnect_{};
   uint64_t connections_ = 0;
+  // It declared `returnRefused` in a queryServer (a C++ worker): its newconns are given away,
+  // except for the next `copies_to_keep_` after a NACK (out of fds: the kernel dropped the fd, so
+  // only a copy we kept can go to another worker while that lasts).
+  bool returns_refused_ = false;
+  uint32_t copies_to_keep_ = 0;
+  static constexpr uint32_t kCopiesKeptAfterNack = 256;
   // One entry per handle-bearing message in flight on its channel, oldest first: what to do if
   // the worker answers NODE_HANDLE_NACK (the fd did not arrive) instead of NODE_HANDLE_ACK.
   struct HandleSent {
@@ -316,8 +330,9 @@ class Primary : public std::enable_shared_from_this<Primary> {
   std::function<void(const Error*)> handle_done(WorkerHandle& w, std::function<void()> on_nack,
                                                 int64_t newconn_seq = -1);
   // A newconn's answer (or, not `answered`, its NACK: refused) reaches the scheduler that sent
-  // it, if its server is still open.
-  void finish_handoff(WorkerHandle& w, const HandOffTable::Record& r, bool accepted, bool answered = true);
+  // it, if its server is still open; `returned`: the connection a refusal gave back.
+  void finish_handoff(WorkerHandle& w, const HandOffTable::Record& r, bool accepted, bool answered = true,
+                      Fd returned = {});
   void handle_nacked(WorkerHandle& w, const WorkerHandle::HandleSent& sent);
   bool serves(uint64_t handle_serial) const;
 

@@ -50,7 +50,8 @@ class RoundRobinScheduler {
  public:
   using SendResult = HandOffSend;
   using Reply = HandOffReply;
-  // Hands `conn` (the primary keeps ownership of its copy) to a worker.
+  // Hands `conn` to a worker: the primary keeps its copy until the answer (`sent`), or closes it
+  // at once (`given`: a refusal brings the connection back).
   using Sender = HandOffSender;
 
   struct Counters {
@@ -129,8 +130,8 @@ class RoundRobinScheduler {
     Conn conn;
   };
   void handoff(int worker);
-  void on_reply(int worker, uint64_t id, bool accepted);
-  static void reply_to(void* scheduler, int worker, uint64_t id, bool accepted);  // a Reply's function
+  void on_reply(int worker, uint64_t id, bool accepted, Fd returned);
+  static void reply_to(void* scheduler, int worker, uint64_t id, bool accepted, Fd returned);  // a Reply's function
   void requeue(Conn conn, int failed_worker);
   void dispatch(int not_to = 0);  // hands the queue's front to a free worker (not `not_to`)
   std::optional<Conn> take_for(int worker);
