@@ -77,6 +77,16 @@ def test_validation_fails_when_invariant_broken(tmp_path):
     assert "✘" in (tmp_path / "REPORT.md").read_text()
 
 
+def test_exclusive_without_herd_passes_when_shared_had_none_either(tmp_path):
+    doc = fixture()
+    for r in doc["records"]:
+        if r["strategy"] in ("exclusive", "shared"):
+            r["herd"]["outside"]["per_conn"] = 0.0
+    _, vals = report.render(doc, str(tmp_path))
+    by_text = {t.split(" (")[0]: p for t, p, _ in vals}
+    assert by_text["exclusive herd < shared herd"] is True
+
+
 def test_driver_profiles_and_matrix():
     quick, default, full = (driver.matrix(p) for p in ("quick", "default", "full"))
     assert len(quick) < len(default) < len(full)
