@@ -601,6 +601,14 @@ PrimarySettings scripted_worker(const char* mode) {
           .policy = Policy::rr};
 }
 
+// Forks the cluster's one worker, records the codes of its errors, and waits until it listens.
+void fork_one_recording_errors(uvc_test::TestLoop& loop, Cluster& c, std::vector<std::string>& errors) {
+  auto w = c.primary->fork();
+  ASSERT_TRUE(w.ok());
+  w.value()->on_error([&errors](const Error& e) { errors.push_back(e.code); });
+  ASSERT_TRUE(loop.run_until([&] { return c.listening == 1; }));
+}
+
 }  // namespace
 
 TEST(ClusterHandOffGiven, TheNewconnTakesTheOnlyCopyOfTheConnectionToACppWorker) {
@@ -646,11 +654,8 @@ TEST(ClusterHandOffGiven, ARefusalWithoutTheConnectionLosesItVisiblyAndLeaksNoth
   uvc_test::warm_up_libuv();
   uvc_test::TestLoop loop;
   Cluster c(loop, scripted_worker("keep"));
-  auto w = c.primary->fork();
-  ASSERT_TRUE(w.ok());
   std::vector<std::string> errors;
-  w.value()->on_error([&](const Error& e) { errors.push_back(e.code); });
-  ASSERT_TRUE(loop.run_until([&] { return c.listening == 1; }));
+  ASSERT_NO_FATAL_FAILURE(fork_one_recording_errors(loop, c, errors));
   size_t before = open_sockets();
   auto first = clients_with_requests(c.port, 1);
   ASSERT_EQ(first.size(), 1u);
@@ -673,11 +678,8 @@ TEST(ClusterHandOffGiven, AfterANackTheWorkersNextConnectionsKeepACopyInThePrima
   uvc_test::warm_up_libuv();
   uvc_test::TestLoop loop;
   Cluster c(loop, scripted_worker("nack"));
-  auto w = c.primary->fork();
-  ASSERT_TRUE(w.ok());
   std::vector<std::string> errors;
-  w.value()->on_error([&](const Error& e) { errors.push_back(e.code); });
-  ASSERT_TRUE(loop.run_until([&] { return c.listening == 1; }));
+  ASSERT_NO_FATAL_FAILURE(fork_one_recording_errors(loop, c, errors));
   auto first = clients_with_requests(c.port, 1);
   ASSERT_EQ(first.size(), 1u);
   EXPECT_TRUE(connection_ends(loop, first[0]));  // NACKed: the only copy was dropped with the fd
