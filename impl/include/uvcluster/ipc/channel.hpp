@@ -152,6 +152,9 @@ struct ChannelOptions {
   // written) above 4 MiB are given back once no such big message has been read or written for
   // this long (an unref'd timer): a stream of 16 MiB messages re-uses them instead of
   // page-faulting them anew for each, and a single huge message does not pin its memory.
+  // Having given such buffers back (or those of a bad or oversized frame, once the channel is
+  // gone), the channel calls glibc's malloc_trim(0) once, so the freed pages leave the RSS:
+  // at most once per idle period, never per message.
   unsigned big_buffer_idle_ms = 1000;
 };
 
