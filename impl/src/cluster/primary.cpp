@@ -196,6 +196,12 @@ Result<std::shared_ptr<WorkerHandle>> Primary::fork(const Env& extra) {
     ch->on_disconnect([wp, w] {
       if (auto p = wp.lock()) p->worker_disconnect(*w);
     });
+    // The failures of the handles we send it (SendOptions::failure_tag: the send's ticket).
+    ch->on_send_failure([wp, id](uint64_t ticket, const Error& e) {
+      auto p = wp.lock();
+      if (!p) return;
+      if (auto it = p->workers_.find(id); it != p->workers_.end()) p->handle_send_failed(*it->second, ticket, e);
+    });
     ch->on_error([wp, w](const Error& e) {
       if (auto p = wp.lock()) p->on_channel_failure(*w, e);
     });
@@ -269,33 +275,28 @@ std::optional<int64_t> Primary::send_to(WorkerHandle& w, Json payload, Messenger
   if (debug_) std::fprintf(stderr, "[primary] -> %d %s%s\n", w.id_, m.dump().c_str(), handle ? " +fd" : "");
   ipc::SendOptions options;
   options.pipelined = pipelined;
-  std::function<void(const Error*)> done;
-  if (handle) done = handle_done(w, std::move(on_nack));
-  w.process_->channel()->send(m, std::move(handle), std::move(options), std::move(done));
+  if (handle) options.failure_tag = handle_sent(w, std::move(on_nack));
+  w.process_->channel()->send(m, std::move(handle), std::move(options));
   return seq;
 }
 
-std::function<void(const Error*)> Primary::handle_done(WorkerHandle& w, std::function<void()> on_nack,
-                                                       int64_t newconn_seq) {
+uint64_t Primary::handle_sent(WorkerHandle& w, std::function<void()> on_nack, int64_t newconn_seq) {
   // The channel sends handles one at a time, in order, so ACK/NACKs answer them in this order.
   uint64_t ticket = w.next_ticket_++;
   w.on_nack_.push_back(WorkerHandle::HandleSent{ticket, newconn_seq, std::move(on_nack)});
+  return ticket;
+}
+
+void Primary::handle_send_failed(WorkerHandle& w, uint64_t ticket, const Error& e) {
   // A handle that could not leave because we are out of fds (the channel had to duplicate it
   // to queue it) never reached the worker: that is a NACK, not a broken channel.
-  return [wp = weak_from_this(), id = w.id_, ticket](const Error* e) {
-    auto p = wp.lock();
-    if (!e || !p) return;
-    auto it = p->workers_.find(id);
-    if (it == p->workers_.end()) return;
-    WorkerHandle& wh = *it->second;
-    if (e->errnum != UV_EMFILE && e->errnum != UV_ENFILE) return p->on_channel_failure(wh, *e);
-    auto& q = wh.on_nack_;
-    auto pos = std::find_if(q.begin(), q.end(), [ticket](const auto& h) { return h.ticket == ticket; });
-    if (pos == q.end()) return;
-    WorkerHandle::HandleSent sent = std::move(*pos);
-    q.erase(pos);
-    p->handle_nacked(wh, sent);
-  };
+  if (e.errnum != UV_EMFILE && e.errnum != UV_ENFILE) return on_channel_failure(w, e);
+  auto& q = w.on_nack_;
+  auto pos = std::find_if(q.begin(), q.end(), [ticket](const auto& h) { return h.ticket == ticket; });
+  if (pos == q.end()) return;
+  WorkerHandle::HandleSent sent = std::move(*pos);
+  q.erase(pos);
+  handle_nacked(w, sent);
 }
 
 void Primary::handle_nacked(WorkerHandle& w, const WorkerHandle::HandleSent& sent) {
@@ -453,8 +454,8 @@ HandOffSender Primary::newconn_sender(int worker, const std::string& key, uint64
     ipc::SendOptions options;
     options.pipelined = p->settings_.rr_window > 1;
     options.done_on_failure_only = true;
-    w.process_->channel()->send_encoded(p->newconn_message_, std::move(handle), std::move(options),
-                                        p->handle_done(w, {}, seq));
+    options.failure_tag = p->handle_sent(w, {}, seq);
+    w.process_->channel()->send_encoded(p->newconn_message_, std::move(handle), std::move(options));
     return give ? HandOffSend::given : HandOffSend::sent;
   };
 }

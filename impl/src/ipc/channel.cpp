@@ -16,6 +16,7 @@
 #include "handles.hpp"
 #include "json_fast.hpp"
 #include "uvcluster/detail/read_buffer.hpp"
+#include "uvcluster/detail/ring.hpp"
 #include "uvcluster/detail/ticker.hpp"
 #include "uvcluster/detail/uv_handle.hpp"
 #include "uvcluster/ipc/framing.hpp"
@@ -142,10 +143,10 @@ struct Channel::Impl : std::enable_shared_from_this<Channel::Impl> {
   std::deque<std::unique_ptr<WriteReq>> outq;   // (plain frames are appended to the last one)
   size_t outq_bytes = 0;
 
-  std::deque<InFlight> unacked;  // handles sent, oldest first: ACK/NACKs answer them in order
+  detail::Ring<InFlight> unacked{4};  // handles sent, oldest first: ACK/NACKs answer them in order
   size_t blocking = 0;           // entries of `unacked` that hold later sends back (not pipelined)
   std::deque<Queued> queue;
-  std::deque<Fd> received_fds;
+  detail::Ring<Fd> received_fds{4};
   // Takes each received fd out of the pipe (take_pending); never started.
   detail::UvHandle<uv_tcp_t> fd_receiver;
   std::deque<Buffered> backlog;
@@ -164,6 +165,16 @@ struct Channel::Impl : std::enable_shared_from_this<Channel::Impl> {
   detail::Event<> close_ev;
   std::function<bool(std::string_view)> line_filter;
   std::function<bool(HandleFrame&)> handle_filter;
+  std::function<void(uint64_t tag, const Error&)> send_failure;  // SendOptions::failure_tag
+
+  // A tagged send's `done`: its failure goes to the channel's send_failure handler. Small enough
+  // for std::function's inline storage (no allocation per send); it is only ever called by the
+  // channel while the channel lives (deferred calls check that first).
+  std::function<void(const Error*)> tagged_done(uint64_t tag) {
+    return [self = this, tag](const Error* e) {
+      if (e && self->send_failure) self->send_failure(tag, *e);
+    };
+  }
 
   // Runs fn on the loop's next turn if the channel still exists.
   void defer(std::function<void(Impl&)> fn) {
@@ -900,6 +911,7 @@ void Channel::destroy() {
 bool Channel::send(const Json& message, std::optional<OutgoingHandle> handle, SendOptions options,
                    std::function<void(const Error*)> done) {
   auto& i = *impl_;
+  if (!done && options.failure_tag) done = i.tagged_done(options.failure_tag);
   if (i.state != Impl::State::open || !i.connected) {
     i.fail_later(std::move(done), channel_closed());
     return false;  // `handle` (and its fd) is dropped here
@@ -924,6 +936,7 @@ Status Channel::disconnect() {
 bool Channel::send_encoded(std::string_view message_json, OutgoingHandle handle, SendOptions options,
                            std::function<void(const Error*)> done) {
   auto& i = *impl_;
+  if (!done && options.failure_tag) done = i.tagged_done(options.failure_tag);
   Impl::Queued q{Json(), std::move(handle), std::move(options), std::move(done)};
   if (i.state != Impl::State::open || !i.connected || i.advanced() || i.blocking > 0 || !Impl::has_fd(q.handle)) {
     // The general path (it may have to keep the message as a value in its queue).
@@ -988,6 +1001,9 @@ void Channel::on_internal_message(std::function<void(const Json&, ReceivedHandle
   impl_->internal_ev.add(std::move(fn));
 }
 void Channel::set_line_filter(std::function<bool(std::string_view line)> fn) { impl_->line_filter = std::move(fn); }
+void Channel::on_send_failure(std::function<void(uint64_t tag, const Error&)> fn) {
+  impl_->send_failure = std::move(fn);
+}
 void Channel::set_handle_filter(std::function<bool(HandleFrame&)> fn) { impl_->handle_filter = std::move(fn); }
 
 void Channel::on_disconnect(std::function<void()> fn) {

@@ -25,7 +25,6 @@
 #include <uv.h>
 
 #include <array>
-#include <deque>
 #include <functional>
 #include <map>
 #include <memory>
@@ -36,6 +35,7 @@
 #include "uvcluster/cluster/acceptor.hpp"
 #include "uvcluster/cluster/protocol.hpp"
 #include "uvcluster/detail/event.hpp"
+#include "uvcluster/detail/ring.hpp"
 #include "uvcluster/detail/ticker.hpp"
 #include "uvcluster/error.hpp"
 #include "uvcluster/process.hpp"
@@ -241,7 +241,7 @@ class WorkerHandle {
     int64_t newconn_seq = -1; // a newconn: its hand-off fails (handoffs_); else on_nack runs
     std::function<void()> on_nack;
   };
-  std::deque<HandleSent> on_nack_;
+  detail::Ring<HandleSent> on_nack_{4};
   uint64_t next_ticket_ = 1;
   HandOffTable handoffs_;  // newconns awaiting this worker's answer
   detail::Event<> online_;
@@ -325,10 +325,11 @@ class Primary : public std::enable_shared_from_this<Primary> {
   std::optional<int64_t> send_to(WorkerHandle& w, Json payload, Messenger::Reply cb = {},
                                  std::optional<ipc::OutgoingHandle> handle = std::nullopt,
                                  std::function<void()> on_nack = {}, bool pipelined = false);
-  // The `done` of a handle sent to `w`: out of fds is its NACK (on_nack, or for a newconn its
-  // hand-off fails), other errors fail the channel.
-  std::function<void(const Error*)> handle_done(WorkerHandle& w, std::function<void()> on_nack,
-                                                int64_t newconn_seq = -1);
+  // A handle is sent to `w`: what its NACK does (on_nack, or for a newconn its hand-off fails).
+  // Returns its ticket, the send's SendOptions::failure_tag.
+  uint64_t handle_sent(WorkerHandle& w, std::function<void()> on_nack, int64_t newconn_seq = -1);
+  // A handle sent to `w` failed to leave: out of fds is its NACK, other errors fail the channel.
+  void handle_send_failed(WorkerHandle& w, uint64_t ticket, const Error& e);
   // A newconn's answer (or, not `answered`, its NACK: refused) reaches the scheduler that sent
   // it, if its server is still open; `returned`: the connection a refusal gave back.
   void finish_handoff(WorkerHandle& w, const HandOffTable::Record& r, bool accepted, bool answered = true,
