@@ -133,6 +133,7 @@ struct Channel::Impl : std::enable_shared_from_this<Channel::Impl> {
   // every message big enough to need one, it gives them back after big_buffer_idle_ms without.
   // Unref'd: it never keeps the loop alive.
   detail::UvHandle<uv_timer_t> big_buffer_timer;
+  uv_os_fd_t socket_fd = -1;  // the pipe's, read once (send_direct)
   bool write_in_flight = false;                 // one uv_write at a time; the rest waits here
   bool corked = false;  // a read is being handled: frames written meanwhile leave together after it
   // While corked, with nothing queued before them, small plain frames gather here (an ACK and the
@@ -342,8 +343,8 @@ struct Channel::Impl : std::enable_shared_from_this<Channel::Impl> {
   ssize_t send_direct(const std::string& frame, int fd) {
     if (write_in_flight || !outq.empty() || !cork_buf.empty() || uv_stream_get_write_queue_size(pipe.stream()) != 0)
       return -1;
-    uv_os_fd_t sock = -1;
-    if (uv_fileno(pipe.base(), &sock) != 0) return -1;
+    if (socket_fd < 0 && uv_fileno(pipe.base(), &socket_fd) != 0) return -1;
+    int sock = socket_fd;
     union {
       cmsghdr align;
       char space[CMSG_SPACE(sizeof(int))];
@@ -672,9 +673,8 @@ struct Channel::Impl : std::enable_shared_from_this<Channel::Impl> {
   void on_line(std::string_view line) {
     if (state != State::open) return;
     if (!advanced() && line == kAckLine) {  // every hand-off's answer: no parse
-      static const Json ack_message = {{"cmd", "NODE_HANDLE_ACK"}};
       on_handle_reply(true);
-      if (state == State::open) internal_ev.emit(ack_message, nullptr);
+      if (state == State::open) internal_ev.emit(handle_ack_message(), nullptr);
       return;
     }
     if (line.size() > kBigMessage && !advanced()) hold_big_buffers();
@@ -965,6 +965,11 @@ bool Channel::send_encoded(std::string_view message_json, std::function<void(con
   frame += '\n';
   if (i.write(std::move(frame), -1, std::move(done)) < 0) return false;
   return i.pending_bytes() < kHighWaterMark;
+}
+
+const Json& handle_ack_message() {
+  static const Json ack = {{"cmd", "NODE_HANDLE_ACK"}};
+  return ack;
 }
 
 ReceivedHandle* HandleFrame::accept() {

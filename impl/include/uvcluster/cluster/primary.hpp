@@ -114,7 +114,9 @@ struct PrimaryStats {
   uint64_t queued = 0;      // connections waiting in the primary now
   uint64_t in_flight = 0;   // hand-offs awaiting an answer now
   uint64_t channel_errors = 0;
-  // rr: from sending a newconn to the worker's answer (accepted or refused), in the primary.
+  // rr: from sending a newconn to the worker's answer (accepted or refused), in the primary. A
+  // connection sent as the answer to the previous one frees its worker is stamped with that
+  // answer's clock reading (the send follows it within the same call, well under a µs).
   struct HandOffLatency {
     static constexpr std::array<double, 17> kBoundsSeconds = {
         0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
@@ -349,6 +351,7 @@ class Primary : public std::enable_shared_from_this<Primary> {
   uint64_t handle_serial_ = 0;
   PrimaryStats retired_;  // counters of handles already closed
   PrimaryStats::HandOffLatency handoff_latency_;
+  uint64_t answered_at_ns_ = 0;  // while an answer is passed to its scheduler: its uv_hrtime()
   std::string newconn_message_;  // the newconn being sent (its buffer is reused)
   std::vector<std::function<void()>> disconnect_cbs_;
   std::unique_ptr<Watchdog> watchdog_;  // started at the first fork when workers_die_with_primary

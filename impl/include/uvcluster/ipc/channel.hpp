@@ -267,6 +267,10 @@ class HandleFrame {
   std::optional<ReceivedHandle> handle_{};
 };
 
+// The message on_internal_message gets for a NODE_HANDLE_ACK read in json mode (one object, so a
+// listener can recognise the hand-off's ACK by its address, without a lookup).
+const Json& handle_ack_message();
+
 // Child side: opens the channel the parent gave us through NODE_CHANNEL_FD, in the mode
 // NODE_CHANNEL_SERIALIZATION_MODE names ("json" when unset; options.serialization is ignored),
 // and removes both variables from the environment, as Node does. Errors: ERR_IPC_NO_CHANNEL
