@@ -97,11 +97,11 @@ std::string NewconnMessage::with_seq(int64_t seq) const {
 }
 
 void NewconnMessage::write_with_seq(int64_t seq, std::string& out) const {
-  out.assign(head_);
   char digits[24];
-  auto end = std::to_chars(digits, digits + sizeof digits, seq).ptr;
+  auto end = std::to_chars(digits, digits + sizeof digits - 1, seq).ptr;
+  *end++ = '}';
+  out.assign(head_);
   out.append(digits, end);
-  out += '}';
 }
 
 namespace {

@@ -562,10 +562,8 @@ struct Channel::Impl : std::enable_shared_from_this<Channel::Impl> {
   // The NODE_HANDLE wrapper, in Node's key order: cmd, type, msg, then key or dgramType.
   static std::string json_handle_frame(HandleType type, std::string_view message_json,
                                        const std::optional<std::string>& key, int fd, std::string frame) {
-    frame.assign("{\"cmd\":\"NODE_HANDLE\",\"type\":\"");
-    frame += handle_type_name(type);
-    frame += "\",\"msg\":";
-    frame += message_json;
+    frame.assign(handle_frame_head(type));
+    frame.append(message_json);
     if (type == HandleType::dgram) {
       frame += ",\"dgramType\":\"";
       frame += detail_handles::dgram_type_of(fd);
@@ -574,8 +572,20 @@ struct Channel::Impl : std::enable_shared_from_this<Channel::Impl> {
       frame += ",\"key\":";
       detail_json::fast_dump(Json(*key), frame);
     }
-    frame += "}\n";
+    frame.append(std::string_view("}\n"));
     return frame;
+  }
+
+  // `{"cmd":"NODE_HANDLE","type":"<type>","msg":`, spelled out per type (no strlen, one copy).
+  static std::string_view handle_frame_head(HandleType type) {
+    switch (type) {
+      case HandleType::server: return R"({"cmd":"NODE_HANDLE","type":"net.Server","msg":)";
+      case HandleType::socket: return R"({"cmd":"NODE_HANDLE","type":"net.Socket","msg":)";
+      case HandleType::native: break;
+      case HandleType::dgram: return R"({"cmd":"NODE_HANDLE","type":"dgram.Socket","msg":)";
+      case HandleType::dgram_native: return R"({"cmd":"NODE_HANDLE","type":"dgram.Native","msg":)";
+    }
+    return R"({"cmd":"NODE_HANDLE","type":"net.Native","msg":)";
   }
 
   void on_handle_reply(bool ack) {
