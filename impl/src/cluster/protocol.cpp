@@ -2,6 +2,7 @@
 
 #include <uv.h>
 
+#include <algorithm>
 #include <charconv>
 #include <cmath>
 #include <vector>
@@ -121,10 +122,13 @@ struct Scan {
   // A JSON integer (no leading zeros) of at most 15 digits: exact in a double, as Node sent it.
   bool integer(int64_t& out) {
     bool negative = lit("-");
-    size_t n = 0;
+    const char* first = rest.data();
+    const char* stop = first + std::min<size_t>(rest.size(), 16);
+    const char* p = first;
     int64_t v = 0;
-    while (n < rest.size() && n < 16 && rest[n] >= '0' && rest[n] <= '9') v = v * 10 + (rest[n++] - '0');
-    if (n == 0 || n > 15 || (n > 1 && rest[0] == '0')) return false;
+    for (unsigned digit; p < stop && (digit = static_cast<unsigned char>(*p) - unsigned{'0'}) < 10; ++p) v = v * 10 + digit;
+    size_t n = static_cast<size_t>(p - first);
+    if (n == 0 || n > 15 || (n > 1 && *first == '0')) return false;
     rest.remove_prefix(n);
     out = negative ? -v : v;
     return true;

@@ -977,10 +977,11 @@ bool Channel::send_encoded(std::string_view message_json, std::function<void(con
   return i.pending_bytes() < kHighWaterMark;
 }
 
-const Json& handle_ack_message() {
-  static const Json ack = {{"cmd", "NODE_HANDLE_ACK"}};
-  return ack;
-}
+namespace {
+const Json kHandleAckMessage = {{"cmd", "NODE_HANDLE_ACK"}};  // (no guard to check per call)
+}  // namespace
+
+const Json& handle_ack_message() { return kHandleAckMessage; }
 
 ReceivedHandle* HandleFrame::accept() {
   if (!answered_) {
