@@ -9,9 +9,11 @@ primary's CPU): bench/rr_limits.py measures that.
 
 Cases: raw-k1 (the bare C primary, bench/limits/raw_rr.c; its forked workers run under callgrind
 too, which only slows them), rr (`uvcluster run --policy rr` with 2 hello-native workers) and,
-with --base-build DIR, rr-base (DIR's uvcluster and hello-native).
+with --base-build DIR, rr-base (DIR's uvcluster and hello-native). rr-workers, rr-base-workers and
+reuseport-workers count the 2 hello-native workers instead (each under callgrind, the primary
+native): rr-workers minus reuseport-workers is the hand-off's user-space cost in the worker.
 
-usage: bench/rr_instructions.py [--build build] [--base-build DIR] [--cases raw-k1,rr-base,rr]
+usage: bench/rr_instructions.py [--build build] [--base-build DIR] [--cases raw-k1,rr-base,rr,...]
                                 [--duration 5] [--connections 8] [--json out.json]
 Output: one JSON line per case, a table, and --json (strict JSON).
 """
@@ -44,20 +46,35 @@ def wrk_requests(port, seconds, connections):
     return int(re.search(r"(\d+) requests in", out).group(1))
 
 
-def measure(cmd, a):
+def measure(cmd, a, workers=False):
+    """Instructions per connection of the primary, or (`workers`) of its workers together."""
     out_dir = tempfile.mkdtemp(prefix="uvc-rr-ir-")
+    callgrind = ["valgrind", "-q", "--tool=callgrind", f"--callgrind-out-file={out_dir}/cg.%p"]
     try:
-        c = rr_limits.Case(["valgrind", "-q", "--tool=callgrind", f"--callgrind-out-file={out_dir}/cg.%p"] + cmd)
+        if workers:  # uvcluster run ... -- valgrind ... hello-native ...
+            split = cmd.index("--") + 1
+            c = rr_limits.Case(cmd[:split] + callgrind + cmd[split:])
+            pids = c.workers
+        else:
+            c = rr_limits.Case(callgrind + cmd)
+            pids = [c.p.pid]
         try:
             wrk_requests(c.port, 1, a.connections)  # warm-up: buffers grown, code paged in
-            subprocess.run(["callgrind_control", "-z", str(c.p.pid)], capture_output=True, check=True)
+            for pid in pids:
+                subprocess.run(["callgrind_control", "-z", str(pid)], capture_output=True, check=True)
             reqs = wrk_requests(c.port, a.duration, a.connections)
-            subprocess.run(["callgrind_control", "-d", str(c.p.pid)], capture_output=True, check=True)
+            for pid in pids:
+                subprocess.run(["callgrind_control", "-d", str(pid)], capture_output=True, check=True)
         finally:
             c.stop()
-        dump = sorted(glob.glob(f"{out_dir}/cg.{c.p.pid}.*"))
-        total = program_total(subprocess.run(["callgrind_annotate", dump[0]], capture_output=True, text=True).stdout)
-        return {"requests": reqs, "primary_instructions_per_conn": round(total / reqs) if total and reqs else None}
+        totals = []
+        for pid in pids:
+            dump = sorted(glob.glob(f"{out_dir}/cg.{pid}.*"))
+            out = subprocess.run(["callgrind_annotate", dump[0]], capture_output=True, text=True).stdout if dump else ""
+            totals.append(program_total(out))
+        total = sum(totals) if all(totals) else None
+        key = "workers_instructions_per_conn" if workers else "primary_instructions_per_conn"
+        return {"requests": reqs, key: round(total / reqs) if total and reqs else None}
     finally:
         shutil.rmtree(out_dir, ignore_errors=True)
 
@@ -72,18 +89,20 @@ def main(argv=None):
     ap.add_argument("--json")
     a = ap.parse_args(argv)
     all_cases = rr_limits.cases(a.build, a.base_build)
+    for name in ["rr", "rr-base", "reuseport"]:  # their hello-native workers, the primary run natively
+        if name in all_cases:
+            all_cases[name + "-workers"] = all_cases[name]
     names = [n for n in a.cases.split(",") if n in all_cases]
     results = {}
     for name in names:
-        r = measure(all_cases[name], a)
+        r = measure(all_cases[name], a, workers=name.endswith("-workers"))
         r["case"] = name
         results[name] = r
         print(json.dumps(r), flush=True)
-    raw = results.get("raw-k1", {}).get("primary_instructions_per_conn")
-    print("\n| case | primary instructions/conn (user space) | vs raw-k1 |\n|---|---|---|")
+    print("\n| case | instructions/conn (user space) | of |\n|---|---|---|")
     for name, r in results.items():
-        ir = r["primary_instructions_per_conn"]
-        print(f"| {name} | {ir} | {round(ir / raw, 2) if ir and raw else '-'} |")
+        ir = r.get("primary_instructions_per_conn") or r.get("workers_instructions_per_conn")
+        print(f"| {name} | {ir} | {'workers' if name.endswith('-workers') else 'primary'} |")
     if a.json:
         strict_json.write(a.json, {"cases": results, "duration_s": a.duration, "wrk_connections": a.connections})
 

@@ -279,6 +279,17 @@ struct Channel::Impl : std::enable_shared_from_this<Channel::Impl> {
     return true;
   }
 
+  // cork() for a message given as its bytes (send_encoded): appended with its newline, no copy
+  // of the frame made first (the answer a worker writes after the ACK, once per hand-off).
+  bool cork_message(std::string_view message_json, std::function<void(const Error*)>& done) {
+    if (!corked || write_in_flight || !outq.empty() || cork_buf.size() + message_json.size() + 1 > kCorkMax)
+      return false;
+    cork_buf.append(message_json);
+    cork_buf += '\n';
+    cork_dones.push_back(Done{std::move(done), false});
+    return true;
+  }
+
   // The internal answers (ACK/NACK): no copy of the frame when it can be corked.
   void write_control(const std::string& frame) {
     std::function<void(const Error*)> none;
@@ -970,10 +981,12 @@ bool Channel::send_encoded(std::string_view message_json, std::function<void(con
     }
     return send(parsed.value(), std::nullopt, {}, std::move(done));
   }
-  std::string frame = std::move(i.spare_frame);
-  frame.assign(message_json);
-  frame += '\n';
-  if (i.write(std::move(frame), -1, std::move(done)) < 0) return false;
+  if (!i.cork_message(message_json, done)) {
+    std::string frame = std::move(i.spare_frame);
+    frame.assign(message_json);
+    frame += '\n';
+    if (i.write(std::move(frame), -1, std::move(done)) < 0) return false;
+  }
   return i.pending_bytes() < kHighWaterMark;
 }
 
