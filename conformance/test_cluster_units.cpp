@@ -4,7 +4,9 @@
 #include <sys/resource.h>
 #include <sys/socket.h>
 
+#include <algorithm>
 #include <deque>
+#include <memory>
 #include <map>
 #include <set>
 
@@ -16,6 +18,7 @@
 #include "uvcluster/cluster/reuseport_steering.hpp"
 #include "uvcluster/cluster/shared_handle.hpp"
 #include "uvcluster/cluster/worker.hpp"
+#include "uvcluster/detail/ring.hpp"
 #include "uvcluster/ipc/framing.hpp"
 
 using namespace uvcluster;
@@ -308,6 +311,57 @@ Fd conn() {
 }
 
 }  // namespace
+
+// The scheduler's and the channel's queues (detail::Ring) against std::deque: the same contents
+// after every operation, across wrap-around, growth, erase in the middle and a move; and no
+// allocation once grown (the capacity stays).
+TEST(RoundRobinScheduler, RingQueueBehavesAsADequeAndKeepsItsCapacity) {
+  detail::Ring<std::unique_ptr<int>> ring;
+  std::deque<int> model;
+  auto same = [&] {
+    if (ring.size() != model.size()) return false;
+    for (size_t i = 0; i < model.size(); ++i)
+      if (*ring[i] != model[i]) return false;
+    return std::equal(ring.begin(), ring.end(), model.begin(), [](const auto& p, int v) { return *p == v; });
+  };
+  int next = 0;
+  for (int round = 0; round < 200; ++round) {
+    int op = (round * 5 + next) % 7;  // 4 of 7 add: it grows through several capacities
+    if (op <= 2 || model.empty()) {
+      ring.push_back(std::make_unique<int>(next));
+      model.push_back(next++);
+    } else if (op == 3) {
+      ring.push_front(std::make_unique<int>(next));
+      model.push_front(next++);
+    } else if (op == 4) {
+      ring.pop_front();
+      model.pop_front();
+    } else {
+      size_t at = static_cast<size_t>(round) % model.size();
+      auto after = ring.erase(ring.begin() + static_cast<std::ptrdiff_t>(at));
+      model.erase(model.begin() + static_cast<std::ptrdiff_t>(at));
+      EXPECT_EQ(after - ring.begin(), static_cast<std::ptrdiff_t>(at));
+    }
+    ASSERT_TRUE(same()) << "round " << round;
+  }
+  EXPECT_GE(model.size(), 16u);
+  size_t capacity = ring.capacity();
+  for (int i = 0; i < 1000; ++i) {  // a steady stream at the same length: the capacity stays
+    ring.push_back(std::make_unique<int>(next));
+    model.push_back(next++);
+    ring.pop_front();
+    model.pop_front();
+  }
+  EXPECT_EQ(ring.capacity(), capacity);
+  ASSERT_TRUE(same());
+  detail::Ring<std::unique_ptr<int>> moved = std::move(ring);
+  EXPECT_TRUE(ring.empty());
+  ASSERT_EQ(moved.size(), model.size());
+  ASSERT_FALSE(model.empty());
+  EXPECT_EQ(*moved.front(), model.front());
+  moved.clear();
+  EXPECT_TRUE(moved.empty());
+}
 
 TEST(RoundRobinScheduler, OneInFlightPerWorkerFreeListInOrder) {
   auto before = uvc_test::open_fds();

@@ -5,7 +5,7 @@ set -euo pipefail
 packages=(
   build-essential cmake pkg-config ccache
   libuv1-dev nlohmann-json3-dev libgtest-dev libgmock-dev libbenchmark-dev libhttp-parser-dev
-  nodejs wrk nginx-light strace
+  nodejs wrk nginx-light strace valgrind
   python3-pytest python3-matplotlib python3-numpy python3-scipy python3-jsonschema
   clang libclang-rt-14-dev
   libcli11-dev prometheus-cpp-dev curl python3-prometheus-client

@@ -196,6 +196,12 @@ Result<std::shared_ptr<WorkerHandle>> Primary::fork(const Env& extra) {
     ch->on_disconnect([wp, w] {
       if (auto p = wp.lock()) p->worker_disconnect(*w);
     });
+    // The failures of the handles we send it (SendOptions::failure_tag: the send's ticket).
+    ch->on_send_failure([wp, id](uint64_t ticket, const Error& e) {
+      auto p = wp.lock();
+      if (!p) return;
+      if (auto it = p->workers_.find(id); it != p->workers_.end()) p->handle_send_failed(*it->second, ticket, e);
+    });
     ch->on_error([wp, w](const Error& e) {
       if (auto p = wp.lock()) p->on_channel_failure(*w, e);
     });
@@ -269,33 +275,28 @@ std::optional<int64_t> Primary::send_to(WorkerHandle& w, Json payload, Messenger
   if (debug_) std::fprintf(stderr, "[primary] -> %d %s%s\n", w.id_, m.dump().c_str(), handle ? " +fd" : "");
   ipc::SendOptions options;
   options.pipelined = pipelined;
-  std::function<void(const Error*)> done;
-  if (handle) done = handle_done(w, std::move(on_nack));
-  w.process_->channel()->send(m, std::move(handle), std::move(options), std::move(done));
+  if (handle) options.failure_tag = handle_sent(w, std::move(on_nack));
+  w.process_->channel()->send(m, std::move(handle), std::move(options));
   return seq;
 }
 
-std::function<void(const Error*)> Primary::handle_done(WorkerHandle& w, std::function<void()> on_nack,
-                                                       int64_t newconn_seq) {
+uint64_t Primary::handle_sent(WorkerHandle& w, std::function<void()> on_nack, int64_t newconn_seq) {
   // The channel sends handles one at a time, in order, so ACK/NACKs answer them in this order.
   uint64_t ticket = w.next_ticket_++;
   w.on_nack_.push_back(WorkerHandle::HandleSent{ticket, newconn_seq, std::move(on_nack)});
+  return ticket;
+}
+
+void Primary::handle_send_failed(WorkerHandle& w, uint64_t ticket, const Error& e) {
   // A handle that could not leave because we are out of fds (the channel had to duplicate it
   // to queue it) never reached the worker: that is a NACK, not a broken channel.
-  return [wp = weak_from_this(), id = w.id_, ticket](const Error* e) {
-    auto p = wp.lock();
-    if (!e || !p) return;
-    auto it = p->workers_.find(id);
-    if (it == p->workers_.end()) return;
-    WorkerHandle& wh = *it->second;
-    if (e->errnum != UV_EMFILE && e->errnum != UV_ENFILE) return p->on_channel_failure(wh, *e);
-    auto& q = wh.on_nack_;
-    auto pos = std::find_if(q.begin(), q.end(), [ticket](const auto& h) { return h.ticket == ticket; });
-    if (pos == q.end()) return;
-    WorkerHandle::HandleSent sent = std::move(*pos);
-    q.erase(pos);
-    p->handle_nacked(wh, sent);
-  };
+  if (e.errnum != UV_EMFILE && e.errnum != UV_ENFILE) return on_channel_failure(w, e);
+  auto& q = w.on_nack_;
+  auto pos = std::find_if(q.begin(), q.end(), [ticket](const auto& h) { return h.ticket == ticket; });
+  if (pos == q.end()) return;
+  WorkerHandle::HandleSent sent = std::move(*pos);
+  q.erase(pos);
+  handle_nacked(w, sent);
 }
 
 void Primary::handle_nacked(WorkerHandle& w, const WorkerHandle::HandleSent& sent) {
@@ -330,7 +331,8 @@ bool Primary::serves(uint64_t handle_serial) const {
 
 void Primary::finish_handoff(WorkerHandle& w, const HandOffTable::Record& r, bool accepted, bool answered,
                              Fd returned) {
-  if (answered) handoff_latency_.record(static_cast<double>(uv_hrtime() - r.sent_ns) / 1e9);
+  uint64_t now = answered ? uv_hrtime() : 0;
+  if (answered) handoff_latency_.record(static_cast<double>(now - r.sent_ns) / 1e9);
   if (answered && !accepted && r.given && !returned) {
     // It declared returnRefused, had the only copy and kept it: the client's connection is lost.
     w.error_.emit(Error::make("ERR_UVC_REFUSED_NOT_RETURNED",
@@ -339,7 +341,11 @@ void Primary::finish_handoff(WorkerHandle& w, const HandOffTable::Record& r, boo
   }
   if (!serves(r.serial)) return;  // its server closed: nothing waits for the answer
   if (accepted) ++w.connections_;
+  // The scheduler sends the connection this answer frees from inside the call: stamped with the
+  // same reading (one clock read per hand-off instead of two).
+  answered_at_ns_ = now;
   r.reply(accepted, std::move(returned));
+  answered_at_ns_ = 0;
 }
 
 void Primary::on_channel_failure(WorkerHandle& w, const Error& e) {
@@ -368,6 +374,7 @@ const std::map<std::string, Primary::ActHandler, std::less<>>& Primary::acts() {
 void Primary::on_internal(const std::shared_ptr<WorkerHandle>& w, const Json& raw,
                           ipc::ReceivedHandle* h) {
   if (debug_) std::fprintf(stderr, "[primary] <- %d %s%s\n", w->id_, raw.dump().c_str(), h ? " +fd" : "");
+  if (&raw == &ipc::handle_ack_message()) return on_handle_reply(*w, true);  // every hand-off's ACK
   if (raw.is_object()) {
     if (auto cmd = raw.find("cmd"); cmd != raw.end() && cmd->is_string()) {
       const std::string& name = cmd->get_ref<const std::string&>();  // no Json made to compare
@@ -434,16 +441,15 @@ HandOffSender Primary::newconn_sender(int worker, const std::string& key, uint64
   // Made once per worker and server; a hand-off then allocates nothing: its record goes in the
   // worker's table, its message into a reused buffer, its fd out with it in one sendmsg.
   auto message = std::make_shared<const NewconnMessage>(key);  // encoded once: a hand-off appends its seq
-  return [wp = weak_from_this(), worker, message, serial](int conn, HandOffReply reply) {
-    auto p = wp.lock();
-    if (!p) return HandOffSend::gone;
+  // The sender lives in a server handle of handles_, which goes before the Primary does.
+  return [p = this, worker, message, serial](int conn, HandOffReply reply) {
     auto wit = p->workers_.find(worker);
     if (wit == p->workers_.end() || !wit->second->is_connected()) return HandOffSend::gone;
     WorkerHandle& w = *wit->second;
     int64_t seq = p->messenger_.next_seq();
     bool give = w.returns_refused_ && w.copies_to_keep_ == 0;
     if (w.copies_to_keep_ > 0) --w.copies_to_keep_;
-    w.handoffs_.add({seq, reply, uv_hrtime(), serial, give});
+    w.handoffs_.add({seq, reply, p->answered_at_ns_ ? p->answered_at_ns_ : uv_hrtime(), serial, give});
     message->write_with_seq(seq, p->newconn_message_);
     if (p->debug_) std::fprintf(stderr, "[primary] -> %d %s +fd\n", worker, p->newconn_message_.c_str());
     // The scheduler keeps `conn` at least until this returns (until the answer unless it is given
@@ -453,8 +459,8 @@ HandOffSender Primary::newconn_sender(int worker, const std::string& key, uint64
     ipc::SendOptions options;
     options.pipelined = p->settings_.rr_window > 1;
     options.done_on_failure_only = true;
-    w.process_->channel()->send_encoded(p->newconn_message_, std::move(handle), std::move(options),
-                                        p->handle_done(w, {}, seq));
+    options.failure_tag = p->handle_sent(w, {}, seq);
+    w.process_->channel()->send_encoded(p->newconn_message_, std::move(handle), std::move(options));
     return give ? HandOffSend::given : HandOffSend::sent;
   };
 }

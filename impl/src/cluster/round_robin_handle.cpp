@@ -97,7 +97,7 @@ bool RoundRobinScheduler::remove(int worker, bool gone) {
     if (gone) worker_gone(worker);
     return all_.empty();
   }
-  std::deque<InFlight> in_flight = std::move(it->second.in_flight);
+  detail::Ring<InFlight> in_flight = std::move(it->second.in_flight);
   all_.erase(it);
   std::erase(free_, worker);
   for (auto& f : in_flight) orphans_.emplace(f.id, Orphan{worker, std::move(f.conn)});

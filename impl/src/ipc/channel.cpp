@@ -16,6 +16,7 @@
 #include "handles.hpp"
 #include "json_fast.hpp"
 #include "uvcluster/detail/read_buffer.hpp"
+#include "uvcluster/detail/ring.hpp"
 #include "uvcluster/detail/ticker.hpp"
 #include "uvcluster/detail/uv_handle.hpp"
 #include "uvcluster/ipc/framing.hpp"
@@ -132,6 +133,7 @@ struct Channel::Impl : std::enable_shared_from_this<Channel::Impl> {
   // every message big enough to need one, it gives them back after big_buffer_idle_ms without.
   // Unref'd: it never keeps the loop alive.
   detail::UvHandle<uv_timer_t> big_buffer_timer;
+  uv_os_fd_t socket_fd = -1;  // the pipe's, read once (send_direct)
   bool write_in_flight = false;                 // one uv_write at a time; the rest waits here
   bool corked = false;  // a read is being handled: frames written meanwhile leave together after it
   // While corked, with nothing queued before them, small plain frames gather here (an ACK and the
@@ -142,10 +144,10 @@ struct Channel::Impl : std::enable_shared_from_this<Channel::Impl> {
   std::deque<std::unique_ptr<WriteReq>> outq;   // (plain frames are appended to the last one)
   size_t outq_bytes = 0;
 
-  std::deque<InFlight> unacked;  // handles sent, oldest first: ACK/NACKs answer them in order
+  detail::Ring<InFlight> unacked{4};  // handles sent, oldest first: ACK/NACKs answer them in order
   size_t blocking = 0;           // entries of `unacked` that hold later sends back (not pipelined)
   std::deque<Queued> queue;
-  std::deque<Fd> received_fds;
+  detail::Ring<Fd> received_fds{4};
   // Takes each received fd out of the pipe (take_pending); never started.
   detail::UvHandle<uv_tcp_t> fd_receiver;
   std::deque<Buffered> backlog;
@@ -164,6 +166,16 @@ struct Channel::Impl : std::enable_shared_from_this<Channel::Impl> {
   detail::Event<> close_ev;
   std::function<bool(std::string_view)> line_filter;
   std::function<bool(HandleFrame&)> handle_filter;
+  std::function<void(uint64_t tag, const Error&)> send_failure;  // SendOptions::failure_tag
+
+  // A tagged send's `done`: its failure goes to the channel's send_failure handler. Small enough
+  // for std::function's inline storage (no allocation per send); it is only ever called by the
+  // channel while the channel lives (deferred calls check that first).
+  std::function<void(const Error*)> tagged_done(uint64_t tag) {
+    return [self = this, tag](const Error* e) {
+      if (e && self->send_failure) self->send_failure(tag, *e);
+    };
+  }
 
   // Runs fn on the loop's next turn if the channel still exists.
   void defer(std::function<void(Impl&)> fn) {
@@ -267,6 +279,17 @@ struct Channel::Impl : std::enable_shared_from_this<Channel::Impl> {
     return true;
   }
 
+  // cork() for a message given as its bytes (send_encoded): appended with its newline, no copy
+  // of the frame made first (the answer a worker writes after the ACK, once per hand-off).
+  bool cork_message(std::string_view message_json, std::function<void(const Error*)>& done) {
+    if (!corked || write_in_flight || !outq.empty() || cork_buf.size() + message_json.size() + 1 > kCorkMax)
+      return false;
+    cork_buf.append(message_json);
+    cork_buf += '\n';
+    cork_dones.push_back(Done{std::move(done), false});
+    return true;
+  }
+
   // The internal answers (ACK/NACK): no copy of the frame when it can be corked.
   void write_control(const std::string& frame) {
     std::function<void(const Error*)> none;
@@ -331,8 +354,8 @@ struct Channel::Impl : std::enable_shared_from_this<Channel::Impl> {
   ssize_t send_direct(const std::string& frame, int fd) {
     if (write_in_flight || !outq.empty() || !cork_buf.empty() || uv_stream_get_write_queue_size(pipe.stream()) != 0)
       return -1;
-    uv_os_fd_t sock = -1;
-    if (uv_fileno(pipe.base(), &sock) != 0) return -1;
+    if (socket_fd < 0 && uv_fileno(pipe.base(), &socket_fd) != 0) return -1;
+    int sock = socket_fd;
     union {
       cmsghdr align;
       char space[CMSG_SPACE(sizeof(int))];
@@ -550,10 +573,8 @@ struct Channel::Impl : std::enable_shared_from_this<Channel::Impl> {
   // The NODE_HANDLE wrapper, in Node's key order: cmd, type, msg, then key or dgramType.
   static std::string json_handle_frame(HandleType type, std::string_view message_json,
                                        const std::optional<std::string>& key, int fd, std::string frame) {
-    frame.assign("{\"cmd\":\"NODE_HANDLE\",\"type\":\"");
-    frame += handle_type_name(type);
-    frame += "\",\"msg\":";
-    frame += message_json;
+    frame.assign(handle_frame_head(type));
+    frame.append(message_json);
     if (type == HandleType::dgram) {
       frame += ",\"dgramType\":\"";
       frame += detail_handles::dgram_type_of(fd);
@@ -562,8 +583,20 @@ struct Channel::Impl : std::enable_shared_from_this<Channel::Impl> {
       frame += ",\"key\":";
       detail_json::fast_dump(Json(*key), frame);
     }
-    frame += "}\n";
+    frame.append(std::string_view("}\n"));
     return frame;
+  }
+
+  // `{"cmd":"NODE_HANDLE","type":"<type>","msg":`, spelled out per type (no strlen, one copy).
+  static std::string_view handle_frame_head(HandleType type) {
+    switch (type) {
+      case HandleType::server: return R"({"cmd":"NODE_HANDLE","type":"net.Server","msg":)";
+      case HandleType::socket: return R"({"cmd":"NODE_HANDLE","type":"net.Socket","msg":)";
+      case HandleType::native: break;
+      case HandleType::dgram: return R"({"cmd":"NODE_HANDLE","type":"dgram.Socket","msg":)";
+      case HandleType::dgram_native: return R"({"cmd":"NODE_HANDLE","type":"dgram.Native","msg":)";
+    }
+    return R"({"cmd":"NODE_HANDLE","type":"net.Native","msg":)";
   }
 
   void on_handle_reply(bool ack) {
@@ -661,9 +694,8 @@ struct Channel::Impl : std::enable_shared_from_this<Channel::Impl> {
   void on_line(std::string_view line) {
     if (state != State::open) return;
     if (!advanced() && line == kAckLine) {  // every hand-off's answer: no parse
-      static const Json ack_message = {{"cmd", "NODE_HANDLE_ACK"}};
       on_handle_reply(true);
-      if (state == State::open) internal_ev.emit(ack_message, nullptr);
+      if (state == State::open) internal_ev.emit(handle_ack_message(), nullptr);
       return;
     }
     if (line.size() > kBigMessage && !advanced()) hold_big_buffers();
@@ -900,6 +932,7 @@ void Channel::destroy() {
 bool Channel::send(const Json& message, std::optional<OutgoingHandle> handle, SendOptions options,
                    std::function<void(const Error*)> done) {
   auto& i = *impl_;
+  if (!done && options.failure_tag) done = i.tagged_done(options.failure_tag);
   if (i.state != Impl::State::open || !i.connected) {
     i.fail_later(std::move(done), channel_closed());
     return false;  // `handle` (and its fd) is dropped here
@@ -924,6 +957,7 @@ Status Channel::disconnect() {
 bool Channel::send_encoded(std::string_view message_json, OutgoingHandle handle, SendOptions options,
                            std::function<void(const Error*)> done) {
   auto& i = *impl_;
+  if (!done && options.failure_tag) done = i.tagged_done(options.failure_tag);
   Impl::Queued q{Json(), std::move(handle), std::move(options), std::move(done)};
   if (i.state != Impl::State::open || !i.connected || i.advanced() || i.blocking > 0 || !Impl::has_fd(q.handle)) {
     // The general path (it may have to keep the message as a value in its queue).
@@ -947,12 +981,20 @@ bool Channel::send_encoded(std::string_view message_json, std::function<void(con
     }
     return send(parsed.value(), std::nullopt, {}, std::move(done));
   }
-  std::string frame = std::move(i.spare_frame);
-  frame.assign(message_json);
-  frame += '\n';
-  if (i.write(std::move(frame), -1, std::move(done)) < 0) return false;
+  if (!i.cork_message(message_json, done)) {
+    std::string frame = std::move(i.spare_frame);
+    frame.assign(message_json);
+    frame += '\n';
+    if (i.write(std::move(frame), -1, std::move(done)) < 0) return false;
+  }
   return i.pending_bytes() < kHighWaterMark;
 }
+
+namespace {
+const Json kHandleAckMessage = {{"cmd", "NODE_HANDLE_ACK"}};  // (no guard to check per call)
+}  // namespace
+
+const Json& handle_ack_message() { return kHandleAckMessage; }
 
 ReceivedHandle* HandleFrame::accept() {
   if (!answered_) {
@@ -988,6 +1030,9 @@ void Channel::on_internal_message(std::function<void(const Json&, ReceivedHandle
   impl_->internal_ev.add(std::move(fn));
 }
 void Channel::set_line_filter(std::function<bool(std::string_view line)> fn) { impl_->line_filter = std::move(fn); }
+void Channel::on_send_failure(std::function<void(uint64_t tag, const Error&)> fn) {
+  impl_->send_failure = std::move(fn);
+}
 void Channel::set_handle_filter(std::function<bool(HandleFrame&)> fn) { impl_->handle_filter = std::move(fn); }
 
 void Channel::on_disconnect(std::function<void()> fn) {

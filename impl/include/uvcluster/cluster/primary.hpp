@@ -25,7 +25,6 @@
 #include <uv.h>
 
 #include <array>
-#include <deque>
 #include <functional>
 #include <map>
 #include <memory>
@@ -36,6 +35,7 @@
 #include "uvcluster/cluster/acceptor.hpp"
 #include "uvcluster/cluster/protocol.hpp"
 #include "uvcluster/detail/event.hpp"
+#include "uvcluster/detail/ring.hpp"
 #include "uvcluster/detail/ticker.hpp"
 #include "uvcluster/error.hpp"
 #include "uvcluster/process.hpp"
@@ -114,7 +114,9 @@ struct PrimaryStats {
   uint64_t queued = 0;      // connections waiting in the primary now
   uint64_t in_flight = 0;   // hand-offs awaiting an answer now
   uint64_t channel_errors = 0;
-  // rr: from sending a newconn to the worker's answer (accepted or refused), in the primary.
+  // rr: from sending a newconn to the worker's answer (accepted or refused), in the primary. A
+  // connection sent as the answer to the previous one frees its worker is stamped with that
+  // answer's clock reading (the send follows it within the same call, well under a µs).
   struct HandOffLatency {
     static constexpr std::array<double, 17> kBoundsSeconds = {
         0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
@@ -241,7 +243,7 @@ class WorkerHandle {
     int64_t newconn_seq = -1; // a newconn: its hand-off fails (handoffs_); else on_nack runs
     std::function<void()> on_nack;
   };
-  std::deque<HandleSent> on_nack_;
+  detail::Ring<HandleSent> on_nack_{4};
   uint64_t next_ticket_ = 1;
   HandOffTable handoffs_;  // newconns awaiting this worker's answer
   detail::Event<> online_;
@@ -325,10 +327,11 @@ class Primary : public std::enable_shared_from_this<Primary> {
   std::optional<int64_t> send_to(WorkerHandle& w, Json payload, Messenger::Reply cb = {},
                                  std::optional<ipc::OutgoingHandle> handle = std::nullopt,
                                  std::function<void()> on_nack = {}, bool pipelined = false);
-  // The `done` of a handle sent to `w`: out of fds is its NACK (on_nack, or for a newconn its
-  // hand-off fails), other errors fail the channel.
-  std::function<void(const Error*)> handle_done(WorkerHandle& w, std::function<void()> on_nack,
-                                                int64_t newconn_seq = -1);
+  // A handle is sent to `w`: what its NACK does (on_nack, or for a newconn its hand-off fails).
+  // Returns its ticket, the send's SendOptions::failure_tag.
+  uint64_t handle_sent(WorkerHandle& w, std::function<void()> on_nack, int64_t newconn_seq = -1);
+  // A handle sent to `w` failed to leave: out of fds is its NACK, other errors fail the channel.
+  void handle_send_failed(WorkerHandle& w, uint64_t ticket, const Error& e);
   // A newconn's answer (or, not `answered`, its NACK: refused) reaches the scheduler that sent
   // it, if its server is still open; `returned`: the connection a refusal gave back.
   void finish_handoff(WorkerHandle& w, const HandOffTable::Record& r, bool accepted, bool answered = true,
@@ -348,6 +351,7 @@ class Primary : public std::enable_shared_from_this<Primary> {
   uint64_t handle_serial_ = 0;
   PrimaryStats retired_;  // counters of handles already closed
   PrimaryStats::HandOffLatency handoff_latency_;
+  uint64_t answered_at_ns_ = 0;  // while an answer is passed to its scheduler: its uv_hrtime()
   std::string newconn_message_;  // the newconn being sent (its buffer is reused)
   std::vector<std::function<void()>> disconnect_cbs_;
   std::unique_ptr<Watchdog> watchdog_;  // started at the first fork when workers_die_with_primary

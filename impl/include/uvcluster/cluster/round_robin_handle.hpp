@@ -30,7 +30,6 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <deque>
 #include <functional>
 #include <map>
 #include <memory>
@@ -41,6 +40,7 @@
 #include "uvcluster/cluster/acceptor.hpp"
 #include "uvcluster/cluster/server_handle.hpp"
 #include "uvcluster/cluster/sockets.hpp"
+#include "uvcluster/detail/ring.hpp"
 #include "uvcluster/detail/uv_handle.hpp"
 #include "uvcluster/fd.hpp"
 
@@ -120,7 +120,7 @@ class RoundRobinScheduler {
   };
   struct Member {
     std::shared_ptr<const Sender> send;  // shared: a hand-off holds it without copying the closure
-    std::deque<InFlight> in_flight;  // oldest first, at most window_
+    detail::Ring<InFlight> in_flight{1};  // oldest first, at most window_
     uint64_t stalled = 0;  // id of the oldest timed-out hand-off: no more until the worker answers it
     int refusals_in_row = 0;
     uint64_t rest_until = 0;  // no hand-off before this time (clock units: ms)
@@ -145,7 +145,7 @@ class RoundRobinScheduler {
   std::map<uint64_t, Orphan> orphans_;  // by hand-off id
   std::map<int, Member> all_;
   std::vector<int> free_;  // idle workers, oldest first
-  std::deque<Conn> queue_;
+  detail::Ring<Conn> queue_{16};
   std::map<int, uint64_t> handed_out_;
   Counters counters_;
   uint64_t next_id_ = 1;

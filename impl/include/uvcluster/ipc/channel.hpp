@@ -71,6 +71,7 @@
 #include <uv.h>
 
 #include <cstddef>
+#include <cstdint>
 #include <functional>
 #include <memory>
 #include <nlohmann/json.hpp>
@@ -139,6 +140,9 @@ struct SendOptions {
   // The caller's `done` only acts on failures: a frame written at once schedules no success
   // call (the hand-off sends one per connection). It may still get nullptr after a queued write.
   bool done_on_failure_only = false;
+  // Without a `done`: a failure of this send goes to the channel's on_send_failure handler with
+  // this tag (0: none, the error event as before), so a hot sender needs no callback per send.
+  uint64_t failure_tag = 0;
 };
 
 struct ChannelOptions {
@@ -220,6 +224,9 @@ class Channel {
   // or recognises the message's bytes in full as one JSON text, calls accept() and returns true.
   // One filter per channel.
   void set_handle_filter(std::function<bool(HandleFrame& frame)> fn);
+  // The failures of sends made with a SendOptions::failure_tag and no `done`, with that tag and
+  // the error `done` would have had. One handler per channel.
+  void on_send_failure(std::function<void(uint64_t tag, const Error&)> fn);
   // Protocol and I/O errors. Codes: ERR_IPC_BAD_FRAME (a line that is not JSON or empty, or an
   // advanced frame that is not V8 data we model; it is skipped), ERR_IPC_UNSERIALIZABLE (a send
   // without `done` that advanced mode cannot write), ERR_IPC_FRAME_TOO_LARGE (channel closed), ERR_IPC_UNEXPECTED_HANDLE (fd
@@ -262,6 +269,10 @@ class HandleFrame {
   bool answered_ = false;
   std::optional<ReceivedHandle> handle_{};
 };
+
+// The message on_internal_message gets for a NODE_HANDLE_ACK read in json mode (one object, so a
+// listener can recognise the hand-off's ACK by its address, without a lookup).
+const Json& handle_ack_message();
 
 // Child side: opens the channel the parent gave us through NODE_CHANNEL_FD, in the mode
 // NODE_CHANNEL_SERIALIZATION_MODE names ("json" when unset; options.serialization is ignored),

@@ -1,0 +1,111 @@
+#!/usr/bin/python3
+"""User-space instructions per connection in the rr primary (issue 13 §1): the primary runs under
+valgrind's callgrind (its workers, exec'd, run natively), a `Connection: close` wrk load goes
+through it, and callgrind's instruction count (Ir: our code, libuv, libc, libstdc++; not the
+kernel) between a zero after a warm-up and a dump after the load is divided by the requests
+served. Unlike CPU time it does not move with the machine's load, so a change of a few % in the
+primary's user space shows in one run. It says nothing of the kernel's share (most of the
+primary's CPU): bench/rr_limits.py measures that.
+
+Cases: raw-k1 (the bare C primary, bench/limits/raw_rr.c; its forked workers run under callgrind
+too, which only slows them), rr (`uvcluster run --policy rr` with 2 hello-native workers) and,
+with --base-build DIR, rr-base (DIR's uvcluster and hello-native). rr-workers, rr-base-workers and
+reuseport-workers count the 2 hello-native workers instead (each under callgrind, the primary
+native): rr-workers minus reuseport-workers is the hand-off's user-space cost in the worker.
+
+usage: bench/rr_instructions.py [--build build] [--base-build DIR] [--cases raw-k1,rr-base,rr,...]
+                                [--duration 5] [--connections 8] [--json out.json]
+Output: one JSON line per case, a table, and --json (strict JSON).
+"""
+import argparse
+import glob
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "bench"))
+sys.path.insert(0, os.path.join(ROOT, "scripts"))
+import rr_limits  # noqa: E402
+import strict_json  # noqa: E402
+
+
+def program_total(annotate_output):
+    """callgrind_annotate's `N (100.0%)  PROGRAM TOTALS` line -> N."""
+    m = re.search(r"^\s*([\d,]+)\s.*PROGRAM TOTALS", annotate_output, re.M)
+    return int(m.group(1).replace(",", "")) if m else None
+
+
+def wrk_requests(port, seconds, connections):
+    out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "-H", "Connection: close",
+                          f"http://127.0.0.1:{port}/"], capture_output=True, text=True, timeout=seconds + 60).stdout
+    return int(re.search(r"(\d+) requests in", out).group(1))
+
+
+def measure(cmd, a, workers=False):
+    """Instructions per connection of the primary, or (`workers`) of its workers together."""
+    out_dir = tempfile.mkdtemp(prefix="uvc-rr-ir-")
+    callgrind = ["valgrind", "-q", "--tool=callgrind", f"--callgrind-out-file={out_dir}/cg.%p"]
+    try:
+        if workers:  # uvcluster run ... -- valgrind ... hello-native ...
+            split = cmd.index("--") + 1
+            c = rr_limits.Case(cmd[:split] + callgrind + cmd[split:])
+            pids = c.workers
+        else:
+            c = rr_limits.Case(callgrind + cmd)
+            pids = [c.p.pid]
+        try:
+            wrk_requests(c.port, 1, a.connections)  # warm-up: buffers grown, code paged in
+            for pid in pids:
+                subprocess.run(["callgrind_control", "-z", str(pid)], capture_output=True, check=True)
+            reqs = wrk_requests(c.port, a.duration, a.connections)
+            for pid in pids:
+                subprocess.run(["callgrind_control", "-d", str(pid)], capture_output=True, check=True)
+        finally:
+            c.stop()
+        totals = []
+        for pid in pids:
+            dump = sorted(glob.glob(f"{out_dir}/cg.{pid}.*"))
+            out = subprocess.run(["callgrind_annotate", dump[0]], capture_output=True, text=True).stdout if dump else ""
+            totals.append(program_total(out))
+        total = sum(totals) if all(totals) else None
+        key = "workers_instructions_per_conn" if workers else "primary_instructions_per_conn"
+        return {"requests": reqs, key: round(total / reqs) if total and reqs else None}
+    finally:
+        shutil.rmtree(out_dir, ignore_errors=True)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--build", default=os.path.join(ROOT, "build"))
+    ap.add_argument("--base-build", help="an older build directory: adds the case rr-base")
+    ap.add_argument("--cases", default="raw-k1,rr-base,rr")
+    ap.add_argument("--duration", type=int, default=5, help="seconds of measured load per case")
+    ap.add_argument("--connections", type=int, default=8)
+    ap.add_argument("--json")
+    a = ap.parse_args(argv)
+    all_cases = rr_limits.cases(a.build, a.base_build)
+    for name in ["rr", "rr-base", "reuseport"]:  # their hello-native workers, the primary run natively
+        if name in all_cases:
+            all_cases[name + "-workers"] = all_cases[name]
+    names = [n for n in a.cases.split(",") if n in all_cases]
+    results = {}
+    for name in names:
+        r = measure(all_cases[name], a, workers=name.endswith("-workers"))
+        r["case"] = name
+        results[name] = r
+        print(json.dumps(r), flush=True)
+    print("\n| case | instructions/conn (user space) | of |\n|---|---|---|")
+    for name, r in results.items():
+        ir = r.get("primary_instructions_per_conn") or r.get("workers_instructions_per_conn")
+        print(f"| {name} | {ir} | {'workers' if name.endswith('-workers') else 'primary'} |")
+    if a.json:
+        strict_json.write(a.json, {"cases": results, "duration_s": a.duration, "wrk_connections": a.connections})
+
+
+if __name__ == "__main__":
+    main()
