@@ -160,6 +160,8 @@ TEST(HandOffAllocations, ThePrimaryAllocatesNothingPerHandOffOnceWarm) {
     port = a.port;
     ++listening;
   });
+  int exited = 0;  // the test ends once the workers are gone (their handles are released at exit)
+  primary->on_exit([&](WorkerHandle&, const ExitStatus&) { ++exited; });
   for (int i = 0; i < kClients; ++i) ASSERT_TRUE(primary->fork().ok());
   ASSERT_TRUE(loop.run_until([&] { return listening == kClients; }));
 
@@ -193,7 +195,7 @@ TEST(HandOffAllocations, ThePrimaryAllocatesNothingPerHandOffOnceWarm) {
 
   bool disconnected = false;
   primary->disconnect([&] { disconnected = true; });
-  ASSERT_TRUE(loop.run_until([&] { return disconnected && primary->workers().empty(); }));
+  ASSERT_TRUE(loop.run_until([&] { return disconnected && primary->workers().empty() && exited == kClients; }));
 }
 
 namespace {
