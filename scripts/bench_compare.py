@@ -429,9 +429,11 @@ class Progress:
 
 def measure(sides, units, opts, samples, budget, max_s, max_k, started, min_k, progress):
     """Runs the ABBA rounds; returns (samples {metric: {"A": [...], "B": [...]}}, order, rounds).
-    The few-sample units (FEW_SAMPLE_UNITS) run in the first opts["instr_samples"] rounds only."""
+    The few-sample units (FEW_SAMPLE_UNITS) run in the first opts["instr_samples"] rounds only.
+    opts["unit_s"] collects the seconds spent in each unit (both sides, all rounds)."""
     data = {m: {"A": [], "B": []} for m in unit_metrics(units, opts["rr_limits"])}
     few = opts.get("instr_samples", 0)
+    unit_s = opts.setdefault("unit_s", {})
     order = []
     k = samples
     round_s = None  # the last round's time in the units every round runs
@@ -474,6 +476,7 @@ def measure(sides, units, opts, samples, budget, max_s, max_k, started, min_k, p
                 for name, v in measured.items():
                     data[name][label].append(v)
                 steps_done += 1
+            unit_s[u] = round(unit_s.get(u, 0.0) + time.monotonic() - t_unit, 1)
             if u in FEW_SAMPLE_UNITS:
                 few_s += time.monotonic() - t_unit
         round_s = time.monotonic() - t0 - few_s
@@ -679,7 +682,8 @@ def main(argv=None):
         "base": strip(base), "new": strip(new),
         "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "profile": a.profile,
         "env": history.environment(), "order": order, "samples_per_side": rounds,
-        "wall_s": round(time.monotonic() - started, 1),
+        "wall_s": round(time.monotonic() - started, 1), "build_s": round(sides["build_s"], 1),
+        "unit_s": opts.get("unit_s", {}),
         "settings": {"alpha": a.alpha, "min_effect": a.min_effect, "correction": "holm",
                      "ci": "percentile bootstrap of the median ratio, 4000 resamples",
                      "test": "Mann-Whitney U, two-sided", "gate": gate,

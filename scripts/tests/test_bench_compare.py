@@ -163,3 +163,4 @@ def test_the_instr_unit_runs_in_the_first_rounds_only(monkeypatch):
     assert rounds == 6 and order[:4] == ["A", "B", "B", "A"]
     assert len(data["ipc_handle_pingpong_us"]["A"]) == 6 and len(data["rr_primary_instructions"]["B"]) == 3
     assert [b for m, b in calls if m == "rr_primary_instructions"] == ["a", "b", "b", "a", "a", "b"]
+    assert set(opts["unit_s"]) == {"ipc-handle", "instr"}
