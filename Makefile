@@ -33,11 +33,11 @@ bench: build
 chaos: build
 	/usr/bin/python3 scripts/chaos/chaos.py --build $(BUILD) --profile $(PROFILE)
 
-# A/B regression check (scripts/bench_compare.py): BASE=<rev> [NEW=<rev>|worktree] [SET=ipc,rr,lab,big]
+# A/B regression check (scripts/bench_compare.py): BASE=<rev> [NEW=<rev>|worktree] [SET=ipc,rr,lab,big,instr]
 # [SAMPLES=k] [CPROFILE=default|ci|short]. Exit 0 / 1 (regression) / 2 (bad usage); make reports
 # any non-zero as 2, call the script directly when the distinction matters.
 bench-compare: deps
-	@test -n "$(BASE)" || { echo "usage: make bench-compare BASE=<rev> [NEW=<rev>|worktree] [SET=ipc,rr,lab,big] [SAMPLES=k] [CPROFILE=default|ci|short]" >&2; exit 2; }
+	@test -n "$(BASE)" || { echo "usage: make bench-compare BASE=<rev> [NEW=<rev>|worktree] [SET=ipc,rr,lab,big,instr] [SAMPLES=k] [CPROFILE=default|ci|short]" >&2; exit 2; }
 	/usr/bin/python3 scripts/bench_compare.py --base "$(BASE)" --new "$(or $(NEW),worktree)" \
 	  $(if $(SET),--set $(SET)) $(if $(SAMPLES),--samples $(SAMPLES)) $(if $(CPROFILE),--profile $(CPROFILE))
 

@@ -11,6 +11,15 @@ Per metric, from k samples of the old side (A) and k of the new side (B), taken 
   bad / good direction, is at least min_effect; otherwise "no evidence".
 Effect in the bad direction: 1 - ratio for a higher-is-better metric (req/s), ratio - 1 for a
 lower-is-better one (µs per round trip).
+
+Deterministic metrics (rule "separation": a count that load barely moves, such as callgrind's
+instructions per connection) are measured with few samples, with which Mann-Whitney can never
+reach alpha (k = 3 per side: the smallest two-sided p is 2 / C(6, 3) = 0.1). They get their own
+verdict and stay out of the Holm family (adding them would only cost the others power):
+"regressed" when every new sample is worse than every old one by at least min_separation,
+"improved" when every new sample is better than every old one by at least that, else "no
+evidence". "By s" is the bad_effect scale: for a lower-is-better count, min(new) >= max(old) x
+(1 + s) regresses and min(old) >= max(new) x (1 + s) improves. Their p is reported, uncorrected.
 """
 import math
 
@@ -87,6 +96,30 @@ def verdict(ratio, p_adjusted, better, alpha, min_effect):
     return "no evidence"
 
 
+def separation(base, new, better):
+    """How far apart the two sides' ranges are: > 0 when every new sample is worse than every old
+    one (by that fraction, min(worse side) / max(better side) - 1), < 0 when every new sample is
+    better (minus that fraction), 0 when the ranges overlap or touch."""
+    lo_side, hi_side = (base, new) if better == "lower" else (new, base)  # hi_side worse when new is worse
+    worse = min(hi_side) / max(lo_side) - 1.0 if max(lo_side) > 0 else None
+    better_by = min(lo_side) / max(hi_side) - 1.0 if max(hi_side) > 0 else None
+    if worse is not None and worse > 0:
+        return worse
+    if better_by is not None and better_by > 0:
+        return -better_by
+    return 0.0
+
+
+def separation_verdict(gap, min_separation):
+    if gap is None:
+        return "not measured"
+    if gap >= min_separation:
+        return "regressed"
+    if -gap >= min_separation:
+        return "improved"
+    return "no evidence"
+
+
 def min_samples(metrics, alpha):
     """Smallest k per side for which a complete separation can pass Holm at alpha with this many
     metrics (exact two-sided U: p_min = 2 / C(2k, k))."""
@@ -96,9 +129,11 @@ def min_samples(metrics, alpha):
     return k
 
 
-def analyse(metrics, alpha=0.05, min_effect=0.05, seed=1, bootstrap=4000):
-    """metrics: list of {"name", "better", "base": [...], "new": [...], ...}. Returns copies with
-    ratio, ci95, p, p_holm, stars, improvement and verdict filled in (strict-JSON-safe)."""
+def analyse(metrics, alpha=0.05, min_effect=0.05, seed=1, bootstrap=4000, min_separation=0.03):
+    """metrics: list of {"name", "better", "base": [...], "new": [...], "rule"?, "reason"?, ...}.
+    Returns copies with ratio, ci95, p, p_holm, stars, improvement and verdict filled in
+    (strict-JSON-safe); rule "separation" metrics also get "separation" and skip Holm. A given
+    "reason" (why a metric was not measured) is kept."""
     out = []
     for m in metrics:
         r = dict(m)
@@ -110,11 +145,19 @@ def analyse(metrics, alpha=0.05, min_effect=0.05, seed=1, bootstrap=4000):
         r["ci95"] = bootstrap_ci(base, new, n=bootstrap, seed=seed) if measurable and r["ratio"] is not None else None
         r["p"] = mann_whitney_p(base, new) if measurable else None
         if not measurable:
-            r["reason"] = f"too few samples (base {len(base)}, new {len(new)})"
+            r.setdefault("reason", f"too few samples (base {len(base)}, new {len(new)})")
+        r["rule"] = m.get("rule", "mann-whitney-holm")
+        if r["rule"] == "separation":
+            r["separation"] = separation(base, new, m["better"]) if measurable else None
         out.append(r)
-    for r, p in zip(out, holm([r["p"] for r in out])):
+    family = [r["p"] if r["rule"] != "separation" else None for r in out]
+    for r, p in zip(out, holm(family)):
         r["p_holm"] = p
         r["stars"] = stars(p)
         r["improvement"] = improvement(r["ratio"], r["better"]) if r["ratio"] else None
-        r["verdict"] = verdict(r["ratio"], p, r["better"], alpha, min_effect)
+        if r["rule"] == "separation":
+            r["min_separation"] = min_separation
+            r["verdict"] = separation_verdict(r["separation"], min_separation)
+        else:
+            r["verdict"] = verdict(r["ratio"], p, r["better"], alpha, min_effect)
     return out

@@ -25,10 +25,17 @@ Benchmark set (--set, comma-separated):
        hand-off's CPU per connection over the bare C pair's (bench/rr_limits.py)
   lab  scripts/lab/cell.py, 2 workers, close load: rr and reuseport (native app) req/s, and
        node-rr (Node's own cluster; a control that does not run uvcluster code, not gated)
+  instr  bench/rr_instructions.py: the rr primary's user-space instructions per connection under
+       valgrind's callgrind (rr_primary_instructions), and over the bare C primary's of the same
+       side (rr_primary_instructions_vs_bare, not gated; raw-k1 measured once per side, when the
+       revision has raw_rr). Load barely moves the count: 3 samples per side (in the first rounds),
+       judged by separation (below). Without valgrind the unit is skipped with a message.
 
 Per metric (scripts/ab_stats.py): median ratio new/old, 95% bootstrap CI, two-sided
 Mann-Whitney U p-value, Holm correction across all metrics of the run, verdict improved /
-regressed / no evidence (needs p_holm < --alpha AND an effect >= --min-effect).
+regressed / no evidence (needs p_holm < --alpha AND an effect >= --min-effect). The instr
+metrics are deterministic and few: outside Holm, regressed (improved) when every new sample is
+worse (better) than every old one by at least --min-separation (3 %).
 Output: results/compare/<time>-<base>-<new>.json (strict JSON, results/schema/compare.schema.json),
 a markdown table (printed, and .md beside the JSON) in the style of Node's benchmark/compare.R,
 a box plot (.png), and one line appended to results/history.jsonl.
@@ -71,13 +78,15 @@ OPTIONAL_TARGETS = ["limit_raw_rr"]  # built when the revision has them (the rr-
 # (README, "Proving the detector"). Used only when both sides' bench_ipc honours
 # UVC_BENCH_MIN_TIME; otherwise both sides take the 2 s sample.
 # rr_limits: whether an rr sample also runs the bare pair (the *_vs_bare metrics, ~2 more wrk runs).
+# instr_samples: samples per side of the instr unit (callgrind; deterministic metrics, judged by
+# separation: see scripts/ab_stats.py), taken in the first rounds; instr_duration: its wrk seconds.
 PROFILES = {
-    "default": {"set": "ipc,rr,lab,big", "duration": 3, "samples": None, "budget": 600, "max_s": None,
-                "max_k": 30, "ipc_sample": None, "rr_limits": True},
-    "ci": {"set": "ipc,rr,lab,big", "duration": 2, "samples": 8, "budget": 480, "max_s": 690,
-           "max_k": 30, "ipc_sample": (0.1, 5), "rr_limits": True},
+    "default": {"set": "ipc,rr,lab,big,instr", "duration": 3, "samples": None, "budget": 600, "max_s": None,
+                "max_k": 30, "ipc_sample": None, "rr_limits": True, "instr_samples": 3, "instr_duration": 2},
+    "ci": {"set": "ipc,rr,lab,big,instr", "duration": 2, "samples": 8, "budget": 480, "max_s": 690,
+           "max_k": 30, "ipc_sample": (0.1, 5), "rr_limits": True, "instr_samples": 3, "instr_duration": 2},
     "short": {"set": "ipc-handle,rr", "duration": 1, "samples": None, "budget": 150, "max_s": None,
-              "max_k": 40, "ipc_sample": (0.1, 5), "rr_limits": False},
+              "max_k": 40, "ipc_sample": (0.1, 5), "rr_limits": False, "instr_samples": 3, "instr_duration": 2},
 }
 LAB_CELLS = [("rr", "native", True), ("reuseport", "native", True), ("node-rr", "node", False)]
 
@@ -287,9 +296,44 @@ def unit_lab(build_dir, env, opts):
     return out
 
 
-UNITS = {"ipc": unit_ipc, "rr": unit_rr, "lab": unit_lab, "big": unit_big,
+INSTR_TOOLS = ["valgrind", "callgrind_control", "callgrind_annotate"]
+
+
+def instr_skip_reason():
+    """Why the instr unit cannot run here (None when it can): it needs valgrind's callgrind."""
+    missing = [t for t in INSTR_TOOLS if shutil.which(t) is None]
+    return (f"skipped: {', '.join(missing)} not installed (valgrind; scripts/deps.sh installs it)"
+            if missing else None)
+
+
+def unit_instr(build_dir, env, opts):
+    """The rr primary's user-space instructions per connection under callgrind
+    (bench/rr_instructions.py, case rr), and over the bare C primary's (case raw-k1, measured once
+    per build: its count repeats within 0.1 %). Nearly load-independent, so a few samples per side
+    and the separation verdict (scripts/ab_stats.py) instead of Mann-Whitney."""
+    script = os.path.join(ROOT, "bench", "rr_instructions.py")
+    bare = opts.setdefault("bare_instructions", {})
+    cases = ["rr"]
+    if build_dir not in bare and os.path.exists(os.path.join(build_dir, "bench", "limits", "raw_rr")):
+        cases.insert(0, "raw-k1")  # a revision without raw_rr just has no ratio
+    cmd = [sys.executable, script, "--build", build_dir, "--cases", ",".join(cases),
+           "--duration", str(opts["instr_duration"])]
+    rc, docs, _ = run_json_lines(cmd, env, timeout=len(cases) * (opts["instr_duration"] + 90))
+    by = {d.get("case"): d.get("primary_instructions_per_conn") for d in docs}
+    if by.get("raw-k1"):
+        bare[build_dir] = by["raw-k1"]
+    out = {}
+    if rc == 0 and by.get("rr"):
+        out["rr_primary_instructions"] = float(by["rr"])
+        if bare.get(build_dir):
+            out["rr_primary_instructions_vs_bare"] = by["rr"] / bare[build_dir]
+    return out
+
+
+UNITS = {"ipc": unit_ipc, "rr": unit_rr, "lab": unit_lab, "big": unit_big, "instr": unit_instr,
          "ipc-handle": lambda b, e, o: unit_ipc(b, e, o, "BM_IpcHandlePassing/")}
-# name -> (unit label, better, tracked)
+# name -> (unit label, better, tracked); DETERMINISTIC: the metrics judged by separation
+# (scripts/ab_stats.py) from the profile's instr_samples per side, outside the Holm family.
 METRICS = {
     "ipc_pingpong_us": ("µs/round trip", "lower", True),
     "ipc_handle_pingpong_us": ("µs/round trip", "lower", True),
@@ -306,7 +350,13 @@ METRICS = {
     "rr_primary_cpu_vs_bare": ("× bare primary", "lower", True),
     "rr_workers_cpu_vs_bare": ("× bare workers", "lower", True),
     **{f"lab_{s}_close_2w_rps": ("req/s", "higher", tracked) for s, _, tracked in LAB_CELLS},
+    # issue 13 §1: the rr primary's user-space instructions per connection (callgrind), and over
+    # the bare C primary's of the same side (not gated: a change of raw_rr.c would move it).
+    "rr_primary_instructions": ("instructions/conn", "lower", True),
+    "rr_primary_instructions_vs_bare": ("× bare primary instructions", "lower", False),
 }
+DETERMINISTIC = {"rr_primary_instructions", "rr_primary_instructions_vs_bare"}
+FEW_SAMPLE_UNITS = {"instr"}  # the units of the DETERMINISTIC metrics
 
 
 def unit_metrics(units, rr_limits=True):
@@ -325,7 +375,32 @@ def unit_metrics(units, rr_limits=True):
             names += ["ipc_1mib_ms", "ipc_1mib_cpu_ms", "spawn_true_1gib_us"]
         elif u == "lab":
             names += [f"lab_{s}_close_2w_rps" for s, _, _ in LAB_CELLS]
+        elif u == "instr":
+            names += ["rr_primary_instructions", "rr_primary_instructions_vs_bare"]
     return names
+
+
+def skipped_units(units):
+    """{unit: why it cannot run on this machine}: a missing tool skips its metrics, it is no failure."""
+    reason = instr_skip_reason() if "instr" in units else None
+    return {"instr": reason} if reason else {}
+
+
+def metric_records(names, data, skipped):
+    """The per-metric input of ab_stats.analyse: samples, direction, gating, rule, skip reason."""
+    skipped_metrics = {n: reason for u, reason in skipped.items() for n in unit_metrics([u])}
+    out = []
+    for n in names:
+        unit, better, tracked = METRICS[n]
+        side = data.get(n, {"A": [], "B": []})
+        m = {"name": n, "unit": unit, "better": better, "tracked": tracked, "gated": tracked,
+             "base": side["A"], "new": side["B"]}
+        if n in DETERMINISTIC:
+            m["rule"] = "separation"
+        if n in skipped_metrics:
+            m["reason"] = skipped_metrics[n]
+        out.append(m)
+    return out
 
 
 # ------------------------------------------------------------------ running
@@ -353,27 +428,41 @@ class Progress:
 
 
 def measure(sides, units, opts, samples, budget, max_s, max_k, started, min_k, progress):
-    """Runs the ABBA rounds; returns (samples {metric: {"A": [...], "B": [...]}}, order, rounds)."""
+    """Runs the ABBA rounds; returns (samples {metric: {"A": [...], "B": [...]}}, order, rounds).
+    The few-sample units (FEW_SAMPLE_UNITS) run in the first opts["instr_samples"] rounds only.
+    opts["unit_s"] collects the seconds spent in each unit (both sides, all rounds)."""
     data = {m: {"A": [], "B": []} for m in unit_metrics(units, opts["rr_limits"])}
+    few = opts.get("instr_samples", 0)
+    unit_s = opts.setdefault("unit_s", {})
     order = []
     k = samples
-    round_s = None
+    round_s = None  # the last round's time in the units every round runs
+    few_s = 0.0  # and in the few-sample units
     r = 0
     steps_done = 0
+
+    def steps_of(rounds):
+        return sum(2 * (min(rounds, few) if u in FEW_SAMPLE_UNITS else rounds) for u in units)
+
     while True:
         target = k if k is not None else min_k
         if r >= target:
             break
-        if max_s is not None and round_s is not None and time.monotonic() - started + round_s > max_s and r >= min_k:
+        next_s = None if round_s is None else round_s + (few_s if r < few else 0.0)
+        if max_s is not None and next_s is not None and time.monotonic() - started + next_s > max_s and r >= min_k:
             progress.show(f"bench-compare: stopping after {r} rounds (time limit {max_s} s)")
             break
         t0 = time.monotonic()
+        few_s = 0.0
         first, second = ("A", "B") if r % 2 == 0 else ("B", "A")
         order += [first, second]
         for u in units:
+            if u in FEW_SAMPLE_UNITS and r >= few:
+                continue
+            t_unit = time.monotonic()
             for label in (first, second):
                 side = sides[label]
-                total_steps = (k or target) * 2 * len(units)
+                total_steps = steps_of(k or target)
                 elapsed = time.monotonic() - started
                 per_step = (elapsed - sides["build_s"]) / steps_done if steps_done else None
                 left = f", ~{fmt_s(per_step * (total_steps - steps_done))} left" if per_step else ""
@@ -387,11 +476,14 @@ def measure(sides, units, opts, samples, budget, max_s, max_k, started, min_k, p
                 for name, v in measured.items():
                     data[name][label].append(v)
                 steps_done += 1
-        round_s = time.monotonic() - t0
+            unit_s[u] = round(unit_s.get(u, 0.0) + time.monotonic() - t_unit, 1)
+            if u in FEW_SAMPLE_UNITS:
+                few_s += time.monotonic() - t_unit
+        round_s = time.monotonic() - t0 - few_s
         r += 1
-        if k is None:  # size k to the budget from the first round's cost
-            fit = int((budget - (time.monotonic() - started - sides["build_s"])) / round_s) + 1  # builds excluded
-            k = max(min_k, min(max_k, fit))
+        if k is None:  # size k to the budget from the first round's cost, the few-sample rounds apart
+            left_s = budget - (time.monotonic() - started - sides["build_s"]) - max(0, few - r) * few_s
+            k = max(min_k, min(max_k, int(left_s / round_s) + 1))  # builds excluded
     progress.done()
     return data, order, r
 
@@ -414,17 +506,28 @@ def markdown(result):
             lo, hi = min(lo, hi), max(lo, hi)
             acc = f"±{(hi - lo) / 2 * 100:.2f} % [{lo * 100:+.1f}, {hi * 100:+.1f}]"
         gate = "" if m.get("gated") else " (not gated)"
+        mark = " †" if m.get("rule") == "separation" else ""
         med = lambda v: "" if v is None else f"{v:.4g}"  # noqa: E731
         p = "" if m.get("p_holm") is None else f"{m['p_holm']:.3g}"
-        rows.append(f"| {m['name']}{gate} | {m['unit']} | {med(m.get('base_median'))} | {med(m.get('new_median'))} | "
-                    f"{m.get('stars', '')} | {pct(m.get('improvement'))} | {acc} | {p} | {m['verdict']} |")
-    n = len(result["metrics"])
+        verdict = m["verdict"] + (f" ({m['reason']})" if m.get("reason") and m["verdict"] == "not measured" else "")
+        rows.append(f"| {m['name']}{mark}{gate} | {m['unit']} | {med(m.get('base_median'))} | "
+                    f"{med(m.get('new_median'))} | {m.get('stars', '')} | {pct(m.get('improvement'))} | {acc} | "
+                    f"{p} | {verdict} |")
+    separated = [m for m in result["metrics"] if m.get("rule") == "separation"]
+    n = len(result["metrics"]) - len(separated)
     rows += ["",
              f"{result['samples_per_side']} samples per side, interleaved ABBA; Mann-Whitney U, "
              f"Holm-corrected over {n} metrics (stars: * p<0.05, ** p<0.01, *** p<0.001 after "
              f"correction, so the chance of any false star in an unchanged run is about 5 %, not "
              f"{n} x 5 %). Verdict: p_holm < {s['alpha']} and an effect of at least "
              f"{s['min_effect'] * 100:.0f} %. improvement > 0 means new is better."]
+    if separated:
+        sep = s.get("separation") or {}
+        k = sep.get("samples_per_side", max(len(m["base"]) for m in separated))
+        min_sep = separated[0].get("min_separation", sep.get("min_separation", 0.03))
+        rows.append(f"† deterministic (user-space instructions under callgrind), {k} samples per side, "
+                    f"outside Holm: regressed (improved) when every new sample is worse (better) than every "
+                    f"old one by at least {min_sep * 100:.0f} %.")
     return "\n".join(rows)
 
 
@@ -470,12 +573,15 @@ def parse_args(argv):
                     help="the CI gate: --base from results/ci-baseline, --profile ci, --alpha 0.01, "
                          "--min-effect 0.10, only tracked metrics gate")
     ap.add_argument("--profile", choices=sorted(PROFILES), help="default: default (ci with --ci)")
-    ap.add_argument("--set", help="comma-separated units: ipc,rr,lab (default: the profile's)")
+    ap.add_argument("--set", help="comma-separated units: ipc,ipc-handle,rr,lab,big,instr (default: the profile's)")
     ap.add_argument("--samples", type=int, help="k samples per side (default: the profile's, or sized to --budget)")
     ap.add_argument("--budget", type=float, help="seconds of sampling (builds excluded) that k aims at when sized automatically")
     ap.add_argument("--duration", type=int, help="wrk seconds per rr/lab sample (default: the profile's)")
     ap.add_argument("--alpha", type=float, help="family-wise significance level (default 0.05; 0.01 with --ci)")
     ap.add_argument("--min-effect", type=float, help="smallest effect that counts (default 0.05; 0.10 with --ci)")
+    ap.add_argument("--min-separation", type=float, default=0.03,
+                    help="the deterministic metrics' (instr) verdict: regressed / improved when every new sample "
+                         "is worse / better than every old one by at least this fraction (default 0.03)")
     ap.add_argument("--preload-new", help="LD_PRELOAD for the NEW side only (a planted regression, e.g. "
                                           "build/lib/libuvc_delay_shim.so with UVC_DELAY_US set)")
     ap.add_argument("--out", default=os.path.join(ROOT, "results", "compare"))
@@ -506,10 +612,12 @@ def parse_args(argv):
     a.max_k = prof["max_k"]
     a.ipc_sample = prof["ipc_sample"]
     a.rr_limits = prof["rr_limits"]
+    a.instr_samples, a.instr_duration = prof["instr_samples"], prof["instr_duration"]
     a.alpha = a.alpha if a.alpha is not None else (0.01 if a.ci else 0.05)
     a.min_effect = a.min_effect if a.min_effect is not None else (0.10 if a.ci else 0.05)
-    if not 0 < a.alpha < 1 or a.min_effect < 0 or (a.samples is not None and a.samples < 2):
-        raise Usage("need 0 < --alpha < 1, --min-effect >= 0, --samples >= 2")
+    if (not 0 < a.alpha < 1 or a.min_effect < 0 or a.min_separation < 0
+            or (a.samples is not None and a.samples < 2)):
+        raise Usage("need 0 < --alpha < 1, --min-effect >= 0, --min-separation >= 0, --samples >= 2")
     if a.preload_new and not os.path.exists(a.preload_new):
         raise Usage(f"--preload-new: no such file {a.preload_new}")
     return a
@@ -549,18 +657,23 @@ def main(argv=None):
     short_ipc = a.ipc_sample and all(honours_ipc_min_time(side["build"]) for side in (base, new))
     if a.ipc_sample and not short_ipc:
         progress.show("bench-compare: a side's bench_ipc has no UVC_BENCH_MIN_TIME: both take 2 s IPC samples")
-    opts = {"duration": a.duration, "ipc_sample": a.ipc_sample if short_ipc else None, "rr_limits": a.rr_limits}
+    opts = {"duration": a.duration, "ipc_sample": a.ipc_sample if short_ipc else None, "rr_limits": a.rr_limits,
+            "instr_samples": a.instr_samples, "instr_duration": a.instr_duration}
     names = unit_metrics(a.units, a.rr_limits)
-    min_k = ab_stats.min_samples(len(names), a.alpha)
+    skipped = skipped_units(a.units)
+    for u, reason in skipped.items():
+        progress.show(f"bench-compare: {u} {reason}: {', '.join(unit_metrics([u]))} not measured (not a failure)")
+    statistical = [n for n in names if n not in DETERMINISTIC]
+    min_k = ab_stats.min_samples(len(statistical), a.alpha)
     if a.samples is not None and a.samples < min_k:
-        print(f"bench-compare: note: with {len(names)} metrics at alpha {a.alpha}, {a.samples} samples per "
+        print(f"bench-compare: note: with {len(statistical)} metrics at alpha {a.alpha}, {a.samples} samples per "
               f"side can never reach significance; at least {min_k} are needed", file=sys.stderr)
-    data, order, rounds = measure(sides, a.units, opts, a.samples, a.budget, a.max_s, a.max_k,
-                                  started, min_k, progress)
-    gate = [n for n in names if METRICS[n][2]]
-    metrics = [{"name": n, "unit": METRICS[n][0], "better": METRICS[n][1], "tracked": METRICS[n][2],
-                "gated": n in gate, "base": data[n]["A"], "new": data[n]["B"]} for n in names]
-    analysed = ab_stats.analyse(metrics, alpha=a.alpha, min_effect=a.min_effect, seed=a.seed)
+    data, order, rounds = measure(sides, [u for u in a.units if u not in skipped], opts, a.samples, a.budget,
+                                  a.max_s, a.max_k, started, min_k, progress)
+    metrics = metric_records(names, data, skipped)
+    gate = [m["name"] for m in metrics if m["gated"]]
+    analysed = ab_stats.analyse(metrics, alpha=a.alpha, min_effect=a.min_effect, seed=a.seed,
+                                min_separation=a.min_separation)
     regressed = [m["name"] for m in analysed if m["gated"] and m["verdict"] == "regressed"]
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     strip = lambda s: {k: v for k, v in s.items() if k not in ("env", "build")}  # noqa: E731
@@ -569,13 +682,18 @@ def main(argv=None):
         "base": strip(base), "new": strip(new),
         "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "profile": a.profile,
         "env": history.environment(), "order": order, "samples_per_side": rounds,
-        "wall_s": round(time.monotonic() - started, 1),
+        "wall_s": round(time.monotonic() - started, 1), "build_s": round(sides["build_s"], 1),
+        "unit_s": opts.get("unit_s", {}),
         "settings": {"alpha": a.alpha, "min_effect": a.min_effect, "correction": "holm",
                      "ci": "percentile bootstrap of the median ratio, 4000 resamples",
                      "test": "Mann-Whitney U, two-sided", "gate": gate,
                      "set": a.units, "duration_s": a.duration,
                      "ipc_sample": ({"seconds": opts["ipc_sample"][0], "repetitions": opts["ipc_sample"][1],
-                                     "value": "median of the repetitions"} if opts["ipc_sample"] else None)},
+                                     "value": "median of the repetitions"} if opts["ipc_sample"] else None),
+                     "separation": {"metrics": [n for n in names if n in DETERMINISTIC],
+                                    "samples_per_side": a.instr_samples, "min_separation": a.min_separation,
+                                    "rule": "regressed (improved) when every new sample is worse (better) than "
+                                            "every old one by at least min_separation; outside Holm"}},
         "metrics": analysed, "regressed": regressed,
         "exit_status": EXIT_REGRESSED if regressed else EXIT_OK,
     }

@@ -37,7 +37,7 @@ MIN_SEG = 3
 TRACKED = ["ipc_pingpong_us", "ipc_handle_pingpong_us", "ipc_pingpong_cpu_us", "ipc_handle_pingpong_cpu_us",
            "rr_conn_per_s", "rr_primary_cpu_ms_per_1k",
            "lab_rr_close_2w_rps", "lab_reuseport_close_2w_rps",
-           "ipc_1mib_ms", "ipc_1mib_cpu_ms", "spawn_true_1gib_us"]
+           "ipc_1mib_ms", "ipc_1mib_cpu_ms", "spawn_true_1gib_us", "rr_primary_instructions"]
 MICRO = {"BM_IpcPingPong": "ipc_pingpong_us", "BM_IpcHandlePassing": "ipc_handle_pingpong_us"}
 
 

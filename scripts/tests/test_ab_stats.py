@@ -87,3 +87,46 @@ def test_min_samples_for_the_gate():
     # 7 metrics at alpha 0.01: 2/C(14,7) = 0.00058 < 0.01/7 = 0.0014, 2/C(12,6) = 0.0022 is not
     assert ab_stats.min_samples(7, 0.01) == 7
     assert ab_stats.min_samples(1, 0.05) == 4
+
+
+def instr(base, new, better="lower"):
+    return {"name": "rr_primary_instructions", "better": better, "rule": "separation", "base": base, "new": new}
+
+
+def test_separation_regressed_only_when_every_new_sample_is_3_percent_worse():
+    """Fixed inputs, instructions per connection (lower is better), k = 3 per side."""
+    base = [4350.0, 4380.0, 4400.0]
+    worse = ab_stats.analyse([instr(base, [4532.0, 4600.0, 4700.0])])[0]  # 4532 = 4400 x 1.03
+    assert worse["verdict"] == "regressed" and worse["separation"] == pytest.approx(0.03)
+    assert worse["p_holm"] is None and worse["stars"] == "" and worse["rule"] == "separation"
+    just_short = ab_stats.analyse([instr(base, [4531.0, 4600.0, 4700.0])])[0]
+    assert just_short["verdict"] == "no evidence" and 0 < just_short["separation"] < 0.03
+    # medians 10 % apart, but one new sample inside the old range: the ranges overlap
+    overlap = ab_stats.analyse([instr(base, [4390.0, 4840.0, 4900.0])])[0]
+    assert overlap["verdict"] == "no evidence" and overlap["separation"] == 0.0
+    assert overlap["ratio"] == pytest.approx(4840 / 4380)
+
+
+def test_separation_improved_is_the_mirror_and_follows_the_direction():
+    before = [5392.0, 5398.0, 5410.0]
+    after = [4376.0, 4387.0, 4390.0]  # the rr-trim step: -19 %
+    r = ab_stats.analyse([instr(before, after)])[0]
+    assert r["verdict"] == "improved" and r["separation"] == pytest.approx(-(5392 / 4390 - 1))
+    # higher is better: new all below old by >= 3 % is a regression
+    r = ab_stats.analyse([instr([100.0, 101.0, 102.0], [95.0, 96.0, 97.0], better="higher")])[0]
+    assert r["verdict"] == "regressed" and r["separation"] == pytest.approx(100 / 97 - 1)
+    r = ab_stats.analyse([instr([100.0, 101.0, 102.0], [106.0, 107.0, 108.0], better="higher")])[0]
+    assert r["verdict"] == "improved"
+    # identical samples (an A/A run of a count that did not move)
+    assert ab_stats.analyse([instr(before, list(before))])[0]["verdict"] == "no evidence"
+
+
+def test_separation_metrics_stay_out_of_the_holm_family():
+    """Adding a deterministic metric must not change the others' Holm correction."""
+    rng = np.random.default_rng(9)
+    stat = [{"name": f"m{i}", "better": "lower", "base": noisy(rng, 8, 10), "new": noisy(rng, 8, 11)} for i in range(3)]
+    alone = ab_stats.analyse(stat, bootstrap=50)
+    mixed = ab_stats.analyse(stat + [instr([1.0, 1.0, 1.0], [2.0, 2.0, 2.0])], bootstrap=50)
+    assert [r["p_holm"] for r in alone] == [r["p_holm"] for r in mixed[:3]]
+    assert mixed[3]["p_holm"] is None and mixed[3]["p"] is not None and mixed[3]["verdict"] == "regressed"
+    assert ab_stats.analyse([instr([1.0], [])])[0]["verdict"] == "not measured"

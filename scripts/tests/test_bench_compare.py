@@ -74,3 +74,93 @@ def test_short_ipc_samples_take_the_median_of_their_repetitions():
     assert set(out) == {"ipc_handle_pingpong_us", "ipc_handle_pingpong_cpu_us"}
     assert 0 < out["ipc_handle_pingpong_cpu_us"] and 0 < out["ipc_handle_pingpong_us"]
     assert bench_compare.unit_metrics(["rr"], rr_limits=False) == ["rr_conn_per_s", "rr_primary_cpu_ms_per_1k"]
+
+
+def test_without_valgrind_the_instr_metrics_are_skipped_not_failed(monkeypatch):
+    """The skip path: no valgrind -> the instr unit does not run, its metrics are 'not measured'
+    with the reason, and nothing gates on them (exit status stays 0 if nothing else regressed)."""
+    monkeypatch.setattr(bench_compare.shutil, "which", lambda tool: None if tool == "valgrind" else "/usr/bin/" + tool)
+    skipped = bench_compare.skipped_units(["ipc", "instr"])
+    assert list(skipped) == ["instr"] and "valgrind not installed" in skipped["instr"]
+    assert bench_compare.skipped_units(["ipc", "rr"]) == {}
+    names = bench_compare.unit_metrics(["instr"])
+    assert names == ["rr_primary_instructions", "rr_primary_instructions_vs_bare"]
+    analysed = ab_stats.analyse(bench_compare.metric_records(names, {}, skipped))
+    assert [m["verdict"] for m in analysed] == ["not measured", "not measured"]
+    assert all("valgrind not installed" in m["reason"] for m in analysed)
+    assert analysed[0]["gated"] and not analysed[1]["gated"]
+    table = bench_compare.markdown({"settings": {"alpha": 0.01, "min_effect": 0.1}, "samples_per_side": 8,
+                                    "metrics": analysed})
+    assert "not measured (skipped: valgrind not installed" in table
+
+
+def test_instr_metrics_render_with_their_rule_and_match_the_schema(tmp_path):
+    records = bench_compare.metric_records(
+        ["rr_conn_per_s", "rr_primary_instructions"],
+        {"rr_conn_per_s": {"A": [100.0, 101.0, 99.0, 100.5], "B": [100.0, 99.5, 101.0, 100.2]},
+         "rr_primary_instructions": {"A": [5392.0, 5398.0, 5410.0], "B": [4376.0, 4387.0, 4390.0]}}, {})
+    analysed = ab_stats.analyse(records, alpha=0.01, min_effect=0.10, bootstrap=100)
+    assert analysed[1]["verdict"] == "improved" and analysed[1]["rule"] == "separation"
+    result = {"schema": 1, "kind": "bench-ci", "base": {"spec": "f795cc6", "rev": "a" * 40},
+              "new": {"spec": "worktree", "rev": "b" * 40}, "time": "2026-12-02T06:00:00Z", "profile": "ci",
+              "samples_per_side": 4, "settings": {"alpha": 0.01, "min_effect": 0.10, "correction": "holm", "ci": "b",
+                                                  "test": "MW", "separation": {"metrics": ["rr_primary_instructions"],
+                                                                               "samples_per_side": 3,
+                                                                               "min_separation": 0.03, "rule": "r"}},
+              "metrics": analysed, "regressed": [], "exit_status": 0}
+    path = tmp_path / "r.json"
+    strict_json.write(str(path), result)
+    with open(os.path.join(SRC, "results", "schema", "compare.schema.json")) as f:
+        schema = json.load(f)
+    jsonschema.validate(strict_json.load(str(path)), schema)
+    del result["metrics"][1]["separation"]  # a separation metric must say how far apart its sides were
+    import pytest
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(result, schema)
+    table = bench_compare.markdown(result)
+    assert "| rr_primary_instructions † |" in table and "Holm-corrected over 1 metrics" in table
+    assert "3 samples per side" in table and "at least 3 %" in table
+
+
+def test_an_instr_sample_counts_the_rr_primary_under_callgrind():
+    """One real sample of the instr unit on this build (~10 s): the rr primary's count and its
+    ratio to the bare primary's, which is measured once per build and reused."""
+    import pytest
+    build = os.environ.get("UVC_BUILD_DIR", os.path.join(SRC, "build"))
+    if bench_compare.instr_skip_reason():
+        pytest.skip(bench_compare.instr_skip_reason())
+    if not os.path.exists(os.path.join(build, "bench", "limits", "raw_rr")):
+        pytest.skip("raw_rr not built")
+    opts = {"instr_duration": 1}
+    out = bench_compare.unit_instr(build, dict(os.environ), opts)
+    assert set(out) == {"rr_primary_instructions", "rr_primary_instructions_vs_bare"}
+    bare = opts["bare_instructions"][build]
+    assert 0 < bare < out["rr_primary_instructions"]
+    assert out["rr_primary_instructions_vs_bare"] == pytest.approx(out["rr_primary_instructions"] / bare)
+
+
+def test_the_instr_unit_runs_in_the_first_rounds_only(monkeypatch):
+    calls = []
+
+    def fake(metric):
+        def unit(build_dir, env, opts):
+            calls.append((metric, build_dir))
+            return {metric: 1.0}
+        return unit
+    monkeypatch.setitem(bench_compare.UNITS, "ipc-handle", fake("ipc_handle_pingpong_us"))
+    monkeypatch.setitem(bench_compare.UNITS, "instr", fake("rr_primary_instructions"))
+    sides = {"A": {"build": "a", "env": {}}, "B": {"build": "b", "env": {}}, "build_s": 0.0}
+    opts = {"rr_limits": False, "instr_samples": 3}
+
+    class Quiet:
+        def show(self, text):
+            pass
+
+        def done(self):
+            pass
+    data, order, rounds = bench_compare.measure(sides, ["ipc-handle", "instr"], opts, 6, 100, 690, 30,
+                                                bench_compare.time.monotonic(), 4, Quiet())
+    assert rounds == 6 and order[:4] == ["A", "B", "B", "A"]
+    assert len(data["ipc_handle_pingpong_us"]["A"]) == 6 and len(data["rr_primary_instructions"]["B"]) == 3
+    assert [b for m, b in calls if m == "rr_primary_instructions"] == ["a", "b", "b", "a", "a", "b"]
+    assert set(opts["unit_s"]) == {"ipc-handle", "instr"}
