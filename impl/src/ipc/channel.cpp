@@ -400,27 +400,41 @@ struct Channel::Impl : std::enable_shared_from_this<Channel::Impl> {
            uv_stream_get_write_queue_size(pipe.stream()) == 0;
   }
 
-  // A big frame starts leaving while it is encoded: every kEarlyWriteEvery bytes, what the socket
-  // takes at once is written, so the peer copies the first part out while the rest is encoded
-  // (else the encode and the peer's reads run one after the other). Used only when
-  // nothing_pending(), which nothing can change during the encode.
+  // A big frame starts leaving while it is encoded: at every kEarlyWriteEvery plain bytes of a
+  // long string, what the socket takes at once is written: the frame's unsent bytes, then those
+  // plain bytes straight from the message (no copy of what the socket took). The peer copies
+  // the first part out while the rest is encoded (else the encode and the peer's reads run one
+  // after the other). Used only when nothing_pending(), which nothing changes during the encode.
   static constexpr size_t kEarlyWriteEvery = 128 * 1024;
   struct EarlyWrite final : EncodeProgress {
     explicit EarlyWrite(Impl& impl) : EncodeProgress(kEarlyWriteEvery), channel(impl) {}
-    void encoded(const std::string& out) override {
-      if (failed) return;
-      uv_buf_t buf = uv_buf_init(const_cast<char*>(out.data()) + sent, static_cast<unsigned>(out.size() - sent));
-      int n = uv_try_write(channel.pipe.stream(), &buf, 1);
-      if (n > 0) sent += static_cast<size_t>(n);
-      else if (n != UV_EAGAIN) failed = true;  // the write of the rest reports it
+    size_t encoded(std::string& out, std::string_view plain) override {
+      if (failed) return 0;
+      size_t unsent = out.size() - sent;
+      uv_buf_t bufs[2] = {uv_buf_init(out.data() + sent, static_cast<unsigned>(unsent)),
+                          uv_buf_init(const_cast<char*>(plain.data()), static_cast<unsigned>(plain.size()))};
+      int n = unsent ? uv_try_write(channel.pipe.stream(), bufs, 2) : uv_try_write(channel.pipe.stream(), bufs + 1, 1);
+      if (n < 0) {
+        failed = n != UV_EAGAIN;  // the write of the rest reports it
+        return 0;
+      }
+      wrote = wrote || n > 0;
+      size_t taken = static_cast<size_t>(n);
+      if (taken <= unsent) {
+        sent += taken;
+        return 0;
+      }
+      sent = out.size();
+      return taken - unsent;
     }
     Impl& channel;
-    size_t sent = 0;
+    size_t sent = 0;  // bytes of the encoder's `out` written
+    bool wrote = false;
     bool failed = false;
   };
 
-  // The rest of a frame whose first `sent` bytes left while it was encoded: nothing was queued
-  // before it, so it goes at once.
+  // The rest of a frame that started leaving while it was encoded (its bytes from `sent` on):
+  // nothing was queued before it, so it goes at once.
   int write_rest(std::string frame, size_t sent, std::function<void(const Error*)> done) {
     auto w = std::make_unique<WriteReq>();
     w->data = std::move(frame);
@@ -544,7 +558,7 @@ struct Channel::Impl : std::enable_shared_from_this<Channel::Impl> {
         std::string frame = std::move(spare_frame);
         EarlyWrite early(*this);
         encode_frame_into(message, frame, nothing_pending() ? &early : nullptr);
-        int rc = early.sent > 0 ? write_rest(std::move(frame), early.sent, std::move(q.done))
+        int rc = early.wrote ? write_rest(std::move(frame), early.sent, std::move(q.done))
                                 : write(std::move(frame), -1, std::move(q.done));
         if (rc < 0) return false;
       }

@@ -539,15 +539,15 @@ void dump_string(const std::string& s, std::string& out, EncodeProgress* progres
   const char* p = s.data();
   const char* end = p + s.size();
   while (p < end) {
-    if (progress) {  // plain runs go `every` bytes at a time, each full step told
+    if (progress) {  // plain runs go `every` bytes at a time, each full step offered first
       const char* limit = p + std::min(static_cast<size_t>(end - p), progress->every);
-      const char* stop = append_plain(p, limit, out);
-      bool full = stop == limit && static_cast<size_t>(stop - p) == progress->every;
+      const char* stop = skip_plain(p, limit);
+      size_t n = static_cast<size_t>(stop - p);
+      bool full = n == progress->every;
+      size_t taken = full ? std::min(progress->encoded(out, {p, n}), n) : 0;
+      out.append(p + taken, n - taken);
       p = stop;
-      if (full) {
-        progress->encoded(out);
-        continue;
-      }
+      if (full) continue;
     } else {
       p = append_plain(p, end, out);
     }

@@ -139,19 +139,23 @@ Result<nlohmann::json> parse_frame(std::string_view line, size_t max_depth, cons
 // Encodes a message as Node's JSON.stringify would (compact; WTF-8 lone surrogates as \udxxx;
 // other invalid UTF-8 becomes U+FFFD) plus the '\n'. Never throws.
 std::string encode_frame(const nlohmann::json& message);
-// Told while a big frame is encoded: `out` holds every byte encoded so far, `every` or more of
-// them new since the last call (a sender may write them while it encodes the rest).
+// Told while a big frame is encoded, at every `every` plain bytes of a long string: `out` holds
+// the frame's bytes encoded so far (but those the progress took), `plain` the next `every`
+// bytes, which go on the wire as they are. Returns how many of `plain`, from its start, it took
+// (a sender writes them straight from the message); the rest are appended to `out`. A sender
+// may also take bytes of `out` (it remembers which): the frame is the bytes it took, in order,
+// then the rest of `out`.
 class EncodeProgress {
  public:
   explicit EncodeProgress(size_t every) : every(every) {}
-  virtual void encoded(const std::string& out) = 0;
+  virtual size_t encoded(std::string& out, std::string_view plain) = 0;
   const size_t every;
 
  protected:
   ~EncodeProgress() = default;
 };
 // The same into `out` (cleared first), re-using its capacity; `progress` (may be null) is told
-// as long strings are encoded.
+// as long strings are encoded, and what it takes is not in `out`.
 void encode_frame_into(const nlohmann::json& message, std::string& out, EncodeProgress* progress = nullptr);
 // Node's isInternal: an object whose `cmd` is a string longer than 5 chars starting "NODE_".
 bool is_internal(const nlohmann::json& message);
