@@ -57,7 +57,7 @@ class FrameReader {
   // That work then runs while the rest of the line is still on its way, not after its last
   // byte (the parse skips the run's scan and takes its copy). Tests lower both.
   struct BigLine {
-    size_t track_from = 64 * 1024;
+    size_t track_from = 16 * 1024;
     size_t copy_from = 64 * 1024;
   };
   explicit FrameReader(size_t max_frame_bytes = 64 * 1024 * 1024) : max_(max_frame_bytes) {}
