@@ -115,6 +115,26 @@ TEST(IpcBig, BuffersAbove4MiBAreGivenBackWhileOnlySmallMessagesFollow) {
   EXPECT_TRUE(pair.errors.empty());
 }
 
+// Issue 13 §2: a big frame starts leaving while it is encoded (the part the socket takes is
+// written every 128 KiB of text) and its rest follows as an ordinary write. Frames sent right
+// after it, big or small, plain or not, must come out whole and in order, each `done` called once.
+TEST(IpcBig, FramesWrittenWhileEncodedKeepTheirPlaceInTheStream) {
+  uvc_test::TestLoop loop;
+  ChannelPair pair(loop.get(), ipc::ChannelOptions{});
+  std::vector<Json> sent = {Json(std::string(size_t{1} << 20, 'x')), Json(1),
+                            Json{{"text", mixed_text(300 * 1024)}}, Json("small"),
+                            Json::array({std::string(600 * 1024, 'y'), mixed_text(200 * 1024)}), Json(2)};
+  std::vector<int> done;
+  for (size_t i = 0; i < sent.size(); ++i)
+    pair.a->send(sent[i], std::nullopt, {}, [&done, i](const Error* e) { done.push_back(e ? -1 : static_cast<int>(i)); });
+  ASSERT_TRUE(loop.run_until([&] { return pair.at_b.size() >= sent.size() || !pair.errors.empty(); }, 120000));
+  ASSERT_TRUE(pair.errors.empty()) << pair.errors.front();
+  ASSERT_EQ(pair.at_b.size(), sent.size());
+  for (size_t i = 0; i < sent.size(); ++i) EXPECT_TRUE(pair.at_b[i] == sent[i]) << "message " << i;
+  ASSERT_TRUE(loop.run_until([&] { return done.size() >= sent.size(); }, 60000));
+  EXPECT_EQ(done, (std::vector<int>{0, 1, 2, 3, 4, 5}));
+}
+
 // Issue 8: between json frames a channel reads into its loop's shared buffer, which lives as long
 // as the loop, so any page of it a read fills stays resident for good. A big (or hostile) frame
 // must continue in the channel's own buffer after its first 16 KiB, leaving the rest of the

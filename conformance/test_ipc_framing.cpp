@@ -6,6 +6,7 @@
 #include <functional>
 #include <optional>
 #include <pthread.h>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -420,4 +421,195 @@ TEST(IpcFraming, EveryPlainScanStopsWhereTheByteLoopDoes) {
       }
     }
   }
+}
+
+namespace {
+// A JSON text with strings of random pieces: long plain runs, quotes, escapes, control bytes,
+// non-ASCII (valid and not), lone surrogates, escaped newlines; as a bare string, an object
+// (long runs in keys too) or an array with numbers and spaces around.
+std::string random_line(std::mt19937& rng) {
+  static const std::vector<std::string> pieces = {
+      "\"", "\\", "\n", "\t", std::string(1, '\0'), "\x1f", "é", "€", "😀", "\xED\xA0\x80", "\xff", "/", " "};
+  auto text = [&] {
+    std::string s;
+    size_t parts = rng() % 8;
+    for (size_t i = 0; i < parts; ++i) {
+      if (rng() % 2) s += std::string(rng() % 3 == 0 ? rng() % 2000 : rng() % 40, static_cast<char>('a' + rng() % 26));
+      else s += pieces[rng() % pieces.size()];
+    }
+    return s;
+  };
+  json v;
+  switch (rng() % 4) {
+    case 0: v = text(); break;
+    case 1: v = json{{text(), text()}, {"n", rng() % 1000}, {text(), json::array({text(), 1.5})}}; break;
+    case 2: v = json::array({rng() % 7, text(), nullptr, text()}); break;
+    default: v = std::string(rng() % 3000, 'x') + text(); break;
+  }
+  std::string line = encode_frame(v);
+  line.pop_back();
+  if (rng() % 4 == 0) line = " " + line + " \t";  // whitespace runs are plain too
+  return line;
+}
+
+struct HintedLine {
+  std::string line;
+  std::optional<PlainRun> run;
+  std::string run_bytes;  // the copy's bytes as delivered (empty when there was no copy)
+  bool had_copy = false;
+  json parsed;
+  bool parsed_ok = false;
+  bool took_copy = false;
+};
+}  // namespace
+
+// Issue 13 §2: a big line's runs found and copied while it arrives (FrameReader::plain_run) and
+// the parse that uses them (parse_frame with the run): for random lines cut into random reads
+// (several lines per read, newlines and escapes at read edges, thresholds low enough that every
+// line is tracked), the run is what it claims (plain bytes, ending at a non-plain byte or the
+// line's end, its copy equal to them) and the parse gives exactly the value of the plain parse.
+TEST(IpcFraming, ParseWithTheArrivalRunEqualsThePlainParseForEveryRandomSplit) {
+  std::mt19937 rng(1313);
+  size_t runs_seen = 0, copies_taken = 0;
+  for (int trial = 0; trial < 400; ++trial) {
+    std::vector<std::string> lines;
+    std::string wire;
+    for (size_t n = 1 + rng() % 4; n > 0; --n) {
+      lines.push_back(random_line(rng));
+      wire += lines.back() + "\n";
+    }
+    FrameReader::BigLine big{rng() % 64, 1 + rng() % 48};
+    FrameReader r(1 << 20, big);
+    std::vector<HintedLine> got;
+    auto sink = [&](std::string_view l) {
+      HintedLine h{std::string(l), std::nullopt, {}, false, {}, false, false};
+      if (const PlainRun* run = r.plain_run()) {
+        h.run = *run;
+        h.had_copy = run->text && !run->text->empty();
+        if (h.had_copy) h.run_bytes = *run->text;
+      }
+      auto parsed = parse_frame(l, kMaxNestingDepth, r.plain_run());
+      h.parsed_ok = parsed.ok();
+      if (parsed.ok()) h.parsed = parsed.value();
+      h.took_copy = h.had_copy && r.plain_run()->text->empty();
+      got.push_back(std::move(h));
+    };
+    for (size_t off = 0; off < wire.size();) {
+      size_t n = std::min<size_t>(wire.size() - off, 1 + rng() % (rng() % 2 ? 64 : 4096));
+      auto room = r.space(n);
+      std::memcpy(room.data(), wire.data() + off, n);
+      ASSERT_TRUE(r.commit(n, sink));
+      off += n;
+    }
+    ASSERT_EQ(got.size(), lines.size()) << trial;
+    for (size_t i = 0; i < lines.size(); ++i) {
+      const HintedLine& h = got[i];
+      ASSERT_EQ(h.line, lines[i]) << trial;
+      auto plain = parse_frame(h.line);
+      ASSERT_EQ(h.parsed_ok, plain.ok()) << trial << " " << h.line;
+      if (plain.ok()) {
+        ASSERT_EQ(h.parsed, plain.value()) << trial << " " << h.line;
+      }
+      if (!h.run) continue;
+      ++runs_seen;
+      copies_taken += h.took_copy;
+      ASSERT_LE(h.run->begin, h.run->end) << trial;
+      ASSERT_LE(h.run->end, h.line.size()) << trial;
+      for (size_t k = h.run->begin; k < h.run->end; ++k) {
+        unsigned char c = static_cast<unsigned char>(h.line[k]);
+        ASSERT_TRUE(c >= 0x20 && c < 0x80 && c != '"' && c != '\\') << trial << " byte " << k;
+      }
+      if (h.run->end < h.line.size()) {
+        unsigned char c = static_cast<unsigned char>(h.line[h.run->end]);
+        ASSERT_FALSE(c >= 0x20 && c < 0x80 && c != '"' && c != '\\') << trial << " run end " << h.run->end;
+      }
+      if (h.had_copy) {
+        ASSERT_EQ(h.run_bytes, h.line.substr(h.run->begin, h.run->end - h.run->begin)) << trial;
+      }
+    }
+  }
+  // The mechanism ran: runs were found, and strings took their copies.
+  EXPECT_GT(runs_seen, 100u);
+  EXPECT_GT(copies_taken, 50u);
+}
+
+// The point of the copy: a big string that arrives in several reads is not copied again after
+// its last byte: the parsed string is the very buffer the reader filled while it arrived.
+TEST(IpcFraming, BigStringArrivingInReadsIsTakenNotCopiedAgain) {
+  std::string wire = encode_frame(json(std::string(300 * 1024, 'x'))) + encode_frame(json("next"));
+  FrameReader r;
+  std::vector<json> values;
+  const char* copy_data = nullptr;
+  const char* parsed_data = nullptr;
+  auto sink = [&](std::string_view l) {
+    const PlainRun* run = r.plain_run();
+    if (run && run->text) copy_data = run->text->data();
+    auto parsed = parse_frame(l, kMaxNestingDepth, run);
+    ASSERT_TRUE(parsed.ok());
+    if (parsed.value().is_string() && values.empty()) parsed_data = parsed.value().get_ref<const std::string&>().data();
+    values.push_back(std::move(parsed.value()));
+  };
+  for (size_t off = 0, n = 16 * 1024; off < wire.size(); off += n, n = 100 * 1024) {
+    n = std::min(n, wire.size() - off);
+    auto room = r.space(n);
+    std::memcpy(room.data(), wire.data() + off, n);
+    ASSERT_TRUE(r.commit(n, sink));
+  }
+  ASSERT_EQ(values.size(), 2u);
+  EXPECT_EQ(values[0], json(std::string(300 * 1024, 'x')));
+  EXPECT_EQ(values[1], json("next"));
+  ASSERT_NE(copy_data, nullptr);  // the reader copied the run while it arrived ...
+  EXPECT_EQ(parsed_data, copy_data);  // ... and the parse moved that copy into the value
+  EXPECT_EQ(r.bytes_held(), r.capacity());  // nothing of the copy is left
+}
+
+// Dense stop bytes (non-ASCII text) in a big line: the arrival scan falls back to memchr, and
+// the line, its neighbours and their values are still exactly right.
+TEST(IpcFraming, BigLineOfNonAsciiTextArrivesIntact) {
+  std::string text;
+  while (text.size() < 200 * 1024) text += "é€😀 日本語 ";
+  std::string wire = encode_frame(json{{"t", text}}) + encode_frame(json(std::string(70000, 'y') + "z"));
+  for (size_t read : {size_t{1000}, size_t{4096}, size_t{65536}, size_t{212992}}) {
+    auto lines = read_in_chunks(wire, {read});
+    ASSERT_EQ(lines.size(), 2u) << read;
+    EXPECT_EQ(parse_frame(lines[0]).value(), (json{{"t", text}})) << read;
+    EXPECT_EQ(parse_frame(lines[1]).value(), json(std::string(70000, 'y') + "z")) << read;
+  }
+}
+
+// The encoder offers a long string's plain bytes `every` at a time (a channel writes them, and
+// the frame's bytes before them, while it encodes the rest): whatever the progress takes, of
+// the offered bytes and of `out`, the bytes it took followed by the rest of `out` are the frame.
+TEST(IpcFraming, EncodeProgressTakesBytesAndTheFrameIsUnchanged) {
+  struct Taker final : EncodeProgress {
+    Taker(size_t every, std::mt19937& rng) : EncodeProgress(every), rng(rng) {}
+    size_t encoded(std::string& out, std::string_view plain) override {
+      offered.push_back(plain.size());
+      if (rng() % 3 == 0) return 0;  // the socket took nothing
+      size_t from_out = rng() % (out.size() - sent + 1);
+      wire.append(out, sent, from_out);
+      sent += from_out;
+      if (sent < out.size()) return 0;  // bytes of `plain` only once `out` is all taken
+      size_t n = rng() % (plain.size() + 1);
+      wire.append(plain.substr(0, n));
+      return n;
+    }
+    std::mt19937& rng;
+    std::string wire;
+    size_t sent = 0;
+    std::vector<size_t> offered;
+  };
+  std::mt19937 rng(77);
+  size_t offers = 0;
+  for (int trial = 0; trial < 300; ++trial) {
+    json v = json{{"a", std::string(rng() % 5000, 'q') + random_line(rng)}, {"b", json::array({random_line(rng)})}};
+    std::string frame, out;
+    encode_frame_into(v, frame);
+    Taker progress(1 + rng() % 700, rng);
+    encode_frame_into(v, out, &progress);
+    ASSERT_EQ(progress.wire + out.substr(progress.sent), frame) << trial;
+    for (size_t n : progress.offered) ASSERT_EQ(n, progress.every) << trial;
+    offers += progress.offered.size();
+  }
+  EXPECT_GT(offers, 300u);
 }

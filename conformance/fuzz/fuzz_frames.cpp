@@ -4,8 +4,9 @@
 // path's view of a line) must agree with the parse. The same for the advanced (V8) framing: any
 // payload decode_v8_payload takes must encode again and decode to the same value.
 //
-// Input layout. First byte < 0x80: the rest is fed to a FrameReader (max 4096-byte lines) in
-// reads of (first byte % 17) + 1 bytes. 0x80..0xBF ("v8" mode): the rest, after the header
+// Input layout. First byte < 0x80: the rest is fed to a FrameReader (max 4096-byte lines, big-line
+// thresholds from the first byte) in reads of (first byte % 17) + 1 bytes; the runs it finds
+// while lines arrive are checked and used by a second parse. 0x80..0xBF ("v8" mode): the rest, after the header
 // FF 0F when bit 0x20 is set, is one V8 payload; it is also fed, as length-prefixed frames, to a
 // V8FrameReader (max 4096) in reads of (first byte % 17) + 1 bytes. First byte >= 0xC0 ("deep" mode, to reach nesting far
 // past -max_len): bytes 1-2 are a repeat count K (big-endian, capped at 20000 and at 256 KiB of
@@ -134,6 +135,27 @@ void fuzz_v8(uint8_t mode, std::string_view rest) {
     reader.feed(rest.data() + off, std::min(step, rest.size() - off), [](std::string_view p) { check_v8_payload(p); });
 }
 
+// A run the reader found while the line arrived is what it claims (plain bytes, ending at a
+// byte that is not plain or at the line's end, its copy equal to them), and the parse that
+// uses it gives what the parse without it gives.
+void check_run(std::string_view line, const ipc::PlainRun* run) {
+  if (!run) return;
+  auto plain_byte = [](char ch) {
+    auto c = static_cast<unsigned char>(ch);
+    return c >= 0x20 && c < 0x80 && c != '"' && c != '\\';
+  };
+  if (run->begin > run->end || run->end > line.size()) __builtin_trap();
+  for (size_t k = run->begin; k < run->end; ++k)
+    if (!plain_byte(line[k])) __builtin_trap();
+  if (run->end < line.size() && plain_byte(line[run->end])) __builtin_trap();
+  if (run->text && !run->text->empty() && *run->text != line.substr(run->begin, run->end - run->begin))
+    __builtin_trap();
+  auto without = ipc::parse_frame(line);
+  auto with = ipc::parse_frame(line, ipc::kMaxNestingDepth, run);
+  if (without.ok() != with.ok()) __builtin_trap();
+  if (without.ok() && !(without.value() == with.value())) __builtin_trap();
+}
+
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
@@ -161,12 +183,16 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     return 0;
   }
   size_t step = (data[0] % 17) + 1;
-  ipc::FrameReader reader(4096);
+  // Low big-line thresholds (from the first byte too), so the reader's arrival-time runs are made.
+  ipc::FrameReader reader(4096, ipc::FrameReader::BigLine{size_t{data[0]} % 5 * 8, size_t{data[0]} % 7 + 1});
   const char* p = reinterpret_cast<const char*>(data + 1);
   size_t n = size - 1;
   for (size_t off = 0; off < n; off += step) {
     size_t len = off + step > n ? n - off : step;
-    reader.feed(p + off, len, [](std::string_view line) { check_line(line); });
+    reader.feed(p + off, len, [&reader](std::string_view line) {
+      check_run(line, reader.plain_run());
+      check_line(line);
+    });
   }
   return 0;
 }

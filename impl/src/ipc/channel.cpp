@@ -77,6 +77,7 @@ struct Channel::Impl : std::enable_shared_from_this<Channel::Impl> {
   struct WriteReq {
     uv_write_t req{};
     std::string data;
+    size_t sent = 0;  // bytes of `data` that left while it was encoded (EarlyWrite)
     Fd fd;  // close-on-exec duplicate to attach (SCM_RIGHTS), if any
     std::unique_ptr<detail_handles::SendStream> send;
     std::vector<Done> dones;
@@ -207,7 +208,7 @@ struct Channel::Impl : std::enable_shared_from_this<Channel::Impl> {
   }
   Result<Json> decode(std::string_view frame) const {
     if (advanced()) return decode_v8_payload(frame, options.max_nesting_depth);
-    return parse_frame(frame, options.max_nesting_depth);
+    return parse_frame(frame, options.max_nesting_depth, reader.plain_run());
   }
   bool feed(size_t n) {
     auto on_frame = [this](std::string_view frame) { on_line(frame); };
@@ -385,10 +386,10 @@ struct Channel::Impl : std::enable_shared_from_this<Channel::Impl> {
   }
 
   int submit(std::unique_ptr<WriteReq> w) {
-    uv_buf_t buf = uv_buf_init(w->data.data(), static_cast<unsigned>(w->data.size()));
+    uv_buf_t buf = uv_buf_init(w->data.data() + w->sent, static_cast<unsigned>(w->data.size() - w->sent));
     if (!w->fd) {  // no request when the socket takes it all; else the rest is queued
-      size_t n = write_now(w->data, w->dones);
-      if (n == w->data.size()) {
+      size_t n = write_now({buf.base, buf.len}, w->dones);
+      if (n == buf.len) {
         keep_spare(w->data);
         return 0;
       }
@@ -414,6 +415,56 @@ struct Channel::Impl : std::enable_shared_from_this<Channel::Impl> {
     write_in_flight = true;
     (void)w.release();  // owned by on_write from now on
     return 0;
+  }
+
+  // Nothing waits to be written: a frame may go straight to the socket.
+  bool nothing_pending() const {
+    return state == State::open && !write_in_flight && outq.empty() && cork_buf.empty() &&
+           uv_stream_get_write_queue_size(pipe.stream()) == 0;
+  }
+
+  // A big frame starts leaving while it is encoded: at every kEarlyWriteEvery plain bytes of a
+  // long string, what the socket takes at once is written: the frame's unsent bytes, then those
+  // plain bytes straight from the message (no copy of what the socket took). The peer copies
+  // the first part out while the rest is encoded (else the encode and the peer's reads run one
+  // after the other). Used only when nothing_pending(), which nothing changes during the encode.
+  static constexpr size_t kEarlyWriteEvery = 128 * 1024;
+  struct EarlyWrite final : EncodeProgress {
+    explicit EarlyWrite(Impl& impl) : EncodeProgress(kEarlyWriteEvery), channel(impl) {}
+    size_t encoded(std::string& out, std::string_view plain) override {
+      if (failed) return 0;
+      size_t unsent = out.size() - sent;
+      uv_buf_t bufs[2] = {uv_buf_init(out.data() + sent, static_cast<unsigned>(unsent)),
+                          uv_buf_init(const_cast<char*>(plain.data()), static_cast<unsigned>(plain.size()))};
+      int n = unsent ? uv_try_write(channel.pipe.stream(), bufs, 2) : uv_try_write(channel.pipe.stream(), bufs + 1, 1);
+      if (n < 0) {
+        failed = n != UV_EAGAIN;  // the write of the rest reports it
+        return 0;
+      }
+      wrote = wrote || n > 0;
+      size_t taken = static_cast<size_t>(n);
+      if (taken <= unsent) {
+        sent += taken;
+        return 0;
+      }
+      sent = out.size();
+      return taken - unsent;
+    }
+    Impl& channel;
+    size_t sent = 0;  // bytes of the encoder's `out` written
+    bool wrote = false;
+    bool failed = false;
+  };
+
+  // The rest of a frame that started leaving while it was encoded (its bytes from `sent` on):
+  // nothing was queued before it, so it goes at once.
+  int write_rest(std::string frame, size_t sent, std::function<void(const Error*)> done) {
+    auto w = std::make_unique<WriteReq>();
+    w->data = std::move(frame);
+    w->sent = sent;
+    w->dones.push_back(Done{std::move(done), false});
+    w->impl = weak_from_this();
+    return submit(std::move(w));
   }
 
   void pump() {
@@ -528,8 +579,11 @@ struct Channel::Impl : std::enable_shared_from_this<Channel::Impl> {
         if (write(std::move(encoded.value()), -1, std::move(q.done)) < 0) return false;
       } else {
         std::string frame = std::move(spare_frame);
-        encode_frame_into(message, frame);
-        if (write(std::move(frame), -1, std::move(q.done)) < 0) return false;
+        EarlyWrite early(*this);
+        encode_frame_into(message, frame, nothing_pending() ? &early : nullptr);
+        int rc = early.wrote ? write_rest(std::move(frame), early.sent, std::move(q.done))
+                                : write(std::move(frame), -1, std::move(q.done));
+        if (rc < 0) return false;
       }
     }
     return pending_bytes() < kHighWaterMark;
@@ -1008,7 +1062,7 @@ bool Channel::connected() const { return impl_->state == Impl::State::open && im
 
 size_t Channel::buffer_bytes_held() const {
   auto& i = *impl_;
-  return i.reader.capacity() + i.spare_frame.capacity() + i.cork_buf.capacity();
+  return i.reader.bytes_held() + i.spare_frame.capacity() + i.cork_buf.capacity();
 }
 
 void Channel::ref() {

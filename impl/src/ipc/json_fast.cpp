@@ -1,5 +1,6 @@
 #include "json_fast.hpp"
 
+#include <algorithm>
 #include <array>
 #include <charconv>
 #include <cstdint>
@@ -126,11 +127,14 @@ SkipFn choose_skip_plain() {
   return skip_plain_portable;
 }
 
-// The first byte of [p, end) that is not plain (or end).
+}  // namespace
+
 const char* skip_plain(const char* p, const char* end) {
   static const SkipFn chosen = choose_skip_plain();
   return chosen(p, end);
 }
+
+namespace {
 
 // Appends the plain bytes that start at p to `out`; returns the first byte that is not plain.
 // The run is found first, so `out` grows once, by its exact length.
@@ -210,6 +214,11 @@ struct Parser {
   const char* p;
   const char* end;
   size_t max_depth;
+  // A plain run known from the line's arrival (FrameReader): [run_begin, run_end) is not
+  // scanned again, and run_text (while not null) is the copy a string starting there takes.
+  const char* run_begin;
+  const char* run_end;
+  std::string* run_text;
   bool too_deep = false;
   bool scanned_ahead = false;  // the rest of the text is known not to nest too deep
 
@@ -257,7 +266,8 @@ struct Parser {
   bool string(std::string& s) {
     ++p;
     for (;;) {
-      p = append_plain(p, end, s);
+      if (p >= run_begin && p < run_end) take_run(s);
+      else p = append_plain(p, end, s);
       if (p >= end) return false;
       unsigned char c = static_cast<unsigned char>(*p);
       if (c >= 0x80) {
@@ -296,6 +306,18 @@ struct Parser {
         default: return false;
       }
     }
+  }
+  // Inside the known run: its bytes up to run_end are plain. Moved when the string starts with
+  // them and the copy is not oversized for them (a copy reserved for a longer run is copied).
+  void take_run(std::string& s) {
+    size_t n = static_cast<size_t>(run_end - p);
+    if (s.empty() && p == run_begin && run_text && run_text->size() == n && run_text->capacity() <= 2 * n) {
+      s = std::move(*run_text);
+      run_text = nullptr;
+    } else {
+      s.append(p, n);
+    }
+    p = run_end;
   }
   bool number(json& out) {
     const char* start = p;
@@ -489,8 +511,14 @@ bool nests_deeper_than(std::string_view text, size_t max_depth, size_t depth) {
   return false;
 }
 
-ParseStatus parse(std::string_view text, nlohmann::json& out, size_t max_depth) {
-  Parser ps{text.data(), text.data() + text.size(), max_depth};
+ParseStatus parse(std::string_view text, nlohmann::json& out, size_t max_depth, const PlainRun* run) {
+  const char* end = text.data() + text.size();
+  Parser ps{text.data(), end, max_depth, end, end, nullptr};
+  if (run) {
+    ps.run_begin = text.data() + run->begin;
+    ps.run_end = text.data() + run->end;
+    ps.run_text = run->text;
+  }
   json v;
   if (!ps.value(v)) return ps.too_deep ? ParseStatus::too_deep : ParseStatus::syntax_error;
   ps.ws();
@@ -504,14 +532,25 @@ namespace {
 // JSON.stringify of the string `s` holds: valid UTF-8 is copied as is, WTF-8 lone surrogates
 // (ED A0..BF xx, what parse() makes of "\ud800") are escaped back as \udxxx (well-formed
 // JSON.stringify), any other invalid byte sequence becomes one U+FFFD per maximal subpart.
-void dump_string(const std::string& s, std::string& out) {
+void dump_string(const std::string& s, std::string& out, EncodeProgress* progress) {
   // Room for the text as it is, the quotes and the frame's '\n' (escapes may still grow it).
   out.reserve(out.size() + s.size() + 3);
   out.push_back('"');
   const char* p = s.data();
   const char* end = p + s.size();
   while (p < end) {
-    p = append_plain(p, end, out);
+    if (progress) {  // plain runs go `every` bytes at a time, each full step offered first
+      const char* limit = p + std::min(static_cast<size_t>(end - p), progress->every);
+      const char* stop = skip_plain(p, limit);
+      size_t n = static_cast<size_t>(stop - p);
+      bool full = n == progress->every;
+      size_t taken = full ? std::min(progress->encoded(out, {p, n}), n) : 0;
+      out.append(p + taken, n - taken);
+      p = stop;
+      if (full) continue;
+    } else {
+      p = append_plain(p, end, out);
+    }
     if (p >= end) break;
     unsigned char c = static_cast<unsigned char>(*p);
     if (c >= 0x80) {
@@ -535,7 +574,7 @@ void dump_string(const std::string& s, std::string& out) {
 
 }  // namespace
 
-void fast_dump(const nlohmann::json& v, std::string& out) {
+void fast_dump(const nlohmann::json& v, std::string& out, EncodeProgress* progress) {
   using json = nlohmann::json;
   switch (v.type()) {
     case json::value_t::object: {
@@ -544,9 +583,9 @@ void fast_dump(const nlohmann::json& v, std::string& out) {
       for (const auto& [k, val] : v.get_ref<const json::object_t&>()) {
         if (!first) out.push_back(',');
         first = false;
-        dump_string(k, out);
+        dump_string(k, out, progress);
         out.push_back(':');
-        fast_dump(val, out);
+        fast_dump(val, out, progress);
       }
       out.push_back('}');
       return;
@@ -557,12 +596,12 @@ void fast_dump(const nlohmann::json& v, std::string& out) {
       for (const auto& val : v.get_ref<const json::array_t&>()) {
         if (!first) out.push_back(',');
         first = false;
-        fast_dump(val, out);
+        fast_dump(val, out, progress);
       }
       out.push_back(']');
       return;
     }
-    case json::value_t::string: dump_string(v.get_ref<const std::string&>(), out); return;
+    case json::value_t::string: dump_string(v.get_ref<const std::string&>(), out, progress); return;
     case json::value_t::boolean: out += v.get<bool>() ? "true" : "false"; return;
     case json::value_t::null: out += "null"; return;
     case json::value_t::number_integer: {

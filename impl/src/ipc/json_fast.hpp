@@ -15,10 +15,14 @@
 #include <string_view>
 #include <vector>
 
+#include "uvcluster/ipc/framing.hpp"
+
 namespace uvcluster::ipc::detail_json {
 
 enum class ParseStatus { ok, syntax_error, too_deep };
-ParseStatus parse(std::string_view text, nlohmann::json& out, size_t max_depth);
+// `run` (may be null; its range must lie within `text`) spares the string scan over its bytes,
+// and a string whose content starts at its `begin` takes its `text` when it holds those bytes.
+ParseStatus parse(std::string_view text, nlohmann::json& out, size_t max_depth, const PlainRun* run = nullptr);
 
 // Whether `text` nests arrays/objects deeper than max_depth when `depth` levels are already
 // open before it, judged on its bytes alone: the brackets outside strings are counted, no value
@@ -29,8 +33,13 @@ bool nests_deeper_than(std::string_view text, size_t max_depth, size_t depth = 0
 // Appends the compact JSON text of `v` to `out` as JSON.stringify would write the value it
 // stands for: byte-identical to v.dump(-1, ' ', false, error_handler_t::replace) for valid
 // UTF-8 strings; WTF-8 surrogates are written as \udxxx, other invalid UTF-8 as U+FFFD per
-// maximal subpart.
-void fast_dump(const nlohmann::json& v, std::string& out);
+// maximal subpart. `progress` (may be null) is told every `progress->every` bytes of a long
+// string.
+void fast_dump(const nlohmann::json& v, std::string& out, EncodeProgress* progress = nullptr);
+
+// The first byte of [p, end) that is not plain (printable ASCII but '"' and '\\'), or end: the
+// fastest of plain_scans() on this CPU.
+const char* skip_plain(const char* p, const char* end);
 
 // The scans for a string's first byte that is not plain (printable ASCII but '"' and '\\') this
 // CPU can run, each by name ("avx512", "avx2", "portable"): one is chosen at run time, so tests

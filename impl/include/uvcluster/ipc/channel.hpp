@@ -178,7 +178,9 @@ class Channel {
   // Sends one message (and a handle). Returns Node's backpressure hint: false when the write
   // queue is over the high-water mark. `done` runs once the message is written (or failed).
   // On a closed/disconnected channel: returns false and `done`/on_error get
-  // ERR_IPC_CHANNEL_CLOSED ("Channel closed").
+  // ERR_IPC_CHANNEL_CLOSED ("Channel closed"). A big message with nothing queued before it
+  // starts leaving while it is encoded (json mode; docs/spawn-and-big-ipc.md): part of it may
+  // already be written when send() returns; `message` is not used after that.
   bool send(const Json& message, std::optional<OutgoingHandle> handle = std::nullopt,
             SendOptions options = {}, std::function<void(const Error*)> done = {});
 

@@ -38,9 +38,30 @@
 
 namespace uvcluster::ipc {
 
+// What a FrameReader learned about a big line while it arrived: bytes [begin, end) of the line
+// are plain (printable ASCII but '"' and '\\': what a JSON string holds verbatim), and the line
+// ends at `end` or its byte there is not plain. When `text` is not null it holds a copy of those
+// bytes, which the parse of a string whose content starts at `begin` may take instead of
+// copying them again (parse_frame).
+struct PlainRun {
+  size_t begin = 0;
+  size_t end = 0;
+  std::string* text = nullptr;
+};
+
 class FrameReader {
  public:
+  // Arrival-time work on a big line: once an incomplete line holds `track_from` bytes, every
+  // read's new bytes are scanned with the JSON string scan (which stops at '\n' too) instead of
+  // memchr, and the first plain run of at least `copy_from` bytes is copied out as it arrives.
+  // That work then runs while the rest of the line is still on its way, not after its last
+  // byte (the parse skips the run's scan and takes its copy). Tests lower both.
+  struct BigLine {
+    size_t track_from = 16 * 1024;
+    size_t copy_from = 64 * 1024;
+  };
   explicit FrameReader(size_t max_frame_bytes = 64 * 1024 * 1024) : max_(max_frame_bytes) {}
+  FrameReader(size_t max_frame_bytes, BigLine big) : max_(max_frame_bytes), big_(big) {}
 
   // Reading without a copy: space(min) is where the next read may write (at least `min` bytes,
   // all the free room when there is more), commit(n, on_line) takes the n bytes just written
@@ -58,6 +79,11 @@ class FrameReader {
   bool failed() const { return failed_; }
   // Bytes of buffer held (0 once failed: an oversized line's buffer is freed at once).
   size_t capacity() const { return cap_; }
+  // The same with the copy of a plain run (at most `capacity()` more, only while a line arrives).
+  size_t bytes_held() const { return cap_ + (run_copy_.empty() ? 0 : run_copy_.capacity()); }
+  // During on_line: the plain run found while that line arrived (null if none; a line that
+  // arrived in one read never has one). Its `text` may be moved from.
+  const PlainRun* plain_run() const { return delivering_ && have_run_ ? &run_ : nullptr; }
 
   // A drained buffer up to kRetainedCapacity is kept for the next line (a channel carrying
   // 1 MiB messages re-uses it instead of page-faulting a new one for each); a bigger one is
@@ -73,7 +99,11 @@ class FrameReader {
     void operator()(char* p) const { std::free(p); }
   };
   bool fail();
+  size_t track_big_line();
+  bool deliver(size_t line_begin, size_t newline, const std::function<void(std::string_view)>& on_line);
+  void end_big_line();
   size_t max_;
+  BigLine big_;
   // Held bytes are [begin_, end_) of a malloc'ed buffer of cap_ bytes: malloc so that growing a
   // big buffer can be a realloc (mremap for large blocks) instead of a copy.
   std::unique_ptr<char, Free> data_;
@@ -82,6 +112,18 @@ class FrameReader {
   size_t end_ = 0;
   bool failed_ = false;
   bool keep_big_ = false;
+  // The incomplete line's arrival-time scan (offsets from the line's first byte): bytes before
+  // `scanned_` were scanned, the current plain run began at `run_start_`; `run_` is the first
+  // run of copy_from bytes, copied into run_copy_ while `copying_`.
+  bool tracking_ = false;
+  bool copying_ = false;
+  bool have_run_ = false;
+  bool delivering_ = false;
+  size_t scanned_ = 0;
+  size_t run_start_ = 0;
+  PlainRun run_;
+  std::string run_copy_;
+  size_t last_run_ = 0;  // the last copied run's length: the next copy reserves that much
 };
 
 // Default deepest nesting of arrays/objects a frame may have ("[[]]" is 2); see above.
@@ -91,11 +133,30 @@ inline constexpr size_t kMaxNestingDepth = 1000;
 // sees it: no BOM, and a NUL byte is an error, not an end) or nests deeper than max_depth. Never throws; work is linear in the line and
 // stack use does not depend on the input (the parse is iterative).
 Result<nlohmann::json> parse_frame(std::string_view line, size_t max_depth = kMaxNestingDepth);
+// The same with what the reader learned while the line arrived (FrameReader::plain_run, may be
+// null): the same value, with less work after the line's last byte.
+Result<nlohmann::json> parse_frame(std::string_view line, size_t max_depth, const PlainRun* run);
 // Encodes a message as Node's JSON.stringify would (compact; WTF-8 lone surrogates as \udxxx;
 // other invalid UTF-8 becomes U+FFFD) plus the '\n'. Never throws.
 std::string encode_frame(const nlohmann::json& message);
-// The same into `out` (cleared first), re-using its capacity.
-void encode_frame_into(const nlohmann::json& message, std::string& out);
+// Told while a big frame is encoded, at every `every` plain bytes of a long string: `out` holds
+// the frame's bytes encoded so far (but those the progress took), `plain` the next `every`
+// bytes, which go on the wire as they are. Returns how many of `plain`, from its start, it took
+// (a sender writes them straight from the message); the rest are appended to `out`. A sender
+// may also take bytes of `out` (it remembers which): the frame is the bytes it took, in order,
+// then the rest of `out`.
+class EncodeProgress {
+ public:
+  explicit EncodeProgress(size_t every) : every(every) {}
+  virtual size_t encoded(std::string& out, std::string_view plain) = 0;
+  const size_t every;
+
+ protected:
+  ~EncodeProgress() = default;
+};
+// The same into `out` (cleared first), re-using its capacity; `progress` (may be null) is told
+// as long strings are encoded, and what it takes is not in `out`.
+void encode_frame_into(const nlohmann::json& message, std::string& out, EncodeProgress* progress = nullptr);
 // Node's isInternal: an object whose `cmd` is a string longer than 5 chars starting "NODE_".
 bool is_internal(const nlohmann::json& message);
 
