@@ -131,6 +131,10 @@ def test_an_instr_sample_counts_the_rr_primary_under_callgrind():
         pytest.skip(bench_compare.instr_skip_reason())
     if not os.path.exists(os.path.join(build, "bench", "limits", "raw_rr")):
         pytest.skip("raw_rr not built")
+    cache = os.path.join(build, "CMakeCache.txt")
+    if os.path.exists(cache) and any(line.startswith("UVCLUSTER_SANITIZE:STRING=") and line.strip().split("=", 1)[1]
+                                     for line in open(cache)):
+        pytest.skip("a sanitizer build: its binaries do not run under valgrind")
     opts = {"instr_duration": 1}
     out = bench_compare.unit_instr(build, dict(os.environ), opts)
     assert set(out) == {"rr_primary_instructions", "rr_primary_instructions_vs_bare"}
