@@ -156,10 +156,6 @@ bool FrameReader::feed(const char* data, size_t n, const std::function<void(std:
   return commit(n, on_line);
 }
 
-Result<nlohmann::json> parse_frame(std::string_view line, size_t max_depth) {
-  return parse_frame(line, max_depth, nullptr);
-}
-
 Result<nlohmann::json> parse_frame(std::string_view line, size_t max_depth, const PlainRun* run) {
   if (run && (run->begin > run->end || run->end > line.size())) run = nullptr;  // not this line's
   // The parser decodes invalid UTF-8 inside strings as the line's decoding would (outside them

@@ -131,11 +131,11 @@ inline constexpr size_t kMaxNestingDepth = 1000;
 
 // Parses one line into a message: ERR_IPC_BAD_FRAME if it is not a JSON text (as JSON.parse
 // sees it: no BOM, and a NUL byte is an error, not an end) or nests deeper than max_depth. Never throws; work is linear in the line and
-// stack use does not depend on the input (the parse is iterative).
-Result<nlohmann::json> parse_frame(std::string_view line, size_t max_depth = kMaxNestingDepth);
-// The same with what the reader learned while the line arrived (FrameReader::plain_run, may be
-// null): the same value, with less work after the line's last byte.
-Result<nlohmann::json> parse_frame(std::string_view line, size_t max_depth, const PlainRun* run);
+// stack use does not depend on the input (the parse is iterative). `run`, what the reader learned
+// while the line arrived (FrameReader::plain_run, may be null), gives the same value with less
+// work after the line's last byte.
+Result<nlohmann::json> parse_frame(std::string_view line, size_t max_depth = kMaxNestingDepth,
+                                   const PlainRun* run = nullptr);
 // Encodes a message as Node's JSON.stringify would (compact; WTF-8 lone surrogates as \udxxx;
 // other invalid UTF-8 becomes U+FFFD) plus the '\n'. Never throws.
 std::string encode_frame(const nlohmann::json& message);
