@@ -51,45 +51,45 @@ bool FrameReader::fail() {
 }
 
 void FrameReader::end_big_line() {
-  tracking_ = copying_ = have_run_ = false;
+  scan_ = LineScan{};
   std::string().swap(run_copy_);  // empty once the parse took it; else a copy nobody wanted
 }
 
-// Scans the incomplete line's bytes from scanned_ on (offsets from the line's first byte) with
+// Scans the incomplete line's bytes from scan_.scanned on (offsets from its first byte) with
 // the string scan, and copies the first plain run of copy_from bytes as it arrives. Returns the
 // offset of the line's '\n', or kNoNewline while it is incomplete.
 size_t FrameReader::track_big_line() {
   const char* line = data_.get() + begin_;
   size_t end = end_ - begin_;
-  size_t pos = scanned_;
+  size_t pos = scan_.scanned;
   size_t restarts = kRestartsPerRead + (end - pos) / kBytesPerRestart;
   while (pos < end) {
     size_t stop = static_cast<size_t>(detail_json::skip_plain(line + pos, line + end) - line);
-    scanned_ = stop;
-    if (copying_) {
-      if (run_copy_.capacity() < stop - run_start_)  // grows as the line buffer did, never past it
-        run_copy_.reserve(std::min(std::max(stop - run_start_, 2 * run_copy_.capacity()), cap_));
+    scan_.scanned = stop;
+    if (scan_.copying) {
+      if (run_copy_.capacity() < stop - scan_.run_start)  // grows as the line buffer did, never past it
+        run_copy_.reserve(std::min(std::max(stop - scan_.run_start, 2 * run_copy_.capacity()), cap_));
       run_copy_.append(line + pos, stop - pos);
-    } else if (!have_run_ && stop - run_start_ >= big_.copy_from) {
+    } else if (!scan_.have_run && stop - scan_.run_start >= big_.copy_from) {
       // Room for the last copied run: a stream of equal big messages copies each run once,
       // without regrowing; never more than the line buffer.
-      run_copy_.reserve(std::min(std::max(stop - run_start_, last_run_), cap_));
-      run_copy_.assign(line + run_start_, stop - run_start_);
-      copying_ = true;
+      run_copy_.reserve(std::min(std::max(stop - scan_.run_start, last_run_), cap_));
+      run_copy_.assign(line + scan_.run_start, stop - scan_.run_start);
+      scan_.copying = true;
     }
     if (stop == end) return kNoNewline;
-    if (copying_) {  // the copied run ends at this byte
-      copying_ = false;
-      have_run_ = true;
-      run_ = PlainRun{run_start_, stop, &run_copy_};
-      last_run_ = stop - run_start_;
+    if (scan_.copying) {  // the copied run ends at this byte
+      scan_.copying = false;
+      scan_.have_run = true;
+      scan_.run = PlainRun{scan_.run_start, stop, &run_copy_};
+      last_run_ = stop - scan_.run_start;
     }
     if (line[stop] == '\n') return stop;
-    pos = scanned_ = run_start_ = stop + 1;
+    pos = scan_.scanned = scan_.run_start = stop + 1;
     if (restarts == 0) {
       const void* found = std::memchr(line + pos, '\n', end - pos);
       if (found) return static_cast<size_t>(static_cast<const char*>(found) - line);
-      scanned_ = run_start_ = end;  // the next read's bytes start a new run
+      scan_.scanned = scan_.run_start = end;  // the next read's bytes start a new run
       return kNoNewline;
     }
     --restarts;
@@ -100,10 +100,10 @@ size_t FrameReader::track_big_line() {
 bool FrameReader::deliver(size_t line_begin, size_t newline, const std::function<void(std::string_view)>& on_line) {
   if (newline - line_begin > max_) return fail();
   begin_ = newline + 1;
-  delivering_ = tracking_;
+  delivering_ = scan_.active;
   on_line(std::string_view(data_.get() + line_begin, newline - line_begin));
   delivering_ = false;
-  if (tracking_) end_big_line();
+  if (scan_.active) end_big_line();
   return !failed_;
 }
 
@@ -111,7 +111,7 @@ bool FrameReader::commit(size_t n, const std::function<void(std::string_view)>& 
   if (failed_) return false;
   size_t scan = end_;  // bytes before it were scanned by an earlier commit
   end_ += n;
-  if (tracking_) {
+  if (scan_.active) {
     size_t newline = track_big_line();
     if (newline != kNoNewline) {
       if (!deliver(begin_, begin_ + newline, on_line)) return false;
@@ -131,11 +131,10 @@ bool FrameReader::commit(size_t n, const std::function<void(std::string_view)>& 
   if (begin_ == end_) {
     begin_ = end_ = 0;
     if (!keep_big_) release_big_buffer();
-  } else if (!tracking_ && end_ - begin_ >= big_.track_from) {
+  } else if (!scan_.active && end_ - begin_ >= big_.track_from) {
     // An incomplete big line: its later reads are scanned as they arrive. This first scan
     // finds no '\n' (memchr just looked) but its runs and copy.
-    tracking_ = true;
-    scanned_ = run_start_ = 0;
+    scan_.active = true;
     track_big_line();
   }
   return true;

@@ -83,7 +83,7 @@ class FrameReader {
   size_t bytes_held() const { return cap_ + (run_copy_.empty() ? 0 : run_copy_.capacity()); }
   // During on_line: the plain run found while that line arrived (null if none; a line that
   // arrived in one read never has one). Its `text` may be moved from.
-  const PlainRun* plain_run() const { return delivering_ && have_run_ ? &run_ : nullptr; }
+  const PlainRun* plain_run() const { return delivering_ && scan_.have_run ? &scan_.run : nullptr; }
 
   // A drained buffer up to kRetainedCapacity is kept for the next line (a channel carrying
   // 1 MiB messages re-uses it instead of page-faulting a new one for each); a bigger one is
@@ -112,16 +112,17 @@ class FrameReader {
   size_t end_ = 0;
   bool failed_ = false;
   bool keep_big_ = false;
-  // The incomplete line's arrival-time scan (offsets from the line's first byte): bytes before
-  // `scanned_` were scanned, the current plain run began at `run_start_`; `run_` is the first
-  // run of copy_from bytes, copied into run_copy_ while `copying_`.
-  bool tracking_ = false;
-  bool copying_ = false;
-  bool have_run_ = false;
-  bool delivering_ = false;
-  size_t scanned_ = 0;
-  size_t run_start_ = 0;
-  PlainRun run_;
+  // The incomplete big line's arrival-time scan, in offsets from the line's first byte; reset
+  // for every big line.
+  struct LineScan {
+    bool active = false;    // the line reached track_from bytes
+    size_t scanned = 0;     // bytes before it were scanned
+    size_t run_start = 0;   // the current plain run began here
+    bool copying = false;   // the current run is being copied into run_copy_
+    bool have_run = false;  // `run` is the line's first run of copy_from bytes
+    PlainRun run;
+  } scan_;
+  bool delivering_ = false;  // on_line of a big line is running (plain_run() is valid)
   std::string run_copy_;
   size_t last_run_ = 0;  // the last copied run's length: the next copy reserves that much
 };
