@@ -83,27 +83,28 @@ bool Messenger::take_reply(const Json& msg, ipc::ReceivedHandle* handle, int own
 
 NewconnMessage::NewconnMessage(const std::string& key) {
   // wrap()'s object has sorted keys: act, cmd, key, seq.
-  head_ = "{\"act\":\"newconn\",\"cmd\":\"";
-  head_ += kClusterCmd;
-  head_ += "\",\"key\":";
+  bytes_ = "{\"act\":\"newconn\",\"cmd\":\"";
+  bytes_ += kClusterCmd;
+  bytes_ += "\",\"key\":";
   std::string k = ipc::encode_frame(Json(key));
   k.pop_back();  // its newline
-  head_ += k;
-  head_ += ",\"seq\":";
+  bytes_ += k;
+  bytes_ += ",\"seq\":";
+  head_size_ = bytes_.size();
 }
 
 std::string NewconnMessage::with_seq(int64_t seq) const {
-  std::string m;
-  write_with_seq(seq, m);
-  return m;
+  NewconnMessage copy = *this;
+  return std::string(copy.encode(seq));
 }
 
-void NewconnMessage::write_with_seq(int64_t seq, std::string& out) const {
+std::string_view NewconnMessage::encode(int64_t seq) {
   char digits[24];
   auto end = std::to_chars(digits, digits + sizeof digits - 1, seq).ptr;
   *end++ = '}';
-  out.assign(head_);
-  out.append(digits, end);
+  bytes_.resize(head_size_);  // never grows past its capacity after the first few seqs
+  bytes_.append(digits, end);
+  return bytes_;
 }
 
 namespace {
