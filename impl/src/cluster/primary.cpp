@@ -123,7 +123,8 @@ size_t Primary::connections_waiting() const {
 void PrimaryStats::HandOffLatency::record(double seconds) {
   ++count;
   sum_seconds += seconds;
-  auto bound = std::lower_bound(kBoundsSeconds.begin(), kBoundsSeconds.end(), seconds);
+  // A linear search: almost every hand-off lands in the first few buckets.
+  auto bound = std::find_if(kBoundsSeconds.begin(), kBoundsSeconds.end(), [seconds](double b) { return b >= seconds; });
   if (bound != kBoundsSeconds.end()) ++counts[static_cast<size_t>(bound - kBoundsSeconds.begin())];
 }
 

@@ -91,6 +91,7 @@ NewconnMessage::NewconnMessage(const std::string& key) {
   bytes_ += k;
   bytes_ += ",\"seq\":";
   head_size_ = bytes_.size();
+  bytes_.resize(head_size_ + kSeqRoom);  // the digits are written in place, no resize per seq
 }
 
 std::string NewconnMessage::with_seq(int64_t seq) const {
@@ -99,12 +100,10 @@ std::string NewconnMessage::with_seq(int64_t seq) const {
 }
 
 std::string_view NewconnMessage::encode(int64_t seq) {
-  char digits[24];
-  auto end = std::to_chars(digits, digits + sizeof digits - 1, seq).ptr;
+  char* digits = bytes_.data() + head_size_;
+  char* end = std::to_chars(digits, digits + kSeqRoom - 1, seq).ptr;
   *end++ = '}';
-  bytes_.resize(head_size_);  // never grows past its capacity after the first few seqs
-  bytes_.append(digits, end);
-  return bytes_;
+  return std::string_view(bytes_.data(), static_cast<size_t>(end - bytes_.data()));
 }
 
 namespace {
@@ -123,15 +122,20 @@ struct Scan {
   }
   // A JSON integer (no leading zeros) of at most 15 digits: exact in a double, as Node sent it.
   bool integer(int64_t& out) {
-    bool negative = lit("-");
-    const char* first = rest.data();
-    const char* stop = first + std::min<size_t>(rest.size(), 16);
-    const char* p = first;
+    const char* p = rest.data();
+    const char* end = p + rest.size();
+    bool negative = p < end && *p == '-';
+    const char* first = p + negative;
+    const char* stop = first + std::min<size_t>(static_cast<size_t>(end - first), 16);
     int64_t v = 0;
-    for (unsigned digit; p < stop && (digit = static_cast<unsigned char>(*p) - unsigned{'0'}) < 10; ++p) v = v * 10 + digit;
+    for (p = first; p < stop; ++p) {
+      unsigned digit = static_cast<unsigned char>(*p) - unsigned{'0'};
+      if (digit > 9) break;
+      v = v * 10 + digit;
+    }
     size_t n = static_cast<size_t>(p - first);
     if (n == 0 || n > 15 || (n > 1 && *first == '0')) return false;
-    rest.remove_prefix(n);
+    rest = std::string_view(p, static_cast<size_t>(end - p));
     out = negative ? -v : v;
     return true;
   }

@@ -71,6 +71,7 @@ class NewconnMessage {
   std::string_view encode(int64_t seq);
 
  private:
+  static constexpr size_t kSeqRoom = 24;  // an int64's digits, its sign and the closing brace
   size_t head_size_ = 0;
   std::string bytes_;  // the head, then the last seq encoded
 };
