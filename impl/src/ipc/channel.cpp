@@ -697,11 +697,13 @@ struct Channel::Impl : std::enable_shared_from_this<Channel::Impl> {
       error_ev.emit(Error::make("ERR_IPC_HANDLE_NOT_RECEIVED",
                                 "Handle did not reach the receiving process correctly"));
     if (unacked.empty()) return;  // a listener tore the channel down
-    InFlight done = std::move(unacked.front());
-    unacked.pop_front();  // our copy of the fd, if we kept one, closes with `done`
+    InFlight& done = unacked.front();
     bool was_blocking = !(done.options.pipelined && !retransmittable);
+    std::function<void()> on_acked;
+    if (!done.options.keep_open) on_acked = std::move(done.options.on_acked);
+    unacked.pop_front();  // our copy of the fd, if we kept one, closes here
     if (was_blocking) --blocking;
-    if (!done.options.keep_open && done.options.on_acked) done.options.on_acked();
+    if (on_acked) on_acked();
     if (blocking > 0) return;
     if (!queue.empty()) {  // (moving a deque allocates, even an empty one: not per hand-off)
       auto items = std::move(queue);
