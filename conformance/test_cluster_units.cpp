@@ -363,6 +363,33 @@ TEST(RoundRobinScheduler, RingQueueBehavesAsADequeAndKeepsItsCapacity) {
   EXPECT_TRUE(moved.empty());
 }
 
+// The scheduler takes its queue's front once per hand-off: that erase moves no element (it
+// moved every waiting connection up one slot), and push_back moves its argument once.
+TEST(RoundRobinScheduler, RingTakesItsFrontWithoutMovingTheRest) {
+  struct Counted {
+    int* moves;
+    explicit Counted(int* m) : moves(m) {}
+    Counted(Counted&& o) noexcept : moves(o.moves) { ++*moves; }
+    Counted& operator=(Counted&& o) noexcept {
+      moves = o.moves;
+      ++*moves;
+      return *this;
+    }
+  };
+  int moves = 0;
+  detail::Ring<Counted> ring(64);
+  for (int i = 0; i < 50; ++i) {
+    Counted c(&moves);
+    ring.push_back(std::move(c));
+  }
+  EXPECT_EQ(moves, 50);  // one move into its slot each (not into a by-value parameter first)
+  moves = 0;
+  auto after = ring.erase(ring.begin());
+  EXPECT_EQ(moves, 0);
+  EXPECT_EQ(after - ring.begin(), 0);
+  EXPECT_EQ(ring.size(), 49u);
+}
+
 TEST(RoundRobinScheduler, OneInFlightPerWorkerFreeListInOrder) {
   auto before = uvc_test::open_fds();
   {

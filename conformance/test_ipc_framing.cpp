@@ -32,6 +32,23 @@ TEST(IpcFraming, SplitsLinesAcrossReads) {
   EXPECT_FALSE(r.buffering());
 }
 
+// A read of whole lines (an ACK and a newconn's answer, every hand-off) is delivered from the
+// read's own bytes: no copy into the reader, whose buffer is not even made; a trailing partial
+// line is copied in and completed by the next read.
+TEST(IpcFraming, WholeLinesAreDeliveredFromTheReadWithoutACopy) {
+  FrameReader r;
+  std::string wire = "{\"cmd\":\"NODE_HANDLE_ACK\"}\n{\"ack\":1}\n";
+  std::vector<const char*> at;
+  ASSERT_TRUE(r.feed(wire.data(), wire.size(), [&](std::string_view line) { at.push_back(line.data()); }));
+  ASSERT_EQ(at.size(), 2u);
+  EXPECT_EQ(at[0], wire.data());
+  EXPECT_EQ(at[1], wire.data() + wire.find('\n') + 1);
+  EXPECT_EQ(r.capacity(), 0u);
+  auto lines = feed_all(r, {"1\n{\"a\":", "2}\n"});
+  EXPECT_EQ(lines, (std::vector<std::string>{"1", "{\"a\":2}"}));
+  EXPECT_FALSE(r.buffering());
+}
+
 TEST(IpcFraming, MultiByteCharacterSplitBetweenReads) {
   std::string frame = encode_frame(json("é€😀"));
   // Split at every byte position, including inside each multi-byte sequence.

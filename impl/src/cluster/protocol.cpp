@@ -83,27 +83,27 @@ bool Messenger::take_reply(const Json& msg, ipc::ReceivedHandle* handle, int own
 
 NewconnMessage::NewconnMessage(const std::string& key) {
   // wrap()'s object has sorted keys: act, cmd, key, seq.
-  head_ = "{\"act\":\"newconn\",\"cmd\":\"";
-  head_ += kClusterCmd;
-  head_ += "\",\"key\":";
+  bytes_ = "{\"act\":\"newconn\",\"cmd\":\"";
+  bytes_ += kClusterCmd;
+  bytes_ += "\",\"key\":";
   std::string k = ipc::encode_frame(Json(key));
   k.pop_back();  // its newline
-  head_ += k;
-  head_ += ",\"seq\":";
+  bytes_ += k;
+  bytes_ += ",\"seq\":";
+  head_size_ = bytes_.size();
+  bytes_.resize(head_size_ + kSeqRoom);  // the digits are written in place, no resize per seq
 }
 
 std::string NewconnMessage::with_seq(int64_t seq) const {
-  std::string m;
-  write_with_seq(seq, m);
-  return m;
+  NewconnMessage copy = *this;
+  return std::string(copy.encode(seq));
 }
 
-void NewconnMessage::write_with_seq(int64_t seq, std::string& out) const {
-  char digits[24];
-  auto end = std::to_chars(digits, digits + sizeof digits - 1, seq).ptr;
+std::string_view NewconnMessage::encode(int64_t seq) {
+  char* digits = bytes_.data() + head_size_;
+  char* end = std::to_chars(digits, digits + kSeqRoom - 1, seq).ptr;
   *end++ = '}';
-  out.assign(head_);
-  out.append(digits, end);
+  return std::string_view(bytes_.data(), static_cast<size_t>(end - bytes_.data()));
 }
 
 namespace {
@@ -122,15 +122,20 @@ struct Scan {
   }
   // A JSON integer (no leading zeros) of at most 15 digits: exact in a double, as Node sent it.
   bool integer(int64_t& out) {
-    bool negative = lit("-");
-    const char* first = rest.data();
-    const char* stop = first + std::min<size_t>(rest.size(), 16);
-    const char* p = first;
+    const char* p = rest.data();
+    const char* end = p + rest.size();
+    bool negative = p < end && *p == '-';
+    const char* first = p + negative;
+    const char* stop = first + std::min<size_t>(static_cast<size_t>(end - first), 16);
     int64_t v = 0;
-    for (unsigned digit; p < stop && (digit = static_cast<unsigned char>(*p) - unsigned{'0'}) < 10; ++p) v = v * 10 + digit;
+    for (p = first; p < stop; ++p) {
+      unsigned digit = static_cast<unsigned char>(*p) - unsigned{'0'};
+      if (digit > 9) break;
+      v = v * 10 + digit;
+    }
     size_t n = static_cast<size_t>(p - first);
     if (n == 0 || n > 15 || (n > 1 && *first == '0')) return false;
-    rest.remove_prefix(n);
+    rest = std::string_view(p, static_cast<size_t>(end - p));
     out = negative ? -v : v;
     return true;
   }

@@ -353,6 +353,10 @@ struct Channel::Impl : std::enable_shared_from_this<Channel::Impl> {
   // bytes sent (the fd travels with the first), or -1 when the queued path must take the frame
   // (something is queued, EAGAIN, or an error that path then reports as usual).
   ssize_t send_direct(const std::string& frame, int fd) {
+    iovec iov{const_cast<char*>(frame.data()), frame.size()};
+    return send_direct(&iov, 1, fd);
+  }
+  ssize_t send_direct(iovec* iov, size_t count, int fd) {
     if (write_in_flight || !outq.empty() || !cork_buf.empty() || uv_stream_get_write_queue_size(pipe.stream()) != 0)
       return -1;
     if (socket_fd < 0 && uv_fileno(pipe.base(), &socket_fd) != 0) return -1;
@@ -361,10 +365,9 @@ struct Channel::Impl : std::enable_shared_from_this<Channel::Impl> {
       cmsghdr align;
       char space[CMSG_SPACE(sizeof(int))];
     } control{};
-    iovec iov{const_cast<char*>(frame.data()), frame.size()};
     msghdr msg{};
-    msg.msg_iov = &iov;
-    msg.msg_iovlen = 1;
+    msg.msg_iov = iov;
+    msg.msg_iovlen = count;
     msg.msg_control = control.space;
     msg.msg_controllen = sizeof control.space;
     cmsghdr* c = CMSG_FIRSTHDR(&msg);
@@ -599,6 +602,32 @@ struct Channel::Impl : std::enable_shared_from_this<Channel::Impl> {
     return pending_bytes() < kHighWaterMark;
   }
 
+  // The hand-off's own path (send_encoded of a borrowed net.Native fd with no `done`, nothing
+  // queued or waiting for an ACK): the wrapper's head, the message and the wrapper's end leave
+  // from three iovecs in one sendmsg (no frame assembled, no callback made) and the handle
+  // waits for its ACK in `unacked`. False, with nothing sent: the general path takes it.
+  bool send_handle_at_once(std::string_view message_json, const OutgoingHandle& handle, SendOptions& options) {
+    if (handle.type != HandleType::native || handle.key || handle.fd.valid() || handle.borrowed < 0) return false;
+    static constexpr std::string_view kTail = "}\n";
+    std::string_view head = handle_frame_head(handle.type);
+    iovec iov[3] = {{const_cast<char*>(head.data()), head.size()},
+                    {const_cast<char*>(message_json.data()), message_json.size()},
+                    {const_cast<char*>(kTail.data()), kTail.size()}};
+    size_t total = head.size() + message_json.size() + kTail.size();
+    ssize_t sent = send_direct(iov, 3, handle.borrowed);
+    if (sent <= 0) return false;
+    if (static_cast<size_t>(sent) < total) {  // the fd went with the first byte; the rest is queued
+      std::string rest = json_handle_frame(handle.type, message_json, std::nullopt, -1, std::move(spare_frame));
+      rest.erase(0, static_cast<size_t>(sent));
+      std::function<void(const Error*)> done;
+      if (options.failure_tag) done = tagged_done(options.failure_tag);
+      write(std::move(rest), -1, std::move(done), false, true);
+    }
+    if (!options.pipelined) ++blocking;  // (a net.Native is never re-sent: no frame kept)
+    unacked.push_back(InFlight{std::string(), handle.type, Fd{}, std::move(options), 0});
+    return true;
+  }
+
   static bool has_fd(const std::optional<OutgoingHandle>& h) { return h && (h->fd.valid() || h->borrowed >= 0); }
   static int raw_fd(const OutgoingHandle& h) { return h.fd.valid() ? h.fd.get() : h.borrowed; }
 
@@ -668,11 +697,13 @@ struct Channel::Impl : std::enable_shared_from_this<Channel::Impl> {
       error_ev.emit(Error::make("ERR_IPC_HANDLE_NOT_RECEIVED",
                                 "Handle did not reach the receiving process correctly"));
     if (unacked.empty()) return;  // a listener tore the channel down
-    InFlight done = std::move(unacked.front());
-    unacked.pop_front();  // our copy of the fd, if we kept one, closes with `done`
+    InFlight& done = unacked.front();
     bool was_blocking = !(done.options.pipelined && !retransmittable);
+    std::function<void()> on_acked;
+    if (!done.options.keep_open) on_acked = std::move(done.options.on_acked);
+    unacked.pop_front();  // our copy of the fd, if we kept one, closes here
     if (was_blocking) --blocking;
-    if (!done.options.keep_open && done.options.on_acked) done.options.on_acked();
+    if (on_acked) on_acked();
     if (blocking > 0) return;
     if (!queue.empty()) {  // (moving a deque allocates, even an empty one: not per hand-off)
       auto items = std::move(queue);
@@ -1011,6 +1042,9 @@ Status Channel::disconnect() {
 bool Channel::send_encoded(std::string_view message_json, OutgoingHandle handle, SendOptions options,
                            std::function<void(const Error*)> done) {
   auto& i = *impl_;
+  if (!done && i.state == Impl::State::open && i.connected && !i.advanced() && i.blocking == 0 &&
+      i.send_handle_at_once(message_json, handle, options))
+    return i.pending_bytes() < kHighWaterMark;
   if (!done && options.failure_tag) done = i.tagged_done(options.failure_tag);
   Impl::Queued q{Json(), std::move(handle), std::move(options), std::move(done)};
   if (i.state != Impl::State::open || !i.connected || i.advanced() || i.blocking > 0 || !Impl::has_fd(q.handle)) {

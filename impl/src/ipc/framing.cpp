@@ -151,6 +151,19 @@ bool FrameReader::release_big_buffer() {
 bool FrameReader::feed(const char* data, size_t n, const std::function<void(std::string_view)>& on_line) {
   if (failed_) return false;
   if (n == 0) return true;
+  if (!buffering()) {
+    // Between lines, the complete lines are delivered from where they are; only a partial line
+    // at the end is copied in (a read of an ACK and an answer copies nothing).
+    const char* end = data + n;
+    while (const void* found = std::memchr(data, '\n', static_cast<size_t>(end - data))) {
+      const char* newline = static_cast<const char*>(found);
+      if (static_cast<size_t>(newline - data) > max_) return fail();
+      on_line(std::string_view(data, static_cast<size_t>(newline - data)));
+      data = newline + 1;
+    }
+    n = static_cast<size_t>(end - data);
+    if (n == 0) return true;
+  }
   std::memcpy(space(n).data(), data, n);
   return commit(n, on_line);
 }

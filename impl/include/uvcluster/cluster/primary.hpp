@@ -352,7 +352,6 @@ class Primary : public std::enable_shared_from_this<Primary> {
   PrimaryStats retired_;  // counters of handles already closed
   PrimaryStats::HandOffLatency handoff_latency_;
   uint64_t answered_at_ns_ = 0;  // while an answer is passed to its scheduler: its uv_hrtime()
-  std::string newconn_message_;  // the newconn being sent (its buffer is reused)
   std::vector<std::function<void()>> disconnect_cbs_;
   std::unique_ptr<Watchdog> watchdog_;  // started at the first fork when workers_die_with_primary
 

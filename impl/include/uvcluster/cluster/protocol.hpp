@@ -66,10 +66,14 @@ class NewconnMessage {
  public:
   explicit NewconnMessage(const std::string& key);
   std::string with_seq(int64_t seq) const;
-  void write_with_seq(int64_t seq, std::string& out) const;  // into `out` (its buffer reused)
+  // The message with `seq`, in a buffer of this object that keeps the head: a hand-off writes
+  // only its digits. Valid until the next call.
+  std::string_view encode(int64_t seq);
 
  private:
-  std::string head_;
+  static constexpr size_t kSeqRoom = 24;  // an int64's digits, its sign and the closing brace
+  size_t head_size_ = 0;
+  std::string bytes_;  // the head, then the last seq encoded
 };
 
 struct NewconnAnswer {

@@ -100,7 +100,8 @@ class Ring {
     ++size_;
     return *p;
   }
-  void push_back(T value) { emplace_back(std::move(value)); }
+  void push_back(T&& value) { emplace_back(std::move(value)); }
+  void push_back(const T& value) { emplace_back(value); }
   void push_front(T value) {
     if (size_ == capacity_) grow(capacity_ ? capacity_ * 2 : 4);
     head_ = (head_ + capacity_ - 1) & (capacity_ - 1);
@@ -116,9 +117,14 @@ class Ring {
     std::destroy_at(&back());
     --size_;
   }
-  // Removes one element; the later ones move up. Returns the position after it.
+  // Removes one element; the later ones move up (the front: none move). Returns the position
+  // after it.
   iterator erase(const_iterator pos) {
     size_t i = pos.index();
+    if (i == 0) {
+      pop_front();
+      return iterator(this, 0);
+    }
     for (size_t j = i; j + 1 < size_; ++j) (*this)[j] = std::move((*this)[j + 1]);
     pop_back();
     return iterator(this, i);

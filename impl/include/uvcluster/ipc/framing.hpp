@@ -71,7 +71,9 @@ class FrameReader {
   // exceeded max_frame_bytes (then and on every later call; nothing more is delivered).
   std::span<char> space(size_t min);
   bool commit(size_t n, const std::function<void(std::string_view)>& on_line);
-  // The same for bytes that are elsewhere: copies them in, then commit().
+  // The same for bytes that are elsewhere: with no partial line held, the complete lines are
+  // delivered from `data` itself and only a trailing partial line is copied in; else copies
+  // them in, then commit().
   bool feed(const char* data, size_t n, const std::function<void(std::string_view)>& on_line);
   // Bytes of an incomplete line held back (Node's channel.buffering).
   bool buffering() const { return end_ > begin_; }
