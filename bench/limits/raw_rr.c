@@ -8,15 +8,20 @@
  *   worker:  recvmsg (frames + fds), one write of the ack(s), then HTTP: epoll_ctl ADD, read the
  *            request, write a `Connection: close` answer, close.
  *
- * Usage: raw_rr [--workers N] [--window K] [--no-ack] [--port P]
+ * --reuseport is the same workers without any hand-off, the yardstick of its cost: each worker
+ * accepts on its own SO_REUSEPORT listener (all on one port, made by the primary before the fork
+ * so that every one listens before the first `listening` line), accept4 once per readiness
+ * report, then the same HTTP. The primary only waits for the stop.
+ *
+ * Usage: raw_rr [--workers N] [--window K] [--no-ack] [--reuseport] [--port P]
  *   --window K  up to K hand-offs in flight per worker (default 1, Node's); the primary queues
  *               the rest and hands them out as acks come back.
  *   --no-ack    the workers never answer and the primary never waits (the lower bound of any
  *               acknowledged protocol); a full channel blocks the primary's sendmsg.
  * Prints one JSON line per worker, {"event":"listening","worker":I,"pid":P,"port":PORT}; on
  * SIGTERM/SIGINT it stops its workers (SIGTERM, by pid), prints {"event":"stats","workers":
- * [{"pid":P,"connections":N},...]} (connections handed out and, with acks, acknowledged) and
- * exits 0. Workers die with the primary (PR_SET_PDEATHSIG). 127.0.0.1 only. */
+ * [{"pid":P,"connections":N},...]} (connections handed out; with --reuseport, accepted by each
+ * worker) and exits 0. Workers die with the primary (PR_SET_PDEATHSIG). 127.0.0.1 only. */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <netinet/in.h>
@@ -25,10 +30,21 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
+
+#if defined(__has_include)
+#if __has_include(<valgrind/callgrind.h>)
+#include <valgrind/callgrind.h>
+#endif
+#endif
+#ifndef CALLGRIND_ZERO_STATS
+#define CALLGRIND_ZERO_STATS
+#define CALLGRIND_DUMP_STATS
+#endif
 
 #define MAX_WORKERS 64
 #define QUEUE_CAP 65536
@@ -38,6 +54,24 @@ static volatile sig_atomic_t stopping = 0;
 static void on_stop(int sig) {
   (void)sig;
   stopping = 1;
+}
+
+static volatile sig_atomic_t zero_requested = 0, dump_requested = 0;
+static void on_callgrind_request(int sig) {
+  if (sig == SIGUSR1) zero_requested = 1;
+  else dump_requested = 1;
+}
+
+/* In a worker after each wake-up: a client request is not made from the signal handler. */
+static void serve_callgrind_requests(void) {
+  if (zero_requested) {
+    zero_requested = 0;
+    CALLGRIND_ZERO_STATS;
+  }
+  if (dump_requested) {
+    dump_requested = 0;
+    CALLGRIND_DUMP_STATS;
+  }
 }
 
 static void die(const char* what) {
@@ -51,6 +85,14 @@ static const char kResponse[] =
 
 /* ---------------------------------------------------------------- worker */
 
+/* Serves one ready connection: one read of the request, one answer, close (Connection: close). */
+static void serve(int fd, char* buf, size_t len) {
+  ssize_t got = read(fd, buf, len);
+  if (got > 0) (void)!write(fd, kResponse, sizeof kResponse - 1);
+  if (got < 0 && errno == EAGAIN) return;
+  close(fd);
+}
+
 static int worker_main(int channel, int ack) {
   int ep = epoll_create1(EPOLL_CLOEXEC);
   if (ep < 0) die("epoll_create1");
@@ -61,6 +103,7 @@ static int worker_main(int channel, int ack) {
   for (;;) {
     struct epoll_event evs[64];
     int n = epoll_wait(ep, evs, 64, -1);
+    serve_callgrind_requests();
     if (n < 0) {
       if (errno == EINTR) continue;
       die("epoll_wait");
@@ -68,11 +111,7 @@ static int worker_main(int channel, int ack) {
     for (int i = 0; i < n; ++i) {
       int fd = evs[i].data.fd;
       if (fd != channel) {
-        /* A connection: one read of the request, one answer, close (Connection: close). */
-        ssize_t got = read(fd, buf, sizeof buf);
-        if (got > 0) (void)!write(fd, kResponse, sizeof kResponse - 1);
-        if (got < 0 && errno == EAGAIN) continue;
-        close(fd);
+        serve(fd, buf, sizeof buf);
         continue;
       }
       union {
@@ -103,6 +142,36 @@ static int worker_main(int channel, int ack) {
         for (size_t k = 0; k < nacks; ++k) memcpy(acks + k * 2, "a\n", 2);
         if (write(channel, acks, nacks * 2) < 0 && errno != EINTR) return 0;
       }
+    }
+  }
+}
+
+/* --reuseport: no hand-off; `accepted` is this worker's slot in memory shared with the primary. */
+static void accepting_worker_main(int listener, volatile unsigned long long* accepted) {
+  int ep = epoll_create1(EPOLL_CLOEXEC);
+  if (ep < 0) die("epoll_create1");
+  struct epoll_event ev = {.events = EPOLLIN, .data.fd = listener};
+  if (epoll_ctl(ep, EPOLL_CTL_ADD, listener, &ev) != 0) die("epoll_ctl");
+  char buf[16384];
+  for (;;) {
+    struct epoll_event evs[64];
+    int n = epoll_wait(ep, evs, 64, -1);
+    serve_callgrind_requests();
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      die("epoll_wait");
+    }
+    for (int i = 0; i < n; ++i) {
+      int fd = evs[i].data.fd;
+      if (fd != listener) {
+        serve(fd, buf, sizeof buf);
+        continue;
+      }
+      int conn = accept4(listener, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+      if (conn < 0) continue;
+      ++*accepted;
+      struct epoll_event cev = {.events = EPOLLIN, .data.fd = conn};
+      if (epoll_ctl(ep, EPOLL_CTL_ADD, conn, &cev) != 0) close(conn);
     }
   }
 }
@@ -147,65 +216,19 @@ static int send_conn(struct worker* w, int conn, unsigned long long seq) {
   return 0;
 }
 
-int main(int argc, char** argv) {
-  int nworkers = 2, window = 1, ack = 1, port = 0;
-  for (int i = 1; i < argc; ++i) {
-    if (!strcmp(argv[i], "--workers") && i + 1 < argc) nworkers = atoi(argv[++i]);
-    else if (!strcmp(argv[i], "--window") && i + 1 < argc) window = atoi(argv[++i]);
-    else if (!strcmp(argv[i], "--no-ack")) ack = 0;
-    else if (!strcmp(argv[i], "--port") && i + 1 < argc) port = atoi(argv[++i]);
-    else {
-      fprintf(stderr, "usage: raw_rr [--workers N] [--window K] [--no-ack] [--port P]\n");
-      return 2;
-    }
-  }
-  if (nworkers < 1 || nworkers > MAX_WORKERS || window < 1 || port < 0 || port > 65535) {
-    fprintf(stderr, "raw_rr: --workers 1..%d, --window >= 1, --port 0..65535\n", MAX_WORKERS);
-    return 2;
-  }
+/* --reuseport: nothing to hand out. Signals blocked, so one arriving before sigsuspend waits. */
+static void wait_for_stop(void) {
+  sigset_t stop, old;
+  sigemptyset(&stop);
+  sigaddset(&stop, SIGTERM);
+  sigaddset(&stop, SIGINT);
+  sigprocmask(SIG_BLOCK, &stop, &old);
+  while (!stopping) sigsuspend(&old);
+  sigprocmask(SIG_SETMASK, &old, NULL);
+}
 
-  int lfd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-  if (lfd < 0) die("socket");
-  int one = 1;
-  setsockopt(lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-  struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port),
-                           .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-  if (bind(lfd, (struct sockaddr*)&sa, sizeof sa) != 0) die("bind");
-  if (listen(lfd, 511) != 0) die("listen");
-  socklen_t slen = sizeof sa;
-  if (getsockname(lfd, (struct sockaddr*)&sa, &slen) != 0) die("getsockname");
-
-  struct sigaction sact = {.sa_handler = on_stop};
-  sigaction(SIGTERM, &sact, NULL);
-  sigaction(SIGINT, &sact, NULL);
-
-  struct worker workers[MAX_WORKERS];
-  pid_t self = getpid();
-  for (int i = 0; i < nworkers; ++i) {
-    int sv[2];
-    /* Blocking: with acks the window keeps the channel far below its buffer; without, a full
-     * channel blocking sendmsg is the only backpressure there is. */
-    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) die("socketpair");
-    pid_t pid = fork();
-    if (pid < 0) die("fork");
-    if (pid == 0) {
-      prctl(PR_SET_PDEATHSIG, SIGKILL);
-      if (getppid() != self) _exit(0);
-      signal(SIGTERM, SIG_DFL);
-      signal(SIGINT, SIG_DFL);
-      close(lfd);
-      close(sv[0]);
-      for (int k = 0; k < i; ++k) close(workers[k].channel);
-      _exit(worker_main(sv[1], ack));
-    }
-    close(sv[1]);
-    workers[i] = (struct worker){.pid = pid, .channel = sv[0]};
-  }
-  for (int i = 0; i < nworkers; ++i)
-    printf("{\"event\":\"listening\",\"worker\":%d,\"pid\":%d,\"port\":%d}\n", i, (int)workers[i].pid,
-           ntohs(sa.sin_port));
-  fflush(stdout);
-
+/* Until SIGTERM/SIGINT: accepts on `lfd` and hands each connection out round-robin. */
+static void hand_out(struct worker* workers, int nworkers, int lfd, int window, int ack) {
   int ep = epoll_create1(EPOLL_CLOEXEC);
   if (ep < 0) die("epoll_create1");
   struct epoll_event ev = {.events = EPOLLIN, .data.u32 = MAX_WORKERS};
@@ -269,12 +292,103 @@ int main(int argc, char** argv) {
       if (!ack) workers[chosen].in_flight = 0;
     }
   }
+}
+
+static int listen_on(int port, int reuseport, struct sockaddr_in* bound) {
+  int lfd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (lfd < 0) die("socket");
+  int one = 1;
+  setsockopt(lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+  if (reuseport && setsockopt(lfd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) != 0) die("SO_REUSEPORT");
+  struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port),
+                           .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+  if (bind(lfd, (struct sockaddr*)&sa, sizeof sa) != 0) die("bind");
+  if (listen(lfd, 511) != 0) die("listen");
+  socklen_t slen = sizeof *bound;
+  if (getsockname(lfd, (struct sockaddr*)bound, &slen) != 0) die("getsockname");
+  return lfd;
+}
+
+int main(int argc, char** argv) {
+  int nworkers = 2, window = 1, ack = 1, port = 0, reuseport = 0;
+  for (int i = 1; i < argc; ++i) {
+    if (!strcmp(argv[i], "--workers") && i + 1 < argc) nworkers = atoi(argv[++i]);
+    else if (!strcmp(argv[i], "--window") && i + 1 < argc) window = atoi(argv[++i]);
+    else if (!strcmp(argv[i], "--no-ack")) ack = 0;
+    else if (!strcmp(argv[i], "--reuseport")) reuseport = 1;
+    else if (!strcmp(argv[i], "--port") && i + 1 < argc) port = atoi(argv[++i]);
+    else {
+      fprintf(stderr, "usage: raw_rr [--workers N] [--window K] [--no-ack] [--reuseport] [--port P]\n");
+      return 2;
+    }
+  }
+  if (nworkers < 1 || nworkers > MAX_WORKERS || window < 1 || port < 0 || port > 65535) {
+    fprintf(stderr, "raw_rr: --workers 1..%d, --window >= 1, --port 0..65535\n", MAX_WORKERS);
+    return 2;
+  }
+
+  /* With --reuseport one listener per worker, all on the first one's port; else the primary's. */
+  struct sockaddr_in sa;
+  int listeners[MAX_WORKERS];
+  int nlisteners = reuseport ? nworkers : 1;
+  for (int i = 0; i < nlisteners; ++i) listeners[i] = listen_on(i ? ntohs(sa.sin_port) : port, reuseport, &sa);
+  int lfd = listeners[0];
+  volatile unsigned long long* accepted = NULL;
+  if (reuseport) {
+    accepted = mmap(NULL, sizeof(unsigned long long) * MAX_WORKERS, PROT_READ | PROT_WRITE,
+                    MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (accepted == MAP_FAILED) die("mmap");
+  }
+
+  struct sigaction sact = {.sa_handler = on_stop};
+  sigaction(SIGTERM, &sact, NULL);
+  sigaction(SIGINT, &sact, NULL);
+
+  struct worker workers[MAX_WORKERS];
+  pid_t self = getpid();
+  for (int i = 0; i < nworkers; ++i) {
+    int sv[2];
+    /* Blocking: with acks the window keeps the channel far below its buffer; without, a full
+     * channel blocking sendmsg is the only backpressure there is. */
+    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) die("socketpair");
+    pid_t pid = fork();
+    if (pid < 0) die("fork");
+    if (pid == 0) {
+      prctl(PR_SET_PDEATHSIG, SIGKILL);
+      if (getppid() != self) _exit(0);
+      signal(SIGTERM, SIG_DFL);
+      signal(SIGINT, SIG_DFL);
+      struct sigaction request = {.sa_handler = on_callgrind_request}; /* no SA_RESTART: EINTR */
+      sigaction(SIGUSR1, &request, NULL);
+      sigaction(SIGUSR2, &request, NULL);
+      close(sv[0]);
+      for (int k = 0; k < i; ++k) close(workers[k].channel);
+      for (int k = 0; k < nlisteners; ++k)
+        if (!reuseport || k != i) close(listeners[k]);
+      if (reuseport) accepting_worker_main(listeners[i], &accepted[i]);
+      _exit(worker_main(sv[1], ack));
+    }
+    close(sv[1]);
+    workers[i] = (struct worker){.pid = pid, .channel = sv[0]};
+  }
+  for (int i = 0; i < nworkers; ++i)
+    printf("{\"event\":\"listening\",\"worker\":%d,\"pid\":%d,\"port\":%d}\n", i, (int)workers[i].pid,
+           ntohs(sa.sin_port));
+  fflush(stdout);
+
+  if (reuseport) {
+    for (int i = 0; i < nlisteners; ++i) close(listeners[i]); /* the workers' now */
+    wait_for_stop();
+  } else {
+    hand_out(workers, nworkers, lfd, window, ack);
+  }
 
   for (int i = 0; i < nworkers; ++i) kill(workers[i].pid, SIGTERM);
   for (int i = 0; i < nworkers; ++i) waitpid(workers[i].pid, NULL, 0);
   printf("{\"event\":\"stats\",\"workers\":[");
   for (int i = 0; i < nworkers; ++i)
-    printf("%s{\"pid\":%d,\"connections\":%llu}", i ? "," : "", (int)workers[i].pid, workers[i].handed);
+    printf("%s{\"pid\":%d,\"connections\":%llu}", i ? "," : "", (int)workers[i].pid,
+           reuseport ? accepted[i] : workers[i].handed);
   printf("]}\n");
   return 0;
 }
