@@ -7,7 +7,8 @@ Cases: raw-k1, raw-k16, raw-noack (the bare C pair bench/limits/raw_rr.c with it
 workers: K=1, K=16 in flight, no ack), raw-reuseport (the same bare workers, no hand-off: each
 accepts on its own SO_REUSEPORT listener), rr and rr-w16 (`uvcluster run --policy rr`, K=1 and
 `--rr-window 16`), reuseport (`--policy reuseport`), node-rr (Node's own rr primary), all but
-raw-* with 2 hello-native workers; with a base build, rr-base (its uvcluster and hello-native).
+raw-* with 2 hello-native workers; with a base build, rr-base and rr-w16-base (its uvcluster and
+hello-native, K=1 and --rr-window 16).
 """
 import json
 import os
@@ -28,7 +29,8 @@ WORKERS = 2
 # Each case's workers without the hand-off: its workers' CPU minus this case's is the hand-off's
 # cost in the workers (the HTTP serving cancels out).
 NO_HAND_OFF_TWIN = {"raw-k1": "raw-reuseport", "raw-k16": "raw-reuseport", "raw-noack": "raw-reuseport",
-                    "rr": "reuseport", "rr-w16": "reuseport", "rr-base": "reuseport", "node-rr": "reuseport"}
+                    "rr": "reuseport", "rr-w16": "reuseport", "rr-base": "reuseport", "rr-w16-base": "reuseport",
+                    "node-rr": "reuseport"}
 
 
 def cases(build, base=None):
@@ -49,8 +51,11 @@ def cases(build, base=None):
         "node-rr": ["/usr/bin/node", node_primary, str(WORKERS), "rr", hello, "--port", "0"],
     }
     if base:
-        out["rr-base"] = [os.path.join(base, "bin", "uvcluster"), "run", "-i", str(WORKERS), "--json", "--restart",
-                          "never", "--policy", "rr", "--", os.path.join(base, "bin", "hello-native"), "--port", "0"]
+        base_run = [os.path.join(base, "bin", "uvcluster"), "run", "-i", str(WORKERS), "--json", "--restart", "never",
+                    "--policy", "rr"]
+        base_worker = ["--", os.path.join(base, "bin", "hello-native"), "--port", "0"]
+        out["rr-base"] = base_run + base_worker
+        out["rr-w16-base"] = base_run + ["--rr-window", "16"] + base_worker
     return out
 
 

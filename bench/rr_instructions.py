@@ -10,7 +10,7 @@ primary's CPU): bench/rr_limits.py measures that.
 Cases (bench/rr_cases.py): raw-k1 (the bare C primary, bench/limits/raw_rr.c; its forked workers
 run under callgrind too, which only slows them), rr (`uvcluster run --policy rr` with 2
 hello-native workers) and, with --base-build DIR, rr-base (DIR's uvcluster and hello-native).
-rr-workers, rr-w16-workers, rr-base-workers and reuseport-workers count the 2 hello-native workers
+rr-workers, rr-w16-workers, rr-base-workers, rr-w16-base-workers and reuseport-workers count the 2 hello-native workers
 instead (each under callgrind, the primary native); raw-k1-workers, raw-k16-workers and
 raw-reuseport-workers the bare workers (the whole bare pair under callgrind, the workers counted).
 The hand-off's user-space cost in the workers is a case's workers minus the same workers without
@@ -125,7 +125,7 @@ def main(argv=None):
     ap.add_argument("--json")
     a = ap.parse_args(argv)
     all_cases = rr_cases.cases(a.build, a.base_build)
-    for name in ["rr", "rr-w16", "rr-base", "reuseport", "raw-k1", "raw-k16", "raw-reuseport"]:
+    for name in ["rr", "rr-w16", "rr-base", "rr-w16-base", "reuseport", "raw-k1", "raw-k16", "raw-reuseport"]:
         if name in all_cases:
             all_cases[name + "-workers"] = all_cases[name]
     names = [n for n in a.cases.split(",") if n in all_cases]

@@ -10,13 +10,14 @@ deltas over the load), Jain's index of the connections each worker served. Then 
 round per case under `strace -c` (one strace per process, attached by pid) for syscalls per
 connection, primary and workers. Medians over the rounds; ratios are within this run. The
 workers' hand-off overhead of a case is its workers' CPU minus, in the same round, that of the
-same workers without a hand-off (rr, rr-w16, rr-base, node-rr: reuseport; raw-k*: raw-reuseport).
+same workers without a hand-off (rr*, node-rr: reuseport; raw-k*: raw-reuseport).
 
 usage: bench/rr_limits.py [--build build] [--rounds 3] [--duration 3] [--strace-duration 2]
                           [--connections 50] [--cases a,b] [--json out.json] [--report-md REPORT.md]
                           [--base-build DIR]
---base-build DIR adds the case rr-base: `--policy rr` with DIR's uvcluster and hello-native (an
-older build), interleaved with the rest, for a before/after from one run.
+--base-build DIR adds the cases rr-base and rr-w16-base: `--policy rr` (K=1, --rr-window 16) with
+DIR's uvcluster and hello-native (an older build), interleaved with the rest, for a before/after
+from one run.
 Output: one JSON line per measurement, a table, and --json (strict JSON, results/rr_limits.json);
 --report-md (re)writes the table as a section of make bench's results/REPORT.md.
 """
@@ -230,8 +231,9 @@ def main(argv=None):
     ap.add_argument("--cases", help="comma-separated subset of the cases")
     ap.add_argument("--json")
     ap.add_argument("--report-md", help="add the table as a section of this REPORT.md (if it exists)")
-    ap.add_argument("--base-build", help="an older build directory: adds the case rr-base (its uvcluster and "
-                    "hello-native under --policy rr) for a before/after in the same run")
+    ap.add_argument("--base-build", help="an older build directory: adds the cases rr-base and rr-w16-base (its "
+                    "uvcluster and hello-native under --policy rr, K=1 and --rr-window 16) for a before/after in "
+                    "the same run")
     a = ap.parse_args(argv)
     build = os.path.abspath(a.build)
     all_cases = cases(build, os.path.abspath(a.base_build) if a.base_build else None)
