@@ -93,13 +93,17 @@ static void serve(int fd, char* buf, size_t len) {
   close(fd);
 }
 
-static int worker_main(int channel, int ack) {
+/* A worker's loop: ready connections are served; when `source` (the channel, or the listener
+ * with --reuseport) is readable, take() adds the new connection(s) to `ep`, or returns nonzero
+ * when the worker is done (the primary is gone). */
+typedef int (*take_fn)(int ep, int source, void* ctx);
+
+static int worker_loop(int source, take_fn take, void* ctx) {
   int ep = epoll_create1(EPOLL_CLOEXEC);
   if (ep < 0) die("epoll_create1");
-  struct epoll_event ev = {.events = EPOLLIN, .data.fd = channel};
-  if (epoll_ctl(ep, EPOLL_CTL_ADD, channel, &ev) != 0) die("epoll_ctl");
+  struct epoll_event ev = {.events = EPOLLIN, .data.fd = source};
+  if (epoll_ctl(ep, EPOLL_CTL_ADD, source, &ev) != 0) die("epoll_ctl");
   char buf[16384];
-  char acks[MAX_FDS_PER_READ * 8];
   for (;;) {
     struct epoll_event evs[64];
     int n = epoll_wait(ep, evs, 64, -1);
@@ -110,70 +114,53 @@ static int worker_main(int channel, int ack) {
     }
     for (int i = 0; i < n; ++i) {
       int fd = evs[i].data.fd;
-      if (fd != channel) {
-        serve(fd, buf, sizeof buf);
-        continue;
-      }
-      union {
-        struct cmsghdr align;
-        char space[CMSG_SPACE(sizeof(int) * MAX_FDS_PER_READ)];
-      } control;
-      struct iovec iov = {.iov_base = buf, .iov_len = sizeof buf};
-      struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = control.space,
-                           .msg_controllen = sizeof control.space};
-      ssize_t got = recvmsg(channel, &msg, MSG_CMSG_CLOEXEC);
-      if (got <= 0) {
-        if (got < 0 && (errno == EINTR || errno == EAGAIN)) continue;
-        return 0; /* the primary is gone */
-      }
-      size_t nacks = 0;
-      for (struct cmsghdr* c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
-        if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
-        size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-        int* fds = (int*)CMSG_DATA(c);
-        for (size_t k = 0; k < count; ++k) {
-          /* The primary accepted with SOCK_NONBLOCK: the file status is shared, nothing to set. */
-          struct epoll_event cev = {.events = EPOLLIN, .data.fd = fds[k]};
-          if (epoll_ctl(ep, EPOLL_CTL_ADD, fds[k], &cev) != 0) close(fds[k]);
-          ++nacks;
-        }
-      }
-      if (ack && nacks > 0) {
-        for (size_t k = 0; k < nacks; ++k) memcpy(acks + k * 2, "a\n", 2);
-        if (write(channel, acks, nacks * 2) < 0 && errno != EINTR) return 0;
-      }
+      if (fd != source) serve(fd, buf, sizeof buf);
+      else if (take(ep, source, ctx) != 0) return 0;
     }
   }
 }
 
-/* --reuseport: no hand-off; `accepted` is this worker's slot in memory shared with the primary. */
-static void accepting_worker_main(int listener, volatile unsigned long long* accepted) {
-  int ep = epoll_create1(EPOLL_CLOEXEC);
-  if (ep < 0) die("epoll_create1");
-  struct epoll_event ev = {.events = EPOLLIN, .data.fd = listener};
-  if (epoll_ctl(ep, EPOLL_CTL_ADD, listener, &ev) != 0) die("epoll_ctl");
+static void watch(int ep, int conn) {
+  struct epoll_event cev = {.events = EPOLLIN, .data.fd = conn};
+  if (epoll_ctl(ep, EPOLL_CTL_ADD, conn, &cev) != 0) close(conn);
+}
+
+/* The hand-off: one recvmsg (frames + fds), one write of the ack(s) when `*ack`. */
+static int take_handed_off(int ep, int channel, void* ack) {
   char buf[16384];
-  for (;;) {
-    struct epoll_event evs[64];
-    int n = epoll_wait(ep, evs, 64, -1);
-    serve_callgrind_requests();
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      die("epoll_wait");
-    }
-    for (int i = 0; i < n; ++i) {
-      int fd = evs[i].data.fd;
-      if (fd != listener) {
-        serve(fd, buf, sizeof buf);
-        continue;
-      }
-      int conn = accept4(listener, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
-      if (conn < 0) continue;
-      ++*accepted;
-      struct epoll_event cev = {.events = EPOLLIN, .data.fd = conn};
-      if (epoll_ctl(ep, EPOLL_CTL_ADD, conn, &cev) != 0) close(conn);
-    }
+  char acks[MAX_FDS_PER_READ * 2];
+  union {
+    struct cmsghdr align;
+    char space[CMSG_SPACE(sizeof(int) * MAX_FDS_PER_READ)];
+  } control;
+  struct iovec iov = {.iov_base = buf, .iov_len = sizeof buf};
+  struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = control.space,
+                       .msg_controllen = sizeof control.space};
+  ssize_t got = recvmsg(channel, &msg, MSG_CMSG_CLOEXEC);
+  if (got <= 0) return got < 0 && (errno == EINTR || errno == EAGAIN) ? 0 : 1; /* 0 bytes: the primary is gone */
+  size_t nacks = 0;
+  for (struct cmsghdr* c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
+    if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+    size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+    int* fds = (int*)CMSG_DATA(c);
+    /* The primary accepted with SOCK_NONBLOCK: the file status is shared, nothing to set. */
+    for (size_t k = 0; k < count; ++k, ++nacks) watch(ep, fds[k]);
   }
+  if (*(int*)ack && nacks > 0) {
+    for (size_t k = 0; k < nacks; ++k) memcpy(acks + k * 2, "a\n", 2);
+    if (write(channel, acks, nacks * 2) < 0 && errno != EINTR) return 1;
+  }
+  return 0;
+}
+
+/* --reuseport, no hand-off: one accept4 per readiness report; `accepted` is this worker's slot
+ * in memory shared with the primary. */
+static int take_accepted(int ep, int listener, void* accepted) {
+  int conn = accept4(listener, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+  if (conn < 0) return 0;
+  ++*(volatile unsigned long long*)accepted;
+  watch(ep, conn);
+  return 0;
 }
 
 /* ---------------------------------------------------------------- primary */
@@ -365,8 +352,8 @@ int main(int argc, char** argv) {
       for (int k = 0; k < i; ++k) close(workers[k].channel);
       for (int k = 0; k < nlisteners; ++k)
         if (!reuseport || k != i) close(listeners[k]);
-      if (reuseport) accepting_worker_main(listeners[i], &accepted[i]);
-      _exit(worker_main(sv[1], ack));
+      _exit(reuseport ? worker_loop(listeners[i], take_accepted, (void*)&accepted[i])
+                      : worker_loop(sv[1], take_handed_off, &ack));
     }
     close(sv[1]);
     workers[i] = (struct worker){.pid = pid, .channel = sv[0]};
