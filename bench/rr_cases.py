@@ -22,7 +22,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "scripts", "lab"))
-from procfs import alive, cpu_seconds  # noqa: E402
+from procfs import alive, cpu_seconds, ctxsw  # noqa: E402
 
 WORKERS = 2
 
@@ -84,6 +84,11 @@ class Case:
 
     def cpu(self):
         return cpu_seconds(self.p.pid), sum(cpu_seconds(w) or 0 for w in self.workers)
+
+    def workers_context_switches(self):
+        """(voluntary, involuntary) context switches of the workers together."""
+        both = [ctxsw(w) or (0, 0) for w in self.workers]
+        return sum(v for v, _ in both), sum(i for _, i in both)
 
     def stop(self):
         """SIGTERM to the primary (it stops its workers); the per-worker connection counts."""

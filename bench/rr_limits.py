@@ -65,13 +65,20 @@ def measure(cmd, a):
     c = Case(cmd)
     try:
         p0, w0 = c.cpu()
+        (v0, i0) = c.workers_context_switches()
         reqs, rps, p99, errors = wrk(c.port, a.duration, a.connections)
         p1, w1 = c.cpu()
+        (v1, i1) = c.workers_context_switches()
     finally:
         per = c.stop()
     us = lambda s: round(s * 1e6 / reqs, 2) if reqs else None  # noqa: E731
+    per_conn = lambda n: round(n / reqs, 3) if reqs else None  # noqa: E731
+    # Context switches: where the hand-off's cost in the workers goes (a worker preempted by the
+    # primary its ACK woke, or asleep between hand-offs), and they move with the scheduler's placement.
     return {"connections_per_s": rps, "requests": reqs, "p99_ms": p99, "socket_errors": errors,
             "primary_cpu_us_per_conn": us(p1 - p0), "workers_cpu_us_per_conn": us(w1 - w0),
+            "workers_voluntary_switches_per_conn": per_conn(v1 - v0),
+            "workers_involuntary_switches_per_conn": per_conn(i1 - i0),
             "per_worker_connections": per, "jain": jain(per)}
 
 
@@ -145,7 +152,8 @@ def summarize(rounds, syscalls):
     out = {}
     for name, recs in rounds.items():
         s = {k: median([r.get(k) for r in recs]) for k in
-             ("connections_per_s", "p99_ms", "primary_cpu_us_per_conn", "workers_cpu_us_per_conn", "jain")}
+             ("connections_per_s", "p99_ms", "primary_cpu_us_per_conn", "workers_cpu_us_per_conn", "jain",
+              "workers_voluntary_switches_per_conn", "workers_involuntary_switches_per_conn")}
         s["rounds"] = len(recs)
         s.update(syscalls.get(name, {}))
         out[name] = s
@@ -190,7 +198,9 @@ def table(summary, goal_rows):
             ("workers_cpu_us_per_conn", "workers µs/conn", "{:.1f}"),
             ("workers_handoff_cpu_us_per_conn", "workers' hand-off µs/conn", "{:.1f}"),
             ("workers_syscalls_per_conn", "workers sys/conn", "{:.2f}"),
-            ("workers_handoff_syscalls_per_conn", "workers' hand-off sys/conn", "{:.2f}"), ("jain", "Jain", "{:.3f}")]
+            ("workers_handoff_syscalls_per_conn", "workers' hand-off sys/conn", "{:.2f}"),
+            ("workers_voluntary_switches_per_conn", "workers vol. switches/conn", "{:.2f}"),
+            ("workers_involuntary_switches_per_conn", "workers invol. switches/conn", "{:.2f}"), ("jain", "Jain", "{:.3f}")]
     lines = ["| case | " + " | ".join(c[1] for c in cols) + " |", "|---" * (len(cols) + 1) + "|"]
     for name, s in summary.items():
         cells = [fmt.format(s[k]) if s.get(k) is not None else "-" for k, _, fmt in cols]
