@@ -5,8 +5,9 @@
  *            EAGAIN), one sendmsg carrying the fd (SCM_RIGHTS) with a short newconn frame, close
  *            of its copy, and a read of the worker's short ack (several acks per read when they
  *            pile up).
- *   worker:  recvmsg (frames + fds), one write of the ack(s), then HTTP: epoll_ctl ADD, read the
- *            request, write a `Connection: close` answer, close.
+ *   worker:  recvmsg (frames + fds; with a window > 1, on until none is left), one write of the
+ *            ack(s), then HTTP: epoll_ctl ADD, read the request, write a `Connection: close`
+ *            answer, close.
  *
  * --reuseport is the same workers without any hand-off, the yardstick of its cost: each worker
  * accepts on its own SO_REUSEPORT listener (all on one port, made by the primary before the fork
@@ -125,28 +126,41 @@ static void watch(int ep, int conn) {
   if (epoll_ctl(ep, EPOLL_CTL_ADD, conn, &cev) != 0) close(conn);
 }
 
-/* The hand-off: one recvmsg (frames + fds), one write of the ack(s) when `*ack`. */
-static int take_handed_off(int ep, int channel, void* ack) {
+struct hand_off {
+  int ack;
+  int window;
+};
+
+/* The hand-off: recvmsg (frames + fds), one write of the ack(s). A unix stream read stops after
+ * a message carrying fds, so with a window > 1 the worker reads on (non-blocking) until nothing
+ * is left, and acks all it got in one write. */
+static int take_handed_off(int ep, int channel, void* how) {
+  const struct hand_off* h = how;
   char buf[16384];
-  char acks[MAX_FDS_PER_READ * 2];
-  union {
-    struct cmsghdr align;
-    char space[CMSG_SPACE(sizeof(int) * MAX_FDS_PER_READ)];
-  } control;
-  struct iovec iov = {.iov_base = buf, .iov_len = sizeof buf};
-  struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = control.space,
-                       .msg_controllen = sizeof control.space};
-  ssize_t got = recvmsg(channel, &msg, MSG_CMSG_CLOEXEC);
-  if (got <= 0) return got < 0 && (errno == EINTR || errno == EAGAIN) ? 0 : 1; /* 0 bytes: the primary is gone */
+  char acks[MAX_FDS_PER_READ * 4]; /* 2 bytes each: < MAX_FDS_PER_READ before the last read, that many in it */
   size_t nacks = 0;
-  for (struct cmsghdr* c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
-    if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
-    size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-    int* fds = (int*)CMSG_DATA(c);
-    /* The primary accepted with SOCK_NONBLOCK: the file status is shared, nothing to set. */
-    for (size_t k = 0; k < count; ++k, ++nacks) watch(ep, fds[k]);
-  }
-  if (*(int*)ack && nacks > 0) {
+  int flags = MSG_CMSG_CLOEXEC;
+  do {
+    union {
+      struct cmsghdr align;
+      char space[CMSG_SPACE(sizeof(int) * MAX_FDS_PER_READ)];
+    } control;
+    struct iovec iov = {.iov_base = buf, .iov_len = sizeof buf};
+    struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = control.space,
+                         .msg_controllen = sizeof control.space};
+    ssize_t got = recvmsg(channel, &msg, flags);
+    if (got < 0 && (errno == EINTR || errno == EAGAIN)) break;
+    if (got <= 0) return 1; /* the primary is gone */
+    for (struct cmsghdr* c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
+      if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+      size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+      int* fds = (int*)CMSG_DATA(c);
+      /* The primary accepted with SOCK_NONBLOCK: the file status is shared, nothing to set. */
+      for (size_t k = 0; k < count; ++k, ++nacks) watch(ep, fds[k]);
+    }
+    flags |= MSG_DONTWAIT;
+  } while (h->ack && h->window > 1 && nacks < MAX_FDS_PER_READ);
+  if (h->ack && nacks > 0) {
     for (size_t k = 0; k < nacks; ++k) memcpy(acks + k * 2, "a\n", 2);
     if (write(channel, acks, nacks * 2) < 0 && errno != EINTR) return 1;
   }
@@ -353,7 +367,7 @@ int main(int argc, char** argv) {
       for (int k = 0; k < nlisteners; ++k)
         if (!reuseport || k != i) close(listeners[k]);
       _exit(reuseport ? worker_loop(listeners[i], take_accepted, (void*)&accepted[i])
-                      : worker_loop(sv[1], take_handed_off, &ack));
+                      : worker_loop(sv[1], take_handed_off, &(struct hand_off){ack, window}));
     }
     close(sv[1]);
     workers[i] = (struct worker){.pid = pid, .channel = sv[0]};
