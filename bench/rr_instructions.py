@@ -7,11 +7,15 @@ served. Unlike CPU time it does not move with the machine's load, so a change of
 primary's user space shows in one run. It says nothing of the kernel's share (most of the
 primary's CPU): bench/rr_limits.py measures that.
 
-Cases: raw-k1 (the bare C primary, bench/limits/raw_rr.c; its forked workers run under callgrind
-too, which only slows them), rr (`uvcluster run --policy rr` with 2 hello-native workers) and,
-with --base-build DIR, rr-base (DIR's uvcluster and hello-native). rr-workers, rr-base-workers and
-reuseport-workers count the 2 hello-native workers instead (each under callgrind, the primary
-native): rr-workers minus reuseport-workers is the hand-off's user-space cost in the worker.
+Cases (bench/rr_cases.py): raw-k1 (the bare C primary, bench/limits/raw_rr.c; its forked workers
+run under callgrind too, which only slows them), rr (`uvcluster run --policy rr` with 2
+hello-native workers) and, with --base-build DIR, rr-base (DIR's uvcluster and hello-native).
+rr-workers, rr-w16-workers, rr-base-workers, rr-w16-base-workers and reuseport-workers count the 2 hello-native workers
+instead (each under callgrind, the primary native); raw-k1-workers, raw-k16-workers and
+raw-reuseport-workers the bare workers (the whole bare pair under callgrind, the workers counted).
+The hand-off's user-space cost in the workers is a case's workers minus the same workers without
+a hand-off (rr-workers - reuseport-workers, raw-k1-workers - raw-reuseport-workers): printed as
+`hand-off` when both ran.
 
 usage: bench/rr_instructions.py [--build build] [--base-build DIR] [--cases raw-k1,rr-base,rr,...]
                                 [--duration 5] [--connections 8] [--json out.json]
@@ -23,14 +27,16 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "bench"))
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
-import rr_limits  # noqa: E402
+import rr_cases  # noqa: E402
 import strict_json  # noqa: E402
 
 
@@ -41,42 +47,72 @@ def program_total(annotate_output):
 
 
 def wrk_requests(port, seconds, connections):
-    out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "-H", "Connection: close",
-                          f"http://127.0.0.1:{port}/"], capture_output=True, text=True, timeout=seconds + 60).stdout
-    return int(re.search(r"(\d+) requests in", out).group(1))
+    return rr_cases.wrk(port, seconds, connections, threads=1)[0]
+
+
+def callgrind_request(pid, zero, by_signal):
+    """Zeroes (or dumps) a process's counts: callgrind_control, or for raw_rr's forked workers,
+    which it cannot reach, their signal (SIGUSR1 zero, SIGUSR2 dump)."""
+    if not by_signal:
+        subprocess.run(["callgrind_control", "-z" if zero else "-d", str(pid)], capture_output=True, check=True)
+        return
+    os.kill(pid, signal.SIGUSR1 if zero else signal.SIGUSR2)
+
+
+def wait_for_dump(out_dir, pid, timeout=30):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        dump = sorted(glob.glob(f"{out_dir}/cg.{pid}.*"))
+        if dump:
+            time.sleep(0.2)  # written by the time callgrind_annotate opens it
+            return dump[0]
+        time.sleep(0.05)
+    return None
 
 
 def measure(cmd, a, workers=False):
     """Instructions per connection of the primary, or (`workers`) of its workers together."""
     out_dir = tempfile.mkdtemp(prefix="uvc-rr-ir-")
     callgrind = ["valgrind", "-q", "--tool=callgrind", f"--callgrind-out-file={out_dir}/cg.%p"]
+    forked_workers = workers and "--" not in cmd  # the bare pair's: under callgrind with the primary
     try:
-        if workers:  # uvcluster run ... -- valgrind ... hello-native ...
+        if workers and not forked_workers:  # uvcluster run ... -- valgrind ... hello-native ...
             split = cmd.index("--") + 1
-            c = rr_limits.Case(cmd[:split] + callgrind + cmd[split:])
-            pids = c.workers
+            c = rr_cases.Case(cmd[:split] + callgrind + cmd[split:])
         else:
-            c = rr_limits.Case(callgrind + cmd)
-            pids = [c.p.pid]
+            c = rr_cases.Case(callgrind + cmd)
+        pids = c.workers if workers else [c.p.pid]
         try:
             wrk_requests(c.port, 1, a.connections)  # warm-up: buffers grown, code paged in
             for pid in pids:
-                subprocess.run(["callgrind_control", "-z", str(pid)], capture_output=True, check=True)
+                callgrind_request(pid, True, forked_workers)
+            if forked_workers:
+                time.sleep(0.5)  # the idle workers take the signal at once; nothing to wait on
             reqs = wrk_requests(c.port, a.duration, a.connections)
             for pid in pids:
-                subprocess.run(["callgrind_control", "-d", str(pid)], capture_output=True, check=True)
+                callgrind_request(pid, False, forked_workers)
+            dumps = [wait_for_dump(out_dir, pid) for pid in pids]
         finally:
             c.stop()
         totals = []
-        for pid in pids:
-            dump = sorted(glob.glob(f"{out_dir}/cg.{pid}.*"))
-            out = subprocess.run(["callgrind_annotate", dump[0]], capture_output=True, text=True).stdout if dump else ""
+        for dump in dumps:
+            out = subprocess.run(["callgrind_annotate", dump], capture_output=True, text=True).stdout if dump else ""
             totals.append(program_total(out))
         total = sum(totals) if all(totals) else None
         key = "workers_instructions_per_conn" if workers else "primary_instructions_per_conn"
         return {"requests": reqs, key: round(total / reqs) if total and reqs else None}
     finally:
         shutil.rmtree(out_dir, ignore_errors=True)
+
+
+def add_handoff_overheads(results):
+    """`workers_handoff_instructions_per_conn` for each *-workers case whose twin without a
+    hand-off (rr_cases.NO_HAND_OFF_TWIN) ran too: its workers' count minus the twin's."""
+    for name, twin in rr_cases.NO_HAND_OFF_TWIN.items():
+        mine = results.get(name + "-workers", {}).get("workers_instructions_per_conn")
+        its = results.get(twin + "-workers", {}).get("workers_instructions_per_conn")
+        if mine is not None and its is not None:
+            results[name + "-workers"]["workers_handoff_instructions_per_conn"] = mine - its
 
 
 def main(argv=None):
@@ -88,8 +124,8 @@ def main(argv=None):
     ap.add_argument("--connections", type=int, default=8)
     ap.add_argument("--json")
     a = ap.parse_args(argv)
-    all_cases = rr_limits.cases(a.build, a.base_build)
-    for name in ["rr", "rr-base", "reuseport"]:  # their hello-native workers, the primary run natively
+    all_cases = rr_cases.cases(a.build, a.base_build)
+    for name in ["rr", "rr-w16", "rr-base", "rr-w16-base", "reuseport", "raw-k1", "raw-k16", "raw-reuseport"]:
         if name in all_cases:
             all_cases[name + "-workers"] = all_cases[name]
     names = [n for n in a.cases.split(",") if n in all_cases]
@@ -99,10 +135,12 @@ def main(argv=None):
         r["case"] = name
         results[name] = r
         print(json.dumps(r), flush=True)
-    print("\n| case | instructions/conn (user space) | of |\n|---|---|---|")
+    add_handoff_overheads(results)
+    print("\n| case | instructions/conn (user space) | of | hand-off (minus the workers without one) |\n|---|---|---|---|")
     for name, r in results.items():
         ir = r.get("primary_instructions_per_conn") or r.get("workers_instructions_per_conn")
-        print(f"| {name} | {ir} | {'workers' if name.endswith('-workers') else 'primary'} |")
+        print(f"| {name} | {ir} | {'workers' if name.endswith('-workers') else 'primary'} | "
+              f"{r.get('workers_handoff_instructions_per_conn', '-')} |")
     if a.json:
         strict_json.write(a.json, {"cases": results, "duration_s": a.duration, "wrk_connections": a.connections})
 

@@ -1,27 +1,28 @@
 #!/usr/bin/python3
 """The RR hand-off against its physical limit (issue 13 §1): the bare C pair bench/limits/raw_rr.c
-(K=1, K=16 in flight, no ack) beside `uvcluster run --policy rr` (K=1 and --rr-window 16),
-`uvcluster run --policy reuseport` and Node's own rr primary, all with 2 hello-native workers
-(raw_rr: its own bare workers), a `Connection: close` wrk load on 127.0.0.1, interleaved rounds.
+(K=1, K=16 in flight, no ack; raw-reuseport: its workers without a hand-off) beside `uvcluster
+run --policy rr` (K=1 and --rr-window 16), `uvcluster run --policy reuseport` and Node's own rr
+primary, all with 2 hello-native workers (raw_rr: its own bare workers), a `Connection: close`
+wrk load on 127.0.0.1, interleaved rounds (the cases: bench/rr_cases.py).
 
 Per case and round: connections/s, primary CPU µs per connection and the workers' (/proc/PID/stat
 deltas over the load), Jain's index of the connections each worker served. Then one shorter
 round per case under `strace -c` (one strace per process, attached by pid) for syscalls per
-connection, primary and workers. Medians over the rounds; ratios are within this run.
+connection, primary and workers. Medians over the rounds; ratios are within this run. The
+workers' hand-off overhead of a case is its workers' CPU minus, in the same round, that of the
+same workers without a hand-off (rr*, node-rr: reuseport; raw-k*: raw-reuseport).
 
 usage: bench/rr_limits.py [--build build] [--rounds 3] [--duration 3] [--strace-duration 2]
                           [--connections 50] [--cases a,b] [--json out.json] [--report-md REPORT.md]
                           [--base-build DIR]
---base-build DIR adds the case rr-base: `--policy rr` with DIR's uvcluster and hello-native (an
-older build), interleaved with the rest, for a before/after from one run.
+--base-build DIR adds the cases rr-base and rr-w16-base: `--policy rr` (K=1, --rr-window 16) with
+DIR's uvcluster and hello-native (an older build), interleaved with the rest, for a before/after
+from one run.
 Output: one JSON line per measurement, a table, and --json (strict JSON, results/rr_limits.json);
 --report-md (re)writes the table as a section of make bench's results/REPORT.md.
 """
 import argparse
-import json
 import os
-import re
-import shutil
 import signal
 import statistics
 import subprocess
@@ -30,116 +31,30 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "scripts", "lab"))
-from procfs import alive, cpu_seconds  # noqa: E402
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
 import md_section  # noqa: E402
 import strict_json  # noqa: E402
-
-WORKERS = 2
+from rr_cases import NO_HAND_OFF_TWIN, WORKERS, Case, cases, wrk  # noqa: E402
 # Goals of issue 13 §1, same run: (name, case, metric, limit case, factor, direction, bound).
 # The bound is the best any hand-off of this shape reached in the same run on that ratio: the
-# bare pair (or, for the workers, the same hello-native workers with no hand-off at all, under
-# reuseport) in place of `case`. A goal beyond its bound cannot be met by cutting our overhead:
-# for the primary against Node's, the bare K=1 pair itself sits at 0.30-0.40x.
+# bare pair (or, for the workers' total, the same hello-native workers with no hand-off at all,
+# under reuseport) in place of `case`. A goal beyond its bound cannot be met by cutting our
+# overhead: for the primary against Node's, the bare K=1 pair itself sits at 0.30-0.40x.
+# The workers' goal is on the hand-off's overhead, as the issue words it: each case's workers'
+# CPU minus that of the same workers without a hand-off (NO_HAND_OFF_TWIN: rr - reuseport against
+# raw-k1 - raw-reuseport), so hello-native's HTTP cost, heavier than the bare workers', cancels
+# out. The total row (HTTP included) is kept for reference.
 GOALS = [
     ("primary CPU/conn <= 1.2x bare K=1", "rr", "primary_cpu_us_per_conn", "raw-k1", 1.2, "le", None),
-    ("workers' CPU/conn <= 1.2x bare workers", "rr", "workers_cpu_us_per_conn", "raw-k1", 1.2, "le",
-     "reuseport"),
+    ("workers' hand-off overhead <= 1.2x bare workers'", "rr", "workers_handoff_cpu_us_per_conn", "raw-k1", 1.2,
+     "le", None),
+    ("workers' total CPU/conn (HTTP included, not the goal's measure) <= 1.2x bare workers", "rr",
+     "workers_cpu_us_per_conn", "raw-k1", 1.2, "le", "reuseport"),
     ("rr conn/s >= 0.75x reuseport", "rr", "connections_per_s", "reuseport", 0.75, "ge", "raw-k1"),
     ("rr window 16 conn/s >= 0.85x reuseport", "rr-w16", "connections_per_s", "reuseport", 0.85, "ge",
      "raw-k16"),
     ("primary CPU/conn <= 0.3x Node's primary", "rr", "primary_cpu_us_per_conn", "node-rr", 0.3, "le", "raw-k1"),
 ]
-
-
-def cases(build, base=None):
-    cli = os.path.join(build, "bin", "uvcluster")
-    hello = os.path.join(build, "bin", "hello-native")
-    raw = os.path.join(build, "bench", "limits", "raw_rr")
-    node_primary = os.path.join(ROOT, "bench", "node", "lib", "cluster_primary.js")
-    run = [cli, "run", "-i", str(WORKERS), "--json", "--restart", "never"]
-    worker = ["--", hello, "--port", "0"]
-    out = {
-        "raw-k1": [raw, "--workers", str(WORKERS), "--window", "1"],
-        "raw-k16": [raw, "--workers", str(WORKERS), "--window", "16"],
-        "raw-noack": [raw, "--workers", str(WORKERS), "--no-ack"],
-        "rr": run + ["--policy", "rr"] + worker,
-        "rr-w16": run + ["--policy", "rr", "--rr-window", "16"] + worker,
-        "reuseport": run + ["--policy", "reuseport"] + worker,
-        "node-rr": ["/usr/bin/node", node_primary, str(WORKERS), "rr", hello, "--port", "0"],
-    }
-    if base:
-        out["rr-base"] = [os.path.join(base, "bin", "uvcluster"), "run", "-i", str(WORKERS), "--json", "--restart",
-                          "never", "--policy", "rr", "--", os.path.join(base, "bin", "hello-native"), "--port", "0"]
-    return out
-
-
-class Case:
-    """One started primary and its workers (pids from its `listening` lines)."""
-
-    def __init__(self, cmd):
-        self.log = tempfile.TemporaryFile()
-        self.stats_dir = tempfile.mkdtemp(prefix="uvc-rr-limits-")  # hello-native's counters
-        env = dict(os.environ, UVC_LAB_STATS_DIR=self.stats_dir)
-        self.p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self.log, stdin=subprocess.DEVNULL,
-                                  text=True, env=env)
-        self.port, self.workers = 0, []
-        deadline = time.monotonic() + 20
-        while len(self.workers) < WORKERS:
-            line = self.p.stdout.readline()
-            if not line or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"{cmd[0]} did not listen")
-            try:
-                ev = json.loads(line)
-            except ValueError:
-                continue
-            if ev.get("event") == "listening":
-                self.port, self.workers = ev["port"], self.workers + [ev["pid"]]
-
-    def cpu(self):
-        return cpu_seconds(self.p.pid), sum(cpu_seconds(w) or 0 for w in self.workers)
-
-    def stop(self):
-        """SIGTERM to the primary (it stops its workers); the per-worker connection counts."""
-        if self.p.poll() is None:
-            self.p.send_signal(signal.SIGTERM)
-        try:
-            out = self.p.communicate(timeout=30)[0]
-        except subprocess.TimeoutExpired:
-            self.p.kill()
-            out = self.p.communicate()[0]
-        for w in self.workers:  # by pid, only ours, only if the primary left them
-            if alive(w):
-                os.kill(w, signal.SIGKILL)
-        per = {}
-        for line in (out or "").splitlines():
-            try:
-                ev = json.loads(line)
-            except ValueError:
-                continue
-            if ev.get("event") == "stats" and isinstance(ev.get("workers"), list):  # raw_rr
-                per = {w["pid"]: w["connections"] for w in ev["workers"]}
-        for w in self.workers:  # hello-native writes PID.json when it stops
-            try:
-                per[w] = json.load(open(os.path.join(self.stats_dir, f"{w}.json")))["connections"]
-            except (OSError, ValueError, KeyError):
-                pass
-        shutil.rmtree(self.stats_dir, ignore_errors=True)
-        return [per.get(w, 0) for w in self.workers]
-
-
-def wrk(port, duration, conns):
-    out = subprocess.run(["wrk", "-t2", f"-c{conns}", f"-d{max(1, round(duration))}s", "-H", "Connection: close",
-                          "--latency", f"http://127.0.0.1:{port}/"],
-                         capture_output=True, text=True, timeout=duration + 60).stdout
-    reqs = int(re.search(r"(\d+) requests in", out).group(1))
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
-    p99 = re.search(r"99%\s+([\d.]+)(us|ms|s)", out)
-    p99_ms = float(p99.group(1)) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[p99.group(2)] if p99 else None
-    errors = re.search(r"Socket errors: (.*)", out)
-    return reqs, rps, p99_ms, errors.group(1) if errors else ""
 
 
 def jain(xs):
@@ -150,13 +65,20 @@ def measure(cmd, a):
     c = Case(cmd)
     try:
         p0, w0 = c.cpu()
+        (v0, i0) = c.workers_context_switches()
         reqs, rps, p99, errors = wrk(c.port, a.duration, a.connections)
         p1, w1 = c.cpu()
+        (v1, i1) = c.workers_context_switches()
     finally:
         per = c.stop()
     us = lambda s: round(s * 1e6 / reqs, 2) if reqs else None  # noqa: E731
+    per_conn = lambda n: round(n / reqs, 3) if reqs else None  # noqa: E731
+    # Context switches: where the hand-off's cost in the workers goes (a worker preempted by the
+    # primary its ACK woke, or asleep between hand-offs), and they move with the scheduler's placement.
     return {"connections_per_s": rps, "requests": reqs, "p99_ms": p99, "socket_errors": errors,
             "primary_cpu_us_per_conn": us(p1 - p0), "workers_cpu_us_per_conn": us(w1 - w0),
+            "workers_voluntary_switches_per_conn": per_conn(v1 - v0),
+            "workers_involuntary_switches_per_conn": per_conn(i1 - i0),
             "per_worker_connections": per, "jain": jain(per)}
 
 
@@ -213,14 +135,34 @@ def median(xs):
     return statistics.median(xs) if xs else None
 
 
+def handoff_overheads(rounds):
+    """Per case with a twin (NO_HAND_OFF_TWIN): the median over rounds of its workers' CPU per
+    connection minus its twin's in the same round (interleaved: the pair ran seconds apart)."""
+    out = {}
+    for name, twin in NO_HAND_OFF_TWIN.items():
+        twin_by_round = {r["round"]: r.get("workers_cpu_us_per_conn") for r in rounds.get(twin, [])}
+        diffs = [r["workers_cpu_us_per_conn"] - twin_by_round[r["round"]] for r in rounds.get(name, [])
+                 if r.get("workers_cpu_us_per_conn") is not None and twin_by_round.get(r["round"]) is not None]
+        if diffs:
+            out[name] = round(statistics.median(diffs), 2)
+    return out
+
+
 def summarize(rounds, syscalls):
     out = {}
     for name, recs in rounds.items():
         s = {k: median([r.get(k) for r in recs]) for k in
-             ("connections_per_s", "p99_ms", "primary_cpu_us_per_conn", "workers_cpu_us_per_conn", "jain")}
+             ("connections_per_s", "p99_ms", "primary_cpu_us_per_conn", "workers_cpu_us_per_conn", "jain",
+              "workers_voluntary_switches_per_conn", "workers_involuntary_switches_per_conn")}
         s["rounds"] = len(recs)
         s.update(syscalls.get(name, {}))
         out[name] = s
+    for name, overhead in handoff_overheads(rounds).items():
+        out[name]["workers_handoff_cpu_us_per_conn"] = overhead
+    for name, twin in NO_HAND_OFF_TWIN.items():
+        mine, its = out.get(name, {}).get("workers_syscalls_per_conn"), out.get(twin, {}).get("workers_syscalls_per_conn")
+        if mine is not None and its is not None:
+            out[name]["workers_handoff_syscalls_per_conn"] = round(mine - its, 2)
     base = out.get("reuseport", {}).get("connections_per_s")
     for s in out.values():
         s["conn_per_s_vs_reuseport"] = round(s["connections_per_s"] / base, 3) if base and s.get(
@@ -230,17 +172,22 @@ def summarize(rounds, syscalls):
 
 def goals(summary):
     def ratio_of(case, metric, limit):
+        # No ratio to a limit of zero or less (a bare overhead lost in the noise of one run).
         v, ref = summary.get(case, {}).get(metric), summary.get(limit, {}).get(metric)
-        return round(v / ref, 3) if v is not None and ref else None
+        return round(v / ref, 3) if v is not None and ref is not None and ref > 0 else None
 
     rows = []
     for text, case, metric, limit, factor, way, bound_case in GOALS:
         ratio = ratio_of(case, metric, limit)
         met = None if ratio is None else (ratio <= factor if way == "le" else ratio >= factor)
         bound = ratio_of(bound_case, metric, limit) if bound_case else None
-        rows.append({"goal": text, "case": case, "metric": metric, "limit_case": limit,
-                     "ratio": ratio, "target": factor, "met": met,
-                     "bound_case": bound_case, "bound": bound})
+        row = {"goal": text, "case": case, "metric": metric, "limit_case": limit,
+               "ratio": ratio, "target": factor, "met": met,
+               "bound_case": bound_case, "bound": bound}
+        ref = summary.get(limit, {}).get(metric)
+        if ratio is None and ref is not None and ref <= 0:
+            row["note"] = f"{limit}'s {metric} is {ref} in this run: no ratio"
+        rows.append(row)
     return rows
 
 
@@ -249,7 +196,11 @@ def table(summary, goal_rows):
             ("p99_ms", "p99 ms", "{:.2f}"), ("primary_cpu_us_per_conn", "primary µs/conn", "{:.1f}"),
             ("primary_syscalls_per_conn", "primary sys/conn", "{:.2f}"),
             ("workers_cpu_us_per_conn", "workers µs/conn", "{:.1f}"),
-            ("workers_syscalls_per_conn", "workers sys/conn", "{:.2f}"), ("jain", "Jain", "{:.3f}")]
+            ("workers_handoff_cpu_us_per_conn", "workers' hand-off µs/conn", "{:.1f}"),
+            ("workers_syscalls_per_conn", "workers sys/conn", "{:.2f}"),
+            ("workers_handoff_syscalls_per_conn", "workers' hand-off sys/conn", "{:.2f}"),
+            ("workers_voluntary_switches_per_conn", "workers vol. switches/conn", "{:.2f}"),
+            ("workers_involuntary_switches_per_conn", "workers invol. switches/conn", "{:.2f}"), ("jain", "Jain", "{:.3f}")]
     lines = ["| case | " + " | ".join(c[1] for c in cols) + " |", "|---" * (len(cols) + 1) + "|"]
     for name, s in summary.items():
         cells = [fmt.format(s[k]) if s.get(k) is not None else "-" for k, _, fmt in cols]
@@ -257,7 +208,7 @@ def table(summary, goal_rows):
     lines += ["", "| goal (same run) | ratio | target | met | bound: the same ratio for |",
               "|---|---|---|---|---|"]
     for g in goal_rows:
-        r = "-" if g["ratio"] is None else f"{g['ratio']:.2f}"
+        r = g.get("note", "-") if g["ratio"] is None else f"{g['ratio']:.2f}"
         met = "-" if g["met"] is None else ("yes" if g["met"] else "no")
         bound = "-" if g["bound"] is None else f"{g['bound']:.2f} ({g['bound_case']})"
         lines.append(f"| {g['goal']} | {r} | {g['target']} | {met} | {bound} |")
@@ -290,8 +241,9 @@ def main(argv=None):
     ap.add_argument("--cases", help="comma-separated subset of the cases")
     ap.add_argument("--json")
     ap.add_argument("--report-md", help="add the table as a section of this REPORT.md (if it exists)")
-    ap.add_argument("--base-build", help="an older build directory: adds the case rr-base (its uvcluster and "
-                    "hello-native under --policy rr) for a before/after in the same run")
+    ap.add_argument("--base-build", help="an older build directory: adds the cases rr-base and rr-w16-base (its "
+                    "uvcluster and hello-native under --policy rr, K=1 and --rr-window 16) for a before/after in "
+                    "the same run")
     a = ap.parse_args(argv)
     build = os.path.abspath(a.build)
     all_cases = cases(build, os.path.abspath(a.base_build) if a.base_build else None)

@@ -3,8 +3,10 @@
 // handle filter removed): the same frames, hostile ones included, must give the same bytes on
 // the channel, the same connections and the same counters. The test plays the primary on a
 // socketpair, one sendmsg per step.
+#include <dlfcn.h>
 #include <gtest/gtest.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -20,6 +22,42 @@
 
 using namespace uvcluster;
 using namespace uvcluster::cluster;
+
+// The syscalls made on one watched fd (the worker's end of the channel), counted by interposing
+// libc's write, writev, sendmsg and recvmsg in this binary (libuv calls them through the PLT);
+// every call is passed on unchanged.
+namespace {
+int watched_fd = -1;
+int writes_on_watched = 0;
+int failed_reads_on_watched = 0;
+
+template <typename Fn>
+Fn next_symbol(const char* name) {
+  return reinterpret_cast<Fn>(dlsym(RTLD_NEXT, name));
+}
+}  // namespace
+
+extern "C" ssize_t write(int fd, const void* buf, size_t n) {
+  static auto real = next_symbol<ssize_t (*)(int, const void*, size_t)>("write");
+  if (fd >= 0 && fd == watched_fd) ++writes_on_watched;
+  return real(fd, buf, n);
+}
+extern "C" ssize_t writev(int fd, const struct iovec* iov, int n) {
+  static auto real = next_symbol<ssize_t (*)(int, const struct iovec*, int)>("writev");
+  if (fd >= 0 && fd == watched_fd) ++writes_on_watched;
+  return real(fd, iov, n);
+}
+extern "C" ssize_t sendmsg(int fd, const struct msghdr* msg, int flags) {
+  static auto real = next_symbol<ssize_t (*)(int, const struct msghdr*, int)>("sendmsg");
+  if (fd >= 0 && fd == watched_fd) ++writes_on_watched;
+  return real(fd, msg, flags);
+}
+extern "C" ssize_t recvmsg(int fd, struct msghdr* msg, int flags) {
+  static auto real = next_symbol<ssize_t (*)(int, struct msghdr*, int)>("recvmsg");
+  ssize_t n = real(fd, msg, flags);
+  if (n < 0 && fd >= 0 && fd == watched_fd && errno == EAGAIN) ++failed_reads_on_watched;
+  return n;
+}
 
 namespace {
 
@@ -82,6 +120,7 @@ constexpr const char* kKey = "127.0.0.1:0:4:undefined:0";
 // A Worker on one end of a socketpair; the test holds the other (the primary's) end.
 struct ScriptedWorker {
   int primary = -1;
+  int worker_end = -1;  // the Worker's end of the channel
   std::unique_ptr<Worker> worker;
   std::string written;  // everything the worker wrote on its channel
   bool eof = false;
@@ -94,6 +133,7 @@ struct ScriptedWorker {
     int sv[2];
     EXPECT_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
     primary = sv[0];
+    worker_end = sv[1];
     ::setenv("NODE_UNIQUE_ID", "1", 1);
     ::setenv("NODE_CHANNEL_FD", std::to_string(sv[1]).c_str(), 1);
     auto w = Worker::start(loop);
@@ -267,4 +307,61 @@ TEST_F(WorkerHandoff, ARefusedConnectionGoesBackOnlyWhenThePrimaryAskedForIt) {
       }));
     }
   }
+}
+
+// Issue 13 §1, the window (--rr-window K): newconns queued behind each other on the channel
+// reach the worker one per recvmsg (the kernel stops a unix stream read after a message with
+// fds). The worker reads them all on one wake-up and its ACKs and answers leave in ONE write, in
+// the frames' order (before: one write per newconn). At a window of 1 (one newconn at a time)
+// the read for more fails, so it is only tried now and then: a bounded number of failed reads.
+TEST_F(WorkerHandoff, NewconnsQueuedOnTheChannelAreAnsweredInOneWrite) {
+  uvc_test::TestLoop loop;
+  ScriptedWorker w(loop, true);
+  ASSERT_TRUE(w.worker);
+  ASSERT_TRUE(loop.run_until([&] { return w.wrote_line_containing("\"queryServer\""); }));
+  send_with_fds(w.primary,
+                std::string(R"({"cmd":"NODE_CLUSTER","ack":1,"key":")") + kKey +
+                    R"(","sockname":{"address":"127.0.0.1","family":"IPv4","port":4321},"seq":0})" + "\n",
+                {});
+  ASSERT_TRUE(loop.run_until([&] { return w.listening; }));
+  w.drain();
+  w.written.clear();
+  auto send_newconn = [&](int seq) {
+    int conn = connection_fd();
+    send_with_fds(w.primary,
+                  std::string(R"({"cmd":"NODE_HANDLE","type":"net.Native","msg":{"act":"newconn","cmd":"NODE_CLUSTER","key":")") +
+                      kKey + R"(","seq":)" + std::to_string(seq) + "}}\n",
+                  {conn});
+    ::close(conn);
+  };
+  constexpr int kQueued = 8;
+  for (int seq = 1; seq <= kQueued; ++seq) send_newconn(seq);  // all queued before the worker runs
+  watched_fd = w.worker_end;
+  writes_on_watched = 0;
+  ASSERT_TRUE(loop.run_until([&] { return w.connections.size() == static_cast<size_t>(kQueued); }));
+  int burst_writes = writes_on_watched;
+  ASSERT_TRUE(loop.run_until([&] { return w.wrote_line_containing("\"ack\":" + std::to_string(kQueued) + ","); }));
+  EXPECT_EQ(burst_writes, 1) << w.written;
+  size_t at = 0;
+  for (int seq = 1; seq <= kQueued; ++seq) {  // each newconn's ACK then its answer, in order
+    size_t ack = w.written.find("{\"cmd\":\"NODE_HANDLE_ACK\"}\n", at);
+    size_t answer = w.written.find("{\"accepted\":true,\"ack\":" + std::to_string(seq) + ",", at);
+    ASSERT_NE(ack, std::string::npos) << seq << ": " << w.written;
+    ASSERT_NE(answer, std::string::npos) << seq << ": " << w.written;
+    EXPECT_LT(ack, answer) << seq;
+    at = answer;
+  }
+
+  // A window of 1: each newconn waits for the previous answer.
+  constexpr int kOneByOne = 64;
+  failed_reads_on_watched = 0;
+  for (int i = 1; i <= kOneByOne; ++i) {
+    int seq = kQueued + i;
+    send_newconn(seq);
+    ASSERT_TRUE(loop.run_until([&] { return w.wrote_line_containing("\"ack\":" + std::to_string(seq) + ","); }));
+  }
+  watched_fd = -1;
+  // A few misses before it stops trying, then one try every 32 newconns.
+  EXPECT_LE(failed_reads_on_watched, 4 + kOneByOne / 32) << "reads that found nothing";
+  EXPECT_EQ(w.connections.size(), static_cast<size_t>(kQueued + kOneByOne));
 }

@@ -28,18 +28,26 @@ def cpu_seconds(pid):
         return None
 
 
-def vol_ctxsw(pid):
-    """Voluntary context switches summed over the process's threads."""
-    total = 0
+def ctxsw(pid):
+    """(voluntary, involuntary) context switches summed over the process's threads."""
+    vol = invol = 0
     try:
         for tid in os.listdir(f"/proc/{pid}/task"):
             with open(f"/proc/{pid}/task/{tid}/status") as f:
                 for line in f:
                     if line.startswith("voluntary_ctxt_switches"):
-                        total += int(line.split()[1])
+                        vol += int(line.split()[1])
+                    elif line.startswith("nonvoluntary_ctxt_switches"):
+                        invol += int(line.split()[1])
     except OSError:
         return None
-    return total
+    return vol, invol
+
+
+def vol_ctxsw(pid):
+    """Voluntary context switches summed over the process's threads."""
+    both = ctxsw(pid)
+    return None if both is None else both[0]
 
 
 def alive(pid):

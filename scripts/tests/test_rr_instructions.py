@@ -18,3 +18,14 @@ def test_the_program_total_is_read_with_its_thousands_separators():
 
 def test_no_total_is_none_not_a_guess():
     assert rr_instructions.program_total("valgrind: something went wrong\n") is None
+
+
+def test_the_hand_off_in_the_workers_is_counted_against_the_same_workers_without_one():
+    results = {"raw-k1-workers": {"workers_instructions_per_conn": 459},
+               "raw-reuseport-workers": {"workers_instructions_per_conn": 133},
+               "rr-workers": {"workers_instructions_per_conn": 8054},
+               "rr-w16-workers": {"workers_instructions_per_conn": None}}
+    rr_instructions.add_handoff_overheads(results)
+    assert results["raw-k1-workers"]["workers_handoff_instructions_per_conn"] == 326
+    assert "workers_handoff_instructions_per_conn" not in results["rr-workers"]  # reuseport did not run
+    assert "workers_handoff_instructions_per_conn" not in results["rr-w16-workers"]

@@ -25,7 +25,7 @@ def test_bounds_are_the_same_ratio_for_the_bare_pair_or_the_workers_without_a_ha
     node = rows["primary CPU/conn <= 0.3x Node's primary"]
     assert node["ratio"] == pytest.approx(15.0 / 40.0, abs=1e-3)
     assert node["bound"] == pytest.approx(12.0 / 40.0, abs=1e-3) and node["bound_case"] == "raw-k1"
-    workers = rows["workers' CPU/conn <= 1.2x bare workers"]
+    workers = rows["workers' total CPU/conn (HTTP included, not the goal's measure) <= 1.2x bare workers"]
     assert workers["bound"] == pytest.approx(26.4 / 22.0, abs=1e-3) and workers["bound_case"] == "reuseport"
     assert rows["rr conn/s >= 0.75x reuseport"]["bound"] == pytest.approx(0.8, abs=1e-3)
     assert rows["rr conn/s >= 0.75x reuseport"]["met"] is False
@@ -37,3 +37,34 @@ def test_a_missing_case_gives_no_ratio_and_no_bound():
     w16 = rows["rr window 16 conn/s >= 0.85x reuseport"]
     assert w16["ratio"] is None and w16["met"] is None and w16["bound"] is None
     assert "| - |" in rr_limits.table({}, [w16])
+
+
+def rounds_of(case, workers_us):
+    return [{"case": case, "round": r, "workers_cpu_us_per_conn": us} for r, us in enumerate(workers_us)]
+
+
+def test_the_workers_overhead_is_the_same_round_difference_to_the_workers_without_a_hand_off():
+    rounds = {"raw-k1": rounds_of("raw-k1", [20.0, 30.0, 21.0]),
+              "raw-reuseport": rounds_of("raw-reuseport", [16.0, 27.0, 18.0]),
+              "rr": rounds_of("rr", [28.0, 40.0, 30.0]),
+              "reuseport": rounds_of("reuseport", [24.0, 35.0, 27.0])}
+    # Paired by round (4, 3, 3 and 4, 5, 3), not medians subtracted (21 - 18 = 3, 30 - 27 = 3).
+    assert rr_limits.handoff_overheads(rounds) == {"raw-k1": 3.0, "rr": 4.0}
+    summary = rr_limits.summarize(rounds, {})
+    goal = by_goal(rr_limits.goals(summary))["workers' hand-off overhead <= 1.2x bare workers'"]
+    assert goal["ratio"] == pytest.approx(4.0 / 3.0, abs=1e-3) and goal["met"] is False
+    assert "reuseport" not in rr_limits.handoff_overheads({"reuseport": rounds["reuseport"]})
+
+
+def test_a_bare_overhead_lost_in_the_noise_gives_no_ratio_but_says_why():
+    rounds = {"raw-k1": rounds_of("raw-k1", [16.0]), "raw-reuseport": rounds_of("raw-reuseport", [17.0]),
+              "rr": rounds_of("rr", [28.0]), "reuseport": rounds_of("reuseport", [24.0])}
+    rows = rr_limits.goals(rr_limits.summarize(rounds, {}))
+    goal = by_goal(rows)["workers' hand-off overhead <= 1.2x bare workers'"]
+    assert goal["ratio"] is None and goal["met"] is None and "-1.0" in goal["note"]
+    assert goal["note"] in rr_limits.table({}, [goal])
+
+
+def test_a_round_that_failed_for_the_twin_is_not_paired():
+    rounds = {"rr": rounds_of("rr", [28.0, 40.0]), "reuseport": rounds_of("reuseport", [24.0])}
+    assert rr_limits.handoff_overheads(rounds) == {"rr": 4.0}

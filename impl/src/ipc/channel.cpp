@@ -149,6 +149,34 @@ struct Channel::Impl : std::enable_shared_from_this<Channel::Impl> {
   size_t blocking = 0;           // entries of `unacked` that hold later sends back (not pipelined)
   std::deque<Queued> queue;
   detail::Ring<Fd> received_fds{4};
+  static constexpr size_t kMaxQueuedReads = 64;  // per wake-up: other handles get their turn
+  static constexpr size_t kMaxFdsPerRead = 64;   // libuv's own limit per message
+  // Whether a read after a handle is worth its syscall: on while such reads find something (a
+  // window > 1 under load), off after a few that found nothing (at a window of 1, all of them),
+  // then tried once every kProbeEvery handles: at a window of 1 that is one failed recvmsg per
+  // kProbeEvery hand-offs.
+  struct QueuedHandleReads {
+    static constexpr unsigned kMissesAllowed = 4;
+    static constexpr unsigned kProbeEvery = 32;
+    bool on = true;
+    unsigned misses = 0;
+    unsigned since_probe = 0;
+    bool worth_a_read() {
+      if (on) return true;
+      if (++since_probe < kProbeEvery) return false;
+      since_probe = 0;
+      return true;
+    }
+    void record(bool found) {
+      if (found) {
+        on = true;
+        misses = 0;
+      } else if (!on || ++misses >= kMissesAllowed) {
+        on = false;
+        misses = 0;
+      }
+    }
+  } queued_handles;
   // Takes each received fd out of the pipe (take_pending); never started.
   detail::UvHandle<uv_tcp_t> fd_receiver;
   std::deque<Buffered> backlog;
@@ -747,14 +775,17 @@ struct Channel::Impl : std::enable_shared_from_this<Channel::Impl> {
       teardown(true);
       return;
     }
+    bool handle_came = false;
     while (state == State::open && uv_pipe_pending_count(pipe.get()) > 0) {
+      handle_came = true;
       auto fd = detail_handles::take_pending(pipe.get(), fd_receiver.get());
       if (fd) received_fds.push_back(std::move(*fd));
       else error_ev.emit(std::move(fd).error());
     }
     corked = true;  // an ACK and the reply it triggers leave in one write
-    bool ok = in_shared_buffer ? feed(static_cast<size_t>(nread))
-                               : reader.commit(static_cast<size_t>(nread), [this](std::string_view line) { on_line(line); });
+    bool ok = consume(static_cast<size_t>(nread), in_shared_buffer);
+    if (ok && handle_came && state == State::open && !advanced() && queued_handles.worth_a_read())
+      ok = read_queued_handles();
     uncork();
     if (state != State::open) return;
     if (!ok) {
@@ -774,6 +805,50 @@ struct Channel::Impl : std::enable_shared_from_this<Channel::Impl> {
                                   "received a file descriptor without a NODE_HANDLE message"));
       }
     }
+  }
+
+  bool consume(size_t n, bool in_shared_buffer) {
+    return in_shared_buffer ? feed(n) : reader.commit(n, [this](std::string_view line) { on_line(line); });
+  }
+
+  // A primary with a window > 1 queues several handles (newconns) on the channel, and the kernel
+  // gives one per recvmsg (a unix stream read stops after a message carrying fds); libuv reads
+  // once per wake-up on a short read. Read on here, before the corked answers leave: the answers
+  // to all of them go in one write, after one wake-up. At a window of 1 nothing can be queued
+  // behind the read (the primary waits for its answer) and this read would fail: see
+  // QueuedHandleReads. EOF and errors are left to libuv's next read (the socket stays readable).
+  bool read_queued_handles() {
+    if (socket_fd < 0 && uv_fileno(pipe.base(), &socket_fd) != 0) return true;
+    size_t reads = 0;
+    bool ok = true;
+    while (ok && state == State::open && reads < kMaxQueuedReads) {
+      uv_buf_t buf;
+      on_alloc(pipe.base(), 0, &buf);
+      alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * kMaxFdsPerRead)];
+      iovec iov{buf.base, buf.len};
+      msghdr msg{};
+      msg.msg_iov = &iov;
+      msg.msg_iovlen = 1;
+      msg.msg_control = control;
+      msg.msg_controllen = sizeof control;
+      ssize_t n;
+      do n = ::recvmsg(socket_fd, &msg, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+      while (n < 0 && errno == EINTR);
+      if (n <= 0) break;
+      ++reads;
+      for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
+        if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+        size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+        for (size_t k = 0; k < count; ++k) {
+          int fd;
+          std::memcpy(&fd, CMSG_DATA(c) + k * sizeof(int), sizeof fd);
+          received_fds.push_back(Fd(fd));
+        }
+      }
+      ok = consume(static_cast<size_t>(n), buf.base == rbuf->data());
+    }
+    queued_handles.record(reads > 0);
+    return ok;
   }
 
   void on_line(std::string_view line) {
