@@ -645,8 +645,14 @@ struct Channel::Impl : std::enable_shared_from_this<Channel::Impl> {
     ssize_t sent = send_direct(iov, 3, handle.borrowed);
     if (sent <= 0) return false;
     if (static_cast<size_t>(sent) < total) {  // the fd went with the first byte; the rest is queued
-      std::string rest = json_handle_frame(handle.type, message_json, std::nullopt, -1, std::move(spare_frame));
-      rest.erase(0, static_cast<size_t>(sent));
+      std::string rest = std::move(spare_frame);  // the unsent ends of the three pieces, as they are
+      rest.clear();
+      size_t skip = static_cast<size_t>(sent);
+      for (const iovec& piece : iov) {
+        size_t taken = std::min(skip, piece.iov_len);
+        rest.append(static_cast<const char*>(piece.iov_base) + taken, piece.iov_len - taken);
+        skip -= taken;
+      }
       std::function<void(const Error*)> done;
       if (options.failure_tag) done = tagged_done(options.failure_tag);
       write(std::move(rest), -1, std::move(done), false, true);
