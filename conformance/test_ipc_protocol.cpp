@@ -1,8 +1,10 @@
 // Channel against a scripted raw peer over a socketpair: bad input, handle ACK/NACK, queueing.
+#include <dlfcn.h>
 #include <fcntl.h>
 #include <poll.h>
 #include <gtest/gtest.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -22,6 +24,30 @@
 
 using namespace uvcluster;
 using ipc::Json;
+
+namespace {
+// The next sendmsg on `short_send_fd` sends only its first `short_send_bytes` bytes (a socket
+// buffer with room for part of a frame, which a ~100-byte frame on a unix socket cannot be made
+// to meet otherwise); libc's sendmsg is interposed in this binary for it, every other call passes.
+int short_send_fd = -1;
+size_t short_send_bytes = 0;
+}  // namespace
+
+extern "C" ssize_t sendmsg(int fd, const struct msghdr* msg, int flags) {
+  static auto real = reinterpret_cast<ssize_t (*)(int, const struct msghdr*, int)>(dlsym(RTLD_NEXT, "sendmsg"));
+  if (fd < 0 || fd != short_send_fd) return real(fd, msg, flags);
+  short_send_fd = -1;
+  std::vector<iovec> head;
+  for (size_t i = 0, left = short_send_bytes; i < msg->msg_iovlen && left > 0; ++i) {
+    size_t n = std::min(left, msg->msg_iov[i].iov_len);
+    head.push_back(iovec{msg->msg_iov[i].iov_base, n});
+    left -= n;
+  }
+  msghdr cut = *msg;
+  cut.msg_iov = head.data();
+  cut.msg_iovlen = head.size();
+  return real(fd, &cut, flags);
+}
 
 namespace {
 
@@ -443,6 +469,36 @@ TEST_F(IpcProtocol, SendEncodedWritesTheSameFramesAsSend) {
   EXPECT_TRUE(p.errors.empty());
   close(sv[0]);
   close(sv[1]);
+}
+
+// A hand-off frame that sendmsg takes only part of (its fd went with the first byte): the rest
+// follows in order, byte for byte, whichever of the frame's three pieces (wrapper head, message,
+// tail) the cut falls in, and the next frame comes after it.
+TEST_F(IpcProtocol, AHandOffFramePartlySentIsFinishedInOrder) {
+  std::string encoded = R"({"act":"newconn","cmd":"NODE_CLUSTER","key":"k","seq":12})";
+  std::string frame = "{\"cmd\":\"NODE_HANDLE\",\"type\":\"net.Native\",\"msg\":" + encoded + "}\n";
+  for (size_t cut : {size_t{1}, size_t{20}, frame.size() - encoded.size() - 1, frame.size() - 2, frame.size() - 1}) {
+    SCOPED_TRACE("sendmsg took " + std::to_string(cut) + " of " + std::to_string(frame.size()) + " bytes");
+    uvc_test::TestLoop loop;
+    Pair p(loop);
+    int sv[2];
+    ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+    auto borrowed = [&] { return ipc::OutgoingHandle{ipc::HandleType::native, Fd{}, std::nullopt, sv[0]}; };
+    ASSERT_EQ(uv_fileno(reinterpret_cast<uv_handle_t*>(ipc::ChannelOwner::pipe(*p.ch)), &short_send_fd), 0);
+    short_send_bytes = cut;
+    ipc::SendOptions o;
+    o.done_on_failure_only = true;
+    EXPECT_TRUE(p.ch->send_encoded(encoded, borrowed(), o));
+    EXPECT_EQ(short_send_fd, -1);  // the cut sendmsg was made
+    ASSERT_TRUE(loop.run_until([&] { return p.lines_from_channel() == 1; }));
+    raw_send(p.peer, "{\"cmd\":\"NODE_HANDLE_ACK\"}\n");
+    EXPECT_TRUE(p.ch->send_encoded(encoded, borrowed(), o));  // waits for that ACK, then at once
+    ASSERT_TRUE(loop.run_until([&] { return p.lines_from_channel() == 2; }));
+    EXPECT_EQ(p.from_channel, frame + frame);
+    EXPECT_TRUE(p.errors.empty());
+    close(sv[0]);
+    close(sv[1]);
+  }
 }
 
 // A line filter consumes the lines it recognises before any parse; the others go on as usual.
