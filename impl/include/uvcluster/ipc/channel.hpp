@@ -56,6 +56,7 @@
 //                                → error ERR_IPC_FRAME_TOO_LARGE, then disconnect + close
 //   fd with no NODE_HANDLE       → error ERR_IPC_UNEXPECTED_HANDLE, the fd is closed (an fd left
 //                                  over when no partial frame is buffered can never be claimed)
+//   > 64 fds in one message      → a read takes 64 (as libuv's); the kernel closes the rest
 //   NODE_HANDLE without an fd    → NODE_HANDLE_NACK sent, nothing delivered, no error
 //   peer closes mid-frame        → error ERR_IPC_TRUNCATED, then disconnect + close
 //   invalid UTF-8                → one U+FFFD per maximal invalid subpart (as Node's
