@@ -239,40 +239,48 @@ TEST_F(IpcProtocol, UnexpectedHandleIsClosed) {
 
 // More fds in one message than a read takes (libuv's and the channel's control buffers hold 64;
 // Linux lets a sender attach up to 253): the kernel closes those that do not fit, the frame gets
-// one, each other one is reported and closed, and no copy outlives the channel's handling.
+// one, each other one is reported and closed, and no copy outlives the channel's handling. The
+// message comes alone (read by libuv) or queued behind a hand-off (read by the channel's own
+// read of the handles queued behind one).
 TEST_F(IpcProtocol, MoreFdsInOneMessageThanAReadTakesAreAllClosed) {
-  uvc_test::TestLoop loop;
-  Pair p(loop);
-  int fds[2];
-  ASSERT_EQ(pipe2(fds, O_CLOEXEC), 0);
-  constexpr size_t kAttached = 200;
-  std::vector<int> copies(kAttached, fds[0]);
-  std::string frame = "{\"cmd\":\"NODE_HANDLE\",\"type\":\"net.Native\",\"msg\":\"x\"}\n";
-  iovec iov{frame.data(), frame.size()};
-  std::vector<char> ctrl(CMSG_SPACE(sizeof(int) * kAttached));
-  msghdr msg{};
-  msg.msg_iov = &iov;
-  msg.msg_iovlen = 1;
-  msg.msg_control = ctrl.data();
-  msg.msg_controllen = ctrl.size();
-  cmsghdr* c = CMSG_FIRSTHDR(&msg);
-  c->cmsg_level = SOL_SOCKET;
-  c->cmsg_type = SCM_RIGHTS;
-  c->cmsg_len = CMSG_LEN(sizeof(int) * kAttached);
-  std::memcpy(CMSG_DATA(c), copies.data(), sizeof(int) * kAttached);
-  ASSERT_EQ(sendmsg(p.peer, &msg, 0), static_cast<ssize_t>(frame.size()));
-  close(fds[0]);
-  ASSERT_TRUE(loop.run_until([&] { return p.messages.size() == 1 && p.lines_from_channel() == 1; }));
-  EXPECT_TRUE(p.handle_types[0].has_value());
-  EXPECT_EQ(p.from_channel, "{\"cmd\":\"NODE_HANDLE_ACK\"}\n");
-  EXPECT_FALSE(p.errors.empty());
-  EXPECT_LT(p.errors.size(), kAttached - 1);  // the kernel dropped some: they never reached us
-  for (const auto& e : p.errors) EXPECT_EQ(e, "ERR_IPC_UNEXPECTED_HANDLE");
-  EXPECT_TRUE(loop.run_until([&] {  // every copy closed: the pipe's write end sees no reader
-    char b = 0;
-    return write(fds[1], &b, 1) < 0 && errno == EPIPE;
-  }, 5000));
-  close(fds[1]);
+  for (bool behind_a_hand_off : {false, true}) {
+    SCOPED_TRACE(behind_a_hand_off ? "queued behind a hand-off" : "alone");
+    uvc_test::TestLoop loop;
+    Pair p(loop);
+    int fds[2];
+    ASSERT_EQ(pipe2(fds, O_CLOEXEC), 0);
+    std::string frame = "{\"cmd\":\"NODE_HANDLE\",\"type\":\"net.Native\",\"msg\":\"x\"}\n";
+    if (behind_a_hand_off) raw_send(p.peer, frame, fds[0]);
+    constexpr size_t kAttached = 200;
+    std::vector<int> copies(kAttached, fds[0]);
+    iovec iov{frame.data(), frame.size()};
+    std::vector<char> ctrl(CMSG_SPACE(sizeof(int) * kAttached));
+    msghdr msg{};
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = ctrl.data();
+    msg.msg_controllen = ctrl.size();
+    cmsghdr* c = CMSG_FIRSTHDR(&msg);
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_RIGHTS;
+    c->cmsg_len = CMSG_LEN(sizeof(int) * kAttached);
+    std::memcpy(CMSG_DATA(c), copies.data(), sizeof(int) * kAttached);
+    ASSERT_EQ(sendmsg(p.peer, &msg, 0), static_cast<ssize_t>(frame.size()));
+    close(fds[0]);
+    size_t frames = behind_a_hand_off ? 2 : 1;
+    ASSERT_TRUE(loop.run_until([&] { return p.messages.size() == frames && p.lines_from_channel() == frames; }));
+    for (const auto& type : p.handle_types) EXPECT_TRUE(type.has_value());
+    EXPECT_EQ(p.from_channel, behind_a_hand_off ? "{\"cmd\":\"NODE_HANDLE_ACK\"}\n{\"cmd\":\"NODE_HANDLE_ACK\"}\n"
+                                                : "{\"cmd\":\"NODE_HANDLE_ACK\"}\n");
+    EXPECT_FALSE(p.errors.empty());
+    EXPECT_LT(p.errors.size(), kAttached - 1);  // the kernel dropped some: they never reached us
+    for (const auto& e : p.errors) EXPECT_EQ(e, "ERR_IPC_UNEXPECTED_HANDLE");
+    EXPECT_TRUE(loop.run_until([&] {  // every copy closed: the pipe's write end sees no reader
+      char b = 0;
+      return write(fds[1], &b, 1) < 0 && errno == EPIPE;
+    }, 5000));
+    close(fds[1]);
+  }
 }
 
 TEST_F(IpcProtocol, HandleWithoutFdIsNacked) {
