@@ -5,6 +5,8 @@
 #include <sys/socket.h>
 
 #include <algorithm>
+#include <array>
+#include <climits>
 #include <deque>
 #include <memory>
 #include <map>
@@ -163,8 +165,9 @@ TEST(ClusterProtocol, HandOffRecordsAreTakenOnceFromTheirWorkersTable) {
   none(true);  // no target: nothing happens
 }
 
-// The worker's fast path: a newconn message recognised on its bytes must mean what the general
-// parse of the same bytes means (key and seq), and every other message must be left to it.
+// The worker's fast path: a newconn message recognised on its bytes (for the key of one of its
+// servers, compared whole) must mean what the general parse of the same bytes means (key
+// and seq), and every other message, another key's included, must be left to it.
 TEST(ClusterProtocol, NewconnMessagesAreRecognisedExactlyAsTheGeneralParseReadsThem) {
   // What the general path (Worker::Impl::on_internal) acts on: a newconn with a string key.
   auto general = [](std::string_view m) -> std::optional<std::pair<std::string, Json>> {
@@ -179,12 +182,23 @@ TEST(ClusterProtocol, NewconnMessagesAreRecognisedExactlyAsTheGeneralParseReadsT
       NewconnMessage("null:8000:4:undefined:0").with_seq(123456789012345),
       NewconnMessage("::1:0:6:undefined:3").with_seq(7),
       NewconnMessage("").with_seq(1),
-      R"({"cmd":"NODE_CLUSTER","act":"newconn","key":"127.0.0.1:0:4:undefined:0","seq":42})",  // Node's
-  };
-  std::vector<std::string> left = {
       NewconnMessage("/tmp/a \"b\"\\c:-1:-1:-1:0").with_seq(1),  // escapes in the key
       NewconnMessage("\xC3\xA9t\xC3\xA9:1:4:x:3").with_seq(1),     // non-ASCII key
       NewconnMessage("a\tb").with_seq(1),                          // a control character (escaped)
+      R"({"cmd":"NODE_CLUSTER","act":"newconn","key":"127.0.0.1:0:4:undefined:0","seq":42})",  // Node's
+  };
+  for (const auto& m : recognised) {
+    auto slow = general(m);
+    ASSERT_TRUE(slow) << m;
+    auto fast = NewconnMatcher(slow->first).match(m);
+    ASSERT_TRUE(fast) << m;
+    EXPECT_EQ(*fast, slow->second.dump()) << m;  // the integer's digits, as they are
+    EXPECT_FALSE(NewconnMatcher(slow->first + "x").match(m)) << m;  // another server's key
+  }
+  std::vector<std::string> left = {  // for the key "k"
+      R"({"act":"newconn","cmd":"NODE_CLUSTER","key":"k2","seq":1})",
+      R"({"act":"newconn","cmd":"NODE_CLUSTER","key":"","seq":1})",
+      R"({"act":"newconn","cmd":"NODE_CLUSTER","key":"\u006b","seq":1})",  // "k", escaped: the general parse's
       R"({"act":"newconn","cmd":"NODE_CLUSTER","key":"k","seq":-1})",
       R"({"act":"newconn","cmd":"NODE_CLUSTER","key":"k","seq":1.5})",
       R"({"act":"newconn","cmd":"NODE_CLUSTER","key":"k","seq":1e3})",
@@ -206,31 +220,29 @@ TEST(ClusterProtocol, NewconnMessagesAreRecognisedExactlyAsTheGeneralParseReadsT
       R"({"cmd":"NODE_HANDLE","type":"net.Native","msg":{"act":"newconn","cmd":"NODE_CLUSTER","key":"k","seq":1}})",
       "",
   };
-  for (const auto& m : recognised) {
-    auto fast = parse_newconn_message(m);
-    auto slow = general(m);
-    ASSERT_TRUE(fast) << m;
-    ASSERT_TRUE(slow) << m;
-    EXPECT_EQ(std::string(fast->key), slow->first) << m;
-    EXPECT_EQ(Json(fast->seq), slow->second) << m;
-  }
-  for (const auto& m : left) EXPECT_FALSE(parse_newconn_message(m)) << m;
+  NewconnMatcher k("k");
+  for (const auto& m : left) EXPECT_FALSE(k.match(m)) << m;
+  EXPECT_TRUE(k.match(R"({"act":"newconn","cmd":"NODE_CLUSTER","key":"k","seq":1})"));
 }
 
-// ... and its answer must be byte for byte the general path's.
+// ... and its answer must be byte for byte the general path's, written in the caller's buffer.
 TEST(ClusterProtocol, NewconnAnswerIsByteIdenticalToTheGeneralEncoding) {
   Messenger general;
   Messenger fast;
-  std::string out = "left over";
+  std::array<char, kNewconnAnswerMax> out;
   for (int64_t ack : {int64_t{0}, int64_t{9}, int64_t{10}, int64_t{123456789012345}}) {
     for (bool accepted : {true, false}) {
       std::string expected = ipc::encode_frame(general.wrap({{"ack", ack}, {"accepted", accepted}}));
       expected.pop_back();
-      encode_newconn_answer(out, ack, accepted, fast.next_seq());
-      EXPECT_EQ(out, expected);
-      EXPECT_TRUE(parse_newconn_answer(out));  // and the primary's fast path reads it back
+      std::string_view answer = encode_newconn_answer(out, std::to_string(ack), accepted, fast.next_seq());
+      EXPECT_EQ(answer, expected);
+      EXPECT_EQ(answer.data(), out.data());
+      EXPECT_TRUE(parse_newconn_answer(answer));  // and the primary's fast path reads it back
     }
   }
+  // The longest: a 20-character seq.
+  std::string_view longest = encode_newconn_answer(out, "123456789012345", false, INT64_MIN);
+  EXPECT_EQ(longest, R"({"accepted":false,"ack":123456789012345,"cmd":"NODE_CLUSTER","seq":-9223372036854775808})");
 }
 
 TEST(ClusterProtocol, ServerKeyUsesJavaScriptStringsAsNodeDoes) {

@@ -24,8 +24,8 @@ using namespace uvcluster;
 using namespace uvcluster::cluster;
 
 // The syscalls made on one watched fd (the worker's end of the channel), counted by interposing
-// libc's write, writev, sendmsg and recvmsg in this binary (libuv calls them through the PLT);
-// every call is passed on unchanged.
+// libc's write, writev, send, sendmsg and recvmsg in this binary (libuv and the channel call them
+// through the PLT); every call is passed on unchanged.
 namespace {
 int watched_fd = -1;
 int writes_on_watched = 0;
@@ -46,6 +46,11 @@ extern "C" ssize_t writev(int fd, const struct iovec* iov, int n) {
   static auto real = next_symbol<ssize_t (*)(int, const struct iovec*, int)>("writev");
   if (fd >= 0 && fd == watched_fd) ++writes_on_watched;
   return real(fd, iov, n);
+}
+extern "C" ssize_t send(int fd, const void* buf, size_t n, int flags) {
+  static auto real = next_symbol<ssize_t (*)(int, const void*, size_t, int)>("send");
+  if (fd >= 0 && fd == watched_fd) ++writes_on_watched;
+  return real(fd, buf, n, flags);
 }
 extern "C" ssize_t sendmsg(int fd, const struct msghdr* msg, int flags) {
   static auto real = next_symbol<ssize_t (*)(int, const struct msghdr*, int)>("sendmsg");

@@ -3,7 +3,6 @@
 #include <uv.h>
 
 #include <algorithm>
-#include <array>
 #include <charconv>
 #include <cmath>
 #include <vector>
@@ -162,39 +161,41 @@ std::optional<NewconnAnswer> newconn_answer_of(const Json& msg) {
   return NewconnAnswer{ack->get<int64_t>(), accepted != msg.end() && accepted->is_boolean() && accepted->get<bool>()};
 }
 
-std::optional<NewconnRequest> parse_newconn_message(std::string_view message) {
-  Scan s{message};
-  bool ok = s.lit("{\"act\":\"newconn\",\"cmd\":\"NODE_CLUSTER\",\"key\":\"") ||
-            s.lit("{\"cmd\":\"NODE_CLUSTER\",\"act\":\"newconn\",\"key\":\"");
-  if (!ok) return std::nullopt;
-  // Printable ASCII but '"' and '\\': the bytes are the string, nothing to decode.
-  static constexpr auto kPlainKeyByte = [] {
-    std::array<bool, 256> plain{};
-    for (int c = 0x20; c <= 0x7e; ++c) plain[static_cast<size_t>(c)] = c != '"' && c != '\\';
-    return plain;
-  }();
-  size_t end = 0;
-  while (end < s.rest.size() && kPlainKeyByte[static_cast<unsigned char>(s.rest[end])]) ++end;
-  NewconnRequest r;
-  r.key = s.rest.substr(0, end);
-  s.rest.remove_prefix(end);
-  if (!s.lit("\",\"seq\":") || s.rest.empty() || s.rest[0] == '-' || !s.integer(r.seq) || s.rest != "}")
-    return std::nullopt;
-  return r;
+NewconnMatcher::NewconnMatcher(const std::string& key) {
+  std::string key_json = ipc::encode_frame(Json(key));
+  key_json.pop_back();  // its newline
+  ours_ = R"({"act":"newconn","cmd":"NODE_CLUSTER","key":)" + key_json + R"(,"seq":)";
+  nodes_ = R"({"cmd":"NODE_CLUSTER","act":"newconn","key":)" + key_json + R"(,"seq":)";
 }
 
-void encode_newconn_answer(std::string& out, int64_t ack, bool accepted, int64_t seq) {
-  // Written on the stack and copied once: at most 24 + 20 + 28 + 20 + 1 of its 128 bytes.
-  std::array<char, 128> buf;
-  size_t n = 0;
-  auto put = [&](std::string_view bytes) { n += bytes.copy(buf.data() + n, buf.size() - n); };
-  auto number = [&](int64_t v) { n = static_cast<size_t>(std::to_chars(buf.data() + n, buf.data() + buf.size(), v).ptr - buf.data()); };
-  put(accepted ? R"({"accepted":true,"ack":)" : R"({"accepted":false,"ack":)");
-  number(ack);
-  put(R"(,"cmd":"NODE_CLUSTER","seq":)");
-  number(seq);
-  put("}");
-  out.assign(buf.data(), n);
+std::optional<std::string_view> NewconnMatcher::match(std::string_view message) const {
+  std::string_view seq;
+  if (message.starts_with(ours_)) seq = message.substr(ours_.size());
+  else if (message.starts_with(nodes_)) seq = message.substr(nodes_.size());
+  else return std::nullopt;
+  // A JSON integer of 1 to 15 digits (exact in a double, as Node sent it), then the brace.
+  if (seq.size() < 2 || seq.size() > 16 || seq.back() != '}') return std::nullopt;
+  seq.remove_suffix(1);
+  if (seq.size() > 1 && seq[0] == '0') return std::nullopt;
+  for (char c : seq)
+    if (c < '0' || c > '9') return std::nullopt;
+  return seq;
+}
+
+std::string_view encode_newconn_answer(std::span<char, kNewconnAnswerMax> out, std::string_view ack_digits,
+                                       bool accepted, int64_t seq) {
+  static constexpr std::string_view kAccepted = R"({"accepted":true,"ack":)";
+  static constexpr std::string_view kRefused = R"({"accepted":false,"ack":)";
+  static constexpr std::string_view kSeq = R"(,"cmd":"NODE_CLUSTER","seq":)";
+  char* p = out.data();
+  // Constant lengths: each copy is a few moves, no call.
+  if (accepted) p = std::copy_n(kAccepted.data(), kAccepted.size(), p);
+  else p = std::copy_n(kRefused.data(), kRefused.size(), p);
+  p = std::copy_n(ack_digits.data(), std::min<size_t>(ack_digits.size(), 20), p);
+  p = std::copy_n(kSeq.data(), kSeq.size(), p);
+  p = std::to_chars(p, out.data() + out.size() - 1, seq).ptr;
+  *p++ = '}';
+  return std::string_view(out.data(), static_cast<size_t>(p - out.data()));
 }
 
 void Messenger::drop_owner(int owner) {

@@ -1,5 +1,6 @@
 #include "uvcluster/cluster/worker.hpp"
 
+#include <array>
 #include <cerrno>
 #include <cstdlib>
 
@@ -35,6 +36,7 @@ struct Server {
   int id = 0;
   ListenOptions options;
   std::string key;  // set once the primary answered
+  std::optional<NewconnMatcher> newconns;  // for `key`, once set
   bool rr = false;
   bool closed = false;
   Fd fd;       // shared socket (not rr)
@@ -74,7 +76,6 @@ struct Worker::Impl : std::enable_shared_from_this<Impl> {
   AcceptorCounters closed_servers;  // accept counters of servers already closed
   detail::Event<const Json&> message;
   detail::Event<> disconnected;
-  std::string answer_buf;  // the newconn answer's bytes, re-used
   // The primary confirmed `returnRefused` (ours): it closed its copy of each connection it sent,
   // so a refused one goes back with the answer for another worker.
   bool return_refused = false;
@@ -114,17 +115,23 @@ struct Worker::Impl : std::enable_shared_from_this<Impl> {
   // answered and delivered as on_internal does, without a JSON value; anything else (another
   // message, a key or seq written otherwise) returns false and takes on_internal's way.
   bool on_newconn_frame(ipc::HandleFrame& frame) {
-    auto request = parse_newconn_message(frame.message_json());
-    if (!request) return false;
+    Server* s = nullptr;
+    std::optional<std::string_view> seq;
+    for (auto& [id, server] : servers) {
+      if (server->closed || !server->rr || !server->newconns) continue;
+      if ((seq = server->newconns->match(frame.message_json()))) {
+        s = server.get();
+        break;
+      }
+    }
+    if (!seq) return false;  // another message, or a key of no server of ours
     ipc::ReceivedHandle* h = frame.accept();
     if (!h) return true;  // no fd came: NACKed, nothing delivered (the general path's rule)
-    Server* s = server_by_key(request->key);
-    bool accepted = s && h->fd.valid();
-    if (channel && channel->connected() && (accepted || !give_back(request->seq, h))) {
-      encode_newconn_answer(answer_buf, request->seq, accepted, messenger.next_seq());
-      channel->send_encoded(answer_buf);
+    if (channel && channel->connected()) {
+      std::array<char, kNewconnAnswerMax> answer;
+      channel->send_encoded(encode_newconn_answer(answer, *seq, true, messenger.next_seq()));
     }
-    take_newconn(s, h, accepted);
+    take_newconn(s, h, true);
     return true;
   }
 
@@ -333,6 +340,7 @@ int Worker::listen(ListenOptions options, std::function<void(Result<ListenAddres
     if (it == i->servers.end() || it->second->closed) return;  // closed meanwhile: stale reply
     Server& s = *it->second;
     s.key = reply.value("key", std::string());
+    s.newconns.emplace(s.key);
     ListenAddress la;
     la.address_type = pending->query["addressType"];
     if (!(h && h->fd.valid())) {

@@ -140,7 +140,10 @@ struct Channel::Impl : std::enable_shared_from_this<Channel::Impl> {
   // While corked, with nothing queued before them, small plain frames gather here (an ACK and the
   // reply it triggers) and leave in one write once the read is handled; the buffer is kept.
   std::string cork_buf;
-  std::vector<Done> cork_dones;
+  std::vector<Done> cork_dones;  // of the corked frames that have a `done`
+  // Corked frames without one whose failure is an error event (not swallowed): counted, so a
+  // worker's answer (once per hand-off) adds no Done to destroy after its write.
+  size_t cork_error_events = 0;
   static constexpr size_t kCorkMax = 64 * 1024;
   std::deque<std::unique_ptr<WriteReq>> outq;   // (plain frames are appended to the last one)
   size_t outq_bytes = 0;
@@ -238,8 +241,9 @@ struct Channel::Impl : std::enable_shared_from_this<Channel::Impl> {
     if (advanced()) return decode_v8_payload(frame, options.max_nesting_depth);
     return parse_frame(frame, options.max_nesting_depth, reader.plain_run());
   }
+  // Made once: the readers take it by reference, so a read builds no std::function.
+  const std::function<void(std::string_view)> on_frame = [this](std::string_view frame) { on_line(frame); };
   bool feed(size_t n) {
-    auto on_frame = [this](std::string_view frame) { on_line(frame); };
     return advanced() ? v8_reader.feed(rbuf->data(), n, on_frame) : reader.feed(rbuf->data(), n, on_frame);
   }
   bool buffering() const { return advanced() ? v8_reader.buffering() : reader.buffering(); }
@@ -258,7 +262,7 @@ struct Channel::Impl : std::enable_shared_from_this<Channel::Impl> {
       if (done) fail_later(std::move(done), channel_closed());
       return UV_EPIPE;
     }
-    if (fd < 0 && cork(frame, done, swallow_errors)) {
+    if (fd < 0 && cork(frame, false, done, swallow_errors)) {
       keep_spare(frame);
       return 0;
     }
@@ -301,28 +305,22 @@ struct Channel::Impl : std::enable_shared_from_this<Channel::Impl> {
 
   // A small plain frame written while a read is handled, with nothing queued or being written:
   // appended to cork_buf (no write request) and written by uncork(). False: take the queue.
-  bool cork(std::string_view frame, std::function<void(const Error*)>& done, bool swallow_errors) {
-    if (!corked || write_in_flight || !outq.empty() || cork_buf.size() + frame.size() > kCorkMax) return false;
-    cork_buf += frame;
-    if (done || !swallow_errors) cork_dones.push_back(Done{std::move(done), swallow_errors});
-    return true;
-  }
-
-  // cork() for a message given as its bytes (send_encoded): appended with its newline, no copy
-  // of the frame made first (the answer a worker writes after the ACK, once per hand-off).
-  bool cork_message(std::string_view message_json, std::function<void(const Error*)>& done) {
-    if (!corked || write_in_flight || !outq.empty() || cork_buf.size() + message_json.size() + 1 > kCorkMax)
+  // With `newline`, `bytes` is a message given as its bytes (send_encoded): its frame's newline
+  // is appended here, no copy of the frame made first (a worker's answer, once per hand-off).
+  bool cork(std::string_view bytes, bool newline, std::function<void(const Error*)>& done, bool swallow_errors) {
+    if (!corked || write_in_flight || !outq.empty() || cork_buf.size() + bytes.size() + newline > kCorkMax)
       return false;
-    cork_buf.append(message_json);
-    cork_buf += '\n';
-    cork_dones.push_back(Done{std::move(done), false});
+    cork_buf.append(bytes);
+    if (newline) cork_buf += '\n';
+    if (done) cork_dones.push_back(Done{std::move(done), swallow_errors});
+    else if (!swallow_errors) ++cork_error_events;
     return true;
   }
 
   // The internal answers (ACK/NACK): no copy of the frame when it can be corked.
   void write_control(const std::string& frame) {
     std::function<void(const Error*)> none;
-    if (state != State::open || !cork(frame, none, true)) write(frame, -1, {}, true);
+    if (state != State::open || !cork(frame, false, none, true)) write(frame, -1, {}, true);
   }
 
   // cork_buf becomes a queued write (something that cannot be corked follows it). Nothing is
@@ -332,6 +330,7 @@ struct Channel::Impl : std::enable_shared_from_this<Channel::Impl> {
     auto w = std::make_unique<WriteReq>();
     w->data = std::exchange(cork_buf, std::string());
     w->dones = std::exchange(cork_dones, {});
+    w->dones.resize(w->dones.size() + std::exchange(cork_error_events, 0));  // Done{}: an error event
     w->impl = weak_from_this();
     outq_bytes += w->data.size();
     outq.push_back(std::move(w));
@@ -346,6 +345,7 @@ struct Channel::Impl : std::enable_shared_from_this<Channel::Impl> {
       if (n == cork_buf.size()) {
         cork_buf.clear();
         cork_dones.clear();
+        cork_error_events = 0;
       } else {
         cork_buf.erase(0, n);  // at most kCorkMax bytes
       }
@@ -356,10 +356,15 @@ struct Channel::Impl : std::enable_shared_from_this<Channel::Impl> {
 
   // Writes what the socket takes at once (no write request, so libuv neither re-arms the pipe's
   // epoll entry nor defers a callback) and returns how many bytes that was; when it took them
-  // all, the `done`s run as after a uv_write.
+  // all, the `done`s run as after a uv_write. Called with no write of ours in flight: a send on
+  // the socket itself (as send_direct) skips uv_try_write's checks and wrappers, once per
+  // hand-off. A failure writes nothing here; the queued write that follows reports it.
   size_t write_now(std::string_view data, std::vector<Done>& dones) {
-    uv_buf_t buf = uv_buf_init(const_cast<char*>(data.data()), static_cast<unsigned>(data.size()));
-    int n = uv_try_write(pipe.stream(), &buf, 1);
+    if (uv_stream_get_write_queue_size(pipe.stream()) != 0) return 0;
+    if (socket_fd < 0 && uv_fileno(pipe.base(), &socket_fd) != 0) return 0;
+    ssize_t n;
+    do n = ::send(socket_fd, data.data(), data.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
+    while (n < 0 && errno == EINTR);
     size_t taken = n > 0 ? static_cast<size_t>(n) : 0;
     if (taken == data.size()) written_now(dones);
     return taken;
@@ -782,7 +787,11 @@ struct Channel::Impl : std::enable_shared_from_this<Channel::Impl> {
       return;
     }
     bool handle_came = false;
-    while (state == State::open && uv_pipe_pending_count(pipe.get()) > 0) {
+    if (int fd = detail_handles::take_only_pending(pipe.get()); fd >= 0) {
+      handle_came = true;
+      received_fds.push_back(Fd(fd));
+    }
+    while (state == State::open && detail_handles::has_pending(pipe.get())) {
       handle_came = true;
       auto fd = detail_handles::take_pending(pipe.get(), fd_receiver.get());
       if (fd) received_fds.push_back(std::move(*fd));
@@ -814,7 +823,7 @@ struct Channel::Impl : std::enable_shared_from_this<Channel::Impl> {
   }
 
   bool consume(size_t n, bool in_shared_buffer) {
-    return in_shared_buffer ? feed(n) : reader.commit(n, [this](std::string_view line) { on_line(line); });
+    return in_shared_buffer ? feed(n) : reader.commit(n, on_frame);
   }
 
   // A primary with a window > 1 queues several handles (newconns) on the channel, and the kernel
@@ -1150,7 +1159,7 @@ bool Channel::send_encoded(std::string_view message_json, std::function<void(con
     }
     return send(parsed.value(), std::nullopt, {}, std::move(done));
   }
-  if (!i.cork_message(message_json, done)) {
+  if (!i.cork(message_json, true, done, false)) {
     std::string frame = std::move(i.spare_frame);
     frame.assign(message_json);
     frame += '\n';

@@ -155,7 +155,7 @@ bool FrameReader::feed(const char* data, size_t n, const std::function<void(std:
     // Between lines, the complete lines are delivered from where they are; only a partial line
     // at the end is copied in (a read of an ACK and an answer copies nothing).
     const char* end = data + n;
-    while (const void* found = std::memchr(data, '\n', static_cast<size_t>(end - data))) {
+    for (const void* found; data < end && (found = std::memchr(data, '\n', static_cast<size_t>(end - data)));) {
       const char* newline = static_cast<const char*>(found);
       if (static_cast<size_t>(newline - data) > max_) return fail();
       on_line(std::string_view(data, static_cast<size_t>(newline - data)));
@@ -211,7 +211,12 @@ bool is_internal(const nlohmann::json& message) {
 std::optional<HandleFrameBytes> match_handle_frame(std::string_view line) {
   constexpr std::string_view kHead = "{\"cmd\":\"NODE_HANDLE\",\"type\":\"";
   constexpr std::string_view kMsg = "\",\"msg\":";
-  if (!line.starts_with(kHead) || !line.ends_with('}')) return std::nullopt;
+  // Every hand-off's type: recognised by one compare, not a scan of the name.
+  constexpr std::string_view kNativeHead = "{\"cmd\":\"NODE_HANDLE\",\"type\":\"net.Native\",\"msg\":";
+  if (!line.ends_with('}')) return std::nullopt;
+  if (line.starts_with(kNativeHead))
+    return HandleFrameBytes{kNativeHead.substr(kHead.size(), 10), line.substr(kNativeHead.size(), line.size() - kNativeHead.size() - 1)};
+  if (!line.starts_with(kHead)) return std::nullopt;
   std::string_view rest = line.substr(kHead.size(), line.size() - kHead.size() - 1);
   auto name_char = [](char c) { return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '.'; };
   size_t type_end = 0;

@@ -6,6 +6,7 @@
 #include <functional>
 #include <nlohmann/json.hpp>
 #include <optional>
+#include <span>
 #include <string>
 #include <string_view>
 #include <unordered_map>
@@ -88,19 +89,29 @@ std::optional<NewconnAnswer> parse_newconn_answer(std::string_view line);
 // `accepted` true only when it is the boolean true (Node's test); nullopt without an integer ack.
 std::optional<NewconnAnswer> newconn_answer_of(const Json& msg);
 
-// The worker's side of the same fast path. A newconn message (a NODE_HANDLE frame's `msg`) as
-// our primary ({"act":"newconn","cmd":"NODE_CLUSTER","key":K,"seq":n}) or Node's
-// ({"cmd":"NODE_CLUSTER","act":"newconn","key":K,"seq":n}) writes it, K a string of printable
-// ASCII without escapes, n a non-negative integer of at most 15 digits; nullopt for anything
-// else (which then takes the general parse). `key` points into `message`.
-struct NewconnRequest {
-  std::string_view key;
-  int64_t seq = 0;
+// The worker's side of the same fast path: the newconn messages (a NODE_HANDLE frame's `msg`)
+// for one server key, as our primary ({"act":"newconn","cmd":"NODE_CLUSTER","key":K,"seq":n})
+// or Node's ({"cmd":"NODE_CLUSTER","act":"newconn","key":K,"seq":n}) writes them, K the key's
+// JSON text as encode_frame writes it, n a non-negative integer of at most 15 digits. Each
+// form's bytes up to the seq are made once and compared whole: the key is never scanned, and
+// bytes equal to a string's JSON text can only decode to that string. Anything else, another
+// key included, gives nullopt (and takes the general parse).
+class NewconnMatcher {
+ public:
+  explicit NewconnMatcher(const std::string& key);
+  // The seq's digits, in `message` (checked, never converted: the answer copies them).
+  std::optional<std::string_view> match(std::string_view message) const;
+
+ private:
+  std::string ours_;   // {"act":"newconn","cmd":"NODE_CLUSTER","key":K,"seq":
+  std::string nodes_;  // {"cmd":"NODE_CLUSTER","act":"newconn","key":K,"seq":
 };
-std::optional<NewconnRequest> parse_newconn_message(std::string_view message);
 // A worker's answer, byte for byte what encode_frame(wrap({ack, accepted})) gives with
-// Messenger seq `seq` (no newline): {"accepted":b,"ack":n,"cmd":"NODE_CLUSTER","seq":m}.
-// Replaces the contents of `out` (its capacity is re-used).
-void encode_newconn_answer(std::string& out, int64_t ack, bool accepted, int64_t seq);
+// Messenger seq `seq` (no newline): {"accepted":b,"ack":n,"cmd":"NODE_CLUSTER","seq":m}, with
+// n's digits given as they are (NewconnMatcher::match's: a JSON integer's, at most 20).
+// Written into `out`; the view is of `out`.
+inline constexpr size_t kNewconnAnswerMax = 96;
+std::string_view encode_newconn_answer(std::span<char, kNewconnAnswerMax> out, std::string_view ack_digits,
+                                       bool accepted, int64_t seq);
 
 }  // namespace uvcluster::cluster
