@@ -70,13 +70,13 @@ def test_a_round_that_failed_for_the_twin_is_not_paired():
     assert rr_limits.handoff_overheads(rounds) == {"rr": 4.0}
 
 
-def test_the_conn_per_s_bound_with_the_same_workers_adds_the_bare_hand_off_time_to_reuseport():
+def test_the_conn_per_s_estimate_with_the_same_workers_adds_the_bare_hand_off_time_to_reuseport():
     summary = dict(SUMMARY, **{"raw-reuseport": {"connections_per_s": 40000}})
     rows = by_goal(rr_limits.goals(summary))
     # Bare hand-off: 1/24000 - 1/40000 s per connection; added to reuseport's 1/30000.
     expected = (1 / 30000) / (1 / 30000 + 1 / 24000 - 1 / 40000)
-    assert rows["rr conn/s >= 0.75x reuseport"]["bound_same_workers"] == pytest.approx(expected, abs=1e-3)
-    assert rows["rr window 16 conn/s >= 0.85x reuseport"]["bound_same_workers"] == pytest.approx(
+    assert rows["rr conn/s >= 0.75x reuseport"]["estimate_same_workers"] == pytest.approx(expected, abs=1e-3)
+    assert rows["rr window 16 conn/s >= 0.85x reuseport"]["estimate_same_workers"] == pytest.approx(
         (1 / 30000) / (1 / 30000 + 1 / 27000 - 1 / 40000), abs=1e-3)
-    assert "bound_same_workers" not in rows["primary CPU/conn <= 1.2x bare K=1"]
-    assert rr_limits.goals(SUMMARY)[3]["bound_same_workers"] is None  # no raw-reuseport in the run
+    assert "estimate_same_workers" not in rows["primary CPU/conn <= 1.2x bare K=1"]
+    assert rr_limits.goals(SUMMARY)[3]["estimate_same_workers"] is None  # no raw-reuseport in the run
