@@ -134,7 +134,13 @@ struct Channel::Impl : std::enable_shared_from_this<Channel::Impl> {
   // every message big enough to need one, it gives them back after big_buffer_idle_ms without.
   // Unref'd: it never keeps the loop alive.
   detail::UvHandle<uv_timer_t> big_buffer_timer;
-  uv_os_fd_t socket_fd = -1;  // the pipe's, read once (send_direct)
+  uv_os_fd_t socket_fd = -1;  // the pipe's, read once: see socket()
+  // The pipe's socket, for the syscalls made on it beside libuv (send_direct, write_now,
+  // read_queued_handles); -1 before the pipe has one.
+  int socket() {
+    if (socket_fd < 0 && uv_fileno(pipe.base(), &socket_fd) != 0) return -1;
+    return socket_fd;
+  }
   bool write_in_flight = false;                 // one uv_write at a time; the rest waits here
   bool corked = false;  // a read is being handled: frames written meanwhile leave together after it
   // While corked, with nothing queued before them, small plain frames gather here (an ACK and the
@@ -361,9 +367,10 @@ struct Channel::Impl : std::enable_shared_from_this<Channel::Impl> {
   // hand-off. A failure writes nothing here; the queued write that follows reports it.
   size_t write_now(std::string_view data, std::vector<Done>& dones) {
     if (uv_stream_get_write_queue_size(pipe.stream()) != 0) return 0;
-    if (socket_fd < 0 && uv_fileno(pipe.base(), &socket_fd) != 0) return 0;
+    int sock = socket();
+    if (sock < 0) return 0;
     ssize_t n;
-    do n = ::send(socket_fd, data.data(), data.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
+    do n = ::send(sock, data.data(), data.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
     while (n < 0 && errno == EINTR);
     size_t taken = n > 0 ? static_cast<size_t>(n) : 0;
     if (taken == data.size()) written_now(dones);
@@ -392,8 +399,8 @@ struct Channel::Impl : std::enable_shared_from_this<Channel::Impl> {
   ssize_t send_direct(iovec* iov, size_t count, int fd) {
     if (write_in_flight || !outq.empty() || !cork_buf.empty() || uv_stream_get_write_queue_size(pipe.stream()) != 0)
       return -1;
-    if (socket_fd < 0 && uv_fileno(pipe.base(), &socket_fd) != 0) return -1;
-    int sock = socket_fd;
+    int sock = socket();
+    if (sock < 0) return -1;
     union {
       cmsghdr align;
       char space[CMSG_SPACE(sizeof(int))];
@@ -787,10 +794,6 @@ struct Channel::Impl : std::enable_shared_from_this<Channel::Impl> {
       return;
     }
     bool handle_came = false;
-    if (int fd = detail_handles::take_only_pending(pipe.get()); fd >= 0) {
-      handle_came = true;
-      received_fds.push_back(Fd(fd));
-    }
     while (state == State::open && detail_handles::has_pending(pipe.get())) {
       handle_came = true;
       auto fd = detail_handles::take_pending(pipe.get(), fd_receiver.get());
@@ -833,7 +836,7 @@ struct Channel::Impl : std::enable_shared_from_this<Channel::Impl> {
   // behind the read (the primary waits for its answer) and this read would fail: see
   // QueuedHandleReads. EOF and errors are left to libuv's next read (the socket stays readable).
   bool read_queued_handles() {
-    if (socket_fd < 0 && uv_fileno(pipe.base(), &socket_fd) != 0) return true;
+    if (socket() < 0) return true;
     size_t reads = 0;
     bool ok = true;
     while (ok && state == State::open && reads < kMaxQueuedReads) {

@@ -4,6 +4,7 @@
 #include <sys/socket.h>
 
 #include <cerrno>
+#include <utility>
 
 namespace uvcluster::ipc {
 
@@ -49,6 +50,7 @@ Result<std::unique_ptr<SendStream>> make_send_stream(uv_loop_t* loop, Fd dup) {
 }
 
 Result<Fd> take_pending(uv_pipe_t* ipc_pipe, uv_tcp_t* receiver) {
+  if (ipc_pipe->queued_fds == nullptr && ipc_pipe->accepted_fd >= 0) return Fd(std::exchange(ipc_pipe->accepted_fd, -1));
   // Whatever its type, the descriptor is accepted into a TCP handle: uv_accept only records it
   // there, whereas uv_pipe_pending_type would probe it (ioctl, fstat, getsockname, getsockopt).
   if (int rc = uv_accept(reinterpret_cast<uv_stream_t*>(ipc_pipe), reinterpret_cast<uv_stream_t*>(receiver)); rc < 0)

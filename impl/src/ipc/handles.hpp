@@ -5,7 +5,6 @@
 #include <memory>
 #include <optional>
 #include <string_view>
-#include <utility>
 
 #include "uvcluster/detail/uv_handle.hpp"
 #include "uvcluster/fd.hpp"
@@ -23,19 +22,15 @@ struct SendStream {
 // duplicate made by the caller).
 Result<std::unique_ptr<SendStream>> make_send_stream(uv_loop_t* loop, Fd fd);
 
-// Takes one pending descriptor from `ipc_pipe` (close-on-exec, without probing its type).
-// `receiver` is an initialized TCP handle that is never started: libuv puts the descriptor in
-// it and we take it out again, so one receiver serves every descriptor of a channel.
+// Takes one pending descriptor from `ipc_pipe` (close-on-exec, without probing its type), from
+// the pipe's read callback. With none queued behind it (the usual case) it is taken from where
+// libuv's read put it, as uv_accept would (libuv 1.44 src/unix/stream.c; the pipe is reading, so
+// the POLLIN uv_accept re-arms for a listening socket is on already). Otherwise uv_accept moves
+// it into `receiver`, an initialized TCP handle that is never started, and we take it out again,
+// so one receiver serves every descriptor of a channel.
 Result<Fd> take_pending(uv_pipe_t* ipc_pipe, uv_tcp_t* receiver);
 // Whether a descriptor is pending (uv_pipe_pending_count() > 0 for an IPC pipe, without the call).
 inline bool has_pending(const uv_pipe_t* ipc_pipe) { return ipc_pipe->accepted_fd >= 0; }
-// The usual case, one descriptor pending and none queued behind it: taken from where libuv's
-// read put it, as uv_accept would (libuv 1.44 src/unix/stream.c; the pipe is reading, so the
-// POLLIN uv_accept re-arms for a listening socket is on already). -1 otherwise: take_pending.
-inline int take_only_pending(uv_pipe_t* ipc_pipe) {
-  if (ipc_pipe->queued_fds != nullptr) return -1;
-  return std::exchange(ipc_pipe->accepted_fd, -1);
-}
 
 // "net.Server", "net.Socket", "net.Native", "dgram.Socket", "dgram.Native"; nullopt otherwise.
 std::optional<HandleType> parse_handle_type(std::string_view name);
