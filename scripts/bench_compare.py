@@ -28,7 +28,9 @@ Benchmark set (--set, comma-separated):
   instr  bench/rr_instructions.py: the rr primary's user-space instructions per connection under
        valgrind's callgrind (rr_primary_instructions), and over the bare C primary's of the same
        side (rr_primary_instructions_vs_bare, not gated; raw-k1 measured once per side, when the
-       revision has raw_rr). Load barely moves the count: 3 samples per side (in the first rounds),
+       revision has raw_rr); in the same invocation its 2 hello-native workers' together (case
+       rr-workers, the primary native: rr_workers_instructions, which holds the workers' side of
+       the hand-off). Load barely moves the counts: 3 samples per side (in the first rounds),
        judged by separation (below). Without valgrind the unit is skipped with a message.
 
 Per metric (scripts/ab_stats.py): median ratio new/old, 95% bootstrap CI, two-sided
@@ -307,26 +309,32 @@ def instr_skip_reason():
 
 
 def unit_instr(build_dir, env, opts):
-    """The rr primary's user-space instructions per connection under callgrind
-    (bench/rr_instructions.py, case rr), and over the bare C primary's (case raw-k1, measured once
-    per build: its count repeats within 0.1 %). Nearly load-independent, so a few samples per side
-    and the separation verdict (scripts/ab_stats.py) instead of Mann-Whitney."""
+    """User-space instructions per connection under callgrind (bench/rr_instructions.py, one
+    invocation): the rr primary's (case rr), over the bare C primary's (case raw-k1, measured once
+    per build: its count repeats within 0.1 %), and the 2 hello-native workers' together (case
+    rr-workers: the workers' side of the hand-off plus the HTTP serving, which a hand-off change
+    does not move). Nearly load-independent, so a few samples per side and the separation verdict
+    (scripts/ab_stats.py) instead of Mann-Whitney."""
     script = os.path.join(ROOT, "bench", "rr_instructions.py")
     bare = opts.setdefault("bare_instructions", {})
-    cases = ["rr"]
+    cases = ["rr", "rr-workers"]
     if build_dir not in bare and os.path.exists(os.path.join(build_dir, "bench", "limits", "raw_rr")):
         cases.insert(0, "raw-k1")  # a revision without raw_rr just has no ratio
     cmd = [sys.executable, script, "--build", build_dir, "--cases", ",".join(cases),
            "--duration", str(opts["instr_duration"])]
-    rc, docs, _ = run_json_lines(cmd, env, timeout=len(cases) * (opts["instr_duration"] + 90))
-    by = {d.get("case"): d.get("primary_instructions_per_conn") for d in docs}
+    _, docs, _ = run_json_lines(cmd, env, timeout=len(cases) * (opts["instr_duration"] + 90))
+    # A case's line is printed once it is done: a later case's failure does not void it.
+    by = {d.get("case"): d.get("primary_instructions_per_conn") or d.get("workers_instructions_per_conn")
+          for d in docs}
     if by.get("raw-k1"):
         bare[build_dir] = by["raw-k1"]
     out = {}
-    if rc == 0 and by.get("rr"):
+    if by.get("rr"):
         out["rr_primary_instructions"] = float(by["rr"])
         if bare.get(build_dir):
             out["rr_primary_instructions_vs_bare"] = by["rr"] / bare[build_dir]
+    if by.get("rr-workers"):
+        out["rr_workers_instructions"] = float(by["rr-workers"])
     return out
 
 
@@ -354,8 +362,10 @@ METRICS = {
     # the bare C primary's of the same side (not gated: a change of raw_rr.c would move it).
     "rr_primary_instructions": ("instructions/conn", "lower", True),
     "rr_primary_instructions_vs_bare": ("× bare primary instructions", "lower", False),
+    # issue 13 §1: the 2 hello-native workers' user-space instructions per connection (callgrind).
+    "rr_workers_instructions": ("instructions/conn", "lower", True),
 }
-DETERMINISTIC = {"rr_primary_instructions", "rr_primary_instructions_vs_bare"}
+DETERMINISTIC = {"rr_primary_instructions", "rr_primary_instructions_vs_bare", "rr_workers_instructions"}
 FEW_SAMPLE_UNITS = {"instr"}  # the units of the DETERMINISTIC metrics
 
 
@@ -376,7 +386,7 @@ def unit_metrics(units, rr_limits=True):
         elif u == "lab":
             names += [f"lab_{s}_close_2w_rps" for s, _, _ in LAB_CELLS]
         elif u == "instr":
-            names += ["rr_primary_instructions", "rr_primary_instructions_vs_bare"]
+            names += ["rr_primary_instructions", "rr_primary_instructions_vs_bare", "rr_workers_instructions"]
     return names
 
 

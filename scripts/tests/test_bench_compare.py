@@ -84,11 +84,11 @@ def test_without_valgrind_the_instr_metrics_are_skipped_not_failed(monkeypatch):
     assert list(skipped) == ["instr"] and "valgrind not installed" in skipped["instr"]
     assert bench_compare.skipped_units(["ipc", "rr"]) == {}
     names = bench_compare.unit_metrics(["instr"])
-    assert names == ["rr_primary_instructions", "rr_primary_instructions_vs_bare"]
+    assert names == ["rr_primary_instructions", "rr_primary_instructions_vs_bare", "rr_workers_instructions"]
     analysed = ab_stats.analyse(bench_compare.metric_records(names, {}, skipped))
-    assert [m["verdict"] for m in analysed] == ["not measured", "not measured"]
+    assert [m["verdict"] for m in analysed] == ["not measured"] * 3
     assert all("valgrind not installed" in m["reason"] for m in analysed)
-    assert analysed[0]["gated"] and not analysed[1]["gated"]
+    assert [m["gated"] for m in analysed] == [True, False, True]
     table = bench_compare.markdown({"settings": {"alpha": 0.01, "min_effect": 0.1}, "samples_per_side": 8,
                                     "metrics": analysed})
     assert "not measured (skipped: valgrind not installed" in table
@@ -122,9 +122,40 @@ def test_instr_metrics_render_with_their_rule_and_match_the_schema(tmp_path):
     assert "3 samples per side" in table and "at least 3 %" in table
 
 
-def test_an_instr_sample_counts_the_rr_primary_under_callgrind():
-    """One real sample of the instr unit on this build (~10 s): the rr primary's count and its
-    ratio to the bare primary's, which is measured once per build and reused."""
+def test_the_instr_unit_collects_the_workers_count_and_judges_it_by_separation(monkeypatch):
+    """The rr workers' instructions (case rr-workers) come from the same rr_instructions.py
+    invocation as the primary's, and gate as a deterministic metric: a side whose workers' count
+    rose by the old hand-off's ~800 instructions (~11 %) regresses, the primary's unchanged."""
+    runs = []
+
+    lines = {"raw-k1": {"case": "raw-k1", "requests": 9000, "primary_instructions_per_conn": 1117},
+             "rr": {"case": "rr", "requests": 9000, "primary_instructions_per_conn": 4370},
+             "rr-workers": {"case": "rr-workers", "requests": 3000, "workers_instructions_per_conn": 6950}}
+
+    def fake_rr_instructions(cmd, env, timeout):
+        cases = cmd[cmd.index("--cases") + 1].split(",")
+        runs.append(cases)
+        return 0, [lines[c] for c in cases], ""
+    monkeypatch.setattr(bench_compare, "run_json_lines", fake_rr_instructions)
+    opts = {"instr_duration": 2}
+    out = bench_compare.unit_instr("no-build", {}, opts)
+    assert runs == [["rr", "rr-workers"]]  # no raw_rr in "no-build": no raw-k1
+    assert out == {"rr_primary_instructions": 4370.0, "rr_workers_instructions": 6950.0}
+    assert "rr_workers_instructions" in bench_compare.unit_metrics(["instr"])
+    assert "rr_workers_instructions" in bench_compare.DETERMINISTIC
+    records = bench_compare.metric_records(
+        ["rr_primary_instructions", "rr_workers_instructions"],
+        {"rr_primary_instructions": {"A": [4365.0, 4370.0, 4372.0], "B": [4360.0, 4371.0, 4375.0]},
+         "rr_workers_instructions": {"A": [6800.0, 6950.0, 7100.0], "B": [7600.0, 7750.0, 7900.0]}}, {})
+    analysed = ab_stats.analyse(records, alpha=0.01, min_effect=0.10, bootstrap=100)
+    workers = analysed[1]
+    assert workers["rule"] == "separation" and workers["gated"] and workers["unit"] == "instructions/conn"
+    assert workers["verdict"] == "regressed" and analysed[0]["verdict"] == "no evidence"
+
+
+def test_an_instr_sample_counts_the_rr_primary_and_workers_under_callgrind():
+    """One real sample of the instr unit on this build (~20 s): the rr primary's count, its ratio
+    to the bare primary's (measured once per build and reused), and the rr workers' count."""
     import pytest
     build = os.environ.get("UVC_BUILD_DIR", os.path.join(SRC, "build"))
     if bench_compare.instr_skip_reason():
@@ -137,9 +168,10 @@ def test_an_instr_sample_counts_the_rr_primary_under_callgrind():
         pytest.skip("a sanitizer build: its binaries do not run under valgrind")
     opts = {"instr_duration": 1}
     out = bench_compare.unit_instr(build, dict(os.environ), opts)
-    assert set(out) == {"rr_primary_instructions", "rr_primary_instructions_vs_bare"}
+    assert set(out) == {"rr_primary_instructions", "rr_primary_instructions_vs_bare", "rr_workers_instructions"}
     bare = opts["bare_instructions"][build]
     assert 0 < bare < out["rr_primary_instructions"]
+    assert out["rr_workers_instructions"] > 0
     assert out["rr_primary_instructions_vs_bare"] == pytest.approx(out["rr_primary_instructions"] / bare)
 
 

@@ -3,6 +3,7 @@ import json
 
 import numpy as np
 
+import bench_compare
 import history
 
 
@@ -41,3 +42,8 @@ def test_compare_result_becomes_a_history_line(tmp_path):
     json.loads(path.read_text().splitlines()[0])
     assert history.render(back, str(tmp_path / "plots")) == []
     assert (tmp_path / "plots" / "rr_conn_per_s.png").exists()
+
+
+def test_every_metric_the_gate_tracks_has_a_trend_plot():
+    tracked = [name for name, (_, _, is_tracked) in bench_compare.METRICS.items() if is_tracked]
+    assert sorted(history.TRACKED) == sorted(tracked)
