@@ -44,6 +44,9 @@ def test_compare_result_becomes_a_history_line(tmp_path):
     assert (tmp_path / "plots" / "rr_conn_per_s.png").exists()
 
 
-def test_every_metric_the_gate_tracks_has_a_trend_plot():
+def test_every_metric_the_gate_tracks_gets_a_trend_plot(tmp_path):
     tracked = [name for name, (_, _, is_tracked) in bench_compare.METRICS.items() if is_tracked]
-    assert sorted(history.TRACKED) == sorted(tracked)
+    line = {"kind": "compare", "profile": "ci", "time": "2026-12-01T12:00:00Z", "rev": "a" * 40,
+            "metrics": {name: 1.0 for name in tracked}}
+    assert history.render([line, line], str(tmp_path / "plots")) == []
+    assert sorted(p.stem for p in (tmp_path / "plots").glob("*.png")) == sorted(tracked)
