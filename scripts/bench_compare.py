@@ -386,7 +386,7 @@ def unit_metrics(units, rr_limits=True):
         elif u == "lab":
             names += [f"lab_{s}_close_2w_rps" for s, _, _ in LAB_CELLS]
         elif u == "instr":
-            names += ["rr_primary_instructions", "rr_primary_instructions_vs_bare", "rr_workers_instructions"]
+            names += [m for m in METRICS if m in DETERMINISTIC]  # its metrics, in METRICS' order
     return names
 
 
